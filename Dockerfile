@@ -1,0 +1,10 @@
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY . .
+RUN useradd --system --uid 1000 cryptopay && chown -R cryptopay /app
+USER cryptopay
+EXPOSE 8000
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "cryptopay.asgi:application"]

@@ -1,0 +1,365 @@
+"""All configuration, read from the environment in one place.
+
+Two shapes share the same code paths:
+
+* **Embedded default** (no ``DATABASE_URL`` / ``REDIS_URL``): SQLite, local-memory cache,
+  in-memory channel layer, Celery tasks and the periodic schedule run in-process, development
+  chain on. One ``make run`` and it works.
+* **Services** (``DATABASE_URL`` and ``REDIS_URL`` set): PostgreSQL through psycopg 3,
+  django-redis, channels-redis and Celery on Redis.
+
+Every tunable takes its default from the original specification (``shared/seed``); the comment
+beside it says why it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_decimal(name: str, default: str) -> Decimal:
+    raw = os.environ.get(name) or default
+    try:
+        value = Decimal(raw)
+    except ArithmeticError as exc:
+        raise ImproperlyConfigured(f"{name} must be a decimal number, got {raw!r}") from exc
+    if not value.is_finite():
+        raise ImproperlyConfigured(f"{name} must be finite, got {raw!r}")
+    return value
+
+
+def env_seconds(name: str, default: float) -> timedelta:
+    """A duration given in seconds (decimals allowed, e.g. 0.1)."""
+    return timedelta(microseconds=int(env_decimal(name, str(default)) * 1_000_000))
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+DATABASE_URL = env_str("DATABASE_URL")
+REDIS_URL = env_str("REDIS_URL")
+# Embedded mode is a local, single-process setup; it is what `make run` serves.
+EMBEDDED = not DATABASE_URL and not REDIS_URL
+if bool(DATABASE_URL) != bool(REDIS_URL):
+    raise ImproperlyConfigured(
+        "Set both DATABASE_URL and REDIS_URL (services mode) or neither (embedded mode)."
+    )
+
+# DEBUG defaults on only in embedded mode: a deployment with real services is production unless
+# someone says otherwise.
+DEBUG = env_bool("DEBUG", EMBEDDED)
+
+LOCAL_STATE_DIR = Path(env_str("CRYPTOPAY_STATE_DIR", str(BASE_DIR / ".local")))
+
+
+def _embedded_secret_key() -> str:
+    """A per-checkout key kept in .local/, so sessions and demo credentials survive restarts."""
+    LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
+    key_file = LOCAL_STATE_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = _embedded_secret_key()
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]" if DEBUG else "")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "cryptopay",
+    "resilience",
+    "notifications",
+    "payments",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "cryptopay.api_errors.ApiErrorMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cryptopay.urls"
+WSGI_APPLICATION = "cryptopay.wsgi.application"
+ASGI_APPLICATION = "cryptopay.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------------
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": LOCAL_STATE_DIR / "cryptopay.sqlite3",
+            # WAL + IMMEDIATE lets the web server and the in-process scheduler write without
+            # "database is locked" errors.
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache, channel layer, Celery ---------------------------------------------------------------
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "cryptopay"),
+            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # socket_timeout=None: redis-py 8 defaults to 5 s, which kills the layer's 5 s
+            # blocking receive (channels_redis #422).
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+        }
+    }
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_TASK_ALWAYS_EAGER = False
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CELERY_BROKER_URL = "memory://"
+    # Embedded: tasks run inline; `manage.py serve` runs the beat schedule in a thread.
+    CELERY_TASK_ALWAYS_EAGER = True
+    CELERY_TASK_EAGER_PROPAGATES = True
+
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The one beat schedule. Values are seconds.
+CELERY_BEAT_SCHEDULE = {
+    "payments-expire-due": {
+        "task": "payments.tasks.payments_expire_due",
+        # How late an expiry may be noticed; short enough that a buyer never pays a dead invoice.
+        "schedule": env_seconds("CRYPTOPAY_EXPIRY_SWEEP_SECONDS", 15),
+    },
+}
+
+# --- Auth, i18n, static -------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+# --- Security (production mode passes `manage.py check --deploy`) -------------------------------
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- REST API -----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["payments.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["payments.auth.HasApiKeyScope"],
+    "DEFAULT_PARSER_CLASSES": ["cryptopay.api_errors.DecimalJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "cryptopay.api_errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "cryptopay API",
+    "DESCRIPTION": (
+        "Self-hosted crypto payment gateway. Authenticate with `Authorization: Bearer <api key>`. "
+        'Every error has the shape `{"error": {"type", "code", "message", "param"}}`. '
+        "Crypto amounts are exact decimal strings of integer base units; fiat amounts are decimal "
+        "strings with the currency's exponent."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    # Docs assets served from our own static files: no CDN needed (air-gapped installs work).
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
+# Bodies larger than this under /api/ get 413: a payment request is a few hundred bytes.
+API_MAX_BODY_BYTES = env_int("CRYPTOPAY_API_MAX_BODY_BYTES", 64 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+
+# --- Payments -----------------------------------------------------------------------------------
+# Merchant defaults (BTCPay's, REFERENCE.md §5); each merchant can change its own.
+PAYMENT_EXPIRY_DEFAULT = env_seconds("CRYPTOPAY_PAYMENT_EXPIRY_SECONDS", 15 * 60)
+# How long after expiry a paid-but-unconfirmed payment is still watched before it is invalid.
+PAYMENT_MONITORING_WINDOW_DEFAULT = env_seconds("CRYPTOPAY_MONITORING_WINDOW_SECONDS", 24 * 3600)
+# Percentage of the amount a buyer may fall short and still count as paid in full.
+PAYMENT_UNDERPAYMENT_TOLERANCE_DEFAULT = env_decimal("CRYPTOPAY_UNDERPAYMENT_TOLERANCE", "0")
+# Largest fiat amount a single payment may ask for; catches typos (cents sent as units).
+PAYMENT_MAX_FIAT_AMOUNT = env_decimal("CRYPTOPAY_MAX_FIAT_AMOUNT", "1000000")
+# Stripe-like metadata limits: enough for order references, too small to be a data store.
+PAYMENT_METADATA_MAX_KEYS = env_int("CRYPTOPAY_METADATA_MAX_KEYS", 50)
+PAYMENT_METADATA_MAX_KEY_LENGTH = env_int("CRYPTOPAY_METADATA_MAX_KEY_LENGTH", 40)
+PAYMENT_METADATA_MAX_VALUE_LENGTH = env_int("CRYPTOPAY_METADATA_MAX_VALUE_LENGTH", 500)
+PAYMENT_METADATA_MAX_BYTES = env_int("CRYPTOPAY_METADATA_MAX_BYTES", 8 * 1024)
+
+# Development chain: fake deterministic addresses that `manage.py simulate_payment` can "pay".
+# On in embedded mode only, so a real deployment never hands out an address nobody watches.
+DEV_CHAIN_ENABLED = env_bool("CRYPTOPAY_DEV_CHAIN", EMBEDDED)
+
+# The seed's last-resort level: conservative static rates (fiat per one coin), used when nothing
+# better is available and always marked `source: "fallback"`. Override with a JSON object.
+FALLBACK_RATES: dict[str, Decimal] = {
+    pair: Decimal(value)
+    for pair, value in json.loads(
+        env_str(
+            "CRYPTOPAY_FALLBACK_RATES",
+            json.dumps(
+                {
+                    "BTC-USD": "60000",
+                    "BTC-EUR": "55000",
+                    "LTC-USD": "70",
+                    "LTC-EUR": "64",
+                    "ETH-USD": "3000",
+                    "ETH-EUR": "2750",
+                    "USDC-USD": "1",
+                    "USDC-EUR": "0.92",
+                    "USDT-USD": "1",
+                    "USDT-EUR": "0.92",
+                }
+            ),
+        )
+    ).items()
+}
+
+# --- Resilience tunables (seed defaults; used by the exchange-rate, idempotency and WebSocket
+# issues that build on this foundation) ---------------------------------------------------------
+# Fresh rates live this long in the shared cache before a provider is asked again.
+RATE_CACHE_TTL = env_seconds("CRYPTOPAY_RATE_CACHE_SECONDS", 5 * 60)
+# Stale rates may still be served this long when every provider is down.
+RATE_EMERGENCY_CACHE_MAX_AGE = env_seconds("CRYPTOPAY_RATE_EMERGENCY_MAX_AGE_SECONDS", 2 * 3600)
+# Retries of a failing outside call before giving up on it.
+OUTSIDE_CALL_MAX_RETRIES = env_int("CRYPTOPAY_MAX_RETRIES", 3)
+# How long a stored idempotent response is replayed.
+IDEMPOTENCY_EXPIRY = env_seconds("CRYPTOPAY_IDEMPOTENCY_EXPIRY_SECONDS", 3600)
+# Wait before re-checking a key whose first request is still executing.
+IDEMPOTENCY_CONFLICT_RETRY_DELAY = env_seconds("CRYPTOPAY_IDEMPOTENCY_CONFLICT_RETRY_SECONDS", 0.1)
+# Circuit breaker (Polly v8 advanced breaker semantics).
+BREAKER_FAILURE_RATIO = env_decimal("CRYPTOPAY_BREAKER_FAILURE_RATIO", "0.5")
+BREAKER_SAMPLING_DURATION = env_seconds("CRYPTOPAY_BREAKER_SAMPLING_SECONDS", 30)
+BREAKER_BREAK_DURATION = env_seconds("CRYPTOPAY_BREAKER_BREAK_SECONDS", 60)
+BREAKER_MINIMUM_THROUGHPUT = env_int("CRYPTOPAY_BREAKER_MINIMUM_THROUGHPUT", 5)
+# Live WebSocket connections one user may hold across all processes; the oldest is evicted.
+WEBSOCKET_MAX_CONNECTIONS_PER_USER = env_int("CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER", 5)
+
+# --- Logging ------------------------------------------------------------------------------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+    },
+}

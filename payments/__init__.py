@@ -1,0 +1,1 @@
+"""Payments: merchants, API keys, payments and their state machine, quotes and deposit addresses."""

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from payments import services
+from payments.errors import InvalidTransition
+from payments.models import ApiKey, ApiKeyScope, Merchant, Payment, PaymentEvent, PaymentTransaction
+from payments.states import PaymentStatus
+
+
+@admin.register(Merchant)
+class MerchantAdmin(admin.ModelAdmin):
+    list_display = ["name", "public_id", "default_fiat_currency", "speed_policy", "created_at"]
+    search_fields = ["name", "public_id"]
+    readonly_fields = ["public_id", "created_at"]
+
+
+class ApiKeyAddForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKeyScope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        initial=[ApiKeyScope.PAYMENTS_READ, ApiKeyScope.PAYMENTS_WRITE],
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["merchant", "name", "scopes"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "prefix",
+        "merchant",
+        "scopes",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "prefix", "merchant__name"]
+    actions = ["revoke"]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):  # type: ignore[no-untyped-def]
+        if obj is None:
+            kwargs["form"] = ApiKeyAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        if obj is None:
+            return ["merchant", "name", "scopes"]
+        return ["merchant", "name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        if obj is None:
+            return []
+        return ["merchant", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        if change:
+            obj.save(update_fields=["name"])
+            return
+        api_key, secret = services.api_key_create(
+            merchant=form.cleaned_data["merchant"],
+            name=form.cleaned_data["name"],
+            scopes=form.cleaned_data["scopes"],
+        )
+        obj.pk = api_key.pk
+        # Kept on the request only long enough to render the one page that shows it.
+        request._created_api_key = (api_key, secret)
+
+    def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:  # type: ignore[no-untyped-def]
+        api_key, secret = request._created_api_key
+        context = {**self.admin_site.each_context(request), "api_key": api_key, "secret": secret}
+        response = TemplateResponse(request, "admin/payments/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected API keys")
+    def revoke(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+        for api_key in queryset:
+            services.api_key_revoke(api_key=api_key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+
+
+class PaymentEventInline(admin.TabularInline):
+    model = PaymentEvent
+    fields = ["sequence", "type", "created_at", "data"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["sequence"]
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+class PaymentTransactionInline(admin.TabularInline):
+    model = PaymentTransaction
+    fields = ["chain", "txid", "output_index", "amount", "confirmations", "first_seen_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(Payment)
+class PaymentAdmin(admin.ModelAdmin):
+    list_display = [
+        "public_id", "merchant", "order_id", "fiat_amount", "fiat_currency", "crypto_currency",
+        "status", "sub_status", "created_at",
+    ]  # fmt: skip
+    list_filter = ["status", "sub_status", "crypto_currency", "fiat_currency"]
+    search_fields = ["public_id", "order_id", "deposit_address"]
+    inlines = [PaymentTransactionInline, PaymentEventInline]
+    actions = ["mark_settled", "mark_invalid"]
+    list_select_related = ["merchant"]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        # Payments change only through the state machine (the actions below), never by editing.
+        return [field.name for field in Payment._meta.fields]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def _mark(self, request: HttpRequest, queryset, to_status: str) -> None:  # type: ignore[no-untyped-def]
+        moved, refused = 0, []
+        for payment in queryset:
+            try:
+                if services.payment_mark(payment=payment, to_status=to_status):
+                    moved += 1
+            except InvalidTransition as exc:
+                refused.append(f"{payment.public_id}: {exc.message}")
+        self.message_user(request, f"Marked {moved} payment(s) {to_status}.", messages.SUCCESS)
+        for line in refused:
+            self.message_user(request, line, messages.WARNING)
+
+    @admin.action(description="Mark selected payments settled")
+    def mark_settled(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+        self._mark(request, queryset, PaymentStatus.SETTLED)
+
+    @admin.action(description="Mark selected payments invalid")
+    def mark_invalid(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+        self._mark(request, queryset, PaymentStatus.INVALID)
+
+
+@admin.register(PaymentEvent)
+class PaymentEventAdmin(admin.ModelAdmin):
+    list_display = ["payment", "sequence", "type", "created_at"]
+    list_filter = ["type"]
+    search_fields = ["payment__public_id"]
+    list_select_related = ["payment"]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return [field.name for field in PaymentEvent._meta.fields]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False

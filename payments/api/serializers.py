@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto, fiat_exponent
+from payments.models import Payment
+from payments.money import format_base_units, format_fiat
+from payments.states import PaymentStatus, PaymentSubStatus
+
+
+@extend_schema_field({"type": "string", "pattern": r"^\d+(\.\d+)?$", "example": "19.99"})
+class ExactDecimalField(serializers.Field):
+    """A positive decimal given as a JSON string or number, read exactly (never through float)."""
+
+    default_error_messages = {
+        "invalid": 'Must be a decimal number such as "19.99".',
+        "not_positive": "Must be greater than zero.",
+    }
+
+    def to_internal_value(self, data: Any) -> Decimal:
+        if isinstance(data, bool) or not isinstance(data, (str, int, Decimal)):
+            self.fail("invalid")
+        if isinstance(data, str) and (not data.strip() or data.strip() != data):
+            self.fail("invalid")
+        try:
+            value = Decimal(data)
+        except (InvalidOperation, ValueError):
+            self.fail("invalid")
+        if not value.is_finite():
+            self.fail("invalid")
+        if value <= 0:
+            self.fail("not_positive")
+        return value
+
+    def to_representation(self, value: Decimal) -> str:
+        return str(value)
+
+
+class PaymentCreateSerializer(serializers.Serializer):
+    amount = ExactDecimalField(help_text='Price in fiat, e.g. "19.99".')
+    currency = serializers.ChoiceField(
+        choices=sorted(FIAT_EXPONENTS),
+        required=False,
+        help_text="ISO 4217 code; defaults to the merchant's default fiat currency.",
+    )
+    crypto_currency = serializers.ChoiceField(choices=sorted(CRYPTO_CURRENCIES))
+    order_id = serializers.CharField(
+        required=False, allow_null=True, max_length=200, help_text="Unique per merchant."
+    )
+    description = serializers.CharField(required=False, allow_blank=True, max_length=500)
+    metadata = serializers.DictField(
+        required=False,
+        child=serializers.CharField(
+            allow_blank=True, max_length=settings.PAYMENT_METADATA_MAX_VALUE_LENGTH
+        ),
+        help_text=(
+            f"Up to {settings.PAYMENT_METADATA_MAX_KEYS} string keys of at most "
+            f"{settings.PAYMENT_METADATA_MAX_KEY_LENGTH} characters with string values of at most "
+            f"{settings.PAYMENT_METADATA_MAX_VALUE_LENGTH} characters."
+        ),
+    )
+
+    def validate_metadata(self, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > settings.PAYMENT_METADATA_MAX_KEYS:
+            raise serializers.ValidationError(
+                f"At most {settings.PAYMENT_METADATA_MAX_KEYS} keys.", code="metadata_too_large"
+            )
+        for key in value:
+            if not key or len(key) > settings.PAYMENT_METADATA_MAX_KEY_LENGTH:
+                raise serializers.ValidationError(
+                    f"Keys must have 1 to {settings.PAYMENT_METADATA_MAX_KEY_LENGTH} characters.",
+                    code="invalid_metadata_key",
+                )
+        if len(json.dumps(value).encode()) > settings.PAYMENT_METADATA_MAX_BYTES:
+            raise serializers.ValidationError(
+                f"At most {settings.PAYMENT_METADATA_MAX_BYTES} bytes as JSON.",
+                code="metadata_too_large",
+            )
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        currency = attrs.get("currency") or self.context["merchant"].default_fiat_currency
+        attrs["currency"] = currency
+        amount: Decimal = attrs["amount"]
+        exponent = fiat_exponent(currency)
+        step = Decimal(1).scaleb(-exponent)
+        if amount != amount.quantize(step):
+            raise serializers.ValidationError(
+                {
+                    "amount": [
+                        serializers.ErrorDetail(
+                            f"{currency} amounts have at most {exponent} decimal places.",
+                            code="invalid_amount_precision",
+                        )
+                    ]
+                }
+            )
+        if amount > settings.PAYMENT_MAX_FIAT_AMOUNT:
+            raise serializers.ValidationError(
+                {
+                    "amount": [
+                        serializers.ErrorDetail(
+                            f"Amount exceeds the maximum of {settings.PAYMENT_MAX_FIAT_AMOUNT}.",
+                            code="amount_too_large",
+                        )
+                    ]
+                }
+            )
+        attrs["amount"] = amount.quantize(step)
+        return attrs
+
+
+class QuoteSerializer(serializers.Serializer):
+    rate = serializers.CharField(help_text="Fiat per one whole coin.")
+    source = serializers.CharField(help_text="live, cache, emergency or fallback.")
+    providers = serializers.ListField(child=serializers.DictField())
+    fetched_at = serializers.DateTimeField()
+
+
+class PaymentSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id")
+    object = serializers.SerializerMethodField()
+    amount = serializers.SerializerMethodField()
+    currency = serializers.CharField(source="fiat_currency")
+    crypto_amount = serializers.SerializerMethodField(
+        help_text="Amount due in the crypto currency, exact decimal string."
+    )
+    crypto_amount_base_units = serializers.SerializerMethodField(
+        help_text="Amount due as an integer string of base units (satoshi, wei...)."
+    )
+    amount_received = serializers.SerializerMethodField()
+    amount_confirmed = serializers.SerializerMethodField()
+    amount_due = serializers.SerializerMethodField(help_text="What the buyer still has to pay.")
+    status = serializers.ChoiceField(choices=PaymentStatus.choices)
+    sub_status = serializers.SerializerMethodField()
+    quote = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Payment
+        fields = [
+            "id",
+            "object",
+            "order_id",
+            "description",
+            "metadata",
+            "amount",
+            "currency",
+            "crypto_currency",
+            "crypto_amount",
+            "crypto_amount_base_units",
+            "amount_received",
+            "amount_confirmed",
+            "amount_due",
+            "quote",
+            "deposit_address",
+            "status",
+            "sub_status",
+            "required_confirmations",
+            "expires_at",
+            "monitoring_until",
+            "created_at",
+            "updated_at",
+            "settled_at",
+        ]
+
+    def get_object(self, payment: Payment) -> str:
+        return "payment"
+
+    def _crypto(self, payment: Payment, amount: int) -> str:
+        return format_base_units(amount=amount, currency=crypto(payment.crypto_currency))
+
+    def get_amount(self, payment: Payment) -> str:
+        return format_fiat(
+            amount=payment.fiat_amount, exponent=fiat_exponent(payment.fiat_currency)
+        )
+
+    def get_crypto_amount(self, payment: Payment) -> str:
+        return self._crypto(payment, payment.crypto_amount)
+
+    def get_crypto_amount_base_units(self, payment: Payment) -> str:
+        return str(payment.crypto_amount)
+
+    def get_amount_received(self, payment: Payment) -> str:
+        return self._crypto(payment, payment.amount_received)
+
+    def get_amount_confirmed(self, payment: Payment) -> str:
+        return self._crypto(payment, payment.amount_confirmed)
+
+    def get_amount_due(self, payment: Payment) -> str:
+        return self._crypto(payment, max(payment.crypto_amount - payment.amount_received, 0))
+
+    @extend_schema_field(
+        {"type": "string", "nullable": True, "enum": [*PaymentSubStatus.values[1:], None]}
+    )
+    def get_sub_status(self, payment: Payment) -> str | None:
+        return payment.sub_status or None
+
+    @extend_schema_field(QuoteSerializer)
+    def get_quote(self, payment: Payment) -> dict[str, Any]:
+        return {
+            "rate": f"{payment.rate.normalize():f}",
+            "source": payment.rate_source,
+            "providers": payment.rate_providers,
+            "fetched_at": serializers.DateTimeField().to_representation(payment.rate_fetched_at),
+        }
+
+
+for _name in ("get_object", "get_amount", "get_crypto_amount", "get_crypto_amount_base_units",
+              "get_amount_received", "get_amount_confirmed", "get_amount_due"):  # fmt: skip
+    extend_schema_field(OpenApiTypes.STR)(getattr(PaymentSerializer, _name))
+
+
+class PaymentListSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = PaymentSerializer(many=True)
+    has_more = serializers.BooleanField()
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(
+        choices=[
+            "invalid_request_error",
+            "authentication_error",
+            "permission_error",
+            "api_error",
+            "rate_limit_error",
+        ]
+    )
+    code = serializers.CharField()
+    message = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    errors = serializers.ListField(
+        child=serializers.DictField(), required=False, help_text="Every validation error (400)."
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from payments.api import views
+
+urlpatterns = [
+    path("payments", views.PaymentListCreateView.as_view(), name="payments"),
+    path("payments/<str:public_id>", views.PaymentDetailView.as_view(), name="payment-detail"),
+    path(
+        "payments/<str:public_id>/cancel",
+        views.PaymentCancelView.as_view(),
+        name="payment-cancel",
+    ),
+]

@@ -1,0 +1,140 @@
+"""Thin API views: parse and validate, call one service or selector, serialize."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from payments import selectors, services
+from payments.api.serializers import (
+    ErrorSerializer,
+    PaymentCreateSerializer,
+    PaymentListSerializer,
+    PaymentSerializer,
+)
+from payments.models import ApiKeyScope
+from payments.states import PaymentStatus
+
+READ = ApiKeyScope.PAYMENTS_READ.value
+WRITE = ApiKeyScope.PAYMENTS_WRITE.value
+
+ERRORS = {
+    code: OpenApiResponse(ErrorSerializer, description=text)
+    for code, text in {
+        400: "Invalid request",
+        401: "Missing, invalid or revoked API key",
+        403: "The API key lacks the required scope",
+        404: "No such object (or it belongs to another merchant)",
+        405: "Method not allowed",
+        413: "Body too large",
+        415: "Unsupported media type",
+        500: "Unexpected error",
+    }.items()
+}
+
+
+class PaymentListQuerySerializer(serializers.Serializer):
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=10)
+    starting_after = serializers.CharField(required=False, max_length=32)
+    status = serializers.ChoiceField(choices=PaymentStatus.choices, required=False)
+    order_id = serializers.CharField(required=False, max_length=200)
+    created_gte = serializers.DateTimeField(required=False)
+    created_lt = serializers.DateTimeField(required=False)
+
+
+class PaymentListCreateView(APIView):
+    required_scopes = {"GET": READ, "POST": WRITE}
+
+    @extend_schema(
+        operation_id="payments_list",
+        parameters=[PaymentListQuerySerializer],
+        responses={200: PaymentListSerializer, **ERRORS},
+        description="Payments, newest first. Pass the last id of a page as `starting_after`.",
+    )
+    def get(self, request: Request) -> Response:
+        query = PaymentListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        filters = selectors.PaymentFilters(
+            status=params.get("status"),
+            order_id=params.get("order_id"),
+            created_gte=params.get("created_gte"),
+            created_lt=params.get("created_lt"),
+        )
+        try:
+            page = selectors.payment_list(
+                merchant=request.user.merchant,
+                filters=filters,
+                limit=params["limit"],
+                starting_after=params.get("starting_after"),
+            )
+        except Http404:
+            raise serializers.ValidationError(
+                {
+                    "starting_after": [
+                        serializers.ErrorDetail("No such payment.", code="invalid_cursor")
+                    ]
+                }
+            )
+        return Response(
+            {
+                "object": "list",
+                "data": PaymentSerializer(page.items, many=True).data,
+                "has_more": page.has_more,
+            }
+        )
+
+    @extend_schema(
+        operation_id="payments_create",
+        request=PaymentCreateSerializer,
+        responses={
+            201: PaymentSerializer,
+            409: ErrorSerializer,
+            422: ErrorSerializer,
+            503: ErrorSerializer,
+            **ERRORS,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        merchant = request.user.merchant
+        serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        payment = services.payment_create(
+            merchant=merchant,
+            fiat_amount=data["amount"],
+            fiat_currency=data["currency"],
+            crypto_currency=data["crypto_currency"],
+            order_id=data.get("order_id"),
+            description=data.get("description", ""),
+            metadata=data.get("metadata"),
+        )
+        return Response(PaymentSerializer(payment).data, status=status.HTTP_201_CREATED)
+
+
+class PaymentDetailView(APIView):
+    required_scopes = {"GET": READ}
+
+    @extend_schema(operation_id="payments_retrieve", responses={200: PaymentSerializer, **ERRORS})
+    def get(self, request: Request, public_id: str) -> Response:
+        payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
+        return Response(PaymentSerializer(payment).data)
+
+
+class PaymentCancelView(APIView):
+    required_scopes = {"POST": WRITE}
+
+    @extend_schema(
+        operation_id="payments_cancel",
+        request=None,
+        responses={200: PaymentSerializer, 409: ErrorSerializer, **ERRORS},
+        description="Cancel a pending payment that has received nothing. Repeating it is a no-op.",
+    )
+    def post(self, request: Request, public_id: str) -> Response:
+        payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
+        payment = services.payment_cancel(payment=payment)
+        return Response(PaymentSerializer(payment).data)

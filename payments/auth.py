@@ -1,0 +1,94 @@
+"""API key authentication (``Authorization: Bearer <key>``) and per-view scope checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.permissions import BasePermission
+
+from payments.models import ApiKey, Merchant
+from payments.services import api_key_matches, api_key_split
+from resilience import clock
+
+# last_used_at is a hint for operators, not an audit log: write it at most once a minute per key.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    """The authenticated caller of an API request: a merchant acting through one of its keys."""
+
+    merchant: Merchant
+    api_key: ApiKey
+
+    is_authenticated = True
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.api_key.scopes
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    keyword = b"bearer"
+
+    def authenticate(self, request):  # type: ignore[override]
+        header = get_authorization_header(request).split()
+        if not header:
+            return None
+        if header[0].lower() != self.keyword or len(header) != 2:
+            raise exceptions.AuthenticationFailed(
+                "Use 'Authorization: Bearer <api key>'.", code="invalid_authorization_header"
+            )
+        try:
+            raw_key = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("Invalid API key.", code="invalid_api_key")
+        prefix = api_key_split(raw_key)
+        api_key = (
+            ApiKey.objects.select_related("merchant").filter(prefix=prefix).first()
+            if prefix
+            else None
+        )
+        if api_key is None or not api_key_matches(api_key=api_key, raw_key=raw_key):
+            raise exceptions.AuthenticationFailed("Invalid API key.", code="invalid_api_key")
+        if api_key.revoked_at is not None:
+            raise exceptions.AuthenticationFailed(
+                "This API key has been revoked.", code="api_key_revoked"
+            )
+        now = clock.now()
+        if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
+            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        return ApiClient(merchant=api_key.merchant, api_key=api_key), api_key
+
+    def authenticate_header(self, request) -> str:  # type: ignore[override]
+        return 'Bearer realm="api"'
+
+
+class HasApiKeyScope(BasePermission):
+    """Views declare ``required_scopes = {"GET": "payments:read", ...}`` per method."""
+
+    def has_permission(self, request, view) -> bool:  # type: ignore[override]
+        client = request.user
+        if not isinstance(client, ApiClient):
+            raise exceptions.NotAuthenticated("Authentication required: send a Bearer API key.")
+        required = getattr(view, "required_scopes", {}).get(request.method)
+        if required is None:
+            return True
+        if not client.has_scope(required):
+            raise exceptions.PermissionDenied(
+                f"This API key lacks the '{required}' scope.", code="insufficient_scope"
+            )
+        return True
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Describes the Bearer API key in the OpenAPI schema."""
+
+    target_class = "payments.auth.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+        return {"type": "http", "scheme": "bearer", "description": "A merchant API key (cpk_…)."}

@@ -1,0 +1,29 @@
+"""Domain errors raised by payment services; each maps to one API error code."""
+
+from __future__ import annotations
+
+from rest_framework import status
+
+from cryptopay.api_errors import API, ApiError
+
+
+class InvalidTransition(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "invalid_state_transition"
+
+
+class DuplicateOrderId(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "order_id_already_exists"
+
+
+class RateUnavailable(ApiError):
+    # Like BTCPay, no payment is created without a rate; the client may retry later.
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    error_type = API
+    code = "rate_unavailable"
+
+
+class AddressUnavailable(ApiError):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    code = "wallet_not_configured"

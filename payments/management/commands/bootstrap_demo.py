@@ -1,0 +1,71 @@
+"""Create (once) a demo merchant with an API key and an admin user, and print their credentials.
+
+The credentials are derived from SECRET_KEY, so reruns print the same ones and create nothing new.
+Meant for local and embedded setups; in production create merchants and keys in the admin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import string
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from payments import services
+from payments.models import ApiKey, ApiKeyScope, Merchant
+
+DEMO_MERCHANT_NAME = "Demo Shop"
+ADMIN_USERNAME = "admin"
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def _derived(label: str, length: int) -> str:
+    digest = hmac.new(settings.SECRET_KEY.encode(), label.encode(), hashlib.sha512).digest()
+    return "".join(_ALPHABET[byte % len(_ALPHABET)] for byte in digest[:length])
+
+
+def demo_api_key() -> str:
+    return services.API_KEY_PREFIX + _derived(
+        "cryptopay-demo-api-key", services.API_KEY_PREFIX_LENGTH + services.API_KEY_SECRET_LENGTH
+    )
+
+
+def demo_admin_password() -> str:
+    return _derived("cryptopay-demo-admin-password", 20)
+
+
+class Command(BaseCommand):
+    help = "Create the demo merchant, API key and admin user if missing, and print credentials."
+
+    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+        raw_key = demo_api_key()
+        password = demo_admin_password()
+        with transaction.atomic():
+            merchant = Merchant.objects.filter(name=DEMO_MERCHANT_NAME).first()
+            if merchant is None:
+                merchant = services.merchant_create(name=DEMO_MERCHANT_NAME)
+            prefix = services.api_key_split(raw_key)
+            if not ApiKey.objects.filter(prefix=prefix).exists():
+                services.api_key_create(
+                    merchant=merchant, name="demo", scopes=list(ApiKeyScope.values), raw_key=raw_key
+                )
+            user_model = get_user_model()
+            if not user_model.objects.filter(username=ADMIN_USERNAME).exists():
+                user_model.objects.create_superuser(ADMIN_USERNAME, "", password)
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    "  cryptopay demo credentials (stable across reruns of this checkout):",
+                    f"    merchant       {merchant.name} ({merchant.public_id})",
+                    f"    API key        {raw_key}",
+                    f"    admin          http://127.0.0.1:8000/admin/  user {ADMIN_USERNAME}  "
+                    f"password {password}",
+                    "",
+                ]
+            )
+        )

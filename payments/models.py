@@ -1,0 +1,282 @@
+from __future__ import annotations
+
+import secrets
+import string
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from payments.currencies import CRYPTO_CHOICES, FIAT_CHOICES
+from payments.states import PaymentStatus, PaymentSubStatus
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_token(length: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def new_merchant_id() -> str:
+    return "mer_" + random_token(20)
+
+
+def new_payment_id() -> str:
+    # 24 base62 characters: about 143 bits, unguessable.
+    return "pay_" + random_token(24)
+
+
+class BaseUnitsField(models.DecimalField):
+    """An integer amount in a crypto currency's base units (satoshi, wei...).
+
+    Stored as NUMERIC(78, 0), because wei amounts outgrow a 64-bit integer (1 000 ETH is 10^21 wei),
+    and handed to Python as ``int``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["max_digits"] = 78
+        kwargs["decimal_places"] = 0
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> tuple[Any, ...]:
+        name, path, args, kwargs = super().deconstruct()
+        kwargs.pop("max_digits", None)
+        kwargs.pop("decimal_places", None)
+        return name, path, args, kwargs
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> int | None:
+        if value is None:
+            return None
+        return int(value)
+
+    def to_python(self, value: Any) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        decimal_value = super().to_python(value)
+        return int(decimal_value) if decimal_value is not None else None
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        if isinstance(value, int):
+            value = Decimal(value)
+        return super().get_db_prep_value(value, connection, prepared)
+
+
+class SpeedPolicy(models.IntegerChoices):
+    """Confirmations required before a payment is settled (BTCPay's speed policies)."""
+
+    HIGH = 0, "High speed (0 confirmations)"
+    MEDIUM = 1, "Medium speed (1 confirmation)"
+    LOW_MEDIUM = 2, "Low-medium speed (2 confirmations)"
+    LOW = 6, "Low speed (6 confirmations)"
+
+
+def _default_expiry():
+    return settings.PAYMENT_EXPIRY_DEFAULT
+
+
+def _default_monitoring_window():
+    return settings.PAYMENT_MONITORING_WINDOW_DEFAULT
+
+
+def _default_tolerance():
+    return settings.PAYMENT_UNDERPAYMENT_TOLERANCE_DEFAULT
+
+
+class Merchant(models.Model):
+    public_id = models.CharField(
+        max_length=32, unique=True, default=new_merchant_id, editable=False
+    )
+    name = models.CharField(max_length=200)
+    default_fiat_currency = models.CharField(max_length=3, choices=FIAT_CHOICES, default="USD")
+    payment_expiry = models.DurationField(
+        default=_default_expiry, help_text="How long a buyer has to pay a new payment."
+    )
+    monitoring_window = models.DurationField(
+        default=_default_monitoring_window,
+        help_text="After expiry, how long an unconfirmed payment is watched before it is invalid.",
+    )
+    underpayment_tolerance_percent = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=_default_tolerance,
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
+        help_text="A payment short by at most this percentage counts as paid in full.",
+    )
+    speed_policy = models.PositiveSmallIntegerField(
+        choices=SpeedPolicy.choices, default=SpeedPolicy.MEDIUM
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKeyScope(models.TextChoices):
+    PAYMENTS_READ = "payments:read", "Read payments"
+    PAYMENTS_WRITE = "payments:write", "Create and cancel payments"
+    WEBHOOKS_MANAGE = "webhooks:manage", "Manage webhook endpoints"
+
+
+class ApiKey(models.Model):
+    """A merchant's API key. Only a SHA-256 hash of the secret is stored; the prefix is shown."""
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=32, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class Payment(models.Model):
+    public_id = models.CharField(max_length=32, unique=True, default=new_payment_id, editable=False)
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="payments")
+    # NULL, not "", when absent: the unique constraint applies only to given order ids.
+    order_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    description = models.CharField(max_length=500, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    fiat_amount = models.DecimalField(max_digits=20, decimal_places=3)
+    fiat_currency = models.CharField(max_length=3, choices=FIAT_CHOICES)
+    crypto_currency = models.CharField(max_length=8, choices=CRYPTO_CHOICES)
+    crypto_amount = BaseUnitsField(help_text="Amount due, in base units.")
+
+    # The quote the amount was computed from (its provenance).
+    rate = models.DecimalField(max_digits=36, decimal_places=18)
+    rate_source = models.CharField(max_length=20)
+    rate_providers = models.JSONField(default=list, blank=True)
+    rate_fetched_at = models.DateTimeField()
+
+    deposit_address = models.CharField(max_length=128)
+    derivation_index = models.PositiveIntegerField()
+
+    status = models.CharField(
+        max_length=20, choices=PaymentStatus.choices, default=PaymentStatus.PENDING
+    )
+    sub_status = models.CharField(
+        max_length=20, choices=PaymentSubStatus.choices, default=PaymentSubStatus.NONE, blank=True
+    )
+    required_confirmations = models.PositiveSmallIntegerField()
+    underpayment_tolerance_percent = models.DecimalField(max_digits=5, decimal_places=2)
+    expires_at = models.DateTimeField()
+    monitoring_until = models.DateTimeField()
+    amount_received = BaseUnitsField(default=0)
+    amount_confirmed = BaseUnitsField(default=0)
+    event_sequence = models.PositiveIntegerField(default=0)
+
+    created_at = models.DateTimeField(db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["merchant", "order_id"],
+                condition=models.Q(order_id__isnull=False),
+                name="payment_order_id_unique_per_merchant",
+            ),
+            models.UniqueConstraint(
+                fields=["merchant", "crypto_currency", "derivation_index"],
+                name="payment_derivation_index_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["crypto_currency", "deposit_address"], name="payment_address_unique"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(crypto_amount__gt=0), name="payment_crypto_amount_positive"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(fiat_amount__gt=0), name="payment_fiat_amount_positive"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["merchant", "-created_at", "-id"], name="payment_merchant_created"
+            ),
+            models.Index(fields=["status", "expires_at"], name="payment_status_expires"),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class PaymentEvent(models.Model):
+    """Append-only log of everything that happened to a payment, numbered per payment."""
+
+    class Type(models.TextChoices):
+        CREATED = "payment.created", "Payment created"
+        STATUS_CHANGED = "payment.status_changed", "Payment status changed"
+        EXPIRED = "payment.expired", "Payment expired"
+        TRANSACTION_DETECTED = "transaction.detected", "Transaction detected"
+
+    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="events")
+    sequence = models.PositiveIntegerField()
+    type = models.CharField(max_length=40, choices=Type.choices)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["payment_id", "sequence"]
+        constraints = [
+            models.UniqueConstraint(fields=["payment", "sequence"], name="event_sequence_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.payment_id}#{self.sequence} {self.type}"
+
+
+class PaymentTransaction(models.Model):
+    """An on-chain output (or token transfer) paying a payment's deposit address. Recorded once."""
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="transactions")
+    chain = models.CharField(max_length=20)
+    txid = models.CharField(max_length=100)
+    output_index = models.PositiveIntegerField()
+    amount = BaseUnitsField()
+    confirmations = models.PositiveIntegerField(default=0)
+    first_seen_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["chain", "txid", "output_index"], name="transaction_output_unique"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(amount__gt=0), name="transaction_amount_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain}:{self.txid}:{self.output_index}"
+
+
+class AddressIndex(models.Model):
+    """Next derivation index per merchant and currency; allocated under a row lock, never reused."""
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE)
+    crypto_currency = models.CharField(max_length=8, choices=CRYPTO_CHOICES)
+    next_index = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["merchant", "crypto_currency"], name="address_index_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.merchant_id}/{self.crypto_currency}: next {self.next_index}"

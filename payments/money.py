@@ -1,0 +1,47 @@
+"""Money arithmetic. Crypto amounts are integers in base units, fiat amounts are ``Decimal``.
+
+Conversions use exact rational arithmetic (``fractions.Fraction``) so no precision or rounding
+context can leak in, and a float can never appear on the path.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from fractions import Fraction
+
+from payments.currencies import CryptoCurrency
+
+
+def fiat_to_base_units(*, fiat_amount: Decimal, rate: Decimal, currency: CryptoCurrency) -> int:
+    """Smallest whole number of base units whose value at ``rate`` covers ``fiat_amount``.
+
+    ``rate`` is fiat per one whole coin. Rounding up favours the merchant by less than one base
+    unit: the buyer never underpays because of rounding.
+    """
+    if not fiat_amount.is_finite() or not rate.is_finite():
+        raise ValueError("amounts must be finite")
+    if rate <= 0:
+        raise ValueError("rate must be positive")
+    if fiat_amount < 0:
+        raise ValueError("fiat amount must not be negative")
+    exact = Fraction(fiat_amount) * (10**currency.decimals) / Fraction(rate)
+    return math.ceil(exact)
+
+
+def base_units_to_decimal(*, amount: int, currency: CryptoCurrency) -> Decimal:
+    """Exact whole-coin value of ``amount`` base units."""
+    return Decimal(amount).scaleb(-currency.decimals)
+
+
+def format_base_units(*, amount: int, currency: CryptoCurrency) -> str:
+    """Exact decimal string with all the currency's digits, e.g. 12345 sat -> "0.00012345"."""
+    sign = "-" if amount < 0 else ""
+    digits = str(abs(amount)).rjust(currency.decimals + 1, "0")
+    if currency.decimals == 0:
+        return sign + digits
+    return f"{sign}{digits[: -currency.decimals]}.{digits[-currency.decimals :]}"
+
+
+def format_fiat(*, amount: Decimal, exponent: int) -> str:
+    return str(amount.quantize(Decimal(1).scaleb(-exponent)))

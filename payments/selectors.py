@@ -1,0 +1,61 @@
+"""Reads. Every selector is scoped to one merchant: another merchant's objects do not exist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from payments.models import Merchant, Payment
+
+
+def payment_get(*, merchant: Merchant, public_id: str) -> Payment:
+    payment = Payment.objects.filter(merchant=merchant, public_id=public_id).first()
+    if payment is None:
+        raise Http404("No such payment.")
+    return payment
+
+
+@dataclass(frozen=True)
+class PaymentFilters:
+    status: str | None = None
+    order_id: str | None = None
+    created_gte: datetime | None = None
+    created_lt: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PaymentPage:
+    items: list[Payment]
+    has_more: bool
+
+
+def payment_list(
+    *,
+    merchant: Merchant,
+    filters: PaymentFilters,
+    limit: int,
+    starting_after: str | None = None,
+) -> PaymentPage:
+    """Newest first; ``starting_after`` is the id of the last payment of the previous page.
+
+    A keyset cursor on (created_at, id) stays correct while payments are being created.
+    """
+    qs: QuerySet[Payment] = Payment.objects.filter(merchant=merchant)
+    if filters.status:
+        qs = qs.filter(status=filters.status)
+    if filters.order_id:
+        qs = qs.filter(order_id=filters.order_id)
+    if filters.created_gte:
+        qs = qs.filter(created_at__gte=filters.created_gte)
+    if filters.created_lt:
+        qs = qs.filter(created_at__lt=filters.created_lt)
+    if starting_after:
+        cursor = payment_get(merchant=merchant, public_id=starting_after)
+        qs = qs.filter(
+            Q(created_at__lt=cursor.created_at) | Q(created_at=cursor.created_at, id__lt=cursor.id)
+        )
+    rows = list(qs.order_by("-created_at", "-id")[: limit + 1])
+    return PaymentPage(items=rows[:limit], has_more=len(rows) > limit)

@@ -1,0 +1,506 @@
+"""Writes: every change to merchants, keys and payments goes through a function here.
+
+Each payment state change locks the payment row, applies the change and appends its event in the
+same transaction, so the event log and the payment never disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q, Sum
+
+from payments import states
+from payments.addresses import address_allocate
+from payments.currencies import crypto, fiat_exponent
+from payments.errors import DuplicateOrderId, InvalidTransition
+from payments.models import (
+    ApiKey,
+    ApiKeyScope,
+    Merchant,
+    Payment,
+    PaymentEvent,
+    PaymentTransaction,
+    random_token,
+)
+from payments.money import fiat_to_base_units, format_base_units, format_fiat
+from payments.rates import rate_quote
+from payments.states import PaymentStatus, PaymentSubStatus
+from resilience import clock
+
+logger = logging.getLogger(__name__)
+
+API_KEY_PREFIX = "cpk_"
+API_KEY_PREFIX_LENGTH = 12  # random characters after "cpk_" that are stored and shown
+API_KEY_SECRET_LENGTH = 32  # random characters only the merchant ever sees
+
+
+# --- Merchants and API keys ---------------------------------------------------------------------
+
+
+def merchant_create(*, name: str, **fields: Any) -> Merchant:
+    return Merchant.objects.create(name=name, **fields)
+
+
+def api_key_hash(raw_key: str) -> str:
+    """SHA-256 of the whole key. Keys carry ~190 random bits, so a fast hash is enough (as GitHub
+    and Stripe do); a slow password hash would only add latency to every request."""
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def api_key_split(raw_key: str) -> str | None:
+    """The stored prefix of a presented key, or None when it cannot be one of ours."""
+    if not raw_key.startswith(API_KEY_PREFIX):
+        return None
+    if len(raw_key) != len(API_KEY_PREFIX) + API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH:
+        return None
+    if not raw_key[len(API_KEY_PREFIX) :].isalnum() or not raw_key.isascii():
+        return None
+    return raw_key[: len(API_KEY_PREFIX) + API_KEY_PREFIX_LENGTH]
+
+
+def api_key_create(
+    *, merchant: Merchant, name: str, scopes: list[str], raw_key: str | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is never stored and never shown again.
+
+    ``raw_key`` lets the demo bootstrap install a key derived from SECRET_KEY (stable across
+    reruns); everything else lets it be random.
+    """
+    if raw_key is None:
+        raw_key = API_KEY_PREFIX + random_token(API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH)
+    prefix = api_key_split(raw_key)
+    if prefix is None:
+        raise ValueError("malformed API key")
+    unknown = set(scopes) - set(ApiKeyScope.values)
+    if unknown:
+        raise ValueError(f"unknown scopes: {sorted(unknown)}")
+    api_key = ApiKey.objects.create(
+        merchant=merchant,
+        name=name,
+        prefix=prefix,
+        key_hash=api_key_hash(raw_key),
+        scopes=sorted(set(scopes)),
+    )
+    logger.info("API key %s created for merchant %s", prefix, merchant.public_id)
+    return api_key, raw_key
+
+
+def api_key_revoke(*, api_key: ApiKey) -> None:
+    if api_key.revoked_at is None:
+        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=clock.now())
+        api_key.refresh_from_db(fields=["revoked_at"])
+        logger.info("API key %s revoked", api_key.prefix)
+
+
+def api_key_matches(*, api_key: ApiKey, raw_key: str) -> bool:
+    return hmac.compare_digest(api_key.key_hash, api_key_hash(raw_key))
+
+
+# --- Payments -----------------------------------------------------------------------------------
+
+
+def payment_snapshot(payment: Payment) -> dict[str, Any]:
+    currency = crypto(payment.crypto_currency)
+    return {
+        "id": payment.public_id,
+        "status": payment.status,
+        "sub_status": payment.sub_status or None,
+        "amount": format_fiat(
+            amount=payment.fiat_amount, exponent=fiat_exponent(payment.fiat_currency)
+        ),
+        "currency": payment.fiat_currency,
+        "crypto_currency": payment.crypto_currency,
+        "crypto_amount": format_base_units(amount=payment.crypto_amount, currency=currency),
+        "amount_received": format_base_units(amount=payment.amount_received, currency=currency),
+        "amount_confirmed": format_base_units(amount=payment.amount_confirmed, currency=currency),
+    }
+
+
+def _event_append(
+    *, payment: Payment, event_type: str, data: dict[str, Any], at: datetime
+) -> PaymentEvent:
+    """Append the next event; the caller holds the payment row lock."""
+    payment.event_sequence += 1
+    Payment.objects.filter(pk=payment.pk).update(event_sequence=payment.event_sequence)
+    return PaymentEvent.objects.create(
+        payment=payment,
+        sequence=payment.event_sequence,
+        type=event_type,
+        data={**data, "payment": payment_snapshot(payment)},
+        created_at=at,
+    )
+
+
+def payment_create(
+    *,
+    merchant: Merchant,
+    fiat_amount: Decimal,
+    fiat_currency: str,
+    crypto_currency: str,
+    order_id: str | None = None,
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> Payment:
+    quote = rate_quote(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
+    crypto_amount = fiat_to_base_units(
+        fiat_amount=fiat_amount, rate=quote.value, currency=crypto(crypto_currency)
+    )
+    now = clock.now()
+    expires_at = now + merchant.payment_expiry
+    try:
+        with transaction.atomic():
+            address = address_allocate(merchant=merchant, crypto_currency=crypto_currency)
+            payment = Payment.objects.create(
+                merchant=merchant,
+                order_id=order_id,
+                description=description,
+                metadata=metadata or {},
+                fiat_amount=fiat_amount,
+                fiat_currency=fiat_currency,
+                crypto_currency=crypto_currency,
+                crypto_amount=crypto_amount,
+                rate=quote.value,
+                rate_source=quote.source,
+                rate_providers=quote.providers,
+                rate_fetched_at=quote.fetched_at,
+                deposit_address=address.address,
+                derivation_index=address.index,
+                required_confirmations=merchant.speed_policy,
+                underpayment_tolerance_percent=merchant.underpayment_tolerance_percent,
+                expires_at=expires_at,
+                monitoring_until=expires_at + merchant.monitoring_window,
+                created_at=now,
+            )
+            _event_append(
+                payment=payment,
+                event_type=PaymentEvent.Type.CREATED,
+                data={
+                    "quote": {
+                        "pair": quote.pair,
+                        "rate": str(quote.value),
+                        "source": quote.source,
+                        "fetched_at": quote.fetched_at.isoformat(),
+                    },
+                    "deposit_address": address.address,
+                },
+                at=now,
+            )
+    except IntegrityError as exc:
+        if (
+            order_id is not None
+            and Payment.objects.filter(merchant=merchant, order_id=order_id).exists()
+        ):
+            raise DuplicateOrderId(
+                f"A payment with order_id {order_id!r} already exists.", param="order_id"
+            ) from exc
+        raise
+    logger.info(
+        "payment %s created: %s %s = %s base units of %s at %s (%s)",
+        payment.public_id,
+        fiat_amount,
+        fiat_currency,
+        crypto_amount,
+        crypto_currency,
+        quote.value,
+        quote.source,
+    )
+    return payment
+
+
+def _lock(payment_id: int) -> Payment:
+    return Payment.objects.select_for_update().get(pk=payment_id)
+
+
+def _transition(
+    *,
+    payment: Payment,
+    to_status: str,
+    sub_status: str | None,
+    reason: str,
+    operator: bool,
+    at: datetime,
+) -> bool:
+    """Move a locked payment. Returns False (and writes nothing) when nothing would change."""
+    new_sub = payment.sub_status if sub_status is None else sub_status
+    if payment.status == to_status and payment.sub_status == new_sub:
+        return False
+    from_status = payment.status
+    if from_status != to_status:
+        if not states.is_allowed(from_status, to_status):
+            raise InvalidTransition(
+                f"A {from_status} payment cannot become {to_status}.", param="status"
+            )
+        if (from_status, to_status) in states.OPERATOR_TRANSITIONS and not operator:
+            raise InvalidTransition(
+                f"Only an operator can move a {from_status} payment to {to_status}.",
+                param="status",
+            )
+    from_sub = payment.sub_status
+    payment.status = to_status
+    payment.sub_status = new_sub
+    update_fields = ["status", "sub_status", "updated_at"]
+    if to_status == PaymentStatus.SETTLED and from_status != to_status:
+        payment.settled_at = at
+        update_fields.append("settled_at")
+    payment.save(update_fields=update_fields)
+    event_type = (
+        PaymentEvent.Type.EXPIRED
+        if to_status == PaymentStatus.EXPIRED and from_status != to_status
+        else PaymentEvent.Type.STATUS_CHANGED
+    )
+    _event_append(
+        payment=payment,
+        event_type=event_type,
+        data={
+            "from": {"status": from_status, "sub_status": from_sub or None},
+            "to": {"status": to_status, "sub_status": new_sub or None},
+            "reason": reason,
+        },
+        at=at,
+    )
+    logger.info(
+        "payment %s: %s/%s -> %s/%s (%s)",
+        payment.public_id,
+        from_status,
+        from_sub or "-",
+        to_status,
+        new_sub or "-",
+        reason,
+    )
+    return True
+
+
+def payment_transition(
+    *,
+    payment: Payment,
+    to_status: str,
+    sub_status: str | None = None,
+    reason: str,
+    operator: bool = False,
+) -> bool:
+    """Apply one transition of the state machine.
+
+    Raises ``InvalidTransition`` for an illegal move; repeating the current state is a no-op that
+    writes no event. ``payment`` is refreshed in place.
+    """
+    with transaction.atomic():
+        locked = _lock(payment.pk)
+        changed = _transition(
+            payment=locked,
+            to_status=to_status,
+            sub_status=sub_status,
+            reason=reason,
+            operator=operator,
+            at=clock.now(),
+        )
+    payment.refresh_from_db()
+    return changed
+
+
+def payment_cancel(*, payment: Payment) -> Payment:
+    """Merchant cancellation: only a pending payment with nothing received can be cancelled."""
+    with transaction.atomic():
+        locked = _lock(payment.pk)
+        if locked.status == PaymentStatus.PENDING and locked.amount_received > 0:
+            raise InvalidTransition(
+                "This payment has already received funds and cannot be cancelled.",
+                code="payment_has_funds",
+            )
+        _transition(
+            payment=locked,
+            to_status=PaymentStatus.CANCELLED,
+            sub_status=None,
+            reason="cancelled by merchant",
+            operator=False,
+            at=clock.now(),
+        )
+    payment.refresh_from_db()
+    return payment
+
+
+def payment_mark(*, payment: Payment, to_status: str) -> bool:
+    """An operator marks a payment settled or invalid (sub-status ``marked``)."""
+    return payment_transition(
+        payment=payment,
+        to_status=to_status,
+        sub_status=PaymentSubStatus.MARKED,
+        reason="marked by operator",
+        operator=True,
+    )
+
+
+@dataclass(frozen=True)
+class ObservedOutput:
+    """One output paying a deposit address, as a chain source reports it."""
+
+    chain: str
+    txid: str
+    output_index: int
+    amount: int
+    confirmations: int
+
+
+def _paid_threshold(payment: Payment) -> int:
+    """Base units that count as paid in full under the payment's underpayment tolerance."""
+    tolerance = payment.underpayment_tolerance_percent
+    return math.ceil(payment.crypto_amount * (Decimal(100) - tolerance) / Decimal(100))
+
+
+def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bool:
+    """Record (once) or update an output paying ``payment`` and move the payment accordingly.
+
+    Idempotent: the same output with the same confirmations changes nothing and writes no event.
+    Returns True when anything changed.
+    """
+    if output.amount <= 0:
+        raise ValueError("output amount must be positive")
+    now = clock.now()
+    with transaction.atomic():
+        locked = _lock(payment.pk)
+        tx, created = PaymentTransaction.objects.select_for_update().get_or_create(
+            chain=output.chain,
+            txid=output.txid,
+            output_index=output.output_index,
+            defaults={
+                "payment": locked,
+                "amount": output.amount,
+                "confirmations": output.confirmations,
+                "first_seen_at": now,
+            },
+        )
+        if tx.payment_id != locked.pk or tx.amount != output.amount:
+            raise ValueError(f"output {tx} is already recorded with other details")
+        changed = created
+        if not created and tx.confirmations != output.confirmations:
+            tx.confirmations = output.confirmations
+            tx.save(update_fields=["confirmations"])
+            changed = True
+        if not changed:
+            payment.refresh_from_db()
+            return False
+        if created:
+            _event_append(
+                payment=locked,
+                event_type=PaymentEvent.Type.TRANSACTION_DETECTED,
+                data={
+                    "chain": output.chain,
+                    "txid": output.txid,
+                    "output_index": output.output_index,
+                    "amount": format_base_units(
+                        amount=output.amount, currency=crypto(locked.crypto_currency)
+                    ),
+                    "confirmations": output.confirmations,
+                },
+                at=now,
+            )
+        _payment_reevaluate(payment=locked, at=now)
+    payment.refresh_from_db()
+    return True
+
+
+def _payment_reevaluate(*, payment: Payment, at: datetime) -> None:
+    """Recompute received/confirmed totals and walk the state machine to where they lead."""
+    totals = PaymentTransaction.objects.filter(payment=payment).aggregate(
+        received=Sum("amount"),
+        confirmed=Sum("amount", filter=Q(confirmations__gte=payment.required_confirmations)),
+    )
+    payment.amount_received = int(totals["received"] or 0)
+    payment.amount_confirmed = int(totals["confirmed"] or 0)
+    payment.save(update_fields=["amount_received", "amount_confirmed", "updated_at"])
+
+    threshold = _paid_threshold(payment)
+    paid_in_full = payment.amount_received >= threshold
+    confirmed_in_full = payment.amount_confirmed >= threshold
+    over = (
+        PaymentSubStatus.PAID_OVER
+        if payment.amount_received > payment.crypto_amount
+        else PaymentSubStatus.NONE
+    )
+
+    def move(to_status: str, sub_status: str, reason: str) -> None:
+        _transition(
+            payment=payment,
+            to_status=to_status,
+            sub_status=sub_status,
+            reason=reason,
+            operator=False,
+            at=at,
+        )
+
+    status = payment.status
+    if status == PaymentStatus.PENDING:
+        if paid_in_full:
+            move(PaymentStatus.PROCESSING, over, "paid in full")
+        elif payment.amount_received > 0:
+            move(PaymentStatus.PENDING, PaymentSubStatus.PAID_PARTIAL, "paid partially")
+    if payment.status == PaymentStatus.PROCESSING:
+        if not paid_in_full:
+            partial = PaymentSubStatus.PAID_PARTIAL if payment.amount_received > 0 else ""
+            move(PaymentStatus.PENDING, partial, "underpaid again")
+        elif confirmed_in_full:
+            move(PaymentStatus.SETTLED, over, "confirmed")
+        else:
+            move(PaymentStatus.PROCESSING, over, "payment amount changed")
+    elif payment.status == PaymentStatus.SETTLED and status == PaymentStatus.SETTLED:
+        if over and payment.sub_status != PaymentSubStatus.MARKED:
+            move(PaymentStatus.SETTLED, over, "paid over")
+    elif payment.status in (PaymentStatus.EXPIRED, PaymentStatus.CANCELLED):
+        if payment.sub_status != PaymentSubStatus.MARKED and payment.amount_received > 0:
+            late = PaymentSubStatus.PAID_LATE if paid_in_full else PaymentSubStatus.PAID_PARTIAL
+            move(payment.status, late, "paid after the payment closed")
+
+
+def _sweep(*, due: Q, to_status: str, reason: str, at: datetime) -> int:
+    moved = 0
+    for payment_id in Payment.objects.filter(due).values_list("pk", flat=True)[:1000]:
+        with transaction.atomic():
+            locked = (
+                Payment.objects.select_for_update(skip_locked=True)
+                .filter(due, pk=payment_id)
+                .first()
+            )
+            if locked and _transition(
+                payment=locked,
+                to_status=to_status,
+                sub_status=None,
+                reason=reason,
+                operator=False,
+                at=at,
+            ):
+                moved += 1
+    return moved
+
+
+def payments_expire_due() -> dict[str, int]:
+    """Expire unpaid payments past their expiry; invalidate unconfirmed ones past monitoring.
+
+    Each payment moves in its own short transaction and rows another worker holds are skipped,
+    so several sweepers can run at once. At most 1000 of each per run; the next run takes the rest.
+    """
+    now = clock.now()
+    counts = {
+        "expired": _sweep(
+            due=Q(status=PaymentStatus.PENDING, expires_at__lte=now),
+            to_status=PaymentStatus.EXPIRED,
+            reason="expired",
+            at=now,
+        ),
+        "invalidated": _sweep(
+            due=Q(status=PaymentStatus.PROCESSING, monitoring_until__lte=now),
+            to_status=PaymentStatus.INVALID,
+            reason="not confirmed within the monitoring window",
+            at=now,
+        ),
+    }
+    if any(counts.values()):
+        logger.info("expiry sweep: %s", counts)
+    return counts

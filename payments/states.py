@@ -1,0 +1,59 @@
+"""The payment state machine, declared in one place.
+
+Statuses and transitions follow BTCPay Server's invoice model (REFERENCE.md §5), with
+``cancelled`` added for merchants. Sub-statuses qualify a status without changing it.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class PaymentStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSING = "processing", "Processing"
+    SETTLED = "settled", "Settled"
+    EXPIRED = "expired", "Expired"
+    INVALID = "invalid", "Invalid"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class PaymentSubStatus(models.TextChoices):
+    NONE = "", "None"
+    PAID_PARTIAL = "paid_partial", "Paid partially"
+    PAID_OVER = "paid_over", "Paid over"
+    PAID_LATE = "paid_late", "Paid late"
+    MARKED = "marked", "Marked by an operator"
+
+
+S = PaymentStatus
+
+# from-status -> the statuses it may move to.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    # Paid in full (unconfirmed) / expired unpaid / cancelled by the merchant.
+    S.PENDING: frozenset({S.PROCESSING, S.EXPIRED, S.CANCELLED}),
+    # Confirmed / unconfirmed past monitoring or double spent / replaced and underpaid again.
+    S.PROCESSING: frozenset({S.SETTLED, S.INVALID, S.PENDING}),
+    # An operator may mark a settled payment invalid (e.g. a refund outside the gateway).
+    S.SETTLED: frozenset({S.INVALID}),
+    # An operator may mark a late or disputed payment settled (sub-status "marked").
+    S.EXPIRED: frozenset({S.SETTLED, S.INVALID}),
+    S.INVALID: frozenset({S.SETTLED}),
+    S.CANCELLED: frozenset(),
+}
+
+# Moves only an operator may make; the sub-status becomes "marked".
+OPERATOR_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        (S.SETTLED, S.INVALID),
+        (S.EXPIRED, S.SETTLED),
+        (S.EXPIRED, S.INVALID),
+        (S.INVALID, S.SETTLED),
+    }
+)
+
+FINAL_STATUSES: frozenset[str] = frozenset({S.SETTLED, S.INVALID, S.CANCELLED})
+
+
+def is_allowed(from_status: str, to_status: str) -> bool:
+    return to_status in TRANSITIONS[from_status]

@@ -1,0 +1,1 @@
+"""Resilience mechanisms that know nothing about payments: clocks, breakers, caches, idempotency."""
