@@ -1,0 +1,16 @@
+"""Environment for the test run, set before Django reads its settings.
+
+Tests run in production mode (DEBUG off) against the services in DATABASE_URL / REDIS_URL, with
+the defaults `make test` uses when they are not given.
+"""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key-" + "x" * 40)
+os.environ.setdefault("DEBUG", "0")
+os.environ.setdefault("ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
+# The test client speaks plain HTTP.
+os.environ.setdefault("SECURE_SSL_REDIRECT", "0")
+os.environ.setdefault("CACHE_KEY_PREFIX", f"cryptopay-test-{os.getpid()}")

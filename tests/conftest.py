@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from rest_framework.test import APIClient
+
+from payments.models import ApiKeyScope
+from resilience import clock
+from resilience.clock import FrozenClock
+from tests.factories import ApiKeyFactory, MerchantFactory
+
+ALL_SCOPES = list(ApiKeyScope.values)
+
+
+@pytest.fixture(autouse=True)
+def _dev_chain(settings) -> None:
+    # Payments need an address source; the development chain is the one this foundation has.
+    settings.DEV_CHAIN_ENABLED = True
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[FrozenClock]:
+    frozen = FrozenClock(datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+    previous = clock.use(frozen)
+    yield frozen
+    clock.use(previous)
+
+
+@pytest.fixture
+def merchant(db):
+    return MerchantFactory()
+
+
+def api_client_for(merchant, scopes: list[str] | None = None) -> APIClient:
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant, scopes=scopes or ALL_SCOPES)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+@pytest.fixture
+def api(merchant) -> APIClient:
+    """An API client authenticated as ``merchant`` with every scope."""
+    return api_client_for(merchant)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import factory
+
+from payments import services
+from payments.models import ApiKey, ApiKeyScope, Merchant, Payment
+
+
+class MerchantFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Merchant
+
+    name = factory.Sequence(lambda n: f"Shop {n}")
+
+
+class ApiKeyFactory:
+    """Keys are made by the service (it alone knows the hashing); this returns key and secret."""
+
+    @staticmethod
+    def create_with_secret(
+        *, merchant: Merchant | None = None, scopes: list[str] | None = None, name: str = "test"
+    ) -> tuple[ApiKey, str]:
+        return services.api_key_create(
+            merchant=merchant or MerchantFactory(),
+            name=name,
+            scopes=scopes if scopes is not None else list(ApiKeyScope.values),
+        )
+
+
+def make_payment(
+    *,
+    merchant: Merchant | None = None,
+    amount: str = "100.00",
+    currency: str = "USD",
+    crypto_currency: str = "BTC",
+    **fields,
+) -> Payment:
+    return services.payment_create(
+        merchant=merchant or MerchantFactory(),
+        fiat_amount=Decimal(amount),
+        fiat_currency=currency,
+        crypto_currency=crypto_currency,
+        **fields,
+    )

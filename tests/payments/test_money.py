@@ -1,0 +1,66 @@
+"""Money: crypto amounts cover the fiat price by less than one base unit; no float on the path."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from decimal import Decimal
+from fractions import Fraction
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from payments import money
+from payments.currencies import CRYPTO_CURRENCIES, crypto
+from payments.money import fiat_to_base_units, format_base_units
+
+fiat_amounts = st.decimals(
+    min_value=Decimal("0.01"), max_value=Decimal("1000000"), places=2, allow_nan=False
+)
+rates = st.decimals(
+    min_value=Decimal("0.000001"), max_value=Decimal("10000000"), places=6, allow_nan=False
+).filter(lambda r: r > 0)
+currencies = st.sampled_from(sorted(CRYPTO_CURRENCIES))
+
+
+@given(fiat=fiat_amounts, rate=rates, code=currencies)
+def test_base_units_cover_price_and_exceed_it_by_less_than_one_unit(fiat, rate, code):
+    currency = crypto(code)
+
+    units = fiat_to_base_units(fiat_amount=fiat, rate=rate, currency=currency)
+
+    assert isinstance(units, int)
+    scale = 10**currency.decimals
+    value_of = lambda n: Fraction(n) * Fraction(rate) / scale  # noqa: E731
+    assert value_of(units) >= Fraction(fiat)
+    assert value_of(units - 1) < Fraction(fiat)
+
+
+@given(units=st.integers(min_value=0, max_value=10**30), code=currencies)
+def test_formatting_base_units_round_trips_exactly(units, code):
+    currency = crypto(code)
+
+    text = format_base_units(amount=units, currency=currency)
+
+    assert Decimal(text).scaleb(currency.decimals) == units
+    assert len(text.split(".")[1]) == currency.decimals
+
+
+def test_known_conversion_rounds_up_to_the_next_satoshi():
+    # 19.99 USD at 60 000 USD/BTC = 33 316.666... sat -> 33 317 sat
+    units = fiat_to_base_units(
+        fiat_amount=Decimal("19.99"), rate=Decimal("60000"), currency=crypto("BTC")
+    )
+    assert units == 33317
+
+
+def test_money_module_never_uses_float():
+    tree = ast.parse(inspect.getsource(money))
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    floats = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, float)
+    ]
+    assert "float" not in names
+    assert floats == []
