@@ -20,7 +20,7 @@ class CryptoCurrency:
     @property
     def unit(self) -> Decimal:
         """One base unit (1 satoshi, 1 wei...) as a Decimal of the whole coin."""
-        return Decimal(1).scaleb(-self.decimals)
+        return Decimal(f"1e-{self.decimals}")
 
 
 CRYPTO_CURRENCIES: dict[str, CryptoCurrency] = {

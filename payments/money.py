@@ -30,8 +30,9 @@ def fiat_to_base_units(*, fiat_amount: Decimal, rate: Decimal, currency: CryptoC
 
 
 def base_units_to_decimal(*, amount: int, currency: CryptoCurrency) -> Decimal:
-    """Exact whole-coin value of ``amount`` base units."""
-    return Decimal(amount).scaleb(-currency.decimals)
+    """Exact whole-coin value of ``amount`` base units (the constructor is exact; arithmetic
+    would round to the context's 28 digits)."""
+    return Decimal(f"{amount}e-{currency.decimals}")
 
 
 def format_base_units(*, amount: int, currency: CryptoCurrency) -> str:

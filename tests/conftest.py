@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from django.conf import settings
+from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from payments.models import ApiKeyScope
@@ -12,6 +15,14 @@ from resilience.clock import FrozenClock
 from tests.factories import ApiKeyFactory, MerchantFactory
 
 ALL_SCOPES = list(ApiKeyScope.values)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _collected_static(django_db_blocker) -> None:
+    """Production mode serves hashed static files from a manifest, as a deployment would."""
+    if not (Path(settings.STATIC_ROOT) / "staticfiles.json").exists():
+        with django_db_blocker.unblock():
+            call_command("collectstatic", "--noinput", verbosity=0)
 
 
 @pytest.fixture(autouse=True)

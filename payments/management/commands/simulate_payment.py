@@ -9,7 +9,7 @@ manage.py simulate_payment pay_… --txid dev… --confirmations 3   # confirm a
 from __future__ import annotations
 
 import secrets
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -86,7 +86,8 @@ class Command(BaseCommand):
             coins = Decimal(raw)
         except InvalidOperation:
             raise CommandError(f"--amount {raw!r} is not a number.")
-        units = coins.scaleb(currency.decimals)
+        with localcontext(prec=100):  # exact for any amount a person could type
+            units = coins.scaleb(currency.decimals)
         if not units.is_finite() or units <= 0 or units != units.to_integral_value():
             raise CommandError(
                 f"--amount must be positive with at most {currency.decimals} decimals."

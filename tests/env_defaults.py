@@ -1,4 +1,5 @@
-"""Environment for the test run, set before Django reads its settings.
+"""Environment defaults for the test run, loaded as a plugin (`-p tests.env_defaults` in
+pyproject) so they are set before pytest-django reads the settings (a conftest is too late).
 
 Tests run in production mode (DEBUG off) against the services in DATABASE_URL / REDIS_URL, with
 the defaults `make test` uses when they are not given.
