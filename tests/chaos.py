@@ -1,0 +1,55 @@
+"""Stopping and restarting the real local services, for tests that prove behaviour without them.
+
+Every stop is paired with a restart (the start command the machine uses) and a wait until the
+service answers again, so the suite leaves services as it found them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+import redis
+
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+    "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+
+def _wait(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def redis_alive(url: str) -> bool:
+    try:
+        return bool(
+            redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
+        )
+    except redis.RedisError:
+        return False
+
+
+@contextmanager
+def redis_stopped(url: str) -> Iterator[None]:
+    """Shut the local Redis down for the block, then start it again and wait for it."""
+    parsed = urlparse(url)
+    client = redis.Redis(host=parsed.hostname, port=parsed.port or 6379, socket_timeout=2)
+    try:
+        client.shutdown(nosave=True)
+    except redis.ConnectionError:
+        pass  # shutdown closes the connection it arrived on
+    _wait(lambda: not redis_alive(url), 10, "Redis did not stop")
+    try:
+        yield
+    finally:
+        subprocess.run(REDIS_START, check=True, capture_output=True)
+        _wait(lambda: redis_alive(url), 20, "Redis did not come back")
