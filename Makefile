@@ -25,7 +25,7 @@ install-dev: $(VENV)/.installed-dev
 
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput -v0
-	$(PY) manage.py bootstrap_demo
+	$(PY) manage.py bootstrap_demo --url http://$(HOST):$(PORT)
 	$(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 services: $(VENV)/.installed-dev
@@ -40,8 +40,6 @@ format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check --fix .
 
 test: services lint
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-		$(PY) manage.py makemigrations --check --dry-run -v1
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -185,7 +187,14 @@ if REDIS_URL:
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "cryptopay"),
-            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                # Redis is an accelerator: fail in well under a second and let callers degrade,
+                # instead of redis-py 8's default three retries with backoff (~4 s).
+                "SOCKET_CONNECT_TIMEOUT": 0.5,
+                "SOCKET_TIMEOUT": 0.5,
+                "CONNECTION_POOL_KWARGS": {"retry": Retry(NoBackoff(), 0)},
+            },
         }
     }
     CHANNEL_LAYERS = {
@@ -212,6 +221,11 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The one beat schedule. Values are seconds.
 CELERY_BEAT_SCHEDULE = {
+    "rates-refresh-in-use": {
+        "task": "payments.tasks.rates_refresh_in_use",
+        # Keeps quotes for pairs in use fresh so payment creation rarely waits on a provider.
+        "schedule": env_seconds("CRYPTOPAY_RATE_REFRESH_SECONDS", 30),
+    },
     "payments-expire-due": {
         "task": "payments.tasks.payments_expire_due",
         # How late an expiry may be noticed; short enough that a buyer never pays a dead invoice.
@@ -329,6 +343,33 @@ FALLBACK_RATES: dict[str, Decimal] = {
     ).items()
 }
 
+# --- Exchange rates -----------------------------------------------------------------------------
+# Providers in order: the first answering ones are used, the rest are backups (seed: switch to the
+# backup API). Empty list = static fallback rates only (offline installs).
+RATE_PROVIDER_ORDER = env_list("CRYPTOPAY_RATE_PROVIDERS", "kraken,coinbase,bitstamp,binance")
+# Base URL per provider (CRYPTOPAY_RATE_KRAKEN_URL...); empty = the exchange's public API.
+RATE_PROVIDER_URLS = {
+    name: env_str(f"CRYPTOPAY_RATE_{name.upper()}_URL")
+    for name in ("kraken", "coinbase", "bitstamp", "binance", "gemini")
+}
+# One HTTP attempt; a ticker answers in well under a second when healthy.
+RATE_PROVIDER_TIMEOUT = env_seconds("CRYPTOPAY_RATE_PROVIDER_TIMEOUT_SECONDS", 3)
+# All attempts at one provider for one quote, retries included (Polly's total timeout, scaled).
+RATE_PROVIDER_BUDGET = env_seconds("CRYPTOPAY_RATE_PROVIDER_BUDGET_SECONDS", 8)
+# Providers asked at once per quote; more answers make the median harder to fool.
+RATE_PROVIDERS_PER_QUOTE = env_int("CRYPTOPAY_RATE_PROVIDERS_PER_QUOTE", 3)
+# With three or more answers, prices further than this from the median are dropped as outliers.
+RATE_OUTLIER_PERCENT = env_decimal("CRYPTOPAY_RATE_OUTLIER_PERCENT", "2")
+# Retry backoff (stamina): first wait and cap; a Retry-After above the cap skips to a backup.
+RATE_RETRY_WAIT_INITIAL = env_seconds("CRYPTOPAY_RATE_RETRY_WAIT_INITIAL_SECONDS", 0.2)
+RATE_RETRY_WAIT_MAX = env_seconds("CRYPTOPAY_RATE_RETRY_WAIT_MAX_SECONDS", 2)
+# Payments may be priced from the static fallback rates only where stale prices are acceptable.
+RATES_ALLOW_STATIC_FALLBACK = env_bool("CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK", EMBEDDED)
+# Oldest quote a payment may be priced from (default: the emergency cache's bound).
+RATES_MAX_QUOTE_AGE = env_seconds("CRYPTOPAY_RATES_MAX_QUOTE_AGE_SECONDS", 2 * 3600)
+# How long after its last payment a pair still counts as in use for the periodic refresh.
+RATES_IN_USE_WINDOW = env_seconds("CRYPTOPAY_RATES_IN_USE_SECONDS", 3600)
+
 # --- Resilience tunables (seed defaults; used by the exchange-rate, idempotency and WebSocket
 # issues that build on this foundation) ---------------------------------------------------------
 # Fresh rates live this long in the shared cache before a provider is asked again.
@@ -346,6 +387,8 @@ BREAKER_FAILURE_RATIO = env_decimal("CRYPTOPAY_BREAKER_FAILURE_RATIO", "0.5")
 BREAKER_SAMPLING_DURATION = env_seconds("CRYPTOPAY_BREAKER_SAMPLING_SECONDS", 30)
 BREAKER_BREAK_DURATION = env_seconds("CRYPTOPAY_BREAKER_BREAK_SECONDS", 60)
 BREAKER_MINIMUM_THROUGHPUT = env_int("CRYPTOPAY_BREAKER_MINIMUM_THROUGHPUT", 5)
+# Redis key prefix of the shared breaker state; deployments sharing a Redis need distinct ones.
+BREAKER_KEY_PREFIX = env_str("CRYPTOPAY_BREAKER_KEY_PREFIX", "cryptopay:breaker")
 # Live WebSocket connections one user may hold across all processes; the oldest is evicted.
 WEBSOCKET_MAX_CONNECTIONS_PER_USER = env_int("CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER", 5)
 
@@ -360,6 +403,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django adds its own console handler when DEBUG is on; one line per message is enough.
+        "django": {"handlers": [], "propagate": True},
         "django.server": {"level": "WARNING"},
     },
 }

@@ -7,7 +7,15 @@ from django.template.response import TemplateResponse
 
 from payments import services
 from payments.errors import InvalidTransition
-from payments.models import ApiKey, ApiKeyScope, Merchant, Payment, PaymentEvent, PaymentTransaction
+from payments.models import (
+    ApiKey,
+    ApiKeyScope,
+    ExchangeRateEvent,
+    Merchant,
+    Payment,
+    PaymentEvent,
+    PaymentTransaction,
+)
 from payments.states import PaymentStatus
 
 
@@ -69,7 +77,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
             name=form.cleaned_data["name"],
             scopes=form.cleaned_data["scopes"],
         )
-        obj.pk = api_key.pk
+        # The admin logs and redirects with ``obj``: make it the key the service created.
+        obj.__dict__.update({f.attname: getattr(api_key, f.attname) for f in ApiKey._meta.fields})
         # Kept on the request only long enough to render the one page that shows it.
         request._created_api_key = (api_key, secret)
 
@@ -82,9 +91,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected API keys")
     def revoke(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
-        for api_key in queryset:
-            services.api_key_revoke(api_key=api_key)
-        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+        revoked = sum(services.api_key_revoke(api_key=api_key) for api_key in queryset)
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
 
 class PaymentEventInline(admin.TabularInline):
@@ -146,7 +154,8 @@ class PaymentAdmin(admin.ModelAdmin):
                     moved += 1
             except InvalidTransition as exc:
                 refused.append(f"{payment.public_id}: {exc.message}")
-        self.message_user(request, f"Marked {moved} payment(s) {to_status}.", messages.SUCCESS)
+        if moved:
+            self.message_user(request, f"Marked {moved} payment(s) {to_status}.", messages.SUCCESS)
         for line in refused:
             self.message_user(request, line, messages.WARNING)
 
@@ -173,4 +182,16 @@ class PaymentEventAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(ExchangeRateEvent)
+class ExchangeRateEventAdmin(admin.ModelAdmin):
+    list_display = ["pair", "rate", "previous_rate", "fetched_at", "created_at"]
+    list_filter = ["pair"]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return [field.name for field in ExchangeRateEvent._meta.fields]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False

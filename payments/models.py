@@ -158,8 +158,11 @@ class Payment(models.Model):
     # The quote the amount was computed from (its provenance).
     rate = models.DecimalField(max_digits=36, decimal_places=18)
     rate_source = models.CharField(max_length=20)
+    rate_bid = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
+    rate_ask = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
     rate_providers = models.JSONField(default=list, blank=True)
     rate_fetched_at = models.DateTimeField()
+    rate_age_seconds = models.PositiveIntegerField(default=0)
 
     deposit_address = models.CharField(max_length=128)
     derivation_index = models.PositiveIntegerField()
@@ -280,3 +283,24 @@ class AddressIndex(models.Model):
 
     def __str__(self) -> str:
         return f"{self.merchant_id}/{self.crypto_currency}: next {self.next_index}"
+
+
+class ExchangeRateEvent(models.Model):
+    """ExchangeRateUpdated: a live rate that differs from the previous one (low priority)."""
+
+    type = "exchange_rate.updated"
+
+    pair = models.CharField(max_length=20)
+    rate = models.DecimalField(max_digits=36, decimal_places=18)
+    previous_rate = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
+    bid = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
+    ask = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
+    providers = models.JSONField(default=list)
+    fetched_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["pair", "-created_at"], name="rate_event_pair_created")]
+
+    def __str__(self) -> str:
+        return f"{self.pair} {self.rate} at {self.fetched_at:%Y-%m-%d %H:%M:%S}"

@@ -32,7 +32,7 @@ from payments.models import (
     random_token,
 )
 from payments.money import fiat_to_base_units, format_base_units, format_fiat
-from payments.rates import rate_quote
+from payments.rates import rate_quote_for_payment
 from payments.states import PaymentStatus, PaymentSubStatus
 from resilience import clock
 
@@ -94,11 +94,15 @@ def api_key_create(
     return api_key, raw_key
 
 
-def api_key_revoke(*, api_key: ApiKey) -> None:
-    if api_key.revoked_at is None:
-        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=clock.now())
-        api_key.refresh_from_db(fields=["revoked_at"])
+def api_key_revoke(*, api_key: ApiKey) -> bool:
+    """Revoke the key; returns False when it already was."""
+    revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+        revoked_at=clock.now()
+    )
+    api_key.refresh_from_db(fields=["revoked_at"])
+    if revoked:
         logger.info("API key %s revoked", api_key.prefix)
+    return bool(revoked)
 
 
 def api_key_matches(*, api_key: ApiKey, raw_key: str) -> bool:
@@ -150,7 +154,7 @@ def payment_create(
     description: str = "",
     metadata: dict[str, Any] | None = None,
 ) -> Payment:
-    quote = rate_quote(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
+    quote = rate_quote_for_payment(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
     crypto_amount = fiat_to_base_units(
         fiat_amount=fiat_amount, rate=quote.value, currency=crypto(crypto_currency)
     )
@@ -169,9 +173,12 @@ def payment_create(
                 crypto_currency=crypto_currency,
                 crypto_amount=crypto_amount,
                 rate=quote.value,
+                rate_bid=quote.bid,
+                rate_ask=quote.ask,
                 rate_source=quote.source,
                 rate_providers=quote.providers,
                 rate_fetched_at=quote.fetched_at,
+                rate_age_seconds=quote.age_seconds,
                 deposit_address=address.address,
                 derivation_index=address.index,
                 required_confirmations=merchant.speed_policy,
@@ -184,12 +191,7 @@ def payment_create(
                 payment=payment,
                 event_type=PaymentEvent.Type.CREATED,
                 data={
-                    "quote": {
-                        "pair": quote.pair,
-                        "rate": str(quote.value),
-                        "source": quote.source,
-                        "fetched_at": quote.fetched_at.isoformat(),
-                    },
+                    "quote": quote.provenance(),
                     "deposit_address": address.address,
                 },
                 at=now,

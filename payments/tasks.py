@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from payments.rates.refresh import rates_refresh_in_use as _rates_refresh_in_use
 from payments.services import payments_expire_due as _payments_expire_due
 
 
@@ -9,3 +10,9 @@ from payments.services import payments_expire_due as _payments_expire_due
 def payments_expire_due() -> dict[str, int]:
     # Idempotent: a second run finds nothing left to move.
     return _payments_expire_due()
+
+
+@shared_task(ignore_result=True, soft_time_limit=60)
+def rates_refresh_in_use() -> dict[str, str]:
+    # Idempotent: refreshing a rate twice only costs a provider call.
+    return _rates_refresh_in_use()

@@ -119,10 +119,12 @@ class HealthWindow:
         self._buckets: list[_Bucket] = []
 
     def _current(self, now: float) -> _Bucket:
+        buckets = self._buckets
+        if buckets and now < buckets[-1].start + self._width:
+            return buckets[-1]  # the common case: no allocation, no expiry scan
         self._expire(now)
-        if not self._buckets or now >= self._buckets[-1].start + self._width:
-            self._buckets.append(_Bucket(start=now))
-        return self._buckets[-1]
+        buckets.append(_Bucket(start=now))
+        return buckets[-1]
 
     def _expire(self, now: float) -> None:
         while self._buckets and self._buckets[0].start + self._duration <= now:
@@ -296,6 +298,13 @@ class CircuitBreaker:
 
     def _before_call(self) -> str | None:
         """Admit or reject a call. Returns a probe token when this call is the half-open probe."""
+        now = self._clock()
+        if self._state is CircuitState.CLOSED and (
+            self._store is None or now - self._synced_at < self.options.sync_interval
+        ):
+            # Fast path without the lock: reading one attribute is atomic, and a call admitted
+            # just as another thread opens the circuit is what any breaker allows.
+            return None
         with self._lock:
             now = self._clock()
             self._sync(now, force=False)
@@ -468,16 +477,29 @@ class BreakerRegistry:
         with self._lock:
             return list(self._breakers.values())
 
+    def forget(self, *, close: bool = False) -> None:
+        """Drop every breaker (rebuilt from current settings on next use); ``close`` first closes
+        each one, which also clears its shared state."""
+        if close:
+            for breaker in self.all():
+                breaker.close()
+        with self._lock:
+            self._breakers.clear()
+            self._store = None
+            self._store_made = False
 
-def _settings_options() -> BreakerOptions:
+
+def breaker_options_from_settings(**overrides: Any) -> BreakerOptions:
+    """The seed's breaker defaults from settings, with per-breaker overrides (e.g. is_failure)."""
     from django.conf import settings
 
-    return BreakerOptions(
-        failure_ratio=float(settings.BREAKER_FAILURE_RATIO),
-        sampling_duration=settings.BREAKER_SAMPLING_DURATION.total_seconds(),
-        minimum_throughput=settings.BREAKER_MINIMUM_THROUGHPUT,
-        break_duration=settings.BREAKER_BREAK_DURATION.total_seconds(),
-    )
+    values: dict[str, Any] = {
+        "failure_ratio": float(settings.BREAKER_FAILURE_RATIO),
+        "sampling_duration": settings.BREAKER_SAMPLING_DURATION.total_seconds(),
+        "minimum_throughput": settings.BREAKER_MINIMUM_THROUGHPUT,
+        "break_duration": settings.BREAKER_BREAK_DURATION.total_seconds(),
+    }
+    return BreakerOptions(**(values | overrides))
 
 
 def _settings_store() -> SharedStore | None:
@@ -486,10 +508,12 @@ def _settings_store() -> SharedStore | None:
     if not settings.REDIS_URL:
         return None
     # Short timeouts and no retries: a slow Redis must not slow the calls the breaker guards.
-    return SharedStore(fast_fail_client(settings.REDIS_URL))
+    return SharedStore(fast_fail_client(settings.REDIS_URL), prefix=settings.BREAKER_KEY_PREFIX)
 
 
-breakers = BreakerRegistry(store_factory=_settings_store, options_factory=_settings_options)
+breakers = BreakerRegistry(
+    store_factory=_settings_store, options_factory=breaker_options_from_settings
+)
 
 
 def get_breaker(name: str, options: BreakerOptions | None = None) -> CircuitBreaker:

@@ -13,6 +13,7 @@ from payments.models import ApiKeyScope
 from resilience import clock
 from resilience.clock import FrozenClock
 from tests.factories import ApiKeyFactory, MerchantFactory
+from tests.fakes.exchanges import fake_exchanges  # noqa: F401 - a fixture for every test
 
 ALL_SCOPES = list(ApiKeyScope.values)
 

@@ -117,11 +117,34 @@ class PaymentCreateSerializer(serializers.Serializer):
         return attrs
 
 
+class ProviderPriceSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    price = serializers.CharField()
+    bid = serializers.CharField(allow_null=True)
+    ask = serializers.CharField(allow_null=True)
+    used = serializers.BooleanField(help_text="False when dropped as an outlier.")
+
+
 class QuoteSerializer(serializers.Serializer):
     rate = serializers.CharField(help_text="Fiat per one whole coin.")
-    source = serializers.CharField(help_text="live, cache, emergency or fallback.")
-    providers = serializers.ListField(child=serializers.DictField())
-    fetched_at = serializers.DateTimeField()
+    bid = serializers.CharField(allow_null=True)
+    ask = serializers.CharField(allow_null=True)
+    source = serializers.ChoiceField(
+        choices=["live", "cache", "emergency", "fallback"],
+        help_text="The level the quote came from.",
+    )
+    providers = ProviderPriceSerializer(many=True, help_text="Raw prices of the providers asked.")
+    fetched_at = serializers.DateTimeField(help_text="When the providers answered.")
+    age_seconds = serializers.IntegerField(help_text="Age of the rate when it was quoted.")
+
+
+class RateSerializer(QuoteSerializer):
+    object = serializers.CharField(default="rate")
+    pair = serializers.CharField(help_text='e.g. "BTC-USD".')
+
+
+def _plain(value: Decimal | None) -> str | None:
+    return None if value is None else f"{value.normalize():f}"
 
 
 class PaymentSerializer(serializers.ModelSerializer):
@@ -205,10 +228,13 @@ class PaymentSerializer(serializers.ModelSerializer):
     @extend_schema_field(QuoteSerializer)
     def get_quote(self, payment: Payment) -> dict[str, Any]:
         return {
-            "rate": f"{payment.rate.normalize():f}",
+            "rate": _plain(payment.rate),
+            "bid": _plain(payment.rate_bid),
+            "ask": _plain(payment.rate_ask),
             "source": payment.rate_source,
             "providers": payment.rate_providers,
             "fetched_at": serializers.DateTimeField().to_representation(payment.rate_fetched_at),
+            "age_seconds": payment.rate_age_seconds,
         }
 
 

@@ -3,6 +3,7 @@ from django.urls import path
 from payments.api import views
 
 urlpatterns = [
+    path("rates", views.RateView.as_view(), name="rates"),
     path("payments", views.PaymentListCreateView.as_view(), name="payments"),
     path("payments/<str:public_id>", views.PaymentDetailView.as_view(), name="payment-detail"),
     path(

@@ -15,8 +15,11 @@ from payments.api.serializers import (
     PaymentCreateSerializer,
     PaymentListSerializer,
     PaymentSerializer,
+    RateSerializer,
 )
+from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS
 from payments.models import ApiKeyScope
+from payments.rates import rate_quote
 from payments.states import PaymentStatus
 
 READ = ApiKeyScope.PAYMENTS_READ.value
@@ -138,3 +141,32 @@ class PaymentCancelView(APIView):
         payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
         payment = services.payment_cancel(payment=payment)
         return Response(PaymentSerializer(payment).data)
+
+
+class RateQuerySerializer(serializers.Serializer):
+    crypto = serializers.ChoiceField(choices=sorted(CRYPTO_CURRENCIES))
+    fiat = serializers.ChoiceField(
+        choices=sorted(FIAT_EXPONENTS),
+        required=False,
+        help_text="ISO 4217 code; defaults to the merchant's default fiat currency.",
+    )
+
+
+class RateView(APIView):
+    required_scopes = {"GET": READ}
+
+    @extend_schema(
+        operation_id="rates_retrieve",
+        parameters=[RateQuerySerializer],
+        responses={200: RateSerializer, 503: ErrorSerializer, **ERRORS},
+        description=(
+            "The current quote for a pair with its provenance: the level it came from (live, "
+            "cache, emergency, fallback), the providers asked and their raw prices, and its age."
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        query = RateQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        fiat = query.validated_data.get("fiat") or request.user.merchant.default_fiat_currency
+        quote = rate_quote(crypto_currency=query.validated_data["crypto"], fiat_currency=fiat)
+        return Response({"object": "rate", **quote.provenance()})

@@ -65,9 +65,10 @@ def test_with_redis_stopped_each_process_keeps_working_on_local_state(prefix):
         outcomes = [lines(spawn("local", prefix)) for _ in range(2)]
 
     for (outcome,) in outcomes:
+        # 1 success + 4 failures reach the minimum throughput of 5 at a ratio of 0.8: open.
         assert outcome == {
             "first": "ok",
-            "failures": ["failed"] * 5,
+            "failures": ["failed"] * 4 + ["rejected"],
             "after": "rejected",
             "shared": False,
         }

@@ -41,7 +41,13 @@ def demo_admin_password() -> str:
 class Command(BaseCommand):
     help = "Create the demo merchant, API key and admin user if missing, and print credentials."
 
+    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.add_argument(
+            "--url", default="http://127.0.0.1:8000", help="Where the gateway will be served."
+        )
+
     def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+        admin_url = options["url"].rstrip("/") + "/admin/"
         raw_key = demo_api_key()
         password = demo_admin_password()
         with transaction.atomic():
@@ -63,8 +69,7 @@ class Command(BaseCommand):
                     "  cryptopay demo credentials (stable across reruns of this checkout):",
                     f"    merchant       {merchant.name} ({merchant.public_id})",
                     f"    API key        {raw_key}",
-                    f"    admin          http://127.0.0.1:8000/admin/  user {ADMIN_USERNAME}  "
-                    f"password {password}",
+                    f"    admin          {admin_url}  user {ADMIN_USERNAME}  password {password}",
                     "",
                 ]
             )
