@@ -133,6 +133,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "cryptopay.api_errors.ApiErrorMiddleware",
+    "resilience.idempotency.IdempotencyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -225,6 +226,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "payments.tasks.rates_refresh_in_use",
         # Keeps quotes for pairs in use fresh so payment creation rarely waits on a provider.
         "schedule": env_seconds("CRYPTOPAY_RATE_REFRESH_SECONDS", 30),
+    },
+    "idempotency-keys-cleanup": {
+        "task": "resilience.tasks.idempotency_keys_cleanup",
+        # Seed: background cleanup every 6 hours; replays are promised for IDEMPOTENCY_EXPIRY only.
+        "schedule": env_seconds("CRYPTOPAY_IDEMPOTENCY_CLEANUP_SECONDS", 6 * 3600),
     },
     "payments-expire-due": {
         "task": "payments.tasks.payments_expire_due",
@@ -382,6 +388,13 @@ OUTSIDE_CALL_MAX_RETRIES = env_int("CRYPTOPAY_MAX_RETRIES", 3)
 IDEMPOTENCY_EXPIRY = env_seconds("CRYPTOPAY_IDEMPOTENCY_EXPIRY_SECONDS", 3600)
 # Wait before re-checking a key whose first request is still executing.
 IDEMPOTENCY_CONFLICT_RETRY_DELAY = env_seconds("CRYPTOPAY_IDEMPOTENCY_CONFLICT_RETRY_SECONDS", 0.1)
+# A claimed key whose request has not finished after this long is taken over (its process died).
+IDEMPOTENCY_LEASE = env_seconds("CRYPTOPAY_IDEMPOTENCY_LEASE_SECONDS", 90)
+IDEMPOTENCY_REDIS_PREFIX = env_str("CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX", "cryptopay:idempotency")
+# Extra paths (regexes) the middleware makes idempotent; the API's write views carry the decorator.
+IDEMPOTENCY_MIDDLEWARE_PATHS = env_list("CRYPTOPAY_IDEMPOTENCY_PATHS", "")
+# Who a request belongs to, for the middleware (keys are scoped by it).
+IDEMPOTENCY_OWNER_RESOLVER = "payments.auth.idempotency_owner"
 # Circuit breaker (Polly v8 advanced breaker semantics).
 BREAKER_FAILURE_RATIO = env_decimal("CRYPTOPAY_BREAKER_FAILURE_RATIO", "0.5")
 BREAKER_SAMPLING_DURATION = env_seconds("CRYPTOPAY_BREAKER_SAMPLING_SECONDS", 30)

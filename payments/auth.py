@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
 
 from payments.models import ApiKey, Merchant
 from payments.services import api_key_matches, api_key_split
@@ -29,6 +31,11 @@ class ApiClient:
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.api_key.scopes
+
+    @property
+    def idempotency_scope(self) -> str:
+        """Idempotency keys belong to the merchant, whichever of its keys sent them."""
+        return self.merchant.public_id
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -65,6 +72,15 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request) -> str:  # type: ignore[override]
         return 'Bearer realm="api"'
+
+
+def idempotency_owner(request: HttpRequest) -> str | None:
+    """The merchant behind a plain Django request's Bearer key (for the idempotency middleware)."""
+    try:
+        result = ApiKeyAuthentication().authenticate(Request(request))
+    except exceptions.AuthenticationFailed:
+        return None
+    return None if result is None else result[0].idempotency_scope
 
 
 class HasApiKeyScope(BasePermission):

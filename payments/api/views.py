@@ -21,6 +21,7 @@ from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS
 from payments.models import ApiKeyScope
 from payments.rates import rate_quote
 from payments.states import PaymentStatus
+from resilience.idempotency import idempotent
 
 READ = ApiKeyScope.PAYMENTS_READ.value
 WRITE = ApiKeyScope.PAYMENTS_WRITE.value
@@ -102,6 +103,7 @@ class PaymentListCreateView(APIView):
             **ERRORS,
         },
     )
+    @idempotent()
     def post(self, request: Request) -> Response:
         merchant = request.user.merchant
         serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
@@ -137,6 +139,7 @@ class PaymentCancelView(APIView):
         responses={200: PaymentSerializer, 409: ErrorSerializer, **ERRORS},
         description="Cancel a pending payment that has received nothing. Repeating it is a no-op.",
     )
+    @idempotent()
     def post(self, request: Request, public_id: str) -> Response:
         payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
         payment = services.payment_cancel(payment=payment)

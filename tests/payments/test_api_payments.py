@@ -69,7 +69,7 @@ def test_a_json_number_amount_is_read_exactly_not_as_float(api):
 
 
 def test_each_payment_gets_a_fresh_address(api):
-    addresses = {create(api).json()["deposit_address"] for _ in range(5)}
+    addresses = {create(api, order_id=f"o-{i}").json()["deposit_address"] for i in range(5)}
 
     assert len(addresses) == 5
 

@@ -1,0 +1,593 @@
+"""Idempotent writes: a retried request never executes twice and always gets the first answer.
+
+Semantics follow the IETF draft (draft-ietf-httpapi-idempotency-key-header) and Stripe:
+
+* ``Idempotency-Key`` (a structured-field string ``"..."`` or bare, at most 255 printable ASCII
+  characters) scoped by owner (the merchant). Without it, a key is derived from SHA-256 over
+  owner, method, path and the canonical body, so an identical retry is still recognised.
+* The first execution's status, body and selected headers are stored and replayed with
+  ``Idempotent-Replayed: true``. Same key, different payload (method, path, body) -> 422
+  ``idempotency_key_reused``. Same key while the first is still running -> wait the conflict
+  retry delay once, then 409 ``idempotency_key_in_use`` with ``Retry-After``.
+* Requests rejected before execution (400 validation, 404) are not stored; a 5xx rolls its
+  transaction back and releases the key so a retry can execute.
+
+Where correctness lives: PostgreSQL. The ``IdempotencyKey`` row is unique on (owner, key); it is
+claimed in its own short transaction (a lease, ``locked_at``) and completed in the *same*
+transaction as the writes of the request (the payment), under a row lock that checks the
+``version`` fencing token, so a request whose lease was taken over can never complete. A request
+that dies mid-way rolls back both; its lease expires and the next retry takes the key over.
+
+Redis is a fast path only: a token-checked redis-py ``Lock`` saves concurrent duplicates a trip
+to the database, and the stored response is cached for replays. A Redis error skips the fast path;
+it is never taken as permission to execute.
+
+Why our own: django-idempotency-key locks only the lookup (concurrent duplicates both execute) and
+djangorestframework-idempotency-key runs before authentication, so keys are not scoped per client
+(REFERENCE.md §3).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.http import HttpRequest, HttpResponse
+from django.utils.module_loading import import_string
+from prometheus_client import Counter
+
+from cryptopay.api_errors import INVALID_REQUEST, error_response
+from resilience import clock
+from resilience.models import IdempotencyKey
+from resilience.redis_client import fast_fail_client
+
+logger = logging.getLogger(__name__)
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+# Response headers worth replaying; others (Date, Vary...) are the server's to set again.
+REPLAYED_HEADERS = ("Content-Type", "Location", "Retry-After")
+
+OUTCOMES = Counter(
+    "cryptopay_idempotency_requests",
+    "Idempotent requests by outcome: executed, replayed, conflict, mismatch, released.",
+    ["outcome"],
+)
+
+
+class InvalidKey(ValueError):
+    pass
+
+
+def parse_key(raw: str) -> str:
+    """The key of an ``Idempotency-Key`` header: an sf-string ``"..."`` or the bare value."""
+    value = raw.strip(" \t")
+    if value.startswith('"'):
+        if len(value) < 2 or not value.endswith('"'):
+            raise InvalidKey("an Idempotency-Key that starts with a quote must end with one")
+        chars, i, inner = [], 0, value[1:-1]
+        while i < len(inner):
+            char = inner[i]
+            if char == "\\":
+                if i + 1 >= len(inner) or inner[i + 1] not in '"\\':
+                    raise InvalidKey('only \\" and \\\\ may be escaped in an Idempotency-Key')
+                chars.append(inner[i + 1])
+                i += 2
+                continue
+            if char == '"':
+                raise InvalidKey("an unescaped quote inside an Idempotency-Key")
+            chars.append(char)
+            i += 1
+        value = "".join(chars)
+    if not value:
+        raise InvalidKey("the Idempotency-Key is empty")
+    if len(value) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"the Idempotency-Key is longer than {MAX_KEY_LENGTH} characters")
+    if any(not (0x20 <= ord(char) <= 0x7E) for char in value):
+        raise InvalidKey("the Idempotency-Key must be printable ASCII")
+    return value
+
+
+def canonical_body(data: Any) -> bytes:
+    """One byte string per meaning: sorted keys, no whitespace, decimals as their text."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def fingerprint(*, method: str, path: str, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (method.upper().encode(), path.encode(), body):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.hexdigest()
+
+
+def automatic_key(*, owner: str, method: str, path: str, body: bytes) -> str:
+    return "auto-" + fingerprint(method=method, path=f"{owner} {path}", body=body)
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def to_http(self) -> HttpResponse:
+        response = HttpResponse(self.body, status=self.status)
+        for name, value in self.headers.items():
+            response[name] = value
+        response[REPLAYED_HEADER] = "true"
+        return response
+
+    @classmethod
+    def of(cls, response: HttpResponse) -> StoredResponse:
+        headers = {name: response[name] for name in REPLAYED_HEADERS if response.has_header(name)}
+        return cls(status=response.status_code, headers=headers, body=bytes(response.content))
+
+
+def default_should_store(status: int) -> bool:
+    """Store what execution produced; not what was refused before it (400, 404) nor 5xx."""
+    return status < 500 and status not in (400, 404)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    pk: int
+    version: int
+
+
+@dataclass(frozen=True)
+class _Replay:
+    stored: StoredResponse
+
+
+class _Mismatch:
+    pass
+
+
+class _InProgress:
+    pass
+
+
+class IdempotencyGate:
+    def __init__(
+        self,
+        *,
+        expiry: timedelta,
+        conflict_retry_delay: timedelta,
+        lease: timedelta,
+        redis_client: redis.Redis | None,
+        redis_prefix: str = "cryptopay:idempotency",
+    ) -> None:
+        self.expiry = expiry
+        self.conflict_retry_delay = conflict_retry_delay
+        self.lease = lease
+        self._redis = redis_client
+        self._prefix = redis_prefix
+
+    # --- entry point ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        owner: str,
+        key: str,
+        automatic: bool,
+        method: str,
+        path: str,
+        request_fingerprint: str,
+        execute: Callable[[], HttpResponse],
+        should_store: Callable[[int], bool] = default_should_store,
+    ) -> HttpResponse:
+        cached = self._cache_get(owner, key)
+        if cached is not None:
+            cached_fingerprint, stored = cached
+            if cached_fingerprint != request_fingerprint:
+                return self._mismatch(owner, key)
+            self._count(owner, key, "replays")
+            OUTCOMES.labels("replayed").inc()
+            return stored.to_http()
+
+        lock = self._lock(owner, key)
+        try:
+            outcome = self._claim(
+                owner=owner, key=key, automatic=automatic, method=method, path=path,
+                request_fingerprint=request_fingerprint, locked_by_other=lock is False,
+            )  # fmt: skip
+            if isinstance(outcome, _InProgress):
+                time.sleep(self.conflict_retry_delay.total_seconds())
+                outcome = self._claim(
+                    owner=owner, key=key, automatic=automatic, method=method, path=path,
+                    request_fingerprint=request_fingerprint, locked_by_other=False,
+                )  # fmt: skip
+            if isinstance(outcome, _Replay):
+                OUTCOMES.labels("replayed").inc()
+                return outcome.stored.to_http()
+            if isinstance(outcome, _Mismatch):
+                return self._mismatch(owner, key)
+            if isinstance(outcome, _InProgress):
+                self._count(owner, key, "conflicts")
+                OUTCOMES.labels("conflict").inc()
+                return self._in_use()
+            return self._execute(
+                claimed=outcome, owner=owner, key=key, execute=execute, should_store=should_store,
+                request_fingerprint=request_fingerprint,
+            )  # fmt: skip
+        finally:
+            if lock:
+                self._unlock(lock)
+
+    # --- database: the arbiter ------------------------------------------------------------------
+
+    def _claim(
+        self,
+        *,
+        owner: str,
+        key: str,
+        automatic: bool,
+        method: str,
+        path: str,
+        request_fingerprint: str,
+        locked_by_other: bool,
+    ) -> _Claimed | _Replay | _Mismatch | _InProgress:
+        for _ in range(3):  # a row may vanish or be taken over between our statements
+            now = clock.now()
+            fresh = {
+                "automatic": automatic,
+                "method": method,
+                "path": path,
+                "fingerprint": request_fingerprint,
+                "status": IdempotencyKey.Status.IN_PROGRESS,
+                "locked_at": now,
+                "response_status": None,
+                "response_headers": {},
+                "response_body": None,
+                "created_at": now,
+                "completed_at": None,
+                "expires_at": now + self.expiry,
+            }
+            if not locked_by_other:
+                try:
+                    with transaction.atomic():
+                        row = IdempotencyKey.objects.create(owner=owner, key=key, **fresh)
+                    return _Claimed(pk=row.pk, version=row.version)
+                except IntegrityError:
+                    pass
+            row = IdempotencyKey.objects.filter(owner=owner, key=key).first()
+            if row is None:
+                if locked_by_other:
+                    return _InProgress()  # the lock holder has not written its row yet
+                continue
+            if row.expires_at <= now:
+                claimed = self._take_over(row, fresh)
+                if claimed:
+                    return claimed
+                continue
+            if row.fingerprint != request_fingerprint:
+                return _Mismatch()
+            if row.status == IdempotencyKey.Status.COMPLETED:
+                self._count(owner, key, "replays")
+                stored = StoredResponse(
+                    status=row.response_status or 500,
+                    headers=row.response_headers,
+                    body=bytes(row.response_body or b""),
+                )
+                self._cache_put(owner, key, row.fingerprint, stored, row.expires_at)
+                return _Replay(stored)
+            if row.locked_at is None or row.locked_at + self.lease <= now:
+                logger.warning("idempotency key %s:%s: lease expired, taking over", owner, key)
+                claimed = self._take_over(row, fresh)
+                if claimed:
+                    return claimed
+                continue
+            return _InProgress()
+        return _InProgress()
+
+    def _take_over(self, row: IdempotencyKey, fresh: dict[str, Any]) -> _Claimed | None:
+        version = row.version + 1
+        updated = IdempotencyKey.objects.filter(pk=row.pk, version=row.version).update(
+            version=version, **fresh
+        )
+        return _Claimed(pk=row.pk, version=version) if updated else None
+
+    def _execute(
+        self,
+        *,
+        claimed: _Claimed,
+        owner: str,
+        key: str,
+        execute: Callable[[], HttpResponse],
+        should_store: Callable[[int], bool],
+        request_fingerprint: str,
+    ) -> HttpResponse:
+        stored: StoredResponse | None = None
+        release = False
+        try:
+            with transaction.atomic():
+                row = (
+                    IdempotencyKey.objects.select_for_update()
+                    .filter(pk=claimed.pk, version=claimed.version)
+                    .first()
+                )
+                if row is None:  # our lease was taken over: the new holder decides
+                    OUTCOMES.labels("conflict").inc()
+                    return self._in_use()
+                response = execute()
+                if response.status_code >= 500:
+                    transaction.set_rollback(True)
+                    release = True
+                elif not should_store(response.status_code):
+                    release = True
+                else:
+                    stored = StoredResponse.of(response)
+                    row.status = IdempotencyKey.Status.COMPLETED
+                    row.response_status = stored.status
+                    row.response_headers = stored.headers
+                    row.response_body = stored.body
+                    row.completed_at = clock.now()
+                    row.locked_at = None
+                    row.save()
+        except BaseException:
+            self._release(claimed)
+            raise
+        if release:
+            self._release(claimed)
+            OUTCOMES.labels("released").inc()
+        else:
+            OUTCOMES.labels("executed").inc()
+            if stored is not None:
+                transaction.on_commit(
+                    lambda: self._cache_put(
+                        owner, key, request_fingerprint, stored, clock.now() + self.expiry
+                    )
+                )
+        return response
+
+    def _release(self, claimed: _Claimed) -> None:
+        IdempotencyKey.objects.filter(pk=claimed.pk, version=claimed.version).delete()
+
+    def _count(self, owner: str, key: str, field: str) -> None:
+        IdempotencyKey.objects.filter(owner=owner, key=key).update(**{field: F(field) + 1})
+
+    def _mismatch(self, owner: str, key: str) -> HttpResponse:
+        self._count(owner, key, "mismatches")
+        OUTCOMES.labels("mismatch").inc()
+        return error_response(
+            status_code=422,
+            error_type=INVALID_REQUEST,
+            code="idempotency_key_reused",
+            message=(
+                "This Idempotency-Key was already used with a different request "
+                "(method, path or body). Use a new key for a new request."
+            ),
+            param=HEADER,
+        )
+
+    def _in_use(self) -> HttpResponse:
+        response = error_response(
+            status_code=409,
+            error_type=INVALID_REQUEST,
+            code="idempotency_key_in_use",
+            message="A request with this Idempotency-Key is still being processed; retry shortly.",
+            param=HEADER,
+        )
+        response["Retry-After"] = "1"
+        return response
+
+    # --- Redis: the fast path -------------------------------------------------------------------
+
+    def _redis_key(self, kind: str, owner: str, key: str) -> str:
+        return f"{self._prefix}:{kind}:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def _lock(self, owner: str, key: str) -> Any:
+        """A held Lock, False when another request holds it, None when Redis cannot tell."""
+        if self._redis is None:
+            return None
+        lock = self._redis.lock(
+            self._redis_key("lock", owner, key), timeout=self.lease.total_seconds()
+        )
+        try:
+            return lock if lock.acquire(blocking=False) else False
+        except redis.RedisError as exc:
+            logger.warning("idempotency lock unavailable (%s); the database decides", exc)
+            return None
+
+    def _unlock(self, lock: Any) -> None:
+        try:
+            lock.release()
+        except (redis.RedisError, redis.exceptions.LockError):
+            pass  # expired or Redis gone: its own timeout frees it
+
+    def _cache_get(self, owner: str, key: str) -> tuple[str, StoredResponse] | None:
+        if self._redis is None:
+            return None
+        try:
+            raw = self._redis.get(self._redis_key("response", owner, key))
+        except redis.RedisError:
+            return None
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return data["fingerprint"], StoredResponse(
+                status=int(data["status"]),
+                headers=dict(data["headers"]),
+                body=base64.b64decode(data["body"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None  # undecodable: the database has the truth
+
+    def _cache_put(
+        self, owner: str, key: str, fp: str, stored: StoredResponse, expires_at: datetime
+    ) -> None:
+        if self._redis is None:
+            return
+        ttl = math.floor((expires_at - clock.now()).total_seconds())
+        if ttl <= 0:
+            return
+        payload = json.dumps(
+            {
+                "fingerprint": fp,
+                "status": stored.status,
+                "headers": stored.headers,
+                "body": base64.b64encode(stored.body).decode(),
+            }
+        )
+        try:
+            self._redis.set(self._redis_key("response", owner, key), payload, ex=ttl)
+        except redis.RedisError:
+            pass
+
+    def forget(self, owner: str, key: str) -> None:
+        """Drop the cached response (cleanup of expired keys)."""
+        if self._redis is None:
+            return
+        try:
+            self._redis.delete(self._redis_key("response", owner, key))
+        except redis.RedisError:
+            pass
+
+
+@functools.cache
+def default_gate() -> IdempotencyGate:
+    return IdempotencyGate(
+        expiry=settings.IDEMPOTENCY_EXPIRY,
+        conflict_retry_delay=settings.IDEMPOTENCY_CONFLICT_RETRY_DELAY,
+        lease=settings.IDEMPOTENCY_LEASE,
+        redis_client=fast_fail_client(settings.REDIS_URL) if settings.REDIS_URL else None,
+        redis_prefix=settings.IDEMPOTENCY_REDIS_PREFIX,
+    )
+
+
+def _bad_key(message: str, code: str = "invalid_idempotency_key") -> HttpResponse:
+    return error_response(
+        status_code=400, error_type=INVALID_REQUEST, code=code, message=message, param=HEADER
+    )
+
+
+def _key_for(
+    request: HttpRequest, *, owner: str, body: bytes, required: bool
+) -> tuple[str, bool] | HttpResponse:
+    raw = request.headers.get(HEADER)
+    if raw is None:
+        if required:
+            return _bad_key(
+                f"This endpoint requires an {HEADER} header.", "idempotency_key_required"
+            )
+        return automatic_key(
+            owner=owner, method=request.method or "", path=request.path, body=body
+        ), True
+    try:
+        return parse_key(raw), False
+    except InvalidKey as exc:
+        return _bad_key(f"Invalid {HEADER}: {exc}.")
+
+
+def idempotent(
+    *, required: bool = False, should_store: Callable[[int], bool] = default_should_store
+) -> Callable:
+    """Make a DRF view method idempotent. The caller's ``request.user.idempotency_scope`` is the
+    owner that keys are scoped by; authentication has run before the method is called."""
+
+    def decorate(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def wrapper(view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            owner = getattr(request.user, "idempotency_scope", None)
+            if owner is None or getattr(request._request, "_idempotency_applied", False):
+                return handler(view, request, *args, **kwargs)
+            request._request._idempotency_applied = True
+            body = canonical_body(request.data)  # a parse error here is DRF's 400, not stored
+            key = _key_for(request, owner=owner, body=body, required=required)
+            if isinstance(key, HttpResponse):
+                return key
+            key_value, automatic = key
+
+            def execute() -> HttpResponse:
+                try:
+                    response = handler(view, request, *args, **kwargs)
+                except Exception as exc:
+                    response = view.handle_exception(exc)
+                response = view.finalize_response(request, response, *args, **kwargs)
+                response.render()
+                return response
+
+            request_fingerprint = fingerprint(method=request.method, path=request.path, body=body)
+            return default_gate().run(
+                owner=owner, key=key_value, automatic=automatic, method=request.method,
+                path=request.path, execute=execute, should_store=should_store,
+                request_fingerprint=request_fingerprint,
+            )  # fmt: skip
+
+        return wrapper
+
+    return decorate
+
+
+class IdempotencyMiddleware:
+    """Applies the same mechanism to unsafe requests on IDEMPOTENCY_MIDDLEWARE_PATHS (regexes).
+
+    The owner comes from IDEMPOTENCY_OWNER_RESOLVER (a dotted path to ``f(request) -> str | None``);
+    a request without an owner passes through (the view will refuse it). Views that carry the
+    decorator are not wrapped twice.
+    """
+
+    UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        import re
+
+        self.get_response = get_response
+        self.paths = [re.compile(pattern) for pattern in settings.IDEMPOTENCY_MIDDLEWARE_PATHS]
+        self.resolve_owner = import_string(settings.IDEMPOTENCY_OWNER_RESOLVER)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method not in self.UNSAFE or not any(p.match(request.path) for p in self.paths):
+            return self.get_response(request)
+        owner = self.resolve_owner(request)
+        if owner is None:
+            return self.get_response(request)
+        try:
+            body = canonical_body(json.loads(request.body or b"null"))
+        except ValueError:
+            body = request.body  # not JSON: the raw bytes are the canonical form
+        key = _key_for(request, owner=owner, body=body, required=False)
+        if isinstance(key, HttpResponse):
+            return key
+        key_value, automatic = key
+        request._idempotency_applied = True
+        method = request.method or ""
+        return default_gate().run(
+            owner=owner, key=key_value, automatic=automatic, method=method,
+            path=request.path, execute=lambda: self.get_response(request),
+            request_fingerprint=fingerprint(method=method, path=request.path, body=body),
+        )  # fmt: skip
+
+
+def idempotency_keys_cleanup(*, limit: int = 10_000) -> int:
+    """Delete expired keys from PostgreSQL and their cached responses from Redis."""
+    gate = default_gate()
+    expired = list(
+        IdempotencyKey.objects.filter(expires_at__lte=clock.now()).values_list(
+            "pk", "owner", "key"
+        )[:limit]
+    )
+    for _, owner, key in expired:
+        gate.forget(owner, key)
+    deleted, _ = IdempotencyKey.objects.filter(
+        pk__in=[pk for pk, _, _ in expired], expires_at__lte=clock.now()
+    ).delete()
+    if deleted:
+        logger.info("idempotency cleanup: %d expired keys deleted", deleted)
+    return deleted

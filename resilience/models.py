@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class IdempotencyKey(models.Model):
+    """The arbiter of an idempotent request: one row per (owner, key).
+
+    ``version`` is a fencing token: whoever claims (or takes over an abandoned) key bumps it, and
+    only the holder of the current version may complete or release it.
+    """
+
+    class Status(models.TextChoices):
+        IN_PROGRESS = "in_progress", "In progress"
+        COMPLETED = "completed", "Completed"
+
+    owner = models.CharField(max_length=64, help_text="Whose key: e.g. a merchant id.")
+    key = models.CharField(max_length=255)
+    automatic = models.BooleanField(default=False, help_text="Derived from the request body.")
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=500)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
+    status = models.CharField(max_length=20, choices=Status.choices)
+    version = models.PositiveIntegerField(default=1)
+    locked_at = models.DateTimeField(null=True, blank=True)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.BinaryField(null=True, blank=True)
+    replays = models.PositiveIntegerField(default=0)
+    conflicts = models.PositiveIntegerField(default=0)
+    mismatches = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.owner}:{self.key}"
