@@ -1,0 +1,393 @@
+"""Idempotency semantics (IETF draft + Stripe) on one process, real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+from django.test import Client
+from django.urls import path
+from hypothesis import given
+from hypothesis import strategies as st
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from cryptopay import urls as project_urls
+from payments import services
+from payments.models import Merchant, Payment
+from resilience import idempotency
+from resilience.idempotency import (
+    IdempotencyGate,
+    InvalidKey,
+    idempotency_keys_cleanup,
+    idempotent,
+    parse_key,
+)
+from resilience.models import IdempotencyKey
+from resilience.redis_client import fast_fail_client
+from tests.conftest import api_client_for
+from tests.factories import MerchantFactory, make_payment
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/payments"
+BODY = {"amount": "10.00", "crypto_currency": "BTC"}
+
+
+def post(api, body=None, key: str | None = "key-1", url: str = URL):
+    headers = {} if key is None else {"HTTP_IDEMPOTENCY_KEY": key}
+    return api.post(url, body if body is not None else BODY, format="json", **headers)
+
+
+@pytest.fixture(autouse=True)
+def fresh_gate(settings):
+    settings.IDEMPOTENCY_REDIS_PREFIX = f"test-idem-{id(settings)}"
+    idempotency.default_gate.cache_clear()
+    yield
+    idempotency.default_gate.cache_clear()
+
+
+# --- the header ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ('"8e03978e-40d5-43e8-bc93-6894a57f9324"', "8e03978e-40d5-43e8-bc93-6894a57f9324"),
+        ("8e03978e-40d5", "8e03978e-40d5"),
+        ('"with \\"quotes\\" and \\\\"', 'with "quotes" and \\'),
+        ("  padded  ", "padded"),
+        ("x" * 255, "x" * 255),
+    ],
+)
+def test_keys_are_read_as_structured_field_strings_or_bare(raw, key):
+    assert parse_key(raw) == key
+
+
+@pytest.mark.parametrize(
+    "raw", ["", '""', "x" * 256, "caf\u00e9", '"unterminated', '"bad \\n escape"', "tab\tin"]
+)
+def test_invalid_keys_are_refused(raw):
+    with pytest.raises(InvalidKey):
+        parse_key(raw)
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=255))
+def test_any_printable_ascii_key_round_trips_through_the_sf_string_form(key):
+    quoted = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if key:
+        assert parse_key(quoted) == key
+
+
+# --- through the API ----------------------------------------------------------------------------
+
+
+def test_a_retry_replays_the_first_answer_byte_for_byte_and_creates_nothing(api, merchant):
+    first = post(api)
+    second = post(api)
+
+    assert first.status_code == second.status_code == 201
+    assert second["Idempotent-Replayed"] == "true"
+    assert not first.has_header("Idempotent-Replayed")
+    assert second.content == first.content
+    assert Payment.objects.filter(merchant=merchant).count() == 1
+    assert IdempotencyKey.objects.get(key="key-1").replays == 1
+
+
+def test_the_same_key_with_another_body_is_a_422(api, merchant):
+    post(api)
+
+    response = post(api, {**BODY, "amount": "11.00"})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "idempotency_key_reused"
+    assert Payment.objects.filter(merchant=merchant).count() == 1
+
+
+def test_the_same_key_on_another_endpoint_is_a_422(api, merchant):
+    payment = make_payment(merchant=merchant)
+    post(api, {}, url=f"{URL}/{payment.public_id}/cancel")
+
+    response = post(api, {})
+
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("raw", ["x" * 256, "caf\u00e9"])
+def test_a_malformed_key_is_a_400_and_nothing_is_created(api, merchant, raw):
+    client = Client()
+    response = client.post(
+        URL,
+        BODY,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"],
+        HTTP_IDEMPOTENCY_KEY=raw,
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_idempotency_key"
+    assert Payment.objects.count() == 0
+
+
+def test_a_request_refused_by_validation_is_not_stored(api, merchant):
+    refused = post(api, {**BODY, "amount": "-1"})
+
+    accepted = post(api, BODY)
+
+    assert refused.status_code == 400
+    assert accepted.status_code == 201
+    assert not accepted.has_header("Idempotent-Replayed")
+
+
+def test_domain_refusals_after_execution_began_are_stored_and_replayed(api, merchant):
+    post(api, {**BODY, "order_id": "A"}, key="first")
+    refused = post(api, {**BODY, "order_id": "A"}, key="second")
+    replayed = post(api, {**BODY, "order_id": "A"}, key="second")
+
+    assert refused.status_code == replayed.status_code == 409
+    assert replayed["Idempotent-Replayed"] == "true"
+
+
+def test_two_merchants_may_use_the_same_key_independently(db):
+    first, second = MerchantFactory(), MerchantFactory()
+
+    a = post(api_client_for(first))
+    b = post(api_client_for(second))
+
+    assert a.status_code == b.status_code == 201
+    assert a.json()["id"] != b.json()["id"]
+    assert not b.has_header("Idempotent-Replayed")
+
+
+def test_an_expired_key_executes_again(api, merchant, frozen_clock):
+    post(api, {**BODY, "order_id": "one"})
+    frozen_clock.advance(timedelta(hours=1, seconds=1))
+
+    again = post(api, {**BODY, "order_id": "one"})
+
+    assert again.status_code == 409  # executed again: the order id now exists
+    assert again.json()["error"]["code"] == "order_id_already_exists"
+    assert not again.has_header("Idempotent-Replayed")
+
+
+def test_without_a_header_identical_bodies_make_one_payment(api, merchant):
+    first = post(api, key=None)
+    second = post(api, key=None)
+    other = post(api, {**BODY, "amount": "12.00"}, key=None)
+
+    assert second["Idempotent-Replayed"] == "true"
+    assert second.content == first.content
+    assert other.status_code == 201 and not other.has_header("Idempotent-Replayed")
+    assert Payment.objects.filter(merchant=merchant).count() == 2
+
+
+def test_a_key_still_in_progress_gets_a_409_with_retry_after(api, merchant, frozen_clock):
+    post(api)  # learn the fingerprint of BODY
+    IdempotencyKey.objects.filter(key="key-1").update(
+        status=IdempotencyKey.Status.IN_PROGRESS, locked_at=frozen_clock.now()
+    )
+    row = IdempotencyKey.objects.get(key="key-1")
+    idempotency.default_gate().forget(row.owner, "key-1")
+
+    response = post(api)
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "idempotency_key_in_use"
+    assert response["Retry-After"] == "1"
+    assert IdempotencyKey.objects.get(key="key-1").conflicts == 1
+
+
+def test_an_abandoned_key_is_taken_over_after_its_lease(api, merchant, frozen_clock):
+    post(api, {**BODY, "order_id": "x"})
+    row = IdempotencyKey.objects.get(key="key-1")
+    row.status, row.locked_at = IdempotencyKey.Status.IN_PROGRESS, frozen_clock.now()
+    row.save()
+    Payment.objects.all().delete()  # as if the first request died before committing
+    idempotency.default_gate().forget(row.owner, "key-1")
+    frozen_clock.advance(timedelta(seconds=91))
+
+    response = post(api, {**BODY, "order_id": "x"})
+
+    assert response.status_code == 201
+    assert IdempotencyKey.objects.get(key="key-1").version == 2
+    assert Payment.objects.count() == 1
+
+
+def test_a_5xx_is_not_stored_and_the_retry_executes(api, merchant, settings):
+    settings.RATES_ALLOW_STATIC_FALLBACK = False  # no live providers: 503 rate_unavailable
+
+    failed = post(api)
+    settings.RATES_ALLOW_STATIC_FALLBACK = True
+    retried = post(api)
+
+    assert failed.status_code == 503
+    assert retried.status_code == 201
+    assert not retried.has_header("Idempotent-Replayed")
+    assert Payment.objects.count() == 1
+
+
+class HalfWayFailure(APIView):
+    """Creates a payment, then fails: the payment must roll back and the key be released."""
+
+    fail = True
+
+    @idempotent()
+    def post(self, request):
+        services.payment_create(
+            merchant=request.user.merchant,
+            fiat_amount=Decimal("5.00"),
+            fiat_currency="USD",
+            crypto_currency="LTC",
+        )
+        if HalfWayFailure.fail:
+            raise RuntimeError("crash after the insert")
+        return Response({"ok": True}, status=201)
+
+
+@pytest.fixture
+def halfway_urls(settings):
+    settings.ROOT_URLCONF = type(
+        "urlconf",
+        (),
+        {
+            "urlpatterns": [
+                path("api/v1/halfway", HalfWayFailure.as_view()),
+                *project_urls.urlpatterns,
+            ]
+        },
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crash_after_the_insert_rolls_back_and_releases_the_key(halfway_urls):
+    merchant = MerchantFactory()
+    api = api_client_for(merchant)
+    HalfWayFailure.fail = True
+    try:
+        crashed = post(api, {"n": 1}, url="/api/v1/halfway")
+        assert Payment.objects.count() == 0
+        assert not IdempotencyKey.objects.filter(key="key-1").exists()
+        HalfWayFailure.fail = False
+        retried = post(api, {"n": 1}, url="/api/v1/halfway")
+        replayed = post(api, {"n": 1}, url="/api/v1/halfway")
+    finally:
+        HalfWayFailure.fail = True
+
+    assert crashed.status_code == 500
+    assert retried.status_code == 201
+    assert replayed["Idempotent-Replayed"] == "true"
+    assert Payment.objects.count() == 1
+
+
+def test_replays_come_from_redis_when_the_database_row_is_gone(
+    api, merchant, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):  # the cache is written after commit
+        first = post(api)
+    IdempotencyKey.objects.all().delete()  # only the Redis copy is left
+
+    second = post(api)
+
+    assert second["Idempotent-Replayed"] == "true"
+    assert second.content == first.content
+
+
+def test_with_redis_unreachable_the_database_still_decides(api, merchant, settings):
+    gate = IdempotencyGate(
+        expiry=settings.IDEMPOTENCY_EXPIRY,
+        conflict_retry_delay=settings.IDEMPOTENCY_CONFLICT_RETRY_DELAY,
+        lease=settings.IDEMPOTENCY_LEASE,
+        redis_client=fast_fail_client("redis://127.0.0.1:1/0"),
+    )
+    idempotency.default_gate.cache_clear()
+    original = idempotency.default_gate
+    idempotency.default_gate = lambda: gate  # type: ignore[assignment]
+    try:
+        first, second = post(api), post(api)
+    finally:
+        idempotency.default_gate = original
+
+    assert first.status_code == 201
+    assert second["Idempotent-Replayed"] == "true"
+    assert Payment.objects.count() == 1
+
+
+def test_cancellation_is_idempotent_too(api, merchant):
+    payment = make_payment(merchant=merchant)
+
+    first = post(api, {}, url=f"{URL}/{payment.public_id}/cancel")
+    second = post(api, {}, url=f"{URL}/{payment.public_id}/cancel")
+
+    assert first.status_code == 200
+    assert second["Idempotent-Replayed"] == "true"
+
+
+def test_cleanup_removes_expired_keys_from_both_stores(
+    api, merchant, frozen_clock, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        post(api)
+    row = IdempotencyKey.objects.get(key="key-1")
+    gate = idempotency.default_gate()
+    assert gate._cache_get(row.owner, "key-1") is not None
+    frozen_clock.advance(timedelta(hours=2))
+
+    deleted = idempotency_keys_cleanup()
+
+    assert deleted == 1
+    assert not IdempotencyKey.objects.exists()
+    assert gate._cache_get(row.owner, "key-1") is None
+
+
+# --- the middleware -----------------------------------------------------------------------------
+
+
+def plain_create(request):
+    from django.http import JsonResponse
+
+    merchant = Merchant.objects.create(name="made by a plain view")
+    return JsonResponse({"id": merchant.public_id}, status=201)
+
+
+@pytest.fixture
+def middleware_urls(settings):
+    settings.IDEMPOTENCY_MIDDLEWARE_PATHS = ["^/api/v1/plain$"]
+    settings.ROOT_URLCONF = type(
+        "urlconf",
+        (),
+        {"urlpatterns": [path("api/v1/plain", plain_create), *project_urls.urlpatterns]},
+    )
+
+
+def test_the_middleware_makes_configured_paths_idempotent(middleware_urls, api, merchant):
+    client = Client(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
+    before = Merchant.objects.count()
+
+    first = client.post(
+        "/api/v1/plain", {"a": 1}, content_type="application/json", HTTP_IDEMPOTENCY_KEY="m1"
+    )
+    second = client.post(
+        "/api/v1/plain", {"a": 1}, content_type="application/json", HTTP_IDEMPOTENCY_KEY="m1"
+    )
+    anonymous = Client().post(
+        "/api/v1/plain", {"a": 1}, content_type="application/json", HTTP_IDEMPOTENCY_KEY="m1"
+    )
+
+    assert first.status_code == 201
+    assert second["Idempotent-Replayed"] == "true"
+    assert second.content == first.content
+    assert anonymous.status_code == 201 and not anonymous.has_header("Idempotent-Replayed")
+    assert Merchant.objects.count() == before + 2  # one for the merchant, one anonymous
+
+
+def test_keys_are_written_in_the_same_transaction_as_the_payment(api, merchant):
+    with transaction.atomic():
+        post(api)
+        assert IdempotencyKey.objects.get(key="key-1").status == "completed"
+        assert Payment.objects.count() == 1
+        transaction.set_rollback(True)
+
+    assert not IdempotencyKey.objects.filter(key="key-1", status="completed").exists()
+    assert Payment.objects.count() == 0
