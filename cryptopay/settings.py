@@ -222,6 +222,11 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The one beat schedule. Values are seconds.
 CELERY_BEAT_SCHEDULE = {
+    "chains-watch": {
+        "task": "payments.tasks.chains_watch",
+        # Each run polls every configured chain once; a lock keeps runs from overlapping.
+        "schedule": env_seconds("CRYPTOPAY_CHAIN_POLL_SECONDS", 5),
+    },
     "rates-refresh-in-use": {
         "task": "payments.tasks.rates_refresh_in_use",
         # Keeps quotes for pairs in use fresh so payment creation rarely waits on a provider.
@@ -319,6 +324,14 @@ PAYMENT_METADATA_MAX_KEYS = env_int("CRYPTOPAY_METADATA_MAX_KEYS", 50)
 PAYMENT_METADATA_MAX_KEY_LENGTH = env_int("CRYPTOPAY_METADATA_MAX_KEY_LENGTH", 40)
 PAYMENT_METADATA_MAX_VALUE_LENGTH = env_int("CRYPTOPAY_METADATA_MAX_VALUE_LENGTH", 500)
 PAYMENT_METADATA_MAX_BYTES = env_int("CRYPTOPAY_METADATA_MAX_BYTES", 8 * 1024)
+
+# Chains to watch and their nodes, in failover order (see payments/chains/config.py). Empty:
+# nothing is watched, and payments need the development chain.
+CHAINS: dict = json.loads(env_str("CRYPTOPAY_CHAINS", "{}"))
+# How often the watchers poll their nodes; a block every ~2.5 min (LTC) or 12 s (ETH) needs no less.
+CHAIN_POLL_INTERVAL = env_seconds("CRYPTOPAY_CHAIN_POLL_SECONDS", 5)
+# Per-attempt timeout of a node RPC call.
+CHAIN_RPC_TIMEOUT = env_seconds("CRYPTOPAY_CHAIN_RPC_TIMEOUT_SECONDS", 5)
 
 # Development chain: fake deterministic addresses that `manage.py simulate_payment` can "pay".
 # On in embedded mode only, so a real deployment never hands out an address nobody watches.

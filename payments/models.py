@@ -245,18 +245,34 @@ class PaymentEvent(models.Model):
 class PaymentTransaction(models.Model):
     """An on-chain output (or token transfer) paying a payment's deposit address. Recorded once."""
 
+    class Kind(models.TextChoices):
+        OUTPUT = "output", "UTXO output"
+        NATIVE = "native", "Native EVM transfer"
+        LOG = "log", "ERC-20 Transfer log"
+
+    class State(models.TextChoices):
+        MEMPOOL = "mempool", "Unconfirmed"
+        CONFIRMED = "confirmed", "In a block"
+        DROPPED = "dropped", "Gone (replaced, double spent or reorged out)"
+
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="transactions")
     chain = models.CharField(max_length=20)
     txid = models.CharField(max_length=100)
-    output_index = models.PositiveIntegerField()
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.OUTPUT)
+    output_index = models.PositiveIntegerField(help_text="vout for outputs, log index for logs.")
     amount = BaseUnitsField()
     confirmations = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.MEMPOOL)
+    block_hash = models.CharField(max_length=100, blank=True)
+    block_height = models.PositiveBigIntegerField(null=True, blank=True)
+    mined_at = models.DateTimeField(null=True, blank=True)
+    replaceable = models.BooleanField(default=False, help_text="Signals RBF (BIP125).")
     first_seen_at = models.DateTimeField()
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["chain", "txid", "output_index"], name="transaction_output_unique"
+                fields=["chain", "txid", "kind", "output_index"], name="transaction_output_unique"
             ),
             models.CheckConstraint(
                 condition=models.Q(amount__gt=0), name="transaction_amount_positive"
@@ -265,6 +281,63 @@ class PaymentTransaction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.chain}:{self.txid}:{self.output_index}"
+
+
+class MerchantWallet(models.Model):
+    """Where a merchant receives one currency: an account-level extended PUBLIC key."""
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="wallets")
+    crypto_currency = models.CharField(max_length=8, choices=CRYPTO_CHOICES)
+    extended_public_key = models.CharField(
+        max_length=300,
+        help_text="BIP84 xpub/zpub (or wpkh descriptor) for BTC/LTC; BIP44 xpub for ETH.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["merchant", "crypto_currency"], name="wallet_unique_per_currency"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.merchant} {self.crypto_currency} {self.extended_public_key[:12]}…"
+
+
+class ChainCursor(models.Model):
+    """How far a chain's watcher got: the next block to read, and what it last saw."""
+
+    chain = models.CharField(max_length=20, unique=True)
+    height = models.BigIntegerField(default=-1, help_text="Last processed block height.")
+    block_hash = models.CharField(max_length=100, blank=True)
+    tip_height = models.BigIntegerField(default=-1, help_text="The node's tip at the last poll.")
+    node = models.CharField(max_length=200, blank=True, help_text="Node that answered last.")
+    polled_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.chain} at {self.height}"
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.tip_height - self.height)
+
+
+class ChainBlock(models.Model):
+    """Hashes of recently processed blocks, to find where a reorg forked."""
+
+    chain = models.CharField(max_length=20)
+    height = models.BigIntegerField()
+    block_hash = models.CharField(max_length=100)
+    parent_hash = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "height"], name="chain_block_height_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain}#{self.height} {self.block_hash[:16]}"
 
 
 class AddressIndex(models.Model):

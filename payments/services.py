@@ -342,13 +342,26 @@ def payment_mark(*, payment: Payment, to_status: str) -> bool:
 
 @dataclass(frozen=True)
 class ObservedOutput:
-    """One output paying a deposit address, as a chain source reports it."""
+    """One output (or token transfer) paying a deposit address, as a chain reports it now."""
 
     chain: str
     txid: str
     output_index: int
     amount: int
     confirmations: int
+    kind: str = PaymentTransaction.Kind.OUTPUT
+    block_hash: str = ""
+    block_height: int | None = None
+    mined_at: datetime | None = None
+    replaceable: bool = False
+
+    @property
+    def state(self) -> str:
+        return (
+            PaymentTransaction.State.CONFIRMED
+            if self.block_hash
+            else PaymentTransaction.State.MEMPOOL
+        )
 
 
 def _paid_threshold(payment: Payment) -> int:
@@ -360,36 +373,42 @@ def _paid_threshold(payment: Payment) -> int:
 def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bool:
     """Record (once) or update an output paying ``payment`` and move the payment accordingly.
 
-    Idempotent: the same output with the same confirmations changes nothing and writes no event.
-    Returns True when anything changed.
+    Idempotent: the same observation again changes nothing and writes no event. Returns True
+    when anything changed.
     """
     if output.amount <= 0:
         raise ValueError("output amount must be positive")
     now = clock.now()
+    observed = {
+        "confirmations": output.confirmations,
+        "state": output.state,
+        "block_hash": output.block_hash,
+        "block_height": output.block_height,
+        "mined_at": output.mined_at,
+        "replaceable": output.replaceable,
+    }
     with transaction.atomic():
         locked = _lock(payment.pk)
         tx, created = PaymentTransaction.objects.select_for_update().get_or_create(
             chain=output.chain,
             txid=output.txid,
+            kind=output.kind,
             output_index=output.output_index,
-            defaults={
-                "payment": locked,
-                "amount": output.amount,
-                "confirmations": output.confirmations,
-                "first_seen_at": now,
-            },
+            defaults={"payment": locked, "amount": output.amount, "first_seen_at": now, **observed},
         )
         if tx.payment_id != locked.pk or tx.amount != output.amount:
             raise ValueError(f"output {tx} is already recorded with other details")
-        changed = created
-        if not created and tx.confirmations != output.confirmations:
-            tx.confirmations = output.confirmations
-            tx.save(update_fields=["confirmations"])
-            changed = True
-        if not changed:
+        changes = {name: value for name, value in observed.items() if getattr(tx, name) != value}
+        if tx.mined_at is not None and output.mined_at is None:
+            changes.pop("mined_at", None)  # keep when it was first mined, for lateness
+        if not created and not changes:
             payment.refresh_from_db()
             return False
-        if created:
+        if not created:
+            for name, value in changes.items():
+                setattr(tx, name, value)
+            tx.save(update_fields=list(changes))
+        if created or "state" in changes:
             _event_append(
                 payment=locked,
                 event_type=PaymentEvent.Type.TRANSACTION_DETECTED,
@@ -401,6 +420,8 @@ def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bo
                         amount=output.amount, currency=crypto(locked.crypto_currency)
                     ),
                     "confirmations": output.confirmations,
+                    "state": output.state,
+                    "block_height": output.block_height,
                 },
                 at=now,
             )
@@ -409,11 +430,44 @@ def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bo
     return True
 
 
+def payment_transaction_drop(*, transaction_id: int, reason: str) -> bool:
+    """A recorded transaction is gone (reorged out and not in the mempool, replaced, double spent):
+    it stops counting and the payment is re-evaluated. Idempotent."""
+    now = clock.now()
+    with transaction.atomic():
+        tx = PaymentTransaction.objects.select_related("payment").get(pk=transaction_id)
+        locked = _lock(tx.payment_id)
+        tx = PaymentTransaction.objects.select_for_update().get(pk=transaction_id)
+        if tx.state == PaymentTransaction.State.DROPPED:
+            return False
+        tx.state = PaymentTransaction.State.DROPPED
+        tx.confirmations = 0
+        tx.block_hash, tx.block_height = "", None
+        tx.save(update_fields=["state", "confirmations", "block_hash", "block_height"])
+        _event_append(
+            payment=locked,
+            event_type=PaymentEvent.Type.TRANSACTION_DETECTED,
+            data={"chain": tx.chain, "txid": tx.txid, "output_index": tx.output_index,
+                  "state": tx.state, "reason": reason},
+            at=now,
+        )  # fmt: skip
+        _payment_reevaluate(payment=locked, at=now)
+    logger.warning("transaction %s dropped: %s", tx, reason)
+    return True
+
+
 def _payment_reevaluate(*, payment: Payment, at: datetime) -> None:
     """Recompute received/confirmed totals and walk the state machine to where they lead."""
-    totals = PaymentTransaction.objects.filter(payment=payment).aggregate(
+    live = PaymentTransaction.objects.filter(payment=payment).exclude(
+        state=PaymentTransaction.State.DROPPED
+    )
+    # 0-conf is never enough for a transaction that signals replace-by-fee.
+    confirmed_filter = Q(confirmations__gte=max(payment.required_confirmations, 1)) | Q(
+        confirmations__gte=payment.required_confirmations, replaceable=False
+    )
+    totals = live.aggregate(
         received=Sum("amount"),
-        confirmed=Sum("amount", filter=Q(confirmations__gte=payment.required_confirmations)),
+        confirmed=Sum("amount", filter=confirmed_filter),
     )
     payment.amount_received = int(totals["received"] or 0)
     payment.amount_confirmed = int(totals["confirmed"] or 0)
@@ -427,6 +481,9 @@ def _payment_reevaluate(*, payment: Payment, at: datetime) -> None:
         if payment.amount_received > payment.crypto_amount
         else PaymentSubStatus.NONE
     )
+    partial = (
+        PaymentSubStatus.PAID_PARTIAL if payment.amount_received > 0 else PaymentSubStatus.NONE
+    )
 
     def move(to_status: str, sub_status: str, reason: str) -> None:
         _transition(
@@ -438,27 +495,50 @@ def _payment_reevaluate(*, payment: Payment, at: datetime) -> None:
             at=at,
         )
 
+    if payment.sub_status == PaymentSubStatus.MARKED:
+        return  # an operator decided; amounts are still recorded above
+    if (
+        payment.status == PaymentStatus.EXPIRED
+        and paid_in_full
+        and _paid_before(payment, threshold)
+    ):
+        # Paid before expiry but noticed after it (a node outage, a catch-up): on time.
+        move(PaymentStatus.PROCESSING, over, "paid before expiry, noticed after it")
+    if payment.status == PaymentStatus.SETTLED and not confirmed_in_full:
+        move(PaymentStatus.PROCESSING, over, "confirmations lost in a reorg")
     status = payment.status
     if status == PaymentStatus.PENDING:
         if paid_in_full:
             move(PaymentStatus.PROCESSING, over, "paid in full")
-        elif payment.amount_received > 0:
-            move(PaymentStatus.PENDING, PaymentSubStatus.PAID_PARTIAL, "paid partially")
+        elif payment.amount_received > 0 or payment.sub_status:
+            move(PaymentStatus.PENDING, partial, "payment amount changed")
     if payment.status == PaymentStatus.PROCESSING:
         if not paid_in_full:
-            partial = PaymentSubStatus.PAID_PARTIAL if payment.amount_received > 0 else ""
             move(PaymentStatus.PENDING, partial, "underpaid again")
         elif confirmed_in_full:
             move(PaymentStatus.SETTLED, over, "confirmed")
         else:
             move(PaymentStatus.PROCESSING, over, "payment amount changed")
     elif payment.status == PaymentStatus.SETTLED and status == PaymentStatus.SETTLED:
-        if over and payment.sub_status != PaymentSubStatus.MARKED:
-            move(PaymentStatus.SETTLED, over, "paid over")
+        move(PaymentStatus.SETTLED, over, "payment amount changed")
     elif payment.status in (PaymentStatus.EXPIRED, PaymentStatus.CANCELLED):
-        if payment.sub_status != PaymentSubStatus.MARKED and payment.amount_received > 0:
+        if payment.amount_received > 0:
             late = PaymentSubStatus.PAID_LATE if paid_in_full else PaymentSubStatus.PAID_PARTIAL
             move(payment.status, late, "paid after the payment closed")
+        else:
+            move(payment.status, PaymentSubStatus.NONE, "payment no longer counted")
+
+
+def _paid_before(payment: Payment, threshold: int) -> bool:
+    """Whether the payment was paid in full by transactions seen or mined before it expired."""
+    on_time = 0
+    for tx in PaymentTransaction.objects.filter(payment=payment).exclude(
+        state=PaymentTransaction.State.DROPPED
+    ):
+        paid_at = min(t for t in (tx.first_seen_at, tx.mined_at) if t is not None)
+        if paid_at <= payment.expires_at:
+            on_time += tx.amount
+    return on_time >= threshold
 
 
 def _sweep(*, due: Q, to_status: str, reason: str, at: datetime) -> int:

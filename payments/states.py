@@ -34,10 +34,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.PENDING: frozenset({S.PROCESSING, S.EXPIRED, S.CANCELLED}),
     # Confirmed / unconfirmed past monitoring or double spent / replaced and underpaid again.
     S.PROCESSING: frozenset({S.SETTLED, S.INVALID, S.PENDING}),
-    # An operator may mark a settled payment invalid (e.g. a refund outside the gateway).
-    S.SETTLED: frozenset({S.INVALID}),
-    # An operator may mark a late or disputed payment settled (sub-status "marked").
-    S.EXPIRED: frozenset({S.SETTLED, S.INVALID}),
+    # A reorg took its confirmations away / an operator marks it invalid (refund outside).
+    S.SETTLED: frozenset({S.PROCESSING, S.INVALID}),
+    # Paid before expiry but noticed after it (node outage) / an operator marks it.
+    S.EXPIRED: frozenset({S.PROCESSING, S.SETTLED, S.INVALID}),
     S.INVALID: frozenset({S.SETTLED}),
     S.CANCELLED: frozenset(),
 }

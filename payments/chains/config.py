@@ -1,0 +1,82 @@
+"""Which chains are watched, through which nodes, read from settings.CHAINS.
+
+``CRYPTOPAY_CHAINS`` is a JSON object, one entry per chain:
+
+    {"litecoin": {"kind": "utxo", "currency": "LTC", "hrp": "ltc",
+                  "nodes": ["http://user:pass@127.0.0.1:9332"]},
+     "ethereum": {"kind": "evm", "currency": "ETH", "confirmations": 12,
+                  "nodes": ["http://127.0.0.1:8545", "http://10.0.0.2:8545"],
+                  "tokens": {"USDC": {"address": "0xA0b8...", "decimals": 6}}}}
+
+Nodes are in failover order. ``hrp`` is the bech32 prefix of the network (bc/tb/bcrt for Bitcoin,
+ltc/tltc/rltc for Litecoin). ``confirmations`` is the EVM chain's settlement depth; UTXO chains use
+the merchant's speed policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class Token:
+    currency: str
+    address: str  # lower-case 0x…
+    decimals: int
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    name: str
+    kind: str  # "utxo" or "evm"
+    currency: str
+    nodes: tuple[str, ...]
+    hrp: str = ""
+    confirmations: int = 12
+    tokens: dict[str, Token] = field(default_factory=dict)
+    # How many blocks back a reorg is looked for; deeper ones need an operator.
+    reorg_depth: int = 100
+
+    @property
+    def currencies(self) -> list[str]:
+        return [self.currency, *self.tokens]
+
+
+def chains() -> dict[str, ChainConfig]:
+    result = {}
+    for name, raw in settings.CHAINS.items():
+        try:
+            kind = raw["kind"]
+            if kind not in ("utxo", "evm"):
+                raise ImproperlyConfigured(f"chain {name}: kind must be utxo or evm")
+            tokens = {
+                code: Token(
+                    currency=code, address=t["address"].lower(), decimals=int(t["decimals"])
+                )
+                for code, t in raw.get("tokens", {}).items()
+            }
+            result[name] = ChainConfig(
+                name=name,
+                kind=kind,
+                currency=raw["currency"],
+                nodes=tuple(raw["nodes"]),
+                hrp=raw.get("hrp", ""),
+                confirmations=int(raw.get("confirmations", 12)),
+                tokens=tokens,
+                reorg_depth=int(raw.get("reorg_depth", 100)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(
+                f"CRYPTOPAY_CHAINS entry {name!r} is invalid: {exc}"
+            ) from exc
+    return result
+
+
+def chain_for_currency(currency: str) -> ChainConfig | None:
+    for chain in chains().values():
+        if currency in chain.currencies:
+            return chain
+    return None
