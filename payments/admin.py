@@ -6,12 +6,16 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from payments import services
+from payments.addresses import unpaid_address_run
+from payments.chains.derivation import GAP_LIMIT, InvalidExtendedKey, wallet_validate
 from payments.errors import InvalidTransition
 from payments.models import (
     ApiKey,
     ApiKeyScope,
+    ChainCursor,
     ExchangeRateEvent,
     Merchant,
+    MerchantWallet,
     Payment,
     PaymentEvent,
     PaymentTransaction,
@@ -192,6 +196,50 @@ class ExchangeRateEventAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         return [field.name for field in ExchangeRateEvent._meta.fields]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+class MerchantWalletForm(forms.ModelForm):
+    class Meta:
+        model = MerchantWallet
+        fields = ["merchant", "crypto_currency", "extended_public_key"]
+
+    def clean(self):  # type: ignore[no-untyped-def]
+        cleaned = super().clean()
+        currency, key = cleaned.get("crypto_currency"), cleaned.get("extended_public_key")
+        if currency and key:
+            try:
+                cleaned["extended_public_key"] = wallet_validate(currency=currency, raw_key=key)
+            except InvalidExtendedKey as exc:
+                self.add_error("extended_public_key", str(exc))
+        return cleaned
+
+
+@admin.register(MerchantWallet)
+class MerchantWalletAdmin(admin.ModelAdmin):
+    form = MerchantWalletForm
+    list_display = ["merchant", "crypto_currency", "key_prefix", "unpaid_in_a_row", "created_at"]
+    list_filter = ["crypto_currency"]
+    search_fields = ["merchant__name", "merchant__public_id"]
+
+    @admin.display(description="Key")
+    def key_prefix(self, wallet: MerchantWallet) -> str:
+        return wallet.extended_public_key[:16] + "…"
+
+    @admin.display(description=f"Unpaid addresses in a row (gap limit {GAP_LIMIT})")
+    def unpaid_in_a_row(self, wallet: MerchantWallet) -> str:
+        run = unpaid_address_run(merchant=wallet.merchant, crypto_currency=wallet.crypto_currency)
+        return f"{run} ⚠ over the gap limit" if run > GAP_LIMIT else str(run)
+
+
+@admin.register(ChainCursor)
+class ChainCursorAdmin(admin.ModelAdmin):
+    list_display = ["chain", "height", "tip_height", "lag", "node", "polled_at"]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return [field.name for field in ChainCursor._meta.fields]
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False

@@ -20,6 +20,7 @@ from django.db.models import Q, Sum
 
 from payments import states
 from payments.addresses import address_allocate
+from payments.chains.config import chain_for_currency
 from payments.currencies import crypto, fiat_exponent
 from payments.errors import DuplicateOrderId, InvalidTransition
 from payments.models import (
@@ -181,7 +182,7 @@ def payment_create(
                 rate_age_seconds=quote.age_seconds,
                 deposit_address=address.address,
                 derivation_index=address.index,
-                required_confirmations=merchant.speed_policy,
+                required_confirmations=_required_confirmations(merchant, crypto_currency),
                 underpayment_tolerance_percent=merchant.underpayment_tolerance_percent,
                 expires_at=expires_at,
                 monitoring_until=expires_at + merchant.monitoring_window,
@@ -216,6 +217,14 @@ def payment_create(
         quote.source,
     )
     return payment
+
+
+def _required_confirmations(merchant: Merchant, crypto_currency: str) -> int:
+    """The merchant's speed policy on UTXO chains; the chain's settlement depth on EVM chains."""
+    chain = chain_for_currency(crypto_currency)
+    if chain is not None and chain.kind == "evm":
+        return chain.confirmations
+    return merchant.speed_policy
 
 
 def _lock(payment_id: int) -> Payment:

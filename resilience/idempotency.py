@@ -176,6 +176,7 @@ class IdempotencyGate:
         self.lease = lease
         self._redis = redis_client
         self._prefix = redis_prefix
+        self._next_redis_warning = 0.0
 
     # --- entry point ----------------------------------------------------------------------------
 
@@ -196,7 +197,7 @@ class IdempotencyGate:
             cached_fingerprint, stored = cached
             if cached_fingerprint != request_fingerprint:
                 return self._mismatch(owner, key)
-            self._count(owner, key, "replays")
+            # The fast path stays free of database writes: counted in Prometheus only.
             OUTCOMES.labels("replayed").inc()
             return stored.to_http()
 
@@ -296,10 +297,12 @@ class IdempotencyGate:
         return _InProgress()
 
     def _take_over(self, row: IdempotencyKey, fresh: dict[str, Any]) -> _Claimed | None:
+        # Compare-and-set on everything we judged by: a row completed (or re-leased) since we
+        # read it no longer matches, and the caller re-reads it.
         version = row.version + 1
-        updated = IdempotencyKey.objects.filter(pk=row.pk, version=row.version).update(
-            version=version, **fresh
-        )
+        updated = IdempotencyKey.objects.filter(
+            pk=row.pk, version=row.version, status=row.status, locked_at=row.locked_at
+        ).update(version=version, **fresh)
         return _Claimed(pk=row.pk, version=version) if updated else None
 
     def _execute(
@@ -338,7 +341,15 @@ class IdempotencyGate:
                     row.response_body = stored.body
                     row.completed_at = clock.now()
                     row.locked_at = None
-                    row.save()
+                    # Completing bumps the fencing token too: a take-over that read the row
+                    # while we ran can no longer match it.
+                    row.version = claimed.version + 1
+                    row.save(
+                        update_fields=[
+                            "status", "response_status", "response_headers", "response_body",
+                            "completed_at", "locked_at", "version",
+                        ]
+                    )  # fmt: skip
         except BaseException:
             self._release(claimed)
             raise
@@ -359,7 +370,16 @@ class IdempotencyGate:
         IdempotencyKey.objects.filter(pk=claimed.pk, version=claimed.version).delete()
 
     def _count(self, owner: str, key: str, field: str) -> None:
-        IdempotencyKey.objects.filter(owner=owner, key=key).update(**{field: F(field) + 1})
+        """Best-effort per-key counter for the admin. Never waits: while the first request still
+        holds the row (exactly when conflicts happen) the count is skipped; Prometheus counts all."""
+        with transaction.atomic():
+            locked = list(
+                IdempotencyKey.objects.select_for_update(skip_locked=True)
+                .filter(owner=owner, key=key)
+                .values_list("pk", flat=True)
+            )
+            if locked:
+                IdempotencyKey.objects.filter(pk__in=locked).update(**{field: F(field) + 1})
 
     def _mismatch(self, owner: str, key: str) -> HttpResponse:
         self._count(owner, key, "mismatches")
@@ -401,7 +421,10 @@ class IdempotencyGate:
         try:
             return lock if lock.acquire(blocking=False) else False
         except redis.RedisError as exc:
-            logger.warning("idempotency lock unavailable (%s); the database decides", exc)
+            now = time.monotonic()
+            if now >= self._next_redis_warning:  # one line per 10 s, not one per request
+                self._next_redis_warning = now + 10
+                logger.warning("idempotency lock unavailable (%s); the database decides", exc)
             return None
 
     def _unlock(self, lock: Any) -> None:

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 REDIS_START = [
     "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
@@ -31,9 +33,10 @@ def _wait(predicate, seconds: float, what: str) -> None:
 
 def redis_alive(url: str) -> bool:
     try:
-        return bool(
-            redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
+        client = redis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
         )
+        return bool(client.ping())
     except redis.RedisError:
         return False
 
@@ -42,7 +45,12 @@ def redis_alive(url: str) -> bool:
 def redis_stopped(url: str) -> Iterator[None]:
     """Shut the local Redis down for the block, then start it again and wait for it."""
     parsed = urlparse(url)
-    client = redis.Redis(host=parsed.hostname, port=parsed.port or 6379, socket_timeout=2)
+    client = redis.Redis(
+        host=parsed.hostname,
+        port=parsed.port or 6379,
+        socket_timeout=2,
+        retry=Retry(NoBackoff(), 0),
+    )
     try:
         client.shutdown(nosave=True)
     except redis.ConnectionError:

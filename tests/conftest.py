@@ -14,6 +14,7 @@ from resilience import clock
 from resilience.clock import FrozenClock
 from tests.factories import ApiKeyFactory, MerchantFactory
 from tests.fakes.exchanges import fake_exchanges  # noqa: F401 - a fixture for every test
+from tests.nodes import anvil, anvil_factory, litecoind, litecoind_factory  # noqa: F401
 
 ALL_SCOPES = list(ApiKeyScope.values)
 

@@ -211,8 +211,23 @@ def test_an_abandoned_key_is_taken_over_after_its_lease(api, merchant, frozen_cl
     response = post(api, {**BODY, "order_id": "x"})
 
     assert response.status_code == 201
-    assert IdempotencyKey.objects.get(key="key-1").version == 2
+    assert IdempotencyKey.objects.get(key="key-1").version == 4  # completed, taken over, completed
     assert Payment.objects.count() == 1
+
+
+def test_a_take_over_based_on_a_stale_read_cannot_reset_a_completed_key(api, merchant):
+    """A slow first request completes while a second one, having read the key as abandoned,
+    tries to take it over: the fencing token makes the take-over miss, so nothing runs twice."""
+    post(api)
+    completed = IdempotencyKey.objects.get(key="key-1")
+    stale = IdempotencyKey(
+        pk=completed.pk, version=completed.version - 1, status="in_progress", locked_at=None
+    )
+
+    claimed = idempotency.default_gate()._take_over(stale, {"status": "in_progress"})
+
+    assert claimed is None
+    assert IdempotencyKey.objects.get(key="key-1").status == "completed"
 
 
 def test_a_5xx_is_not_stored_and_the_retry_executes(api, merchant, settings):

@@ -1,0 +1,297 @@
+"""What the idempotency layer costs POST /api/v1/payments, side by side with the bare view.
+
+    .venv/bin/python bench/idempotency_overhead.py [--rounds 10] [--per-round 50]
+
+Runs against PostgreSQL and Redis (DATABASE_URL / REDIS_URL, defaulting to the test services) in a
+scratch database ``cryptopay_bench_<pid>`` created for the run and dropped at the end, with Redis
+keys under a per-run prefix that are deleted at the end. One process, in-process requests through
+the whole Django stack (middleware, DRF authentication, parsing, serialization) with DRF's
+APIClient; the only difference between the first two variants is the ``@idempotent()`` decorator:
+
+  without        a view whose ``post`` is ``PaymentListCreateView.post.__wrapped__``
+  with           the real view, a fresh Idempotency-Key per request (it executes: the price a
+                 merchant pays on every create)
+  replay-redis   the same key and body again: answered from the Redis response cache
+  replay-db      the same, with the cached copy dropped before each call (untimed): answered
+                 from the PostgreSQL row
+
+Each request has its own order_id (the automatic key and the order_id constraint never turn a
+"without" or "with" call into a replay or a conflict). Variants alternate in rounds, in a rotating
+order, to spread drift (other load, cache warmth, table growth) evenly. Printed per variant: p50,
+p99 and mean latency in ms and requests per second; then the with-vs-without overhead at p50 and
+p99 and the throughput ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+import types
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+URLCONF = "bench_idempotency_urls"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def create_database(server_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(server_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def setup_django(database_url: str, redis_url: str, redis_prefix: str) -> None:
+    os.environ.update(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "DJANGO_SETTINGS_MODULE": "cryptopay.settings",
+            "DEBUG": "0",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "SECURE_SSL_REDIRECT": "0",
+            "LOG_LEVEL": "WARNING",
+            "CACHE_KEY_PREFIX": redis_prefix,
+            "CRYPTOPAY_BREAKER_KEY_PREFIX": f"{redis_prefix}:breaker",
+            "CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX": f"{redis_prefix}:idempotency",
+            # Priced from the static rates, as in the tests: no exchange is asked.
+            "CRYPTOPAY_RATE_PROVIDERS": "",
+            "CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK": "1",
+            "CRYPTOPAY_DEV_CHAIN": "1",
+        }
+    )
+    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key-" + "x" * 40)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def install_urlconf() -> None:
+    """The real routes plus the same view without the decorator, at a path of its own."""
+    from django.urls import include, path
+
+    from payments.api.views import PaymentListCreateView
+
+    undecorated = PaymentListCreateView.post.__wrapped__
+    assert undecorated is not PaymentListCreateView.post
+
+    class PaymentCreateWithoutIdempotency(PaymentListCreateView):
+        post = undecorated
+
+    module = types.ModuleType(URLCONF)
+    module.urlpatterns = [
+        path("bench/v1/payments", PaymentCreateWithoutIdempotency.as_view()),
+        path("", include("cryptopay.urls")),
+    ]
+    sys.modules[URLCONF] = module
+
+
+class RedisTrouble(logging.Filter):
+    """Counts (and silences) the gate's "Redis unavailable" warnings: a run during which Redis
+    went away (another process restarting it) measured the database-only path in part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "unavailable" in record.getMessage():
+            self.count += 1
+            return False
+        return True
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted samples."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    mean = statistics.fmean(ordered)
+    return {
+        "p50": statistics.median(ordered) * 1000,
+        "p99": percentile(ordered, 0.99) * 1000,
+        "mean": mean * 1000,
+        "rate": 1 / mean,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--per-round", type=int, default=50)
+    args = parser.parse_args()
+
+    server_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    name = f"cryptopay_bench_{os.getpid()}"
+    redis_prefix = f"cryptopay-bench-{os.getpid()}"
+    create_database(server_url, name)
+    try:
+        setup_django(with_database(server_url, name), redis_url, redis_prefix)
+        run(args.rounds, args.per_round)
+    finally:
+        if "django" in sys.modules:
+            from django.db import connections
+
+            connections.close_all()
+        drop_database(server_url, name)
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        stale = list(client.scan_iter(match=f"{redis_prefix}*", count=1000))
+        if stale:
+            client.delete(*stale)
+
+
+def run(rounds: int, per_round: int) -> None:
+    from django.test import override_settings
+    from rest_framework.test import APIClient
+
+    from payments import services
+    from payments.models import ApiKeyScope, Payment
+    from resilience.idempotency import default_gate
+
+    install_urlconf()
+    override_settings(ROOT_URLCONF=URLCONF).enable()
+    redis_trouble = RedisTrouble()
+    logging.getLogger("resilience.idempotency").addFilter(redis_trouble)
+    merchant = services.merchant_create(name="bench")
+    _, secret = services.api_key_create(
+        merchant=merchant, name="bench", scopes=list(ApiKeyScope.values)
+    )
+    client = APIClient(HTTP_HOST="127.0.0.1")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    orders = iter(range(10**9))
+
+    def body(order: int) -> dict:
+        return {"amount": "19.99", "crypto_currency": "LTC", "order_id": f"bench-{order}"}
+
+    def without() -> None:
+        response = client.post("/bench/v1/payments", body(next(orders)), format="json")
+        assert response.status_code == 201, response.content
+        assert not response.has_header("Idempotent-Replayed")
+
+    def with_key() -> None:
+        response = client.post(
+            "/api/v1/payments",
+            body(next(orders)),
+            format="json",
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert response.status_code == 201, response.content
+        assert not response.has_header("Idempotent-Replayed")
+
+    replay_key, replay_body = uuid.uuid4().hex, body(next(orders))
+
+    def post_replay_key():
+        return client.post(
+            "/api/v1/payments",
+            replay_body,
+            format="json",
+            headers={"Idempotency-Key": replay_key},
+        )
+
+    def replay() -> None:
+        response = post_replay_key()
+        assert response.status_code == 201, response.content
+        assert response["Idempotent-Replayed"] == "true"
+
+    def drop_cached_replay() -> None:
+        default_gate().forget(merchant.public_id, replay_key)
+
+    variants: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {
+        "without": (without, None),
+        "with": (with_key, None),
+        "replay-redis": (replay, None),
+        "replay-db": (replay, drop_cached_replay),
+    }
+    with_key()  # any first call pays for imports and connections
+    first = post_replay_key()  # executes once: every later call with this key is a replay
+    assert first.status_code == 201 and not first.has_header("Idempotent-Replayed")
+    for call, before in variants.values():  # warm-up
+        for _ in range(20):
+            if before:
+                before()
+            call()
+
+    samples: dict[str, list[float]] = {label: [] for label in variants}
+    labels = list(variants)
+    for round_ in range(rounds):
+        shift = round_ % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            call, before = variants[label]
+            for _ in range(per_round):
+                if before:
+                    before()
+                start = time.perf_counter()
+                call()
+                samples[label].append(time.perf_counter() - start)
+
+    executed = 2 + 2 * 20 + 2 * rounds * per_round  # first calls + warm-ups + timed
+    assert Payment.objects.filter(merchant=merchant).count() == executed, "a replay executed"
+
+    stats = {label: summary(values) for label, values in samples.items()}
+    print(
+        f"POST /api/v1/payments, idempotency layer on and off: {rounds} rounds x {per_round} "
+        "calls per variant, rotating order, in-process Django + DRF, PostgreSQL + Redis"
+    )
+    print(f"  {'variant':13} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'req/s':>8}")
+    for label, figures in stats.items():
+        print(
+            f"  {label:13} {figures['p50']:8.3f} {figures['p99']:8.3f} {figures['mean']:8.3f} "
+            f"{figures['rate']:8.0f}"
+        )
+    plain, layered = stats["without"], stats["with"]
+    print(
+        f"overhead of the layer (with - without): p50 {layered['p50'] - plain['p50']:+.3f} ms, "
+        f"p99 {layered['p99'] - plain['p99']:+.3f} ms, mean {layered['mean'] - plain['mean']:+.3f} ms"
+    )
+    print(
+        f"throughput with / without: {layered['rate'] / plain['rate']:.3f} "
+        f"({layered['rate']:.0f} vs {plain['rate']:.0f} req/s)"
+    )
+    for label in ("replay-redis", "replay-db"):
+        print(
+            f"{label} vs executing without the layer: p50 {stats[label]['p50']:.3f} ms is "
+            f"{stats[label]['p50'] / plain['p50']:.2f}x"
+        )
+    if redis_trouble.count:
+        print(
+            f"CAUTION: Redis was unreachable for {redis_trouble.count} requests of this run; "
+            "those skipped the fast path. Run again for representative figures."
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""JSON-RPC to chain nodes through a failover pool (a breaker per node).
+
+Numbers with a fraction are parsed as ``Decimal`` (Bitcoin Core sends amounts as JSON numbers), so
+an amount never passes through a float.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+from payments.chains.config import ChainConfig
+from resilience.failover import FailoverPool
+
+
+class NodeUnavailable(Exception):
+    """The node did not answer usefully (connection, timeout, 5xx without a JSON-RPC error)."""
+
+
+class RpcError(Exception):
+    """The node answered with a JSON-RPC error: a fact about the request, not a node failure."""
+
+    def __init__(self, code: int | None, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+_ids = itertools.count(1)
+
+
+def json_rpc(url: str, method: str, params: list[Any], *, timeout: float) -> Any:
+    payload = {"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": params}
+    try:
+        response = httpx.post(url, json=payload, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise NodeUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
+    try:
+        body = json.loads(response.text, parse_float=Decimal)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("error"):
+        error = body["error"]
+        raise RpcError(error.get("code"), str(error.get("message")))
+    if response.status_code >= 400 or not isinstance(body, dict) or "result" not in body:
+        raise NodeUnavailable(f"HTTP {response.status_code}")
+    return body["result"]
+
+
+class NodeClient:
+    def __init__(self, chain: ChainConfig) -> None:
+        self.chain = chain
+        self.pool = FailoverPool(
+            f"chain:{chain.name}",
+            chain.nodes,
+            is_failure=lambda exc: isinstance(exc, NodeUnavailable),
+        )
+
+    def call(self, method: str, *params: Any) -> Any:
+        timeout = settings.CHAIN_RPC_TIMEOUT.total_seconds()
+        return self.pool.call(lambda url: json_rpc(url, method, list(params), timeout=timeout))
+
+    @property
+    def node(self) -> str:
+        from resilience.failover import redact
+
+        return redact(self.pool.last_used) if self.pool.last_used else ""

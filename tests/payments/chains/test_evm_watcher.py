@@ -1,0 +1,159 @@
+"""The EVM watcher against real anvil nodes: ETH and ERC-20 payments, reorgs, node failover."""
+
+from __future__ import annotations
+
+import pytest
+
+from payments.chains.watch import chain_watch
+from payments.models import PaymentEvent, PaymentTransaction
+from payments.states import PaymentStatus as S
+from tests.factories import make_payment
+
+pytestmark = pytest.mark.django_db
+
+CONFIRMATIONS = 3
+
+
+def configure(settings, nodes, token: str | None = None) -> None:
+    chain = {"kind": "evm", "currency": "ETH", "confirmations": CONFIRMATIONS,
+             "nodes": [node.url for node in nodes]}  # fmt: skip
+    if token:
+        chain["tokens"] = {"USDC": {"address": token, "decimals": 6}}
+    settings.CHAINS = {"ethereum": chain}
+
+
+def poll():
+    result = chain_watch(chain_name="ethereum")
+    assert result is not None
+    return result
+
+
+def refresh(payment):
+    payment.refresh_from_db()
+    return payment
+
+
+def statuses(payment) -> list[str]:
+    return [
+        e.data["to"]["status"]
+        for e in PaymentEvent.objects.filter(payment=payment).order_by("sequence")
+        if "to" in e.data
+    ]
+
+
+def test_an_eth_transfer_settles_after_the_chains_confirmations(settings, anvil, wallet_merchant):
+    configure(settings, [anvil])
+    payment = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="30.00")
+    poll()
+    assert payment.required_confirmations == CONFIRMATIONS
+
+    anvil.send_eth(payment.deposit_address, payment.crypto_amount)
+    poll()
+    assert refresh(payment).status == S.PROCESSING
+
+    anvil.mine(CONFIRMATIONS - 1)
+    poll()
+
+    assert refresh(payment).status == S.SETTLED
+    tx = PaymentTransaction.objects.get(payment=payment)
+    assert (tx.kind, tx.confirmations) == ("native", CONFIRMATIONS)
+
+
+def test_an_erc20_transfer_settles(settings, anvil, wallet_merchant):
+    token = anvil.deploy_erc20(decimals=6, symbol="USDC")
+    configure(settings, [anvil], token=token)
+    payment = make_payment(merchant=wallet_merchant, crypto_currency="USDC", amount="25.00")
+    poll()
+
+    anvil.erc20_transfer(token, payment.deposit_address, payment.crypto_amount)
+    anvil.mine(CONFIRMATIONS - 1)
+    poll()
+
+    assert refresh(payment).status == S.SETTLED
+    tx = PaymentTransaction.objects.get(payment=payment)
+    assert (tx.kind, tx.amount) == ("log", payment.crypto_amount)
+
+
+def test_a_transfer_of_another_token_to_the_address_is_ignored(settings, anvil, wallet_merchant):
+    token = anvil.deploy_erc20(decimals=6, symbol="USDC")
+    other = anvil.deploy_erc20(decimals=6, symbol="FAKE")
+    configure(settings, [anvil], token=token)
+    payment = make_payment(merchant=wallet_merchant, crypto_currency="USDC", amount="5.00")
+    poll()
+
+    anvil.erc20_transfer(other, payment.deposit_address, payment.crypto_amount)
+    anvil.mine(CONFIRMATIONS)
+    poll()
+
+    assert refresh(payment).status == S.PENDING
+    assert not PaymentTransaction.objects.filter(payment=payment).exists()
+
+
+def test_a_reorg_removing_the_paying_block_returns_the_payment_to_pending(
+    settings, anvil, wallet_merchant
+):
+    configure(settings, [anvil])
+    payment = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="10.00")
+    poll()
+    anvil.send_eth(payment.deposit_address, payment.crypto_amount)
+    poll()
+    assert refresh(payment).status == S.PROCESSING
+
+    anvil.reorg(1)  # the paying block is replaced by one without the transfer
+    poll()
+    anvil.mine(CONFIRMATIONS)
+    poll()
+
+    assert refresh(payment).status == S.PENDING
+    assert payment.amount_received == 0
+    assert S.SETTLED not in statuses(payment)
+    assert PaymentTransaction.objects.get(payment=payment).state == "dropped"
+
+
+def _mirrored_send(nodes, to: str, wei: int, nonce: int) -> str:
+    """The same signed transaction on every node (same nonce and fees give the same hash)."""
+    hashes = {
+        node.send_transaction(
+            {
+                "to": to,
+                "value": hex(wei),
+                "nonce": hex(nonce),
+                "gas": hex(21000),
+                "gasPrice": hex(2 * 10**9),
+            }
+        )
+        for node in nodes
+    }
+    assert len(hashes) == 1
+    return hashes.pop()
+
+
+def test_when_the_first_node_dies_the_second_serves_and_no_payment_is_missed(
+    settings, anvil_factory, wallet_merchant
+):
+    first, second = anvil_factory(), anvil_factory()
+    configure(settings, [first, second])
+    before = make_payment(
+        merchant=wallet_merchant, crypto_currency="ETH", amount="10.00", order_id="a"
+    )
+    during = make_payment(
+        merchant=wallet_merchant, crypto_currency="ETH", amount="12.00", order_id="b"
+    )
+    poll()
+    _mirrored_send([first, second], before.deposit_address, before.crypto_amount, nonce=0)
+    poll()
+    assert refresh(before).status == S.PROCESSING
+    assert poll().node == f"127.0.0.1:{first.port}"
+
+    first.kill()
+    second.send_transaction(
+        {"to": during.deposit_address, "value": hex(during.crypto_amount), "nonce": hex(1),
+         "gas": hex(21000), "gasPrice": hex(2 * 10**9)}
+    )  # fmt: skip
+    second.mine(CONFIRMATIONS)
+    result = poll()
+
+    assert result.node == f"127.0.0.1:{second.port}"
+    assert refresh(before).status == S.SETTLED
+    assert refresh(during).status == S.SETTLED
+    assert PaymentTransaction.objects.filter(payment=before).exclude(state="dropped").count() == 1
