@@ -12,11 +12,14 @@ Semantics follow the IETF draft (draft-ietf-httpapi-idempotency-key-header) and 
 * Requests rejected before execution (400 validation, 404) are not stored; a 5xx rolls its
   transaction back and releases the key so a retry can execute.
 
-Where correctness lives: PostgreSQL. The ``IdempotencyKey`` row is unique on (owner, key); it is
-claimed in its own short transaction (a lease, ``locked_at``) and completed in the *same*
-transaction as the writes of the request (the payment), under a row lock that checks the
-``version`` fencing token, so a request whose lease was taken over can never complete. A request
-that dies mid-way rolls back both; its lease expires and the next retry takes the key over.
+Where correctness lives: PostgreSQL. The ``IdempotencyKey`` row is unique on (owner, key) and is
+inserted, the request executed and the row completed in ONE transaction with the request's own
+writes (the payment), while a transaction-scoped advisory lock on the key is held. A duplicate
+waits the conflict retry delay once for that lock, then replays the committed answer or gets a
+409. A crash rolls the payment and the key back together, so a retry simply executes. ``version``
+is a fencing token for taking a row over (an expired key, or an in-progress row whose ``locked_at``
+lease ran out, which only a crash between statements of a future multi-step endpoint could leave):
+the take-over is a compare-and-set on it, and completing bumps it.
 
 Redis is a fast path only: a token-checked redis-py ``Lock`` saves concurrent duplicates a trip
 to the database, and the stored response is cached for replays. A Redis error skips the fast path;
@@ -36,14 +39,15 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
@@ -137,6 +141,12 @@ class StoredResponse:
         return cls(status=response.status_code, headers=headers, body=bytes(response.content))
 
 
+def _is_lock_timeout(exc: OperationalError) -> bool:
+    """PostgreSQL's lock_timeout (SQLSTATE 55P03), or SQLite's busy timeout."""
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) == "55P03" or "database is locked" in str(exc)
+
+
 def default_should_store(status: int) -> bool:
     """Store what execution produced; not what was refused before it (400, 404) nor 5xx."""
     return status < 500 and status not in (400, 404)
@@ -192,27 +202,66 @@ class IdempotencyGate:
         execute: Callable[[], HttpResponse],
         should_store: Callable[[int], bool] = default_should_store,
     ) -> HttpResponse:
-        cached = self._cache_get(owner, key)
+        cached = self._replay_from_cache(owner, key, request_fingerprint)
         if cached is not None:
-            cached_fingerprint, stored = cached
-            if cached_fingerprint != request_fingerprint:
-                return self._mismatch(owner, key)
-            # The fast path stays free of database writes: counted in Prometheus only.
-            OUTCOMES.labels("replayed").inc()
-            return stored.to_http()
-
+            return cached
         lock = self._lock(owner, key)
         try:
+            if lock is False:
+                # Someone else runs this key right now: give them the conflict delay, then look
+                # for their answer. The database below still decides (a held lock may be stale).
+                time.sleep(self.conflict_retry_delay.total_seconds())
+                cached = self._replay_from_cache(owner, key, request_fingerprint)
+                if cached is not None:
+                    return cached
+            return self._run_in_transaction(
+                owner=owner, key=key, automatic=automatic, method=method, path=path,
+                request_fingerprint=request_fingerprint, execute=execute,
+                should_store=should_store,
+            )  # fmt: skip
+        finally:
+            if lock:
+                self._unlock(lock)
+
+    def _replay_from_cache(self, owner: str, key: str, fp: str) -> HttpResponse | None:
+        cached = self._cache_get(owner, key)
+        if cached is None:
+            return None
+        cached_fingerprint, stored = cached
+        if cached_fingerprint != fp:
+            return self._mismatch(owner, key)
+        # The fast path stays free of database writes: counted in Prometheus only.
+        OUTCOMES.labels("replayed").inc()
+        return stored.to_http()
+
+    # --- database: the arbiter ------------------------------------------------------------------
+
+    def _run_in_transaction(
+        self,
+        *,
+        owner: str,
+        key: str,
+        automatic: bool,
+        method: str,
+        path: str,
+        request_fingerprint: str,
+        execute: Callable[[], HttpResponse],
+        should_store: Callable[[int], bool],
+    ) -> HttpResponse:
+        """Claim the key, run the request and complete the key in ONE transaction.
+
+        On PostgreSQL the key is held by a transaction-scoped advisory lock: a concurrent duplicate
+        waits the conflict retry delay once; if we have committed by then it replays our answer,
+        otherwise it answers 409. (On SQLite the unique index does the same job.) A crash rolls
+        back the payment and the key together, so a retry simply executes. One commit per
+        request, not two.
+        """
+        stored: StoredResponse | None = None
+        with transaction.atomic():
             outcome = self._claim(
                 owner=owner, key=key, automatic=automatic, method=method, path=path,
-                request_fingerprint=request_fingerprint, locked_by_other=lock is False,
+                request_fingerprint=request_fingerprint,
             )  # fmt: skip
-            if isinstance(outcome, _InProgress):
-                time.sleep(self.conflict_retry_delay.total_seconds())
-                outcome = self._claim(
-                    owner=owner, key=key, automatic=automatic, method=method, path=path,
-                    request_fingerprint=request_fingerprint, locked_by_other=False,
-                )  # fmt: skip
             if isinstance(outcome, _Replay):
                 OUTCOMES.labels("replayed").inc()
                 return outcome.stored.to_http()
@@ -222,15 +271,64 @@ class IdempotencyGate:
                 self._count(owner, key, "conflicts")
                 OUTCOMES.labels("conflict").inc()
                 return self._in_use()
-            return self._execute(
-                claimed=outcome, owner=owner, key=key, execute=execute, should_store=should_store,
-                request_fingerprint=request_fingerprint,
-            )  # fmt: skip
-        finally:
-            if lock:
-                self._unlock(lock)
+            response = execute()
+            if response.status_code >= 500:
+                transaction.set_rollback(True)  # the request's writes and the key, together
+                OUTCOMES.labels("released").inc()
+                return response
+            if not should_store(response.status_code):
+                IdempotencyKey.objects.filter(pk=outcome.pk, version=outcome.version).delete()
+                OUTCOMES.labels("released").inc()
+                return response
+            stored = StoredResponse.of(response)
+            IdempotencyKey.objects.filter(pk=outcome.pk, version=outcome.version).update(
+                status=IdempotencyKey.Status.COMPLETED,
+                response_status=stored.status,
+                response_headers=stored.headers,
+                response_body=stored.body,
+                completed_at=clock.now(),
+                locked_at=None,
+                # Completing bumps the fencing token: a take-over that read the row before can
+                # no longer match it.
+                version=outcome.version + 1,
+            )
+            OUTCOMES.labels("executed").inc()
+            expires_at = clock.now() + self.expiry
+            transaction.on_commit(
+                lambda: self._cache_put(owner, key, request_fingerprint, stored, expires_at)
+            )
+        return response
 
-    # --- database: the arbiter ------------------------------------------------------------------
+    @contextmanager
+    def _bounded_wait(self) -> Iterator[None]:
+        """Row and index waits inside the block give up after the conflict retry delay."""
+        if connection.vendor != "postgresql":
+            yield  # SQLite serialises writers itself (embedded mode: one process)
+            return
+        milliseconds = max(1, int(self.conflict_retry_delay.total_seconds() * 1000))
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = {milliseconds}")
+        try:
+            yield
+        finally:
+            if not connection.needs_rollback:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL lock_timeout = DEFAULT")
+
+    def _exclusive(self, owner: str, key: str) -> bool:
+        """Hold the key for this transaction (PostgreSQL advisory lock, released at commit or
+        rollback, or when a crashed process's connection drops). Waits the conflict retry delay
+        once if someone else holds it."""
+        digest = hashlib.sha256(f"{owner}\0{key}".encode()).digest()
+        lock_id = int.from_bytes(digest[:8], "big", signed=True)
+        for attempt in range(2):
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_id])
+                if cursor.fetchone()[0]:
+                    return True
+            if attempt == 0:
+                time.sleep(self.conflict_retry_delay.total_seconds())
+        return False
 
     def _claim(
         self,
@@ -241,8 +339,10 @@ class IdempotencyGate:
         method: str,
         path: str,
         request_fingerprint: str,
-        locked_by_other: bool,
     ) -> _Claimed | _Replay | _Mismatch | _InProgress:
+        postgres = connection.vendor == "postgresql"
+        if postgres and not self._exclusive(owner, key):
+            return _InProgress()  # its first request is still running
         for _ in range(3):  # a row may vanish or be taken over between our statements
             now = clock.now()
             fresh = {
@@ -259,20 +359,33 @@ class IdempotencyGate:
                 "completed_at": None,
                 "expires_at": now + self.expiry,
             }
-            if not locked_by_other:
+            row = IdempotencyKey.objects.filter(owner=owner, key=key).first() if postgres else None
+            if row is None:
                 try:
-                    with transaction.atomic():
+                    if postgres:  # we hold the key: no concurrent insert can conflict
                         row = IdempotencyKey.objects.create(owner=owner, key=key, **fresh)
+                    else:
+                        with transaction.atomic(), self._bounded_wait():
+                            row = IdempotencyKey.objects.create(owner=owner, key=key, **fresh)
                     return _Claimed(pk=row.pk, version=row.version)
                 except IntegrityError:
-                    pass
-            row = IdempotencyKey.objects.filter(owner=owner, key=key).first()
+                    row = IdempotencyKey.objects.filter(owner=owner, key=key).first()
+                except OperationalError as exc:
+                    if _is_lock_timeout(exc):
+                        return _InProgress()
+                    raise
             if row is None:
-                if locked_by_other:
-                    return _InProgress()  # the lock holder has not written its row yet
                 continue
-            if row.expires_at <= now:
-                claimed = self._take_over(row, fresh)
+            if row.expires_at <= now or (
+                row.status == IdempotencyKey.Status.IN_PROGRESS
+                and (row.locked_at is None or row.locked_at + self.lease <= now)
+            ):
+                try:
+                    claimed = self._take_over(row, fresh)
+                except OperationalError as exc:
+                    if _is_lock_timeout(exc):
+                        return _InProgress()  # someone else is taking it over right now
+                    raise
                 if claimed:
                     return claimed
                 continue
@@ -287,12 +400,6 @@ class IdempotencyGate:
                 )
                 self._cache_put(owner, key, row.fingerprint, stored, row.expires_at)
                 return _Replay(stored)
-            if row.locked_at is None or row.locked_at + self.lease <= now:
-                logger.warning("idempotency key %s:%s: lease expired, taking over", owner, key)
-                claimed = self._take_over(row, fresh)
-                if claimed:
-                    return claimed
-                continue
             return _InProgress()
         return _InProgress()
 
@@ -300,74 +407,11 @@ class IdempotencyGate:
         # Compare-and-set on everything we judged by: a row completed (or re-leased) since we
         # read it no longer matches, and the caller re-reads it.
         version = row.version + 1
-        updated = IdempotencyKey.objects.filter(
-            pk=row.pk, version=row.version, status=row.status, locked_at=row.locked_at
-        ).update(version=version, **fresh)
+        with transaction.atomic(), self._bounded_wait():
+            updated = IdempotencyKey.objects.filter(
+                pk=row.pk, version=row.version, status=row.status, locked_at=row.locked_at
+            ).update(version=version, **fresh)
         return _Claimed(pk=row.pk, version=version) if updated else None
-
-    def _execute(
-        self,
-        *,
-        claimed: _Claimed,
-        owner: str,
-        key: str,
-        execute: Callable[[], HttpResponse],
-        should_store: Callable[[int], bool],
-        request_fingerprint: str,
-    ) -> HttpResponse:
-        stored: StoredResponse | None = None
-        release = False
-        try:
-            with transaction.atomic():
-                row = (
-                    IdempotencyKey.objects.select_for_update()
-                    .filter(pk=claimed.pk, version=claimed.version)
-                    .first()
-                )
-                if row is None:  # our lease was taken over: the new holder decides
-                    OUTCOMES.labels("conflict").inc()
-                    return self._in_use()
-                response = execute()
-                if response.status_code >= 500:
-                    transaction.set_rollback(True)
-                    release = True
-                elif not should_store(response.status_code):
-                    release = True
-                else:
-                    stored = StoredResponse.of(response)
-                    row.status = IdempotencyKey.Status.COMPLETED
-                    row.response_status = stored.status
-                    row.response_headers = stored.headers
-                    row.response_body = stored.body
-                    row.completed_at = clock.now()
-                    row.locked_at = None
-                    # Completing bumps the fencing token too: a take-over that read the row
-                    # while we ran can no longer match it.
-                    row.version = claimed.version + 1
-                    row.save(
-                        update_fields=[
-                            "status", "response_status", "response_headers", "response_body",
-                            "completed_at", "locked_at", "version",
-                        ]
-                    )  # fmt: skip
-        except BaseException:
-            self._release(claimed)
-            raise
-        if release:
-            self._release(claimed)
-            OUTCOMES.labels("released").inc()
-        else:
-            OUTCOMES.labels("executed").inc()
-            if stored is not None:
-                transaction.on_commit(
-                    lambda: self._cache_put(
-                        owner, key, request_fingerprint, stored, clock.now() + self.expiry
-                    )
-                )
-        return response
-
-    def _release(self, claimed: _Claimed) -> None:
-        IdempotencyKey.objects.filter(pk=claimed.pk, version=claimed.version).delete()
 
     def _count(self, owner: str, key: str, field: str) -> None:
         """Best-effort per-key counter for the admin. Never waits: while the first request still

@@ -185,3 +185,38 @@ def test_a_dead_first_node_fails_over_to_the_next(settings, litecoind, wallet_me
     assert refresh(payment).status == S.SETTLED
     assert result.node == f"127.0.0.1:{litecoind.rpc_port}"
     assert ChainCursor.objects.get(chain="litecoin").lag == 0
+
+
+def test_zero_confirmations_settle_unless_the_transaction_signals_rbf(chain, wallet_merchant):
+    wallet_merchant.speed_policy = 0
+    wallet_merchant.save()
+    plain = make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="1.00", order_id="a")
+    rbf = make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="1.00", order_id="b")
+    poll()
+
+    chain.send(plain.deposit_address, coins(plain))
+    chain.send_rbf(rbf.deposit_address, coins(rbf))
+    poll()
+
+    assert refresh(plain).status == S.SETTLED
+    assert refresh(rbf).status == S.PROCESSING
+    assert PaymentTransaction.objects.get(payment=rbf).replaceable is True
+    chain.mine(1)
+    poll()
+    assert refresh(rbf).status == S.SETTLED
+
+
+def test_a_replaced_transaction_is_dropped_and_its_replacement_counted(chain, wallet_merchant):
+    payment = make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="1.00")
+    poll()
+    original = chain.send_rbf(payment.deposit_address, coins(payment))
+    poll()
+    assert refresh(payment).status == S.PROCESSING
+
+    replacement = chain.bump_fee(original)
+    poll()
+
+    txs = {tx.txid: tx.state for tx in PaymentTransaction.objects.filter(payment=payment)}
+    assert txs == {original: "dropped", replacement: "mempool"}
+    assert refresh(payment).amount_received == payment.crypto_amount
+    assert payment.status == S.PROCESSING
