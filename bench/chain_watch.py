@@ -463,7 +463,9 @@ def run(anvil: Any, args: argparse.Namespace) -> None:
     )
     print(f"    rest of the poll     {catch_up - scan_s - recount_s:7.2f} s")
     print(f"    node calls: {sum(catch_up_rpc.values())} ({rpc_line(catch_up_rpc, 1)})")
-    print(f"    SQL queries: {catch_up_queries} ({catch_up_queries / max(1, recorded):.1f} per transfer)")
+    print(
+        f"    SQL queries: {catch_up_queries} ({catch_up_queries / max(1, recorded):.1f} per transfer)"
+    )
     print(
         f"  baseline, node calls alone (1 block + {transfers // args.blocks} receipts per block):"
     )

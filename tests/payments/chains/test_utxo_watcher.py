@@ -190,7 +190,9 @@ def test_a_dead_first_node_fails_over_to_the_next(settings, litecoind, wallet_me
 def test_zero_confirmations_settle_unless_the_transaction_signals_rbf(chain, wallet_merchant):
     wallet_merchant.speed_policy = 0
     wallet_merchant.save()
-    plain = make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="1.00", order_id="a")
+    plain = make_payment(
+        merchant=wallet_merchant, crypto_currency="LTC", amount="1.00", order_id="a"
+    )
     rbf = make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="1.00", order_id="b")
     poll()
 
