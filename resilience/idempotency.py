@@ -562,6 +562,30 @@ def _key_for(
         return _bad_key(f"Invalid {HEADER}: {exc}.")
 
 
+def _gate_request(
+    request: Any,
+    *,
+    owner: str,
+    body: bytes,
+    required: bool,
+    execute: Callable[[], HttpResponse],
+    should_store: Callable[[int], bool],
+) -> HttpResponse:
+    """Key the request (header or automatic), mark it handled, and run it through the gate."""
+    key = _key_for(request, owner=owner, body=body, required=required)
+    if isinstance(key, HttpResponse):
+        return key
+    key_value, automatic = key
+    django_request = getattr(request, "_request", request)  # DRF wraps Django's request
+    django_request._idempotency_applied = True
+    method = request.method or ""
+    return default_gate().run(
+        owner=owner, key=key_value, automatic=automatic, method=method, path=request.path,
+        execute=execute, should_store=should_store,
+        request_fingerprint=fingerprint(method=method, path=request.path, body=body),
+    )  # fmt: skip
+
+
 def idempotent(
     *, required: bool = False, should_store: Callable[[int], bool] = default_should_store
 ) -> Callable:
@@ -574,12 +598,7 @@ def idempotent(
             owner = getattr(request.user, "idempotency_scope", None)
             if owner is None or getattr(request._request, "_idempotency_applied", False):
                 return handler(view, request, *args, **kwargs)
-            request._request._idempotency_applied = True
             body = canonical_body(request.data)  # a parse error here is DRF's 400, not stored
-            key = _key_for(request, owner=owner, body=body, required=required)
-            if isinstance(key, HttpResponse):
-                return key
-            key_value, automatic = key
 
             def execute() -> HttpResponse:
                 try:
@@ -590,11 +609,9 @@ def idempotent(
                 response.render()
                 return response
 
-            request_fingerprint = fingerprint(method=request.method, path=request.path, body=body)
-            return default_gate().run(
-                owner=owner, key=key_value, automatic=automatic, method=request.method,
-                path=request.path, execute=execute, should_store=should_store,
-                request_fingerprint=request_fingerprint,
+            return _gate_request(
+                request, owner=owner, body=body, required=required, execute=execute,
+                should_store=should_store,
             )  # fmt: skip
 
         return wrapper
@@ -629,16 +646,9 @@ class IdempotencyMiddleware:
             body = canonical_body(json.loads(request.body or b"null"))
         except ValueError:
             body = request.body  # not JSON: the raw bytes are the canonical form
-        key = _key_for(request, owner=owner, body=body, required=False)
-        if isinstance(key, HttpResponse):
-            return key
-        key_value, automatic = key
-        request._idempotency_applied = True
-        method = request.method or ""
-        return default_gate().run(
-            owner=owner, key=key_value, automatic=automatic, method=method,
-            path=request.path, execute=lambda: self.get_response(request),
-            request_fingerprint=fingerprint(method=method, path=request.path, body=body),
+        return _gate_request(
+            request, owner=owner, body=body, required=False,
+            execute=lambda: self.get_response(request), should_store=default_should_store,
         )  # fmt: skip
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from payments.chains.watch import chain_watch
-from payments.models import PaymentEvent, PaymentTransaction
+from payments.models import PaymentTransaction
 from payments.states import PaymentStatus as S
 from tests.factories import make_payment
+from tests.payments.chains.helpers import poll_chain, refresh, statuses
 
 pytestmark = pytest.mark.django_db
 
@@ -23,22 +23,7 @@ def configure(settings, nodes, token: str | None = None) -> None:
 
 
 def poll():
-    result = chain_watch(chain_name="ethereum")
-    assert result is not None
-    return result
-
-
-def refresh(payment):
-    payment.refresh_from_db()
-    return payment
-
-
-def statuses(payment) -> list[str]:
-    return [
-        e.data["to"]["status"]
-        for e in PaymentEvent.objects.filter(payment=payment).order_by("sequence")
-        if "to" in e.data
-    ]
+    return poll_chain("ethereum")
 
 
 def test_an_eth_transfer_settles_after_the_chains_confirmations(settings, anvil, wallet_merchant):

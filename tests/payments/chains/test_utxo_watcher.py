@@ -9,11 +9,11 @@ import pytest
 from django.utils import timezone
 
 from payments import services
-from payments.chains.watch import chain_watch
-from payments.models import ChainCursor, PaymentEvent, PaymentTransaction
+from payments.models import ChainCursor, PaymentTransaction
 from payments.states import PaymentStatus as S
 from tests.factories import make_payment
 from tests.fakes.exchanges import refused_url
+from tests.payments.chains.helpers import poll_chain, refresh, statuses
 
 pytestmark = pytest.mark.django_db
 
@@ -27,26 +27,11 @@ def chain(settings, litecoind):
 
 
 def poll():
-    result = chain_watch(chain_name="litecoin")
-    assert result is not None
-    return result
+    return poll_chain("litecoin")
 
 
 def coins(payment, units: int | None = None) -> Decimal:
     return Decimal(payment.crypto_amount if units is None else units) / Decimal(10**8)
-
-
-def refresh(payment):
-    payment.refresh_from_db()
-    return payment
-
-
-def statuses(payment) -> list[str]:
-    return [
-        e.data["to"]["status"]
-        for e in PaymentEvent.objects.filter(payment=payment).order_by("sequence")
-        if "to" in e.data
-    ]
 
 
 def test_a_payment_goes_pending_processing_settled_at_the_policy(chain, wallet_merchant):
