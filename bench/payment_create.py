@@ -6,7 +6,8 @@ Runs in embedded mode (SQLite in a temporary directory) so it needs no services 
 nothing behind. Prints payments per second and per-call latency percentiles for
   baseline  — one Payment row inserted with the ORM (the floor: what storage alone costs),
   service   — payments.services.payment_create (quote, address allocation, event, one transaction),
-  api       — POST /api/v1/payments through DRF with Bearer authentication and serialization,
+  api       — POST /api/v1/payments through DRF with Bearer authentication, the idempotency
+              layer (automatic key: the bodies differ) and serialization,
 and the ratio of each to the baseline.
 """
 
@@ -31,6 +32,8 @@ def setup_django(state_dir: str) -> None:
     os.environ["CRYPTOPAY_STATE_DIR"] = state_dir
     os.environ["DJANGO_SETTINGS_MODULE"] = "cryptopay.settings"
     os.environ["LOG_LEVEL"] = "WARNING"
+    # Creation cost, not rate fetching: static rates, and no outside network.
+    os.environ["CRYPTOPAY_RATE_PROVIDERS"] = ""
     import django
 
     django.setup()
@@ -110,10 +113,10 @@ def main() -> None:
             )
 
         def api() -> None:
-            response = client.post(
-                "/api/v1/payments", {"amount": "19.99", "crypto_currency": "LTC"}, format="json"
-            )
+            body = {"amount": "19.99", "crypto_currency": "LTC", "order_id": f"o{next(counter)}"}
+            response = client.post("/api/v1/payments", body, format="json")
             assert response.status_code == 201, response.content
+            assert not response.has_header("Idempotent-Replayed")
 
         print(f"payment creation, {args.count} calls each, embedded SQLite, one process")
         base = measure("baseline", args.count, baseline)
