@@ -232,6 +232,16 @@ CELERY_BEAT_SCHEDULE = {
         # Keeps quotes for pairs in use fresh so payment creation rarely waits on a provider.
         "schedule": env_seconds("CRYPTOPAY_RATE_REFRESH_SECONDS", 30),
     },
+    "webhooks-deliver-due": {
+        "task": "notifications.tasks.webhooks_deliver_due",
+        # Retries of webhook deliveries whose backoff has elapsed.
+        "schedule": env_seconds("CRYPTOPAY_WEBHOOK_SWEEP_SECONDS", 5),
+    },
+    "notifications-requeue-lost": {
+        "task": "notifications.tasks.events_requeue_lost",
+        # Rebuilds the Redis queues from the outbox after Redis lost them.
+        "schedule": env_seconds("CRYPTOPAY_NOTIFY_REQUEUE_SECONDS", 30),
+    },
     "idempotency-keys-cleanup": {
         "task": "resilience.tasks.idempotency_keys_cleanup",
         # Seed: background cleanup every 6 hours; replays are promised for IDEMPOTENCY_EXPIRY only.
@@ -361,6 +371,34 @@ FALLBACK_RATES: dict[str, Decimal] = {
         )
     ).items()
 }
+
+# --- Notifications ------------------------------------------------------------------------------
+# Key for encrypting webhook secrets at rest; defaults to SECRET_KEY (rotate both together).
+WEBHOOK_SECRETS_KEY = env_str("CRYPTOPAY_WEBHOOK_SECRETS_KEY")
+# Webhook URLs resolving to private, loopback or link-local addresses are refused (SSRF) unless on.
+WEBHOOK_ALLOW_PRIVATE_DESTINATIONS = env_bool("CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE", False)
+# One delivery attempt; receivers should answer fast and do their work later.
+WEBHOOK_TIMEOUT = env_seconds("CRYPTOPAY_WEBHOOK_TIMEOUT_SECONDS", 10)
+# Retries with exponential backoff and jitter stop this long after the event (Stripe: 3 days).
+WEBHOOK_RETRY_FOR = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_FOR_SECONDS", 3 * 24 * 3600)
+# First retry delay and cap of the backoff.
+WEBHOOK_RETRY_INITIAL = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_INITIAL_SECONDS", 10)
+WEBHOOK_RETRY_MAX = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_MAX_SECONDS", 3600)
+# Seed: High-priority deliveries are retried up to 3 times at once before the slow schedule.
+NOTIFY_HIGH_PRIORITY_RETRIES = env_int("CRYPTOPAY_NOTIFY_HIGH_RETRIES", 3)
+# Adaptive batching (seed): load = mean queued events over the last 10 samples.
+NOTIFY_LOAD_WINDOW = env_int("CRYPTOPAY_NOTIFY_LOAD_WINDOW", 10)
+NOTIFY_HIGH_LOAD_THRESHOLD = env_int("CRYPTOPAY_NOTIFY_HIGH_LOAD", 1000)  # queued events
+NOTIFY_LOW_LOAD_THRESHOLD = env_int("CRYPTOPAY_NOTIFY_LOW_LOAD", 10)
+# (interval seconds, batch size) per load level, from the seed.
+NOTIFY_BATCHING = {
+    "high": (0.1, 200),
+    "normal": (1.0, 50),
+    "low": (5.0, 10),
+}
+# Events still undispatched this long after creation are queued again (lost from Redis).
+NOTIFY_REQUEUE_AFTER = env_seconds("CRYPTOPAY_NOTIFY_REQUEUE_SECONDS", 30)
+NOTIFY_REDIS_PREFIX = env_str("CRYPTOPAY_NOTIFY_REDIS_PREFIX", "cryptopay:notify")
 
 # --- Exchange rates -----------------------------------------------------------------------------
 # Providers in order: the first answering ones are used, the rest are backups (seed: switch to the

@@ -18,6 +18,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Q, Sum
 
+from notifications.services import event_publish
 from payments import states
 from payments.addresses import address_allocate
 from payments.chains.config import chain_for_currency
@@ -136,13 +137,22 @@ def _event_append(
     """Append the next event; the caller holds the payment row lock."""
     payment.event_sequence += 1
     Payment.objects.filter(pk=payment.pk).update(event_sequence=payment.event_sequence)
-    return PaymentEvent.objects.create(
+    event = PaymentEvent.objects.create(
         payment=payment,
         sequence=payment.event_sequence,
         type=event_type,
         data={**data, "payment": payment_snapshot(payment)},
         created_at=at,
     )
+    # The outbox row for browsers and webhooks, in the same transaction.
+    event_publish(
+        owner=payment.merchant.public_id,
+        type=event_type,
+        subject=payment.public_id,
+        sequence=event.sequence,
+        data=event.data,
+    )
+    return event
 
 
 def payment_create(
@@ -228,7 +238,11 @@ def _required_confirmations(merchant: Merchant, crypto_currency: str) -> int:
 
 
 def _lock(payment_id: int) -> Payment:
-    return Payment.objects.select_for_update().get(pk=payment_id)
+    return (
+        Payment.objects.select_for_update(of=("self",))
+        .select_related("merchant")
+        .get(pk=payment_id)
+    )
 
 
 def _transition(

@@ -27,6 +27,24 @@ def _collected_static(django_db_blocker) -> None:
             call_command("collectstatic", "--noinput", verbosity=0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_redis_keys_removed():
+    """Leave Redis as we found it: drop this run's prefixed keys (queues, breakers, caches)."""
+    yield
+    import os
+
+    from resilience.redis_client import fast_fail_client
+
+    client = fast_fail_client(settings.REDIS_URL, timeout=2)
+    for prefix in {
+        f"cryptopay-test-{os.getpid()}",
+        settings.CACHES["default"].get("KEY_PREFIX", ""),
+    }:
+        if prefix:
+            for key in client.scan_iter(f"*{prefix}*", count=1000):
+                client.delete(key)
+
+
 @pytest.fixture(autouse=True)
 def _dev_chain(settings) -> None:
     # Payments need an address source; the development chain is the one this foundation has.

@@ -10,6 +10,7 @@ import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from notifications.services import event_publish
 from payments.models import ExchangeRateEvent
 from payments.rates.live import LiveRate
 
@@ -29,6 +30,17 @@ def exchange_rate_record(*, live: LiveRate, previous: LiveRate | None) -> Exchan
         ask=live.ask,
         providers=live.providers,
         fetched_at=datetime.fromtimestamp(live.fetched_at, tz=UTC),
+    )
+    event_publish(
+        owner="",
+        type=ExchangeRateEvent.type,
+        subject=live.pair,
+        data={
+            "pair": live.pair,
+            "rate": f"{live.value.normalize():f}",
+            "previous_rate": None if previous_value is None else f"{previous_value.normalize():f}",
+            "providers": live.providers,
+        },
     )
     logger.info("rate %s: %s -> %s", live.pair, previous_value, live.value)
     return event

@@ -1,0 +1,24 @@
+"""The dispatcher process: ``manage.py run_dispatcher`` (Procfile: dispatcher)."""
+
+from __future__ import annotations
+
+import signal
+
+from django.core.management.base import BaseCommand
+
+from notifications.dispatcher import Dispatcher
+
+
+class Command(BaseCommand):
+    help = "Drain the notification priority queues with adaptive batching."
+
+    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.add_argument("--max-seconds", type=float, help="Stop after this long (tests).")
+
+    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+        dispatcher = Dispatcher()
+        signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop())
+        signal.signal(signal.SIGINT, lambda *_: dispatcher.stop())
+        self.stdout.write("dispatcher running", ending="\n")
+        self.stdout.flush()
+        dispatcher.run(max_seconds=options["max_seconds"])

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import secrets
+import string
+
+from django.db import models
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def _token(prefix: str, length: int = 24) -> str:
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def new_event_id() -> str:
+    return _token("evt_")
+
+
+def new_endpoint_id() -> str:
+    return _token("we_")
+
+
+class Priority(models.TextChoices):
+    HIGH = "high", "High"
+    NORMAL = "normal", "Normal"
+    LOW = "low", "Low"
+
+
+class Event(models.Model):
+    """The outbox: written in the same transaction as the change it describes, then queued.
+
+    ``owner`` is whose event it is (a merchant's public id; empty for system-wide events such as
+    rate updates); ``subject`` what it is about (a payment id, a rate pair) and ``sequence`` its
+    position in that subject's stream, so receivers can order what they get.
+    """
+
+    public_id = models.CharField(max_length=32, unique=True, default=new_event_id, editable=False)
+    owner = models.CharField(max_length=64, blank=True, db_index=True)
+    type = models.CharField(max_length=60)
+    priority = models.CharField(max_length=10, choices=Priority.choices)
+    subject = models.CharField(max_length=64, blank=True)
+    sequence = models.PositiveIntegerField(default=0)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a dispatcher fanned it out (null: still to do)."
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="event_owner_created"),
+            models.Index(
+                fields=["created_at"],
+                name="event_undispatched",
+                condition=models.Q(dispatched_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.type}"
+
+    def envelope(self) -> dict:
+        """What a webhook or a browser receives."""
+        return {
+            "id": self.public_id,
+            "object": "event",
+            "type": self.type,
+            "created_at": self.created_at.isoformat(),
+            "subject": self.subject or None,
+            "sequence": self.sequence,
+            "data": self.data,
+        }
+
+
+class WebhookEndpoint(models.Model):
+    public_id = models.CharField(
+        max_length=32, unique=True, default=new_endpoint_id, editable=False
+    )
+    owner = models.CharField(max_length=64, db_index=True)
+    url = models.URLField(max_length=2000)
+    description = models.CharField(max_length=200, blank=True)
+    event_types = models.JSONField(default=list, blank=True, help_text="Empty: every type.")
+    enabled = models.BooleanField(default=True)
+    # Encrypted at rest (notifications.secrets); the plain secret is shown once.
+    secret_encrypted = models.TextField()
+    previous_secret_encrypted = models.TextField(blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.url}"
+
+    def wants(self, event_type: str) -> bool:
+        return self.enabled and (not self.event_types or event_type in self.event_types)
+
+
+class WebhookDelivery(models.Model):
+    """One event to one endpoint: durable, retried on its own schedule, never blocking others."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed (not retried)"
+        GAVE_UP = "gave_up", "Gave up after retries"
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    last_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "event"], name="delivery_unique")
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="delivery_due",
+                condition=models.Q(status="pending"),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id}->{self.endpoint_id} {self.status}"
+
+
+class WebhookAttempt(models.Model):
+    """The delivery log: every HTTP attempt, its answer and how long it took."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="log")
+    attempted_at = models.DateTimeField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["attempted_at"]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} {self.status_code or self.error}"

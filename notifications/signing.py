@@ -1,0 +1,50 @@
+"""Webhook signatures, Stripe-style, with replay protection.
+
+Header (``Cryptopay-Signature``): ``t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t + "." + body)>``,
+with one ``v1`` per valid secret while a secret is being rotated. A receiver recomputes the HMAC
+over the raw body with its secret, compares in constant time against any ``v1``, and rejects the
+message when ``t`` is more than the tolerance (300 s) away from its clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+HEADER = "Cryptopay-Signature"
+TOLERANCE_SECONDS = 300
+
+
+class SignatureError(ValueError):
+    pass
+
+
+def sign(*, body: bytes, secrets: list[str], timestamp: int) -> str:
+    parts = [f"t={timestamp}"]
+    for secret in secrets:
+        mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+        parts.append(f"v1={mac.hexdigest()}")
+    return ",".join(parts)
+
+
+def verify(
+    *, body: bytes, header: str, secret: str, now: int, tolerance: int = TOLERANCE_SECONDS
+) -> int:
+    """Check a signature header; returns its timestamp or raises SignatureError."""
+    timestamp, signatures = None, []
+    for item in header.split(","):
+        name, _, value = item.strip().partition("=")
+        if name == "t" and value.isdigit():
+            timestamp = int(value)
+        elif name == "v1" and value:
+            signatures.append(value)
+    if timestamp is None or not signatures:
+        raise SignatureError("malformed signature header")
+    if abs(now - timestamp) > tolerance:
+        raise SignatureError("timestamp outside the tolerance: possible replay")
+    expected = hmac.new(
+        secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256
+    ).hexdigest()
+    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+        raise SignatureError("no signature matches")
+    return timestamp
