@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -31,12 +32,26 @@ class RpcError(Exception):
 
 
 _ids = itertools.count(1)
+_client_lock = threading.Lock()
+_client: httpx.Client | None = None
+
+
+def http_client() -> httpx.Client:
+    """One pooled client per process: a new connection per call costs ~25 ms, a kept one <1 ms."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+                follow_redirects=False,
+            )
+        return _client
 
 
 def json_rpc(url: str, method: str, params: list[Any], *, timeout: float) -> Any:
     payload = {"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": params}
     try:
-        response = httpx.post(url, json=payload, timeout=timeout)
+        response = http_client().post(url, json=payload, timeout=timeout)
     except httpx.HTTPError as exc:
         raise NodeUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
     try:

@@ -215,6 +215,13 @@ class Watcher:
         )
 
     def _recount_all(self, tip: int) -> int:
+        """Bring recorded transactions up to date.
+
+        Unconfirmed ones are asked about (still in the mempool? mined? gone?). Confirmed ones in
+        blocks we still track need no node call: their confirmations follow from the tip, and a
+        reorg of their block is caught by the fork check, which sends them back here as
+        unconfirmed. Only payments still short of their confirmations are touched.
+        """
         dropped = 0
         relevant = (
             PaymentTransaction.objects.filter(
@@ -224,7 +231,19 @@ class Watcher:
             .select_related("payment")
         )
         for tx in relevant:
-            observed = self.recount(tx, tip)
+            if tx.state == PaymentTransaction.State.CONFIRMED and tx.block_height is not None:
+                confirmations = max(0, tip - tx.block_height + 1)
+                if tx.confirmations >= tx.payment.required_confirmations or (
+                    confirmations == tx.confirmations
+                ):
+                    continue
+                observed = ObservedOutput(
+                    chain=tx.chain, txid=tx.txid, kind=tx.kind, output_index=tx.output_index,
+                    amount=tx.amount, confirmations=confirmations, block_hash=tx.block_hash,
+                    block_height=tx.block_height, mined_at=tx.mined_at, replaceable=tx.replaceable,
+                )  # fmt: skip
+            else:
+                observed = self.recount(tx, tip)
             if observed is None:
                 if payment_transaction_drop(
                     transaction_id=tx.pk, reason="no longer in chain or mempool"
