@@ -32,13 +32,14 @@ class EvmWatcher(Watcher):
         return None if block is None else block["hash"]
 
     def scan_block(
-        self, height: int, watched: dict[tuple[str, str], Payment]
-    ) -> tuple[str, str, int]:
+        self, height: int, watched: dict[tuple[str, str], Payment], *, tip: int, parent: str
+    ) -> tuple[str, str, int | None]:
         block = self._block(height, True)
         if block is None:
             raise LookupError(f"block {height} not found")
         block_hash, mined_at = block["hash"], block_time(_int(block["timestamp"]))
-        tip = self.tip()
+        if parent and block["parentHash"] != parent:
+            return block_hash, block["parentHash"], None
         count = 0
         for tx in block.get("transactions", []):
             payment = watched.get((self.chain.currency, (tx.get("to") or "").lower()))

@@ -51,10 +51,12 @@ class UtxoWatcher(Watcher):
         return found
 
     def scan_block(
-        self, height: int, watched: dict[tuple[str, str], Payment]
-    ) -> tuple[str, str, int]:
+        self, height: int, watched: dict[tuple[str, str], Payment], *, tip: int, parent: str
+    ) -> tuple[str, str, int | None]:
         block_hash = self.client.call("getblockhash", height)
         block = self.client.call("getblock", block_hash, 2)
+        if parent and block.get("previousblockhash", parent) != parent:
+            return block_hash, block.get("previousblockhash", ""), None
         tip_confirmations = int(block.get("confirmations", 1))
         count = 0
         for tx in block["tx"]:

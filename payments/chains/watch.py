@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from django.db import connection
+from django.db.models import F
 
 from payments.chains.config import ChainConfig, chains
 from payments.chains.rpc import NodeClient
@@ -121,9 +122,13 @@ class Watcher:
 
     def watched(self) -> dict[tuple[str, str], Payment]:
         """(currency, address) of payments still within their monitoring window."""
-        payments = Payment.objects.filter(
-            crypto_currency__in=self.chain.currencies, monitoring_until__gte=clock.now()
-        ).exclude(deposit_address__startswith="dev")
+        payments = (
+            Payment.objects.filter(
+                crypto_currency__in=self.chain.currencies, monitoring_until__gte=clock.now()
+            )
+            .exclude(deposit_address__startswith="dev")
+            .only("pk", "crypto_currency", "deposit_address")
+        )
         return {(p.crypto_currency, self.address_key(p.deposit_address)): p for p in payments}
 
     def poll(self) -> PollResult:
@@ -143,8 +148,10 @@ class Watcher:
         watched = self.watched()
         last = min(tip, cursor.height + MAX_BLOCKS_PER_POLL)
         for height in range(cursor.height + 1, last + 1):
-            block_hash, parent_hash, count = self.scan_block(height, watched)
-            if cursor.block_hash and parent_hash and parent_hash != cursor.block_hash:
+            block_hash, parent_hash, count = self.scan_block(
+                height, watched, tip=tip, parent=cursor.block_hash
+            )
+            if count is None:
                 # The chain changed under us mid-poll: stop; the next poll finds the fork.
                 result.notes.append(f"parent mismatch at {height}")
                 break
@@ -228,6 +235,12 @@ class Watcher:
                 chain=self.chain.name, payment__monitoring_until__gte=clock.now()
             )
             .exclude(state=PaymentTransaction.State.DROPPED)
+            # Mined and deep enough for its payment: nothing left to follow (reorgs come back
+            # through the fork check).
+            .exclude(
+                state=PaymentTransaction.State.CONFIRMED,
+                confirmations__gte=F("payment__required_confirmations"),
+            )
             .select_related("payment")
         )
         for tx in relevant:
