@@ -185,10 +185,10 @@ class Probe:
             self.rpc[method] += 1
             return original_rpc(url, method, params, timeout=timeout)
 
-        def scan_block(watcher: Any, height: int, watched: dict) -> Any:
+        def scan_block(watcher: Any, height: int, watched: dict, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return original_scan(watcher, height, watched)
+                return original_scan(watcher, height, watched, **kwargs)
             finally:
                 self.scan_seconds += time.perf_counter() - start
 
