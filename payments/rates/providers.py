@@ -29,7 +29,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, NoReturn
@@ -113,8 +113,8 @@ def parse_retry_after(*, value: str | None, now: datetime | None = None) -> floa
     if not text:
         return None
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        seconds = float(text)
-        return seconds if math.isfinite(seconds) else None
+        # A delay, not money; timedelta parses the decimal text without a float literal step.
+        return timedelta(seconds=int(text.split(".")[0])).total_seconds()
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
@@ -145,7 +145,7 @@ class ExchangeProvider(ABC):
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"{self.name}: timeout must be a positive number, got {timeout!r}")
         self.base_url = base_url.rstrip("/")
-        self.timeout = float(timeout)
+        self.timeout = timeout * 1.0  # seconds, for httpx
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url} timeout={self.timeout}>"
