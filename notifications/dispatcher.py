@@ -19,16 +19,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection, connections
 from prometheus_client import Counter, Gauge
 
 from notifications import queues, services
-from notifications.models import Event, Priority
+from notifications.models import Event, Priority, WebhookDelivery
 from resilience import clock
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,97 @@ def _channels_send(event: Event) -> None:
         async_to_sync(layer.group_send)(group, message)
 
 
-def dispatch_events(*, event_ids: list[int]) -> int:
-    """Fan each not-yet-dispatched event out; returns how many were dispatched. Idempotent."""
+DELIVERY_WORKERS = 8
+# How many events of a batch are handled before looking for newly arrived High events.
+YIELD_EVERY = 10
+
+
+def _deliver_in_thread(delivery_id: int, immediate_retries: int) -> str:
+    try:
+        return services.webhook_deliver(
+            delivery_id=delivery_id, immediate_retries=immediate_retries
+        )
+    finally:
+        connections.close_all()  # this worker thread's own connections
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_guard = threading.Lock()
+# Deliveries in flight in this process; beyond this the sweep takes them (they are persisted).
+MAX_IN_FLIGHT = DELIVERY_WORKERS * 32
+_in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+_idle = threading.Condition()
+_running = 0
+
+
+def _running_change(delta: int) -> None:
+    global _running
+    with _idle:
+        _running += delta
+        _idle.notify_all()
+
+
+def wait_for_deliveries(timeout: float) -> bool:
+    """Block until this process has no background delivery running (shutdown, tests)."""
+    with _idle:
+        return _idle.wait_for(lambda: _running == 0, timeout=timeout)
+
+
+def _background_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_guard:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=DELIVERY_WORKERS, thread_name_prefix="webhook")
+        return _pool
+
+
+def _deliver_all(
+    deliveries: list[WebhookDelivery], *, immediate_retries: int, wait: bool = True
+) -> None:
+    """Attempt an event's deliveries side by side, so a slow, hanging or retried endpoint does not
+    hold back the event's other endpoints. With ``wait=False`` (the dispatcher loop) they run in
+    the background and the dispatcher goes on with the next event at once: a dead endpoint never
+    holds back later events either. One delivery, or a caller inside a transaction (other
+    threads could not see its rows), stays on this thread."""
+    if connection.in_atomic_block or (wait and len(deliveries) <= 1):
+        for delivery in deliveries:
+            services.webhook_deliver(delivery_id=delivery.pk, immediate_retries=immediate_retries)
+        return
+    if not wait:
+        pool = _background_pool()
+        for delivery in deliveries:
+            if not _in_flight.acquire(blocking=False):
+                logger.warning("delivery backlog full; %s left to the sweep", delivery.pk)
+                continue
+
+            def run(delivery_id: int = delivery.pk) -> None:
+                try:
+                    _deliver_in_thread(delivery_id, immediate_retries)
+                except Exception:
+                    logger.exception(
+                        "delivery %s failed unexpectedly; the sweep retries it", delivery_id
+                    )
+                finally:
+                    _in_flight.release()
+                    _running_change(-1)
+
+            _running_change(+1)
+            pool.submit(run)
+        return
+    with ThreadPoolExecutor(
+        max_workers=min(len(deliveries), DELIVERY_WORKERS), thread_name_prefix="webhook"
+    ) as pool:
+        futures = [
+            pool.submit(_deliver_in_thread, delivery.pk, immediate_retries)
+            for delivery in deliveries
+        ]
+    for future in futures:
+        future.result()  # an unexpected error fails the batch, as it did when sequential
+
+
+def dispatch_events(*, event_ids: list[int], wait: bool = True) -> int:
+    """Fan each not-yet-dispatched event out; returns how many were dispatched. Idempotent.
+    ``wait=False`` leaves webhook attempts running in the background."""
     events = Event.objects.filter(pk__in=event_ids, dispatched_at__isnull=True)
     order = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
     done = 0
@@ -98,8 +188,7 @@ def dispatch_events(*, event_ids: list[int]) -> int:
         except Exception:  # a browser fan-out failure must not block webhooks
             logger.exception("event %s: channel layer send failed", event.public_id)
         retries = settings.NOTIFY_HIGH_PRIORITY_RETRIES if event.priority == Priority.HIGH else 0
-        for delivery in services.deliveries_create(event=event):
-            services.webhook_deliver(delivery_id=delivery.pk, immediate_retries=retries)
+        _deliver_all(services.deliveries_create(event=event), immediate_retries=retries, wait=wait)
         Event.objects.filter(pk=event.pk, dispatched_at__isnull=True).update(
             dispatched_at=clock.now()
         )
@@ -133,7 +222,16 @@ class Dispatcher:
         batch = queues.pop_batch(size=batching.size, wait=batching.interval)
         if not batch:
             return 0
-        done = dispatch_events(event_ids=[event_id for _, event_id in batch])
+        done = 0
+        for start in range(0, len(batch), YIELD_EVERY):
+            chunk = batch[start : start + YIELD_EVERY]
+            done += dispatch_events(event_ids=[event_id for _, event_id in chunk], wait=False)
+            rest = batch[start + YIELD_EVERY :]
+            if rest and rest[0][0] != "high" and queues.has_high():
+                # A High event arrived meanwhile: put the rest back in front, in order, and
+                # take the High one first.
+                queues.push_front(rest)
+                break
         self.processed += done
         if self.on_batch:
             self.on_batch(batching, len(batch))
@@ -150,4 +248,5 @@ class Dispatcher:
                 self._stop.wait(1)
             finally:
                 close_old_connections()
+        wait_for_deliveries(timeout=settings.WEBHOOK_TIMEOUT.total_seconds() * 2)
         logger.info("dispatcher stopped after %d events", self.processed)

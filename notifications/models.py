@@ -12,6 +12,12 @@ def _token(prefix: str, length: int = 24) -> str:
     return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
+def clock_now():
+    from resilience import clock
+
+    return clock.now()
+
+
 def new_event_id() -> str:
     return _token("evt_")
 
@@ -85,7 +91,7 @@ class WebhookEndpoint(models.Model):
     secret_encrypted = models.TextField()
     previous_secret_encrypted = models.TextField(blank=True)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=clock_now)
 
     def __str__(self) -> str:
         return f"{self.public_id} {self.url}"

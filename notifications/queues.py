@@ -12,6 +12,8 @@ from functools import cache
 
 import redis
 from django.conf import settings
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from resilience.redis_client import fast_fail_client
 
@@ -23,6 +25,22 @@ ORDER = ("high", "normal", "low")
 @cache
 def client() -> redis.Redis | None:
     return fast_fail_client(settings.REDIS_URL, timeout=1.0) if settings.REDIS_URL else None
+
+
+@cache
+def blocking_client() -> redis.Redis | None:
+    """For the dispatcher's blocking pop, whose wait (up to the longest batching interval, 5 s)
+    must not outlast the socket timeout: on ``client()`` (1 s) an idle BLPOP of 1 s or more ends
+    in a TimeoutError instead of an empty answer."""
+    if not settings.REDIS_URL:
+        return None
+    longest = max(interval for interval, _ in settings.NOTIFY_BATCHING.values())
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=longest + 1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def key(priority: str) -> str:
@@ -57,7 +75,7 @@ def sizes() -> dict[str, int]:
 def pop_batch(*, size: int, wait: float) -> list[tuple[str, int]]:
     """Up to ``size`` ids, High first, then Normal, then Low; blocks up to ``wait`` seconds for
     the first one."""
-    redis_client = client()
+    redis_client = blocking_client()
     if redis_client is None:
         return []
     first = redis_client.blpop([key(p) for p in ORDER], timeout=max(wait, 0.01))
@@ -72,3 +90,19 @@ def pop_batch(*, size: int, wait: float) -> list[tuple[str, int]]:
         more = redis_client.lpop(key(name), size - len(batch)) or []
         batch.extend((name, int(item)) for item in more)
     return batch
+
+
+def has_high() -> bool:
+    redis_client = client()
+    return bool(redis_client is not None and redis_client.llen(key("high")))
+
+
+def push_front(items: list[tuple[str, int]]) -> None:
+    """Return popped ids to the head of their queues, keeping their order."""
+    redis_client = client()
+    if redis_client is None:
+        return
+    pipe = redis_client.pipeline()
+    for priority, event_id in reversed(items):
+        pipe.lpush(key(priority), event_id)
+    pipe.execute()

@@ -1,0 +1,346 @@
+"""The notification dispatcher: High-priority latency under a Low flood, and throughput.
+
+    .venv/bin/python bench/notifications.py [--flood 10000] [--high 150] [--events 3000]
+
+Runs against PostgreSQL and Redis (DATABASE_URL / REDIS_URL, defaulting to the test services) in a
+scratch database ``cryptopay_notify_<pid>`` created for the run and dropped at the end, with Redis
+keys under a per-run prefix (queues, breakers, cache) deleted at the end. The dispatcher runs in a
+thread of this process (``Dispatcher.run``, as ``manage.py run_dispatcher`` does); webhooks go to
+a real HTTP receiver on 127.0.0.1 (tests/notifications/receivers.py) that answers 200 at once.
+
+1. Latency: ``--flood`` Low events (exchange-rate updates: no webhook, no browser group) are
+   queued first; then, while the dispatcher drains them, a High event (payment.status_changed to
+   a merchant with one endpoint) is published every ``--gap`` seconds. Latency is publish (before
+   the committing transaction) to the receiver's arrival time; only High events published while
+   Low events were still queued count. Run once per batching policy: adaptive (the seed's levels)
+   and fixed ones (50 / 1 s is the seed's "normal" level held constant; 200 / 0.1 s and 10 / 5 s
+   its other two).
+2. Throughput: ``--events`` events already queued, drained by an adaptive dispatcher, in events/s:
+   system events (no fan-out at all), merchant events with no webhook endpoint (browser groups
+   through the channel layer only), and merchant events with one fast receiver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+MERCHANT = "mer_bench"
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def create_database(server_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(server_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def setup_django(database_url: str, redis_url: str, redis_prefix: str) -> None:
+    os.environ.update(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "DJANGO_SETTINGS_MODULE": "cryptopay.settings",
+            "DEBUG": "0",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "SECURE_SSL_REDIRECT": "0",
+            "LOG_LEVEL": "WARNING",
+            "CACHE_KEY_PREFIX": redis_prefix,
+            "CRYPTOPAY_BREAKER_KEY_PREFIX": f"{redis_prefix}:breaker",
+            "CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX": f"{redis_prefix}:idempotency",
+            "CRYPTOPAY_NOTIFY_REDIS_PREFIX": f"{redis_prefix}:notify",
+            "CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver listens on 127.0.0.1
+            "CRYPTOPAY_RATE_PROVIDERS": "",
+        }
+    )
+    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key-" + "x" * 40)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted samples."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+# --- helpers (Django imported lazily: settings come from setup_django) --------------------------
+
+
+def clear_queues() -> None:
+    from notifications import queues
+
+    queues.client().delete(*(queues.key(priority) for priority in queues.ORDER))
+
+
+def fixed_batching(interval: float, size: int):
+    from notifications.dispatcher import AdaptiveBatching, Batching
+
+    class FixedBatching(AdaptiveBatching):
+        def current(self) -> Batching:
+            return Batching(level=f"fixed {size}/{interval:g}s", interval=interval, size=size)
+
+    return FixedBatching(window=1)
+
+
+class RunningDispatcher:
+    """Dispatcher.run in a thread; counts batches per level."""
+
+    def __init__(self, batching=None) -> None:
+        from notifications.dispatcher import Dispatcher
+
+        self.levels: Counter[str] = Counter()
+        self.dispatcher = Dispatcher(batching=batching, on_batch=self._on_batch)
+        self.thread = threading.Thread(target=self.dispatcher.run, daemon=True)
+
+    def _on_batch(self, batching, size: int) -> None:
+        self.levels[batching.level] += 1
+
+    def __enter__(self) -> RunningDispatcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from notifications import queues
+
+        self.dispatcher.stop()
+        queues.enqueue(event_id=0, priority="high")  # wakes a blocking pop; no such event
+        self.thread.join(timeout=30)
+        clear_queues()
+
+
+def flood_low(count: int) -> list[int]:
+    """``count`` queued Low events (rate updates), the fast way: one insert, pipelined pushes."""
+    from django.utils import timezone
+
+    from notifications import queues
+    from notifications.models import Event, Priority
+
+    now = timezone.now()
+    events = Event.objects.bulk_create(
+        [
+            Event(
+                owner="",
+                type="exchange_rate.updated",
+                priority=Priority.LOW,
+                subject="BTC/USD",
+                data={"pair": "BTC/USD", "rate": "97000.00", "n": n},
+                created_at=now,
+            )
+            for n in range(count)
+        ],
+        batch_size=2000,
+    )
+    ids = [event.pk for event in events]
+    pipe = queues.client().pipeline(transaction=False)
+    for start in range(0, len(ids), 1000):
+        pipe.rpush(queues.key("low"), *ids[start : start + 1000])
+    pipe.execute()
+    return ids
+
+
+def publish(*, owner: str, type: str, n: int):
+    from django.db import transaction
+
+    from notifications.services import event_publish
+
+    with transaction.atomic():
+        return event_publish(
+            owner=owner, type=type, subject=f"pay_bench{n:06d}", sequence=1, data={"n": n}
+        )
+
+
+def reset_events() -> None:
+    from notifications.models import Event
+
+    Event.objects.all().delete()  # deliveries and attempts cascade
+
+
+# --- 1. latency ---------------------------------------------------------------------------------
+
+
+def high_latency_under_flood(label: str, batching, receiver, *, flood: int, high: int, gap: float):
+    from notifications import queues
+
+    reset_events()
+    clear_queues()
+    flood_low(flood)
+    sent: dict[str, float] = {}
+    with RunningDispatcher(batching) as running:
+        started = time.monotonic()
+        n = 0
+        while n < high:
+            if queues.sizes()["low"] == 0:
+                break  # the flood is over: later High events would not be "under" it
+            at = time.monotonic()
+            event = publish(owner=MERCHANT, type="payment.status_changed", n=n)
+            sent[event.public_id] = at
+            n += 1
+            time.sleep(gap)
+        deadline = time.monotonic() + 60
+        while not set(sent) <= set(receiver.ids()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+        low_left = queues.sizes()["low"]
+    arrivals = {r.webhook_id: r.at for r in receiver.requests if r.webhook_id in sent}
+    latencies = sorted((arrivals[i] - sent[i]) * 1000 for i in sent if i in arrivals)
+    missing = len(sent) - len(latencies)
+    return {
+        "label": label,
+        "count": len(latencies),
+        "missing": missing,
+        "p50": statistics.median(latencies) if latencies else float("nan"),
+        "p99": percentile(latencies, 0.99) if latencies else float("nan"),
+        "max": latencies[-1] if latencies else float("nan"),
+        "low_rate": (flood - low_left) / elapsed,
+        "low_left": low_left,
+        "levels": dict(running.levels),
+    }
+
+
+# --- 2. throughput ------------------------------------------------------------------------------
+
+
+def throughput(label: str, *, events: int, kind: str) -> dict:
+    from notifications import queues
+    from notifications.models import Event
+
+    reset_events()
+    clear_queues()
+    if kind == "system":
+        flood_low(events)
+    else:
+        owner = MERCHANT if kind == "webhook" else "mer_nohooks"
+        # Normal priority (payment.created): no immediate retries; queued on commit.
+        for n in range(events):
+            publish(owner=owner, type="payment.created", n=n)
+    assert sum(queues.sizes().values()) == events
+    with RunningDispatcher() as running:
+        started = time.monotonic()
+        deadline = started + 120
+        while running.dispatcher.processed < events and time.monotonic() < deadline:
+            time.sleep(0.005)
+        took = time.monotonic() - started
+    done = Event.objects.filter(dispatched_at__isnull=False).count()
+    return {
+        "label": label,
+        "events": done,
+        "seconds": took,
+        "rate": done / took,
+        "levels": dict(running.levels),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flood", type=int, default=10_000, help="queued Low events")
+    parser.add_argument("--high", type=int, default=100, help="High events published at most")
+    parser.add_argument("--gap", type=float, default=0.05, help="seconds between High events")
+    parser.add_argument("--events", type=int, default=2000, help="events per throughput run")
+    args = parser.parse_args()
+
+    server_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    name = f"cryptopay_notify_{os.getpid()}"
+    redis_prefix = f"cryptopay-bench-notify-{os.getpid()}"
+    create_database(server_url, name)
+    try:
+        setup_django(with_database(server_url, name), redis_url, redis_prefix)
+        run(args)
+    finally:
+        if "django" in sys.modules:
+            from django.db import connections
+
+            connections.close_all()
+        drop_database(server_url, name)
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        stale = list(client.scan_iter(match=f"{redis_prefix}*", count=1000))
+        if stale:
+            client.delete(*stale)
+
+
+def run(args: argparse.Namespace) -> None:
+    from notifications.services import webhook_endpoint_create
+    from tests.notifications.receivers import Receiver
+
+    with Receiver() as receiver:
+        webhook_endpoint_create(owner=MERCHANT, url=receiver.url)
+        publish(owner=MERCHANT, type="payment.status_changed", n=999_999)  # warm-up, dispatched
+        with RunningDispatcher():
+            receiver.wait_for(lambda r: len(r.requests) >= 1, timeout=30)
+
+        print(
+            f"High-priority webhook latency (publish -> receiver), under a flood of {args.flood:,} "
+            f"queued Low events; a High event every {args.gap * 1000:.0f} ms while Low remain"
+        )
+        print(
+            f"  {'batching':22} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+            f"{'Low/s':>6} {'Low left':>8}  batches per level"
+        )
+        policies = [
+            ("adaptive (seed)", None),
+            ("fixed 50 / 1 s", fixed_batching(1.0, 50)),
+            ("fixed 200 / 0.1 s", fixed_batching(0.1, 200)),
+            ("fixed 10 / 5 s", fixed_batching(5.0, 10)),
+        ]
+        for label, batching in policies:
+            result = high_latency_under_flood(
+                label, batching, receiver, flood=args.flood, high=args.high, gap=args.gap
+            )
+            levels = ", ".join(f"{k}: {v}" for k, v in sorted(result["levels"].items()))
+            print(
+                f"  {result['label']:22} {result['count']:4d} {result['p50']:8.1f} "
+                f"{result['p99']:8.1f} {result['max']:8.1f} {result['low_rate']:6.0f} "
+                f"{result['low_left']:8d}  {levels}"
+                + (f"  MISSING {result['missing']}" if result["missing"] else "")
+            )
+
+        print(f"Dispatcher throughput, {args.events:,} events already queued, adaptive batching")
+        print(f"  {'events':44} {'events/s':>9} {'seconds':>8}  batches per level")
+        for label, kind in (
+            ("system events, no fan-out", "system"),
+            ("merchant events, no webhooks (channels only)", "nohooks"),
+            ("merchant events, one fast receiver", "webhook"),
+        ):
+            result = throughput(label, events=args.events, kind=kind)
+            levels = ", ".join(f"{k}: {v}" for k, v in sorted(result["levels"].items()))
+            print(
+                f"  {result['label']:44} {result['rate']:9.0f} {result['seconds']:8.2f}  {levels}"
+                + (f"  ONLY {result['events']}" if result["events"] < args.events else "")
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+from django.urls import path
+
+from notifications.api import views
+
+urlpatterns = [
+    path(
+        "webhook-endpoints",
+        views.WebhookEndpointListCreateView.as_view(),
+        name="webhook-endpoints",
+    ),
+    path(
+        "webhook-endpoints/<str:public_id>",
+        views.WebhookEndpointDetailView.as_view(),
+        name="webhook-endpoint-detail",
+    ),
+    path(
+        "webhook-endpoints/<str:public_id>/rotate-secret",
+        views.WebhookEndpointRotateSecretView.as_view(),
+        name="webhook-endpoint-rotate-secret",
+    ),
+    path(
+        "webhook-endpoints/<str:public_id>/deliveries",
+        views.WebhookDeliveryListView.as_view(),
+        name="webhook-endpoint-deliveries",
+    ),
+    path("events", views.EventListView.as_view(), name="events"),
+    path("events/<str:public_id>", views.EventDetailView.as_view(), name="event-detail"),
+    path(
+        "events/<str:public_id>/redeliver",
+        views.EventRedeliverView.as_view(),
+        name="event-redeliver",
+    ),
+]

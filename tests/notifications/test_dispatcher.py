@@ -1,0 +1,373 @@
+"""The dispatcher: adaptive batching, priorities under a flood, surviving a kill and a lost queue,
+and endpoints that must not hold each other back. Real Redis queues (this run's key prefix),
+real PostgreSQL commits (``transaction=True``: ids are queued on commit, and a dispatcher
+subprocess must see the rows), real HTTP receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from notifications import queues
+from notifications.dispatcher import (
+    AdaptiveBatching,
+    Batching,
+    Dispatcher,
+    dispatch_events,
+    wait_for_deliveries,
+)
+from notifications.models import Event, Priority, WebhookAttempt, WebhookDelivery
+from notifications.services import event_publish, events_requeue_lost, webhook_endpoint_create
+from tests.notifications.receivers import Receiver
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def queue_sizes() -> dict[str, int]:
+    return queues.sizes()
+
+
+def clear_queues() -> None:
+    """What "Redis flushed" means for us, without touching anyone else's keys."""
+    queues.client().delete(*(queues.key(priority) for priority in queues.ORDER))
+
+
+@pytest.fixture(autouse=True)
+def _empty_queues():
+    clear_queues()
+    yield
+    clear_queues()
+
+
+@pytest.fixture
+def receiver():
+    with Receiver() as running:
+        yield running
+
+
+def publish_many(owner: str, count: int, type: str = "payment.created") -> list[Event]:
+    """Committed events, queued by on_commit as in production."""
+    with transaction.atomic():
+        return [
+            event_publish(owner=owner, type=type, subject=f"pay_{owner}_{n}", data={"n": n})
+            for n in range(count)
+        ]
+
+
+def drain(dispatcher: Dispatcher, *, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(queue_sizes().values()):
+        assert time.monotonic() < deadline, "queues did not drain"
+        dispatcher.run_once()
+    assert wait_for_deliveries(timeout=timeout), "background deliveries did not finish"
+
+
+# --- adaptive batching --------------------------------------------------------------------------
+
+
+def test_adaptive_batching_levels_follow_the_rolling_load(settings):
+    assert settings.NOTIFY_LOAD_WINDOW == 10
+    batching = AdaptiveBatching()
+    assert batching.current() == Batching("low", 5.0, 10)  # no samples yet: idle
+
+    assert batching.observe(0) == Batching("low", 5.0, 10)
+    for _ in range(9):
+        batching.observe(0)
+    # The mean over the last 10 samples decides: one spike of 10,000 is a mean of exactly 1,000.
+    assert batching.observe(10_000) == Batching("high", 0.1, 200)
+    # The window is rolling: nine more quiet samples keep the spike in, and the mean at 1,000.
+    for _ in range(8):
+        assert batching.observe(0).level == "high"
+    assert batching.observe(0).level == "high"
+    # The tenth quiet sample pushes the spike out of the window: back to idle.
+    assert batching.observe(0) == Batching("low", 5.0, 10)
+
+    for _ in range(10):
+        level = batching.observe(100)
+    assert level == Batching("normal", 1.0, 50)
+    # Boundaries: mean 10 is normal (low is below 10), mean 999.9 is normal, 1,000 high.
+    assert AdaptiveBatching().observe(9).level == "low"
+    assert AdaptiveBatching().observe(10).level == "normal"
+    assert AdaptiveBatching().observe(999).level == "normal"
+    assert AdaptiveBatching().observe(1000).level == "high"
+
+    # Load that grows, then stays, then stops: low -> normal -> high -> normal -> low.
+    ramp = AdaptiveBatching()
+    levels = [ramp.observe(queued).level for queued in [0] * 10 + [5000] * 10 + [0] * 10]
+    assert levels[:10] == ["low"] * 10
+    assert levels[10] == "normal"  # one 5,000 sample: mean 500
+    assert levels[11] == "high"  # two: mean 1,000
+    assert levels[19] == "high"
+    # Draining: the mean falls by 500 a sample; normal until the last 5,000 leaves the window.
+    assert levels[20] == "high"  # mean 4,500
+    assert levels[28] == "normal"  # one 5,000 left: mean 500
+    assert levels[29] == "low"
+
+
+def test_adaptive_batching_window_comes_from_settings(settings):
+    settings.NOTIFY_LOAD_WINDOW = 3
+    batching = AdaptiveBatching()
+    for queued in (3000, 0, 0):
+        batching.observe(queued)
+    assert batching.current().level == "high"  # mean 1,000
+    assert batching.observe(0).level == "low"  # the 3,000 left a 3-sample window
+
+
+# --- the queues ---------------------------------------------------------------------------------
+
+
+def test_idle_blocking_pop_waits_quietly_and_wakes_for_a_new_event():
+    # An idle pop longer than the Redis client's socket timeout answers "nothing", not an error.
+    started = time.monotonic()
+    assert queues.pop_batch(size=10, wait=1.5) == []
+    assert time.monotonic() - started >= 1.4
+
+    # A blocking pop returns as soon as an id arrives, long before its wait is over.
+    pusher = threading.Timer(0.2, lambda: queues.enqueue(event_id=42, priority="high"))
+    started = time.monotonic()
+    pusher.start()
+    assert queues.pop_batch(size=10, wait=5.0) == [("high", 42)]
+    assert time.monotonic() - started < 1.0
+
+
+# --- priorities under a flood -------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_high_event_overtakes_a_queued_flood_of_10000_low_events(receiver):
+    now = timezone.now()
+    lows = Event.objects.bulk_create(
+        [
+            Event(
+                owner="",
+                type="exchange_rate.updated",
+                priority=Priority.LOW,
+                subject="BTC/USD",
+                data={"n": n},
+                created_at=now,
+            )
+            for n in range(10_000)
+        ],
+        batch_size=2000,
+    )
+    pipe = queues.client().pipeline(transaction=False)
+    for index in range(0, len(lows), 1000):
+        pipe.rpush(queues.key("low"), *(event.pk for event in lows[index : index + 1000]))
+    pipe.execute()
+
+    webhook_endpoint_create(owner="mer_flood", url=receiver.url)
+    (high,) = publish_many("mer_flood", 1, type="payment.status_changed")
+    assert high.priority == "high"
+    assert queue_sizes() == {"high": 1, "normal": 0, "low": 10_000}
+
+    seen: list[Batching] = []
+    dispatcher = Dispatcher(on_batch=lambda batching, size: seen.append(batching))
+    dispatcher.run_once()
+
+    assert seen == [Batching("high", 0.1, 200)]  # 10,001 queued: the big batches
+    high.refresh_from_db()
+    assert high.dispatched_at is not None
+    assert receiver.ids() == [high.public_id]
+    first_lows = Event.objects.filter(priority="low", dispatched_at__isnull=False)
+    assert first_lows.count() == 199  # the rest of the first batch
+    assert all(high.dispatched_at <= low.dispatched_at for low in first_lows)
+    assert queue_sizes() == {"high": 0, "normal": 0, "low": 10_000 - 199}
+
+
+# --- losing the queue or the dispatcher ---------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requeue_rebuilds_the_queues_after_redis_lost_them(receiver, settings):
+    webhook_endpoint_create(owner="mer_flushed", url=receiver.url)
+    events = publish_many("mer_flushed", 20) + publish_many(
+        "mer_flushed", 5, type="payment.status_changed"
+    )
+    assert queue_sizes() == {"high": 5, "normal": 20, "low": 0}
+
+    clear_queues()  # Redis flushed (or restarted without persistence)
+    assert sum(queue_sizes().values()) == 0
+
+    assert events_requeue_lost() == 0  # younger than NOTIFY_REQUEUE_AFTER: maybe still queued
+    settings.NOTIFY_REQUEUE_AFTER = timedelta(0)
+    assert events_requeue_lost() == 25
+    assert queue_sizes() == {"high": 5, "normal": 20, "low": 0}
+
+    drain(Dispatcher())
+    assert not Event.objects.filter(dispatched_at__isnull=True).exists()
+    assert sorted(receiver.ids()) == sorted(event.public_id for event in events)
+    assert events_requeue_lost() == 0  # nothing left to rebuild
+
+
+def _subprocess_env() -> dict[str, str]:
+    """The test database and this run's Redis prefixes, for a dispatcher process."""
+    db = connection.settings_dict
+    credentials = quote(db["USER"] or "", safe="")
+    if db["PASSWORD"]:
+        credentials += ":" + quote(db["PASSWORD"], safe="")
+    database_url = (
+        f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+    env = dict(os.environ)  # REDIS_URL, SECRET_KEY, DEBUG, ALLOWED_HOSTS, CRYPTOPAY_* prefixes
+    env.update(DATABASE_URL=database_url, PYTHONUNBUFFERED="1")
+    return env
+
+
+def _start_dispatcher() -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "run_dispatcher", "--max-seconds", "60"],
+        cwd=ROOT,
+        env=_subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dispatcher_killed_mid_batch_then_restarted_delivers_every_event(receiver, settings):
+    receiver.delay = 0.01  # each delivery takes a little: the kill lands inside a batch
+    webhook_endpoint_create(owner="mer_kill", url=receiver.url)
+    events = publish_many("mer_kill", 200)
+    expected = {event.public_id for event in events}
+
+    first = _start_dispatcher()
+    try:
+        receiver.wait_for(lambda r: len(r.ids()) >= 30, timeout=30)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        _stop(first, signal.SIGKILL)
+    assert first.returncode == -signal.SIGKILL
+
+    seen = set(receiver.ids())
+    assert 30 <= len(seen) < 200
+    assert seen <= expected
+    queued = sum(queue_sizes().values())
+    undispatched = Event.objects.filter(dispatched_at__isnull=True).count()
+    # The dead dispatcher took ids off the queue it will never finish: only the outbox has them.
+    assert queued < undispatched
+
+    settings.NOTIFY_REQUEUE_AFTER = timedelta(0)
+    assert events_requeue_lost() == undispatched
+
+    second = _start_dispatcher()
+    try:
+        deadline = time.monotonic() + 30
+        while Event.objects.filter(dispatched_at__isnull=True).exists():
+            assert second.poll() is None, second.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the second dispatcher did not finish"
+            time.sleep(0.1)
+    finally:
+        _stop(second)
+
+    # A delivery the first dispatcher created but died before attempting (or recording) is not
+    # attempted again by the re-dispatch (its row already exists): the beat sweep delivers it.
+    from notifications.services import webhooks_deliver_due
+
+    webhooks_deliver_due()
+    assert not WebhookDelivery.objects.exclude(status="succeeded").exists()
+    received = receiver.ids()
+    assert set(received) == expected  # every event, with its own id; none missing
+    assert len(received) - len(expected) <= 1  # at most the one in flight at the kill, twice
+
+
+# --- a failing endpoint holds no one back -------------------------------------------------------
+
+
+def _arrival(receiver: Receiver, event: Event) -> float:
+    (request,) = [r for r in receiver.requests if r.webhook_id == event.public_id]
+    return request.at
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("failure", ["hanging", "down"])
+def test_a_failing_endpoint_does_not_delay_another_endpoint_of_the_same_event(settings, failure):
+    settings.WEBHOOK_TIMEOUT = timedelta(seconds=0.5)
+    with Receiver() as bad, Receiver() as good:
+        # The bad endpoint is created first, so it is first in line.
+        webhook_endpoint_create(owner="mer_hol", url=bad.url)
+        webhook_endpoint_create(owner="mer_hol", url=good.url)
+        if failure == "hanging":
+            bad.hang()
+        else:
+            bad.down()
+        # High: the bad endpoint also gets its 3 immediate retries (4 timeouts: 2 s).
+        (event,) = publish_many("mer_hol", 1, type="payment.status_changed")
+
+        started = time.monotonic()
+        dispatch_events(event_ids=[event.pk])
+        took = time.monotonic() - started
+
+        assert _arrival(good, event) - started < 0.4  # before the bad one's first timeout
+        assert WebhookDelivery.objects.get(event=event, endpoint__url=good.url).status == (
+            "succeeded"
+        )
+        bad_delivery = WebhookDelivery.objects.get(event=event, endpoint__url=bad.url)
+        assert (bad_delivery.status, bad_delivery.attempts) == ("pending", 4)
+        errors = WebhookAttempt.objects.filter(delivery=bad_delivery).values_list(
+            "error", flat=True
+        )
+        expected_error = "Timeout" if failure == "hanging" else "ConnectError"
+        assert all(expected_error in error for error in errors)
+        if failure == "hanging":
+            assert len(bad.requests) == 4
+            assert 4 * 0.5 <= took < 4 * 0.5 + 1.5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hanging_endpoint_delays_a_later_event_by_at_most_its_timeouts_then_not_at_all(
+    settings,
+):
+    """Events of a batch are dispatched one after another, so a later event to a healthy endpoint
+    waits for the earlier event's attempts to a hanging endpoint: at most WEBHOOK_TIMEOUT per
+    attempt. Once that endpoint's breaker opens, its attempts fail at once and delay nothing."""
+    settings.WEBHOOK_TIMEOUT = timedelta(seconds=0.5)
+    settings.BREAKER_MINIMUM_THROUGHPUT = 2  # breakers are built per endpoint on first use
+    with Receiver() as bad, Receiver() as good, Receiver() as other:
+        bad.hang()
+        webhook_endpoint_create(owner="mer_bad", url=bad.url)
+        webhook_endpoint_create(owner="mer_bad", url=good.url)
+        webhook_endpoint_create(owner="mer_other", url=other.url)
+        (first,) = publish_many("mer_bad", 1)
+        (later,) = publish_many("mer_other", 1)
+
+        started = time.monotonic()
+        dispatch_events(event_ids=[first.pk, later.pk])
+        assert _arrival(good, first) - started < 0.4
+        delay = _arrival(other, later) - started
+        assert 0.5 <= delay < 0.5 + 0.8  # one timeout of the bad endpoint, no more
+
+        # A second failure opens the bad endpoint's circuit (2 calls, all failing)...
+        (second,) = publish_many("mer_bad", 1)
+        dispatch_events(event_ids=[second.pk])
+        # ...after which it costs nothing: the next events go straight through.
+        (third,) = publish_many("mer_bad", 1)
+        (after,) = publish_many("mer_other", 1)
+        started = time.monotonic()
+        dispatch_events(event_ids=[third.pk, after.pk])
+        assert _arrival(good, third) - started < 0.4
+        assert _arrival(other, after) - started < 0.4
+        assert len(bad.requests) == 2
+        third_bad = WebhookDelivery.objects.get(event=third, endpoint__url=bad.url)
+        assert "circuit open" in third_bad.last_error

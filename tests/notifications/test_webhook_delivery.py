@@ -1,0 +1,239 @@
+"""Webhook delivery against a real HTTP receiver on 127.0.0.1: signatures, the retry schedule
+(driven by the frozen clock), final versus retryable answers, High-priority immediate retries."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from notifications import signing
+from notifications.dispatcher import dispatch_events
+from notifications.models import Event, WebhookAttempt, WebhookDelivery
+from notifications.services import (
+    event_publish,
+    webhook_endpoint_create,
+    webhook_endpoint_rotate_secret,
+    webhooks_deliver_due,
+)
+from tests.factories import make_payment
+from tests.notifications.receivers import Receiver
+
+pytestmark = pytest.mark.django_db
+
+OWNER = "mer_delivery"
+
+
+@pytest.fixture
+def receiver():
+    with Receiver() as running:
+        yield running
+
+
+def publish(*, type: str = "payment.created", owner: str = OWNER) -> Event:
+    return event_publish(owner=owner, type=type, subject="pay_test", data={"n": 1})
+
+
+def attempt_codes(event: Event) -> list[int | None]:
+    return list(
+        WebhookAttempt.objects.filter(delivery__event=event)
+        .order_by("attempted_at", "pk")
+        .values_list("status_code", flat=True)
+    )
+
+
+def delivery_of(event: Event) -> WebhookDelivery:
+    return WebhookDelivery.objects.get(event=event)
+
+
+# --- signatures ---------------------------------------------------------------------------------
+
+
+def test_receiver_verifies_the_signature_with_the_endpoint_secret(merchant, frozen_clock, receiver):
+    _, secret = webhook_endpoint_create(owner=merchant.public_id, url=receiver.url)
+    payment = make_payment(merchant=merchant)  # emits payment.created through the outbox
+    event = Event.objects.get(owner=merchant.public_id, subject=payment.public_id)
+
+    assert dispatch_events(event_ids=[event.pk]) == 1
+
+    (received,) = receiver.requests
+    now = int(frozen_clock.now().timestamp())
+    assert signing.verify(body=received.body, header=received.signature, secret=secret, now=now)
+    assert received.webhook_id == event.public_id
+    envelope = json.loads(received.body)
+    assert (envelope["id"], envelope["type"]) == (event.public_id, "payment.created")
+    assert envelope["subject"] == payment.public_id
+
+    tampered = received.body.replace(b'"payment.created"', b'"payment.confirmed"')
+    assert tampered != received.body
+    with pytest.raises(signing.SignatureError, match="no signature matches"):
+        signing.verify(body=tampered, header=received.signature, secret=secret, now=now)
+    with pytest.raises(signing.SignatureError, match="no signature matches"):
+        signing.verify(body=received.body, header=received.signature, secret="whsec_other", now=now)
+    # Replay protection: 300 s is the edge; older (or as far in the future) is refused.
+    assert signing.verify(
+        body=received.body, header=received.signature, secret=secret, now=now + 300
+    )
+    for skewed in (now + 301, now - 301):
+        with pytest.raises(signing.SignatureError, match="tolerance"):
+            signing.verify(body=received.body, header=received.signature, secret=secret, now=skewed)
+
+
+def test_rotated_secret_signs_with_both_until_the_overlap_ends(frozen_clock, receiver):
+    endpoint, old = webhook_endpoint_create(owner=OWNER, url=receiver.url)
+    new = webhook_endpoint_rotate_secret(endpoint=endpoint, overlap=timedelta(hours=1))
+    dispatch_events(event_ids=[publish().pk])
+    frozen_clock.advance(timedelta(hours=1, seconds=1))
+    dispatch_events(event_ids=[publish().pk])
+
+    during, after = receiver.requests
+    now = int(frozen_clock.now().timestamp())
+    assert during.signature.count("v1=") == 2
+    for secret in (old, new):
+        signing.verify(body=during.body, header=during.signature, secret=secret, now=now - 3601)
+    assert after.signature.count("v1=") == 1
+    signing.verify(body=after.body, header=after.signature, secret=new, now=now)
+    with pytest.raises(signing.SignatureError):
+        signing.verify(body=after.body, header=after.signature, secret=old, now=now)
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+def test_500_then_200_is_delivered_on_the_retry(frozen_clock, receiver):
+    webhook_endpoint_create(owner=OWNER, url=receiver.url)
+    receiver.answer(500)  # then the default 200
+    event = publish()
+
+    dispatch_events(event_ids=[event.pk])
+    delivery = delivery_of(event)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("pending", 1, 500)
+    wait = delivery.next_attempt_at - frozen_clock.now()
+    assert timedelta(seconds=5) <= wait <= timedelta(seconds=10)  # 10 s with full jitter
+
+    assert webhooks_deliver_due() == 0  # not due yet
+    frozen_clock.advance(timedelta(seconds=10, milliseconds=1))
+    assert webhooks_deliver_due() == 1
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("succeeded", 2)
+    assert delivery.delivered_at == frozen_clock.now()
+    assert attempt_codes(event) == [500, 200]
+    assert receiver.ids() == [event.public_id, event.public_id]  # same id: receivers dedupe
+
+
+def test_receiver_down_then_up_is_delivered(frozen_clock, receiver):
+    webhook_endpoint_create(owner=OWNER, url=receiver.url)
+    receiver.down()
+    event = publish()
+
+    dispatch_events(event_ids=[event.pk])
+    delivery = delivery_of(event)
+    assert delivery.status == "pending"
+    assert delivery.last_status_code is None
+    assert "ConnectError" in delivery.last_error
+
+    receiver.up()  # the same port again
+    frozen_clock.advance(timedelta(seconds=10, milliseconds=1))
+    assert webhooks_deliver_due() == 1
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded"
+    assert attempt_codes(event) == [None, 200]
+    assert receiver.ids() == [event.public_id]
+
+
+@pytest.mark.parametrize("code", [400, 401, 404, 410])
+def test_a_client_error_fails_the_delivery_without_retries(frozen_clock, receiver, code):
+    webhook_endpoint_create(owner=OWNER, url=receiver.url)
+    receiver.answer(code)
+    event = publish(type="payment.status_changed")  # High: no immediate retries either
+
+    dispatch_events(event_ids=[event.pk])
+    delivery = delivery_of(event)
+    assert (delivery.status, delivery.attempts, delivery.next_attempt_at) == ("failed", 1, None)
+
+    frozen_clock.advance(timedelta(days=1))
+    assert webhooks_deliver_due() == 0
+    assert attempt_codes(event) == [code]
+    assert len(receiver.requests) == 1
+
+
+@pytest.mark.parametrize("code", [408, 429, 502, 503])
+def test_timeouts_rate_limits_and_server_errors_are_retried(frozen_clock, receiver, code):
+    webhook_endpoint_create(owner=OWNER, url=receiver.url)
+    receiver.answer(code)
+    event = publish()
+
+    dispatch_events(event_ids=[event.pk])
+    assert delivery_of(event).status == "pending"
+    frozen_clock.advance(timedelta(seconds=10, milliseconds=1))
+    assert webhooks_deliver_due() == 1
+    assert delivery_of(event).status == "succeeded"
+    assert attempt_codes(event) == [code, 200]
+
+
+def test_retries_back_off_and_give_up_after_the_retry_window(frozen_clock, receiver, settings):
+    settings.WEBHOOK_RETRY_FOR = timedelta(minutes=2)
+    webhook_endpoint_create(owner=OWNER, url=receiver.url)
+    receiver.default_status = 503
+    event = publish()
+
+    dispatch_events(event_ids=[event.pk])
+    waits = []
+    delivery = delivery_of(event)
+    while delivery.status == "pending":
+        waits.append(delivery.next_attempt_at - frozen_clock.now())
+        frozen_clock.set(delivery.next_attempt_at)
+        assert webhooks_deliver_due() == 1
+        delivery.refresh_from_db()
+    assert delivery.status == "gave_up"
+    assert delivery.next_attempt_at is None
+    # Exponential with full jitter: attempt n waits between half and all of 10 s * 2^(n-1).
+    for n, wait in enumerate(waits, start=1):
+        full = 10 * 2 ** (n - 1)
+        assert full / 2 <= wait.total_seconds() <= full
+    assert len(waits) >= 3
+    assert attempt_codes(event) == [503] * delivery.attempts
+
+
+# --- High priority: immediate retries -----------------------------------------------------------
+
+
+def test_high_priority_is_retried_immediately_within_one_dispatch(frozen_clock, receiver):
+    webhook_endpoint_create(owner=OWNER, url=receiver.url)
+    receiver.answer(500, 500)  # then 200
+    event = publish(type="payment.status_changed")
+    assert event.priority == "high"
+
+    assert dispatch_events(event_ids=[event.pk]) == 1  # one dispatch, no sweep, no clock change
+
+    delivery = delivery_of(event)
+    assert (delivery.status, delivery.attempts) == ("succeeded", 3)
+    assert attempt_codes(event) == [500, 500, 200]
+
+
+def test_high_priority_immediate_retries_stop_after_three(frozen_clock, receiver, settings):
+    assert settings.NOTIFY_HIGH_PRIORITY_RETRIES == 3
+    webhook_endpoint_create(owner=OWNER, url=receiver.url)
+    receiver.answer(500, 500, 500, 500)  # 1 + 3 immediate retries, all failing; then 200
+    event = publish(type="transaction.detected")
+
+    dispatch_events(event_ids=[event.pk])
+    delivery = delivery_of(event)
+    assert (delivery.status, delivery.attempts) == ("pending", 4)
+    assert delivery.next_attempt_at > frozen_clock.now()  # then the ordinary schedule
+
+    frozen_clock.set(delivery.next_attempt_at)
+    webhooks_deliver_due()
+    assert attempt_codes(event) == [500, 500, 500, 500, 200]
+
+
+def test_normal_priority_gets_no_immediate_retries(frozen_clock, receiver):
+    webhook_endpoint_create(owner=OWNER, url=receiver.url)
+    receiver.answer(500)
+    event = publish(type="payment.created")
+
+    dispatch_events(event_ids=[event.pk])
+    assert attempt_codes(event) == [500]
+    assert delivery_of(event).status == "pending"
