@@ -185,7 +185,14 @@ def deliveries_create(*, event: Event) -> list[WebhookDelivery]:
                     )
                 )
         except IntegrityError:
-            continue  # already there: another dispatcher got here first
+            # Already there. Never attempted means the dispatcher that made it died first:
+            # attempt it now rather than at the sweep (a duplicate POST is what at-least-once
+            # allows; receivers deduplicate by Webhook-Id).
+            existing = WebhookDelivery.objects.filter(
+                endpoint=endpoint, event=event, status=WebhookDelivery.Status.PENDING, attempts=0
+            ).first()
+            if existing is not None:
+                created.append(existing)
     return created
 
 
