@@ -93,13 +93,16 @@ DELIVERY_WORKERS = 8
 YIELD_EVERY = 10
 
 
-def _deliver_in_thread(delivery_id: int, immediate_retries: int) -> str:
+def _deliver_in_thread(delivery_id: int, immediate_retries: int, *, close: bool = True) -> str:
     try:
         return services.webhook_deliver(
             delivery_id=delivery_id, immediate_retries=immediate_retries
         )
     finally:
-        connections.close_all()  # this worker thread's own connections
+        if close:
+            connections.close_all()  # a short-lived thread's own connections
+        else:
+            close_old_connections()  # a pool thread keeps its connection (CONN_MAX_AGE)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -153,7 +156,7 @@ def _deliver_all(
 
             def run(delivery_id: int = delivery.pk) -> None:
                 try:
-                    _deliver_in_thread(delivery_id, immediate_retries)
+                    _deliver_in_thread(delivery_id, immediate_retries, close=False)
                 except Exception:
                     logger.exception(
                         "delivery %s failed unexpectedly; the sweep retries it", delivery_id
