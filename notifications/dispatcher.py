@@ -93,16 +93,15 @@ DELIVERY_WORKERS = 8
 YIELD_EVERY = 10
 
 
-def _deliver_in_thread(delivery_id: int, immediate_retries: int, *, close: bool = True) -> str:
+def _deliver_in_thread(delivery_id: int, immediate_retries: int) -> str:
     try:
         return services.webhook_deliver(
             delivery_id=delivery_id, immediate_retries=immediate_retries
         )
     finally:
-        if close:
-            connections.close_all()  # a short-lived thread's own connections
-        else:
-            close_old_connections()  # a pool thread keeps its connection (CONN_MAX_AGE)
+        # Closed after each delivery: an idle pool thread holding a connection would pin it
+        # (and keep a test database from being dropped); reconnecting costs a few ms.
+        connections.close_all()
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -156,7 +155,7 @@ def _deliver_all(
 
             def run(delivery_id: int = delivery.pk) -> None:
                 try:
-                    _deliver_in_thread(delivery_id, immediate_retries, close=False)
+                    _deliver_in_thread(delivery_id, immediate_retries)
                 except Exception:
                     logger.exception(
                         "delivery %s failed unexpectedly; the sweep retries it", delivery_id
