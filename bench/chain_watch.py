@@ -46,37 +46,20 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from scratch import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    create_database,
+    drop_database,
+    with_database,
+)
+from scratch import setup_django as scratch_setup_django
+
 CHAIN = "ethereum"
 TRANSFER_GAS = 21_000
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def create_database(server_url: str, name: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def drop_database(server_url: str, name: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 def setup_django(
@@ -90,36 +73,16 @@ def setup_django(
             "nodes": [anvil_url],
         }
     }
-    os.environ.update(
+    scratch_setup_django(
+        database_url,
+        redis_url,
+        redis_prefix,
         {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "DJANGO_SETTINGS_MODULE": "cryptopay.settings",
-            "DEBUG": "0",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "SECURE_SSL_REDIRECT": "0",
-            "LOG_LEVEL": "WARNING",
-            "CACHE_KEY_PREFIX": redis_prefix,
-            "CRYPTOPAY_BREAKER_KEY_PREFIX": f"{redis_prefix}:breaker",
-            "CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX": f"{redis_prefix}:idempotency",
-            # Event ids the services queue for notifications: under this run's prefix, deleted
-            # at the end, never in a shared queue.
-            "CRYPTOPAY_NOTIFY_REDIS_PREFIX": f"{redis_prefix}:notify",
             "CRYPTOPAY_CHAINS": json.dumps(chains),
-            # Priced from the static rates, as in the tests: no exchange is asked.
-            "CRYPTOPAY_RATE_PROVIDERS": "",
-            "CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK": "1",
             # Real derived addresses only: a dev-chain address would be skipped by the watcher.
             "CRYPTOPAY_DEV_CHAIN": "0",
-        }
+        },
     )
-    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key-" + "x" * 40)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
     # 1,000 unpaid addresses in a row is the point of the bench, not a wallet problem.
     logging.getLogger("payments.addresses").setLevel(logging.ERROR)
     for name in ("resilience.breaker", "notifications.queues"):

@@ -35,64 +35,24 @@ import types
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-URLCONF = "bench_idempotency_urls"
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def create_database(server_url: str, name: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def drop_database(server_url: str, name: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+from scratch import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    create_database,
+    drop_database,
+    with_database,
+)
+from scratch import setup_django as scratch_setup_django
 
 
 def setup_django(database_url: str, redis_url: str, redis_prefix: str) -> None:
-    os.environ.update(
-        {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "DJANGO_SETTINGS_MODULE": "cryptopay.settings",
-            "DEBUG": "0",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "SECURE_SSL_REDIRECT": "0",
-            "LOG_LEVEL": "WARNING",
-            "CACHE_KEY_PREFIX": redis_prefix,
-            "CRYPTOPAY_BREAKER_KEY_PREFIX": f"{redis_prefix}:breaker",
-            "CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX": f"{redis_prefix}:idempotency",
-            # Priced from the static rates, as in the tests: no exchange is asked.
-            "CRYPTOPAY_RATE_PROVIDERS": "",
-            "CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK": "1",
-            "CRYPTOPAY_DEV_CHAIN": "1",
-        }
-    )
-    os.environ.setdefault("SECRET_KEY", "bench-only-secret-key-" + "x" * 40)
-    import django
+    scratch_setup_django(database_url, redis_url, redis_prefix, {"CRYPTOPAY_DEV_CHAIN": "1"})
 
-    django.setup()
-    from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
+URLCONF = "bench_idempotency_urls"
 
 
 def install_urlconf() -> None:
