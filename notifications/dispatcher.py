@@ -84,8 +84,14 @@ def _channels_send(event: Event) -> None:
     groups = [f"merchant.{event.owner}"] if event.owner else []
     if event.subject.startswith("pay_"):
         groups.append(f"payment.{event.subject}")
+    if groups:
+        async_to_sync(_group_send_all)(layer, groups, message)
+
+
+async def _group_send_all(layer, groups: list[str], message: dict) -> None:  # type: ignore[no-untyped-def]
+    # One event loop round trip for all groups: each async_to_sync call costs a few ms.
     for group in groups:
-        async_to_sync(layer.group_send)(group, message)
+        await layer.group_send(group, message)
 
 
 DELIVERY_WORKERS = 8
