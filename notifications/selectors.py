@@ -5,31 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
 
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404
 
+from cryptopay.pagination import Page
+from cryptopay.pagination import after as _after
+from cryptopay.pagination import page_of as _page
 from notifications.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    has_more: bool
-
-
-def _page(qs: QuerySet, *, limit: int) -> Page:
-    rows = list(qs[: limit + 1])
-    return Page(items=rows[:limit], has_more=len(rows) > limit)
-
-
-def _after(cursor_created_at: datetime, cursor_pk: int) -> Q:
-    """Keyset condition for newest-first pages ordered by (created_at, id) descending."""
-    return Q(created_at__lt=cursor_created_at) | Q(created_at=cursor_created_at, pk__lt=cursor_pk)
-
 
 # --- endpoints ----------------------------------------------------------------------------------
 

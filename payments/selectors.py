@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404
 
+from cryptopay.pagination import Page, newest_first
 from payments.models import Merchant, Payment
 
 
@@ -26,19 +27,13 @@ class PaymentFilters:
     created_lt: datetime | None = None
 
 
-@dataclass(frozen=True)
-class PaymentPage:
-    items: list[Payment]
-    has_more: bool
-
-
 def payment_list(
     *,
     merchant: Merchant,
     filters: PaymentFilters,
     limit: int,
     starting_after: str | None = None,
-) -> PaymentPage:
+) -> Page[Payment]:
     """Newest first; ``starting_after`` is the id of the last payment of the previous page.
 
     A keyset cursor on (created_at, id) stays correct while payments are being created.
@@ -52,10 +47,8 @@ def payment_list(
         qs = qs.filter(created_at__gte=filters.created_gte)
     if filters.created_lt:
         qs = qs.filter(created_at__lt=filters.created_lt)
+    cursor = None
     if starting_after:
-        cursor = payment_get(merchant=merchant, public_id=starting_after)
-        qs = qs.filter(
-            Q(created_at__lt=cursor.created_at) | Q(created_at=cursor.created_at, id__lt=cursor.id)
-        )
-    rows = list(qs.order_by("-created_at", "-id")[: limit + 1])
-    return PaymentPage(items=rows[:limit], has_more=len(rows) > limit)
+        found = payment_get(merchant=merchant, public_id=starting_after)
+        cursor = (found.created_at, found.pk)
+    return newest_first(qs, limit=limit, cursor=cursor)
