@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from django.db.models import Q, QuerySet
+from rest_framework import serializers
+from rest_framework.response import Response
 
 T = TypeVar("T")
 
@@ -33,3 +35,21 @@ def newest_first(qs: QuerySet, *, limit: int, cursor: tuple[datetime, int] | Non
     if cursor is not None:
         qs = qs.filter(after(*cursor))
     return page_of(qs.order_by("-created_at", "-pk"), limit=limit)
+
+
+def invalid_cursor(what: str) -> serializers.ValidationError:
+    """The 400 for a ``starting_after`` that names nothing this client can see."""
+    return serializers.ValidationError(
+        {"starting_after": [serializers.ErrorDetail(f"No such {what}.", code="invalid_cursor")]}
+    )
+
+
+def list_response(page: Page, serializer_class: type[serializers.Serializer]) -> Response:
+    """The API's list body: ``{"object": "list", "data": [...], "has_more": ...}``."""
+    return Response(
+        {
+            "object": "list",
+            "data": serializer_class(page.items, many=True).data,
+            "has_more": page.has_more,
+        }
+    )

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cryptopay.api_errors import ApiError
+from cryptopay.pagination import invalid_cursor, list_response
 from notifications import selectors, services
 from notifications.api.serializers import (
     EventListSerializer,
@@ -78,12 +79,6 @@ def _url_refused() -> UrlNotAllowed:
     )
 
 
-def _invalid_cursor(what: str) -> serializers.ValidationError:
-    return serializers.ValidationError(
-        {"starting_after": [serializers.ErrorDetail(f"No such {what}.", code="invalid_cursor")]}
-    )
-
-
 def idempotent_when_keyed() -> Callable:
     """``@idempotent()`` for a request that sends an Idempotency-Key; without one, it just runs.
 
@@ -137,14 +132,8 @@ class WebhookEndpointListCreateView(APIView):
                 starting_after=query.validated_data.get("starting_after"),
             )
         except Http404:
-            raise _invalid_cursor("webhook endpoint")
-        return Response(
-            {
-                "object": "list",
-                "data": WebhookEndpointSerializer(page.items, many=True).data,
-                "has_more": page.has_more,
-            }
-        )
+            raise invalid_cursor("webhook endpoint")
+        return list_response(page, WebhookEndpointSerializer)
 
     @extend_schema(
         operation_id="webhook_endpoints_create",
@@ -282,14 +271,8 @@ class WebhookDeliveryListView(APIView):
                 starting_after=query.validated_data.get("starting_after"),
             )
         except Http404:
-            raise _invalid_cursor("delivery (event id) for this endpoint")
-        return Response(
-            {
-                "object": "list",
-                "data": WebhookDeliverySerializer(page.items, many=True).data,
-                "has_more": page.has_more,
-            }
-        )
+            raise invalid_cursor("delivery (event id) for this endpoint")
+        return list_response(page, WebhookDeliverySerializer)
 
 
 # --- events -------------------------------------------------------------------------------------
@@ -342,14 +325,8 @@ class EventListView(APIView):
                 starting_after=params.get("starting_after"),
             )
         except Http404:
-            raise _invalid_cursor("event")
-        return Response(
-            {
-                "object": "list",
-                "data": EventSerializer(page.items, many=True).data,
-                "has_more": page.has_more,
-            }
-        )
+            raise invalid_cursor("event")
+        return list_response(page, EventSerializer)
 
 
 class EventDetailView(APIView):

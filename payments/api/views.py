@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cryptopay.pagination import invalid_cursor, list_response
 from payments import selectors, services
 from payments.api.serializers import (
     ErrorSerializer,
@@ -77,20 +78,8 @@ class PaymentListCreateView(APIView):
                 starting_after=params.get("starting_after"),
             )
         except Http404:
-            raise serializers.ValidationError(
-                {
-                    "starting_after": [
-                        serializers.ErrorDetail("No such payment.", code="invalid_cursor")
-                    ]
-                }
-            )
-        return Response(
-            {
-                "object": "list",
-                "data": PaymentSerializer(page.items, many=True).data,
-                "has_more": page.has_more,
-            }
-        )
+            raise invalid_cursor("payment")
+        return list_response(page, PaymentSerializer)
 
     @extend_schema(
         operation_id="payments_create",
