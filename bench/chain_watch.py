@@ -49,22 +49,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scratch import (
-    DEFAULT_DATABASE_URL,
-    DEFAULT_REDIS_URL,
-    create_database,
-    drop_database,
-    with_database,
-)
-from scratch import setup_django as scratch_setup_django
+from scratch import scratch_environment
 
 CHAIN = "ethereum"
 TRANSFER_GAS = 21_000
 
 
-def setup_django(
-    database_url: str, redis_url: str, redis_prefix: str, anvil_url: str, confirmations: int
-) -> None:
+def chain_settings(anvil_url: str, confirmations: int) -> dict[str, str]:
     chains = {
         CHAIN: {
             "kind": "evm",
@@ -73,16 +64,14 @@ def setup_django(
             "nodes": [anvil_url],
         }
     }
-    scratch_setup_django(
-        database_url,
-        redis_url,
-        redis_prefix,
-        {
-            "CRYPTOPAY_CHAINS": json.dumps(chains),
-            # Real derived addresses only: a dev-chain address would be skipped by the watcher.
-            "CRYPTOPAY_DEV_CHAIN": "0",
-        },
-    )
+    return {
+        "CRYPTOPAY_CHAINS": json.dumps(chains),
+        # Real derived addresses only: a dev-chain address would be skipped by the watcher.
+        "CRYPTOPAY_DEV_CHAIN": "0",
+    }
+
+
+def quiet_logs() -> None:
     # 1,000 unpaid addresses in a row is the point of the bench, not a wallet problem.
     logging.getLogger("payments.addresses").setLevel(logging.ERROR)
     for name in ("resilience.breaker", "notifications.queues"):
@@ -603,34 +592,15 @@ def main() -> None:
 
     from tests.nodes import Anvil
 
-    server_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    name = f"cryptopay_chainwatch_{os.getpid()}"
-    redis_prefix = f"cryptopay-chainwatch-{os.getpid()}"
-    anvil = None
-    create_database(server_url, name)
+    # 100 plain transfers take 2.1 M gas, far below the default 30 M block gas limit; the
+    # explicit limit keeps that true whatever anvil's default becomes.
+    anvil = Anvil(automine=False, extra_args=["--gas-limit", "100000000"]).start()
     try:
-        # 100 plain transfers take 2.1 M gas, far below the default 30 M block gas limit; the
-        # explicit limit keeps that true whatever anvil's default becomes.
-        anvil = Anvil(automine=False, extra_args=["--gas-limit", "100000000"]).start()
-        setup_django(
-            with_database(server_url, name), redis_url, redis_prefix, anvil.url, args.confirmations
-        )
-        run(anvil, args)
+        with scratch_environment("chainwatch", chain_settings(anvil.url, args.confirmations)):
+            quiet_logs()
+            run(anvil, args)
     finally:
-        if anvil is not None:
-            anvil.kill()
-        if "django" in sys.modules:
-            from django.db import connections
-
-            connections.close_all()
-        drop_database(server_url, name)
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
-        stale = list(client.scan_iter(match=f"{redis_prefix}*", count=1000))
-        if stale:
-            client.delete(*stale)
+        anvil.kill()
 
 
 if __name__ == "__main__":

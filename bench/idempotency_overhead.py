@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import statistics
 import sys
 import time
@@ -38,19 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scratch import (
-    DEFAULT_DATABASE_URL,
-    DEFAULT_REDIS_URL,
-    create_database,
-    drop_database,
-    with_database,
-)
-from scratch import setup_django as scratch_setup_django
-
-
-def setup_django(database_url: str, redis_url: str, redis_prefix: str) -> None:
-    scratch_setup_django(database_url, redis_url, redis_prefix, {"CRYPTOPAY_DEV_CHAIN": "1"})
-
+from scratch import scratch_environment
 
 URLCONF = "bench_idempotency_urls"
 
@@ -112,26 +99,8 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=50)
     args = parser.parse_args()
 
-    server_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    name = f"cryptopay_bench_{os.getpid()}"
-    redis_prefix = f"cryptopay-bench-{os.getpid()}"
-    create_database(server_url, name)
-    try:
-        setup_django(with_database(server_url, name), redis_url, redis_prefix)
+    with scratch_environment("idempotency", {"CRYPTOPAY_DEV_CHAIN": "1"}):
         run(args.rounds, args.per_round)
-    finally:
-        if "django" in sys.modules:
-            from django.db import connections
-
-            connections.close_all()
-        drop_database(server_url, name)
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
-        stale = list(client.scan_iter(match=f"{redis_prefix}*", count=1000))
-        if stale:
-            client.delete(*stale)
 
 
 def run(rounds: int, per_round: int) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import threading
@@ -34,23 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scratch import (
-    DEFAULT_DATABASE_URL,
-    DEFAULT_REDIS_URL,
-    create_database,
-    drop_database,
-    with_database,
-)
-from scratch import setup_django as scratch_setup_django
+from scratch import scratch_environment
 
 MERCHANT = "mer_bench"
-
-
-def setup_django(database_url: str, redis_url: str, redis_prefix: str) -> None:
-    # The receiver listens on 127.0.0.1.
-    scratch_setup_django(
-        database_url, redis_url, redis_prefix, {"CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE": "1"}
-    )
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -58,7 +43,7 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-# --- helpers (Django imported lazily: settings come from setup_django) --------------------------
+# --- helpers (Django imported lazily: settings come from scratch_environment) --------------------------
 
 
 def clear_queues() -> None:
@@ -233,26 +218,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000, help="events per throughput run")
     args = parser.parse_args()
 
-    server_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    name = f"cryptopay_notify_{os.getpid()}"
-    redis_prefix = f"cryptopay-bench-notify-{os.getpid()}"
-    create_database(server_url, name)
-    try:
-        setup_django(with_database(server_url, name), redis_url, redis_prefix)
+    # The receiver listens on 127.0.0.1.
+    with scratch_environment("notify", {"CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE": "1"}):
         run(args)
-    finally:
-        if "django" in sys.modules:
-            from django.db import connections
-
-            connections.close_all()
-        drop_database(server_url, name)
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
-        stale = list(client.scan_iter(match=f"{redis_prefix}*", count=1000))
-        if stale:
-            client.delete(*stale)
 
 
 def run(args: argparse.Namespace) -> None:

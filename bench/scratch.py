@@ -7,6 +7,9 @@ of its own, so it never touches the data of a deployment or a test run.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
@@ -66,3 +69,29 @@ def setup_django(
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+
+
+@contextmanager
+def scratch_environment(label: str, extra: dict[str, str] | None = None) -> Iterator[None]:
+    """Create a scratch database, set Django up on it, and remove the database and this run's
+    Redis keys afterwards, whatever happens in between."""
+    server_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    name = f"cryptopay_{label}_{os.getpid()}"
+    redis_prefix = f"cryptopay-bench-{label}-{os.getpid()}"
+    create_database(server_url, name)
+    try:
+        setup_django(with_database(server_url, name), redis_url, redis_prefix, extra)
+        yield
+    finally:
+        if "django" in sys.modules:
+            from django.db import connections
+
+            connections.close_all()
+        drop_database(server_url, name)
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        stale = list(client.scan_iter(match=f"{redis_prefix}*", count=1000))
+        if stale:
+            client.delete(*stale)
