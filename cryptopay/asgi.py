@@ -11,15 +11,33 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.security.websocket import OriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
-from notifications.routing import websocket_urlpatterns  # noqa: E402
+from payments.routing import websocket_urlpatterns  # noqa: E402
+
+
+class BrowserOriginValidator(OriginValidator):
+    """Refuses WebSockets opened by pages of other sites (cross-site WebSocket hijacking of an
+    admin session). Browsers always send Origin; API clients (which authenticate with a key, not a
+    cookie) send none, and are let through."""
+
+    def valid_origin(self, parsed_origin) -> bool:  # type: ignore[no-untyped-def]
+        return parsed_origin is None or super().valid_origin(parsed_origin)
+
+
+def _allowed_origins() -> list[str]:
+    hosts = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not hosts:
+        hosts = [".localhost", "127.0.0.1", "[::1]"]
+    return hosts
+
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        "websocket": BrowserOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns)), _allowed_origins()
         ),
     }
 )

@@ -80,7 +80,8 @@ def _channels_send(event: Event) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": "event.message", "event": event.envelope()}
+    # "position": the event's place in its owner's stream (notifications/streams.py).
+    message = {"type": "event.message", "event": event.envelope(), "position": event.pk}
     groups = [f"merchant.{event.owner}"] if event.owner else []
     if event.subject.startswith("pay_"):
         groups.append(f"payment.{event.subject}")

@@ -55,6 +55,9 @@ class Event(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="event_owner_created"),
+            # Live-stream replay: a merchant's stream by position (the id), a payment's by sequence.
+            models.Index(fields=["owner", "id"], name="event_owner_position"),
+            models.Index(fields=["subject", "sequence"], name="event_subject_sequence"),
             models.Index(
                 fields=["created_at"],
                 name="event_undispatched",

@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from notifications import services
+from notifications.presence import connection_registry
 
 
 @shared_task(ignore_result=True)
@@ -15,3 +16,9 @@ def webhooks_deliver_due() -> int:
 def events_requeue_lost() -> int:
     # Idempotent: dispatching an event twice changes nothing.
     return services.events_requeue_lost()
+
+
+@shared_task(ignore_result=True)
+def websocket_connections_cleanup() -> int:
+    # Idempotent: removes only connections whose heartbeat stopped.
+    return connection_registry().cleanup()

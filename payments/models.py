@@ -28,6 +28,12 @@ def new_payment_id() -> str:
     return "pay_" + random_token(24)
 
 
+def new_checkout_token() -> str:
+    # The buyer's credential for the checkout page and its live stream: the payment id alone
+    # travels through merchant systems and logs, this token only in the checkout link.
+    return random_token(32)
+
+
 class BaseUnitsField(models.DecimalField):
     """An integer amount in a crypto currency's base units (satoshi, wei...).
 
@@ -164,6 +170,9 @@ class Payment(models.Model):
     rate_fetched_at = models.DateTimeField()
     rate_age_seconds = models.PositiveIntegerField(default=0)
 
+    checkout_token = models.CharField(
+        max_length=64, unique=True, default=new_checkout_token, editable=False
+    )
     deposit_address = models.CharField(max_length=128)
     derivation_index = models.PositiveIntegerField()
 

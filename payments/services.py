@@ -128,6 +128,9 @@ def payment_snapshot(payment: Payment) -> dict[str, Any]:
         "crypto_amount": format_base_units(amount=payment.crypto_amount, currency=currency),
         "amount_received": format_base_units(amount=payment.amount_received, currency=currency),
         "amount_confirmed": format_base_units(amount=payment.amount_confirmed, currency=currency),
+        "amount_due": format_base_units(
+            amount=max(payment.crypto_amount - payment.amount_received, 0), currency=currency
+        ),
     }
 
 

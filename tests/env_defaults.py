@@ -18,6 +18,8 @@ os.environ.setdefault("CACHE_KEY_PREFIX", f"cryptopay-test-{os.getpid()}")
 os.environ.setdefault("CRYPTOPAY_BREAKER_KEY_PREFIX", f"cryptopay-test-{os.getpid()}:breaker")
 os.environ.setdefault("CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:idem")
 os.environ.setdefault("CRYPTOPAY_NOTIFY_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:notify")
+os.environ.setdefault("CRYPTOPAY_WS_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:ws")
+os.environ.setdefault("CRYPTOPAY_CHANNELS_PREFIX", f"cryptopay-test-{os.getpid()}:asgi")
 # Webhook receivers in the tests listen on 127.0.0.1.
 os.environ.setdefault("CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE", "1")
 # No test may reach a real exchange: rate tests point providers at fakes on 127.0.0.1.

@@ -5,7 +5,7 @@
     {"litecoin": {"kind": "utxo", "currency": "LTC", "hrp": "ltc",
                   "nodes": ["http://user:pass@127.0.0.1:9332"]},
      "ethereum": {"kind": "evm", "currency": "ETH", "confirmations": 12,
-                  "nodes": ["http://127.0.0.1:8545", "http://10.0.0.2:8545"],
+                  "chain_id": 1, "nodes": ["http://127.0.0.1:8545", "http://10.0.0.2:8545"],
                   "tokens": {"USDC": {"address": "0xA0b8...", "decimals": 6}}}}
 
 Nodes are in failover order. ``hrp`` is the bech32 prefix of the network (bc/tb/bcrt for Bitcoin,
@@ -39,6 +39,8 @@ class ChainConfig:
     tokens: dict[str, Token] = field(default_factory=dict)
     # How many blocks back a reorg is looked for; deeper ones need an operator.
     reorg_depth: int = 100
+    # EIP-155 chain id of an EVM chain, put in EIP-681 payment links so wallets pick the network.
+    chain_id: int | None = None
 
     @property
     def currencies(self) -> list[str]:
@@ -67,6 +69,7 @@ def chains() -> dict[str, ChainConfig]:
                 confirmations=int(raw.get("confirmations", 12)),
                 tokens=tokens,
                 reorg_depth=int(raw.get("reorg_depth", 100)),
+                chain_id=int(raw["chain_id"]) if raw.get("chain_id") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ImproperlyConfigured(

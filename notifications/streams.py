@@ -1,0 +1,321 @@
+"""Live event streams over WebSockets: the consumer base, the per-user cap and missed-message replay.
+
+A stream is a slice of the event outbox: one subject's events (a payment's, positioned by their
+gapless per-subject ``sequence``) or one owner's events (a merchant's, positioned by the outbox id,
+which grows but interleaves with other owners'). Apps subclass ``EventStreamConsumer`` and say who
+may read which stream (``authorize``); this module does the rest.
+
+Protocol (JSON text frames):
+
+* server → client
+  ``{"type": "subscribed", "stream": …, "position": P}`` once authorized; P is the stream's latest
+  position, or the one the client resumed from. Then replayed and live events, each
+  ``{"type": "event", "position": P, "event": {…envelope…}}``; a subject stream's events arrive in
+  order without gaps or repeats, an owner stream's without repeats.
+  ``{"type": "refetch", "reason": "gap_too_large" | "history_expired", "position": P, "url": …}``
+  when the gap cannot be replayed: read the current state over REST, then carry on from P.
+* client → server
+  ``{"type": "resume", "after": P}`` (or ``?after=P`` on the URL) replays what came after P;
+  ``{"type": "ping"}`` is answered with ``{"type": "pong"}``.
+
+Close codes, after the handshake is accepted so browsers can read them (REFERENCE.md §6: Centrifugo
+reserves 4000-4499 for "may reconnect" and 4500-4999 for "do not reconnect"):
+
+=====  ====================  =================================================================
+4400   bad_request           a malformed resume position; fix the client and reconnect
+4501   unauthenticated       no credentials (checkout token, API key or session); do not retry
+4503   forbidden             the credentials do not grant this stream; do not retry
+4509   connection_limit      the same user opened more than the cap; this, the oldest, is closed
+=====  ====================  =================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from notifications.models import Event
+from notifications.presence import CONNECTIONS, connection_registry
+from resilience import clock
+
+logger = logging.getLogger(__name__)
+
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHENTICATED = 4501
+CLOSE_FORBIDDEN = 4503
+CLOSE_CONNECTION_LIMIT = 4509
+
+
+class StreamDenied(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What a connection reads: its Channels group and its slice of the event outbox."""
+
+    name: str  # shown to the client, e.g. "payment:pay_…"
+    group: str  # the Channels group the dispatcher sends to
+    owner: str  # events must belong to this owner (a merchant's public id)
+    subject: str = ""  # set: one subject's stream, positioned by sequence; empty: by outbox id
+    refetch_url: str = ""
+
+    @property
+    def by_sequence(self) -> bool:
+        return bool(self.subject)
+
+    def position(self, message: dict[str, Any]) -> int:
+        return int(message["event"]["sequence"] if self.by_sequence else message["position"])
+
+
+@dataclass(frozen=True)
+class StreamAccess:
+    user: str  # whose connection this is, for the per-user cap ("merchant:…", "user:…", …)
+    stream: Stream
+
+
+@dataclass(frozen=True)
+class Replay:
+    events: list[tuple[int, dict[str, Any]]]
+    latest: int
+    refetch: str = ""  # why the gap cannot be replayed, if it cannot
+
+
+def _events(stream: Stream):  # type: ignore[no-untyped-def]
+    events = Event.objects.filter(owner=stream.owner)
+    return events.filter(subject=stream.subject) if stream.by_sequence else events
+
+
+def stream_latest_position(*, stream: Stream) -> int:
+    field = "sequence" if stream.by_sequence else "pk"
+    latest = _events(stream).order_by(f"-{field}").values_list(field, flat=True).first()
+    return latest or 0
+
+
+def stream_replay(
+    *, stream: Stream, after: int, upto: int | None = None, limit: int | None = None
+) -> Replay:
+    """The events after position ``after`` (up to ``upto``), or why they cannot be replayed."""
+    limit = settings.WEBSOCKET_REPLAY_LIMIT if limit is None else limit
+    field = "sequence" if stream.by_sequence else "pk"
+    events = _events(stream).filter(**{f"{field}__gt": after})
+    if upto is not None:
+        events = events.filter(**{f"{field}__lt": upto})
+    rows = list(events.order_by(field)[: limit + 1])
+    latest = stream_latest_position(stream=stream)
+    if len(rows) > limit:
+        return Replay(events=[], latest=latest, refetch="gap_too_large")
+    window: timedelta = settings.WEBSOCKET_REPLAY_WINDOW
+    if rows and rows[0].created_at < clock.now() - window:
+        return Replay(events=[], latest=latest, refetch="history_expired")
+    return Replay(
+        events=[(getattr(row, field), row.envelope()) for row in rows], latest=max(latest, after)
+    )
+
+
+def _query_param(scope: dict[str, Any], name: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[0] if values else None
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class EventStreamConsumer(AsyncJsonWebsocketConsumer):
+    """Base of the live streams; subclasses implement ``authorize`` (runs in a thread)."""
+
+    stream_kind = "stream"
+    access: StreamAccess | None = None
+
+    def authorize(self) -> StreamAccess:
+        raise NotImplementedError
+
+    # helpers for subclasses
+    def query_param(self, name: str) -> str | None:
+        return _query_param(self.scope, name)
+
+    def header(self, name: bytes) -> str | None:
+        return _header(self.scope, name)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self.accept()
+        after = self.query_param("after")
+        if after is not None and not after.isdigit():
+            await self.close(code=CLOSE_BAD_REQUEST, reason="after must be a stream position")
+            return
+        try:
+            access = await database_sync_to_async(self.authorize)()
+        except StreamDenied as denied:
+            logger.info("websocket %s refused: %s", self.stream_kind, denied.reason)
+            await self.close(code=denied.code, reason=denied.reason)
+            return
+        self.access = access
+        self.position: int | None = None
+        self.recent: deque[int] = deque(maxlen=1000)
+        registry = connection_registry()
+        evicted = await sync_to_async(registry.register, thread_sensitive=False)(
+            user=access.user, connection=self.channel_name
+        )
+        CONNECTIONS.labels(stream=self.stream_kind).inc()
+        _live[self.channel_name] = self
+        for name in evicted:
+            await self._evict(name)
+        await self.channel_layer.group_add(access.stream.group, self.channel_name)
+        self.heartbeat = asyncio.create_task(self._heartbeat())
+        await self._subscribe(after=int(after) if after is not None else None)
+
+    async def disconnect(self, code: int) -> None:
+        if self.access is None:
+            return
+        if getattr(self, "heartbeat", None):
+            self.heartbeat.cancel()
+        if _live.pop(self.channel_name, None) is not None:
+            CONNECTIONS.labels(stream=self.stream_kind).dec()
+        await sync_to_async(connection_registry().unregister, thread_sensitive=False)(
+            user=self.access.user, connection=self.channel_name
+        )
+        try:
+            await self.channel_layer.group_discard(self.access.stream.group, self.channel_name)
+        except Exception as exc:
+            logger.info("websocket group_discard failed: %s", exc)
+        self.access = None
+
+    async def _heartbeat(self) -> None:
+        registry = connection_registry()
+        interval = settings.WEBSOCKET_HEARTBEAT.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            if self.access is None:
+                return
+            await sync_to_async(registry.refresh, thread_sensitive=False)(
+                user=self.access.user, connection=self.channel_name
+            )
+
+    async def _evict(self, name: str) -> None:
+        local = _live.get(name)
+        if local is not None:
+            await local.connection_evict({"type": "connection.evict"})
+            return
+        try:
+            await self.channel_layer.send(name, {"type": "connection.evict"})
+        except Exception as exc:
+            logger.info("websocket eviction of %s not delivered: %s", name, exc)
+
+    async def connection_evict(self, message: dict[str, Any]) -> None:
+        if self.access is None:
+            return
+        logger.info("websocket of %s evicted: connection limit", self.access.user)
+        await self.close(
+            code=CLOSE_CONNECTION_LIMIT,
+            reason=f"connection_limit: more than {settings.WEBSOCKET_MAX_CONNECTIONS_PER_USER} "
+            "connections for this user; this, the oldest, is closed",
+        )
+        await self.disconnect(CLOSE_CONNECTION_LIMIT)
+
+    # --- replay and live events ---------------------------------------------------------------
+
+    async def _subscribe(self, *, after: int | None) -> None:
+        assert self.access is not None
+        stream = self.access.stream
+        if after is None:
+            self.position = await database_sync_to_async(stream_latest_position)(stream=stream)
+            await self.send_json(
+                {"type": "subscribed", "stream": stream.name, "position": self.position}
+            )
+            return
+        replay = await database_sync_to_async(stream_replay)(stream=stream, after=after)
+        if replay.refetch:
+            self.position = replay.latest
+            await self.send_json({"type": "subscribed", "stream": stream.name, "position": after})
+            await self.send_json(
+                {
+                    "type": "refetch",
+                    "reason": replay.refetch,
+                    "position": replay.latest,
+                    "url": stream.refetch_url,
+                }
+            )
+            return
+        self.position = after
+        await self.send_json({"type": "subscribed", "stream": stream.name, "position": after})
+        for position, envelope in replay.events:
+            await self._send_event(position, envelope)
+
+    async def _send_event(self, position: int, envelope: dict[str, Any]) -> None:
+        if position in self.recent:
+            return
+        if self.access is not None and self.access.stream.by_sequence:
+            if self.position is not None and position <= self.position:
+                return
+        self.recent.append(position)
+        self.position = position if self.position is None else max(self.position, position)
+        await self.send_json({"type": "event", "position": position, "event": envelope})
+
+    async def event_message(self, message: dict[str, Any]) -> None:
+        """A live event from the dispatcher (group message type ``event.message``)."""
+        if self.access is None:
+            return
+        stream = self.access.stream
+        position = stream.position(message)
+        if stream.by_sequence and self.position is not None and position > self.position + 1:
+            # Events are dispatched by priority, so a later one can overtake an earlier one:
+            # every earlier one is committed already, so fill the gap from the outbox first.
+            replay = await database_sync_to_async(stream_replay)(
+                stream=stream, after=self.position, upto=position
+            )
+            for earlier, envelope in replay.events:
+                await self._send_event(earlier, envelope)
+        await self._send_event(position, message["event"])
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if self.access is None:
+            return
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "ping":
+            await self.send_json({"type": "pong"})
+        elif kind == "resume":
+            after = content.get("after")
+            if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+                await self.send_json(
+                    {"type": "error", "code": "bad_request", "message": "after must be a position"}
+                )
+                return
+            self.position = after
+            self.recent.clear()
+            await self._subscribe(after=after)
+        else:
+            await self.send_json(
+                {"type": "error", "code": "unknown_message", "message": "expected ping or resume"}
+            )
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        try:
+            await super().receive(text_data=text_data, bytes_data=bytes_data, **kwargs)
+        except ValueError:
+            await self.send_json({"type": "error", "code": "bad_json", "message": "send JSON text"})
+
+
+# The consumers of this process by channel name: an eviction of one of them needs no channel layer
+# (which is Redis, and may be what is down).
+_live: dict[str, EventStreamConsumer] = {}

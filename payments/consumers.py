@@ -1,0 +1,107 @@
+"""Who may read which live stream: a buyer their payment's, a merchant (or staff) a merchant's.
+
+The streaming itself (cap, heartbeat, replay, close codes) is ``notifications.streams``.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from django.utils.crypto import constant_time_compare
+from rest_framework import exceptions
+from rest_framework.request import Request
+
+from notifications.streams import (
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHENTICATED,
+    EventStreamConsumer,
+    Stream,
+    StreamAccess,
+    StreamDenied,
+)
+from payments.auth import ApiKeyAuthentication
+from payments.models import ApiKeyScope, Merchant, Payment
+
+
+class PaymentStreamConsumer(EventStreamConsumer):
+    """``/ws/payments/<id>/?token=<checkout token>``: one payment's events, for its buyer."""
+
+    stream_kind = "payment"
+
+    def authorize(self) -> StreamAccess:
+        token = self.query_param("token")
+        if not token:
+            raise StreamDenied(CLOSE_UNAUTHENTICATED, "unauthenticated: checkout token required")
+        payment_id = self.scope["url_route"]["kwargs"]["payment_id"]
+        payment = Payment.objects.select_related("merchant").filter(public_id=payment_id).first()
+        # The same answer for an unknown payment and a wrong token: ids are not confirmed.
+        if payment is None or not constant_time_compare(payment.checkout_token, token):
+            raise StreamDenied(CLOSE_FORBIDDEN, "forbidden: no such payment for this token")
+        return StreamAccess(
+            # A checkout link is one buyer: the cap bounds the tabs (or scripts) it can hold open.
+            user=f"payment:{payment.public_id}",
+            stream=Stream(
+                name=f"payment:{payment.public_id}",
+                group=f"payment.{payment.public_id}",
+                owner=payment.merchant.public_id,
+                subject=payment.public_id,
+                refetch_url=f"/pay/{payment.public_id}/status",
+            ),
+        )
+
+
+class MerchantStreamConsumer(EventStreamConsumer):
+    """``/ws/merchant/``: every event of a merchant.
+
+    With ``Authorization: Bearer <api key>`` (a key with ``payments:read``) it is the key's
+    merchant; with an admin session (staff) it is the merchant named by ``?merchant=mer_…``.
+    """
+
+    stream_kind = "merchant"
+
+    def authorize(self) -> StreamAccess:
+        if self.header(b"authorization"):
+            merchant, user = self._by_api_key()
+        else:
+            merchant, user = self._by_session()
+        return StreamAccess(
+            user=user,
+            stream=Stream(
+                name=f"merchant:{merchant.public_id}",
+                group=f"merchant.{merchant.public_id}",
+                owner=merchant.public_id,
+                refetch_url="/api/v1/events",
+            ),
+        )
+
+    def _by_api_key(self) -> tuple[Merchant, str]:
+        request = HttpRequest()
+        request.META["HTTP_AUTHORIZATION"] = self.header(b"authorization") or ""
+        client_address = self.scope.get("client") or ("", 0)
+        request.META["REMOTE_ADDR"] = client_address[0] or ""
+        try:
+            result = ApiKeyAuthentication().authenticate(Request(request))
+        except exceptions.APIException as failed:
+            raise StreamDenied(
+                CLOSE_UNAUTHENTICATED, f"unauthenticated: {failed.detail}"
+            ) from failed
+        if result is None:
+            raise StreamDenied(CLOSE_UNAUTHENTICATED, "unauthenticated: use a Bearer API key")
+        client, _ = result
+        if not client.has_scope(ApiKeyScope.PAYMENTS_READ):
+            raise StreamDenied(CLOSE_FORBIDDEN, "forbidden: the key lacks payments:read")
+        # The merchant is the account: its keys share one cap.
+        return client.merchant, f"merchant:{client.merchant.public_id}"
+
+    def _by_session(self) -> tuple[Merchant, str]:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            raise StreamDenied(
+                CLOSE_UNAUTHENTICATED, "unauthenticated: sign in to the admin or use an API key"
+            )
+        if not (user.is_active and user.is_staff):
+            raise StreamDenied(CLOSE_FORBIDDEN, "forbidden: staff only")
+        merchant_id = self.query_param("merchant") or ""
+        merchant = Merchant.objects.filter(public_id=merchant_id).first()
+        if merchant is None:
+            raise StreamDenied(CLOSE_FORBIDDEN, "forbidden: name an existing ?merchant=mer_…")
+        return merchant, f"user:{user.pk}"

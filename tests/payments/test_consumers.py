@@ -1,0 +1,376 @@
+"""Live streams through the real ASGI application, channels-redis and PostgreSQL.
+
+Each scenario is a coroutine run on its own event loop; the consumers' database work runs in
+threads, so the tests are transactional (data committed, as in production).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db import connections
+from django.test import Client
+
+from cryptopay.asgi import application
+from notifications.dispatcher import dispatch_events
+from notifications.models import Event
+from notifications.presence import connection_registry
+from notifications.streams import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_CONNECTION_LIMIT,
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHENTICATED,
+)
+from payments.models import ApiKeyScope, Payment
+from payments.services import payment_transition
+from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(scenario) -> None:  # type: ignore[no-untyped-def]
+    async def scenario_then_close_connections():  # type: ignore[no-untyped-def]
+        try:
+            await asyncio.wait_for(scenario, timeout=30)
+        finally:
+            # The consumers' database thread keeps a connection; the test database must drop.
+            await sync_to_async(connections.close_all)()
+
+    asyncio.run(scenario_then_close_connections())
+
+
+async def open_socket(path: str, headers: list[tuple[bytes, bytes]] | None = None):  # type: ignore[no-untyped-def]
+    communicator = WebsocketCommunicator(application, path, headers=headers or [])
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected, "the handshake is accepted before any check, so browsers see close codes"
+    return communicator
+
+
+async def closed_with(communicator) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    message = await communicator.receive_output(timeout=5)
+    assert message["type"] == "websocket.close", message
+    return message.get("code"), message.get("reason", "")
+
+
+def checkout_path(payment: Payment, **params: object) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"token": payment.checkout_token, **params}.items())
+    return f"/ws/payments/{payment.public_id}/?{query}"
+
+
+@sync_to_async
+def change_status(payment: Payment, to_status: str) -> Event:
+    payment_transition(
+        payment=Payment.objects.get(pk=payment.pk), to_status=to_status, reason="test"
+    )
+    return Event.objects.filter(subject=payment.public_id).order_by("-sequence").first()
+
+
+@sync_to_async
+def dispatch(*events: Event) -> None:
+    for event in events:
+        dispatch_events(event_ids=[event.pk])
+
+
+async def events_received(communicator, count: int) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [await communicator.receive_json_from(timeout=5) for _ in range(count)]
+
+
+# --- authorization ----------------------------------------------------------------------------
+
+
+def test_given_no_checkout_token_when_connecting_then_closed_unauthenticated():
+    payment = make_payment()
+
+    async def scenario():
+        socket = await open_socket(f"/ws/payments/{payment.public_id}/")
+        assert (await closed_with(socket))[0] == CLOSE_UNAUTHENTICATED
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("which", ["wrong token", "unknown payment"])
+def test_given_a_wrong_token_or_unknown_payment_when_connecting_then_closed_forbidden(which):
+    payment = make_payment()
+    path = (
+        f"/ws/payments/{payment.public_id}/?token=not-the-token"
+        if which == "wrong token"
+        else f"/ws/payments/pay_doesnotexist/?token={payment.checkout_token}"
+    )
+
+    async def scenario():
+        code, reason = await closed_with(await open_socket(path))
+        assert code == CLOSE_FORBIDDEN
+        assert reason.startswith("forbidden")
+
+    run(scenario())
+
+
+def test_given_a_malformed_resume_position_when_connecting_then_closed_bad_request():
+    payment = make_payment()
+
+    async def scenario():
+        socket = await open_socket(checkout_path(payment, after="x"))
+        assert (await closed_with(socket))[0] == CLOSE_BAD_REQUEST
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ([], CLOSE_UNAUTHENTICATED),
+        ([(b"authorization", b"Bearer cpk_not_a_real_key")], CLOSE_UNAUTHENTICATED),
+        ([(b"authorization", b"Basic abc")], CLOSE_UNAUTHENTICATED),
+    ],
+)
+def test_given_missing_or_bad_api_key_when_opening_merchant_stream_then_unauthenticated(
+    headers, code
+):
+    async def scenario():
+        assert (await closed_with(await open_socket("/ws/merchant/", headers)))[0] == code
+
+    run(scenario())
+
+
+def test_given_a_key_without_payments_read_when_opening_merchant_stream_then_forbidden():
+    _, secret = ApiKeyFactory.create_with_secret(scopes=[ApiKeyScope.WEBHOOKS_MANAGE])
+
+    async def scenario():
+        socket = await open_socket(
+            "/ws/merchant/", [(b"authorization", f"Bearer {secret}".encode())]
+        )
+        assert (await closed_with(socket))[0] == CLOSE_FORBIDDEN
+
+    run(scenario())
+
+
+def _session_cookie(*, staff: bool) -> bytes:
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(
+        username=f"user{staff}", password="x" * 12, is_staff=staff
+    )
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+def test_given_a_non_staff_session_when_opening_merchant_stream_then_forbidden():
+    merchant = MerchantFactory()
+    cookie = _session_cookie(staff=False)
+
+    async def scenario():
+        socket = await open_socket(
+            f"/ws/merchant/?merchant={merchant.public_id}", [(b"cookie", cookie)]
+        )
+        assert (await closed_with(socket))[0] == CLOSE_FORBIDDEN
+
+    run(scenario())
+
+
+def test_given_a_staff_session_when_opening_a_merchant_stream_then_it_receives_that_merchants_events():
+    merchant = MerchantFactory()
+    other = MerchantFactory()
+    cookie = _session_cookie(staff=True)
+    mine = make_payment(merchant=merchant)
+    theirs = make_payment(merchant=other)
+
+    async def scenario():
+        socket = await open_socket(
+            f"/ws/merchant/?merchant={merchant.public_id}", [(b"cookie", cookie)]
+        )
+        subscribed = await socket.receive_json_from(timeout=5)
+        assert subscribed["type"] == "subscribed"
+        assert subscribed["stream"] == f"merchant:{merchant.public_id}"
+        their_event = await change_status(theirs, "expired")
+        my_event = await change_status(mine, "processing")
+        await dispatch(their_event, my_event)
+
+        message = await socket.receive_json_from(timeout=5)
+
+        assert message["type"] == "event"
+        assert message["event"]["id"] == my_event.public_id
+        assert message["position"] == my_event.pk
+        assert await socket.receive_nothing(timeout=0.3)
+        await socket.disconnect()
+
+    run(scenario())
+
+
+# --- live events, ordering and replay ----------------------------------------------------------
+
+
+def test_given_a_buyer_connected_when_the_status_changes_then_the_event_arrives_with_its_position():
+    payment = make_payment()
+
+    async def scenario():
+        socket = await open_socket(checkout_path(payment))
+        subscribed = await socket.receive_json_from(timeout=5)
+        assert subscribed == {
+            "type": "subscribed",
+            "stream": f"payment:{payment.public_id}",
+            "position": 1,
+        }
+
+        await dispatch(await change_status(payment, "processing"))
+
+        message = await socket.receive_json_from(timeout=5)
+        assert message["type"] == "event"
+        assert message["position"] == 2
+        assert message["event"]["data"]["payment"]["status"] == "processing"
+        await socket.send_json_to({"type": "ping"})
+        assert await socket.receive_json_from(timeout=5) == {"type": "pong"}
+        await socket.disconnect()
+
+    run(scenario())
+
+
+def test_given_events_dispatched_out_of_order_then_the_buyer_gets_each_once_in_order():
+    payment = make_payment()
+
+    async def scenario():
+        socket = await open_socket(checkout_path(payment))
+        await socket.receive_json_from(timeout=5)
+        second = await change_status(payment, "processing")
+        third = await change_status(payment, "settled")
+
+        await dispatch(third, second)  # a High event overtaking a Normal one
+
+        received = await events_received(socket, 2)
+        assert [m["position"] for m in received] == [2, 3]
+        assert [m["event"]["id"] for m in received] == [second.public_id, third.public_id]
+        assert await socket.receive_nothing(timeout=0.3)
+        await socket.disconnect()
+
+    run(scenario())
+
+
+def test_given_a_reconnect_after_position_1_then_the_gap_is_replayed_exactly_in_order_then_live():
+    payment = make_payment()
+    missed = []
+    for status in ("processing", "pending", "processing"):
+        payment_transition(
+            payment=Payment.objects.get(pk=payment.pk), to_status=status, reason="test"
+        )
+    missed = list(
+        Event.objects.filter(subject=payment.public_id, sequence__gt=1).order_by("sequence")
+    )
+    assert [e.sequence for e in missed] == [2, 3, 4]
+
+    async def scenario():
+        socket = await open_socket(checkout_path(payment, after=1))
+        assert (await socket.receive_json_from(timeout=5))["position"] == 1
+        replayed = await events_received(socket, 3)
+        assert [(m["position"], m["event"]["id"]) for m in replayed] == [
+            (e.sequence, e.public_id) for e in missed
+        ]
+        # The dispatcher delivering an already replayed event does not repeat it.
+        await dispatch(missed[-1])
+        live = await change_status(payment, "settled")
+        await dispatch(live)
+        message = await socket.receive_json_from(timeout=5)
+        assert (message["position"], message["event"]["id"]) == (5, live.public_id)
+        assert await socket.receive_nothing(timeout=0.3)
+        await socket.disconnect()
+
+    run(scenario())
+
+
+def test_given_a_resume_message_then_the_stream_replays_after_that_position():
+    payment = make_payment()
+    payment_transition(
+        payment=Payment.objects.get(pk=payment.pk), to_status="processing", reason="test"
+    )
+
+    async def scenario():
+        socket = await open_socket(checkout_path(payment))
+        assert (await socket.receive_json_from(timeout=5))["position"] == 2
+        await socket.send_json_to({"type": "resume", "after": 0})
+        assert (await socket.receive_json_from(timeout=5))["type"] == "subscribed"
+        assert [m["position"] for m in await events_received(socket, 2)] == [1, 2]
+        await socket.send_json_to({"type": "resume", "after": "1"})
+        assert (await socket.receive_json_from(timeout=5))["code"] == "bad_request"
+        await socket.disconnect()
+
+    run(scenario())
+
+
+def test_given_a_gap_larger_than_the_replay_limit_then_the_client_is_told_to_refetch(settings):
+    settings.WEBSOCKET_REPLAY_LIMIT = 2
+    payment = make_payment()
+    for status in ("processing", "pending", "processing"):
+        payment_transition(
+            payment=Payment.objects.get(pk=payment.pk), to_status=status, reason="test"
+        )
+
+    async def scenario():
+        socket = await open_socket(checkout_path(payment, after=0))
+        await socket.receive_json_from(timeout=5)
+        refetch = await socket.receive_json_from(timeout=5)
+        assert refetch == {
+            "type": "refetch",
+            "reason": "gap_too_large",
+            "position": 4,
+            "url": f"/pay/{payment.public_id}/status",
+        }
+        await socket.disconnect()
+
+    run(scenario())
+
+
+def test_given_a_gap_older_than_the_replay_window_then_the_client_is_told_to_refetch(frozen_clock):
+    payment = make_payment()
+    frozen_clock.advance(timedelta(hours=2))
+
+    async def scenario():
+        socket = await open_socket(checkout_path(payment, after=0))
+        await socket.receive_json_from(timeout=5)
+        refetch = await socket.receive_json_from(timeout=5)
+        assert (refetch["type"], refetch["reason"]) == ("refetch", "history_expired")
+        await socket.disconnect()
+
+    run(scenario())
+
+
+# --- the per-user cap ----------------------------------------------------------------------------
+
+
+def test_given_five_connections_of_one_merchant_when_a_sixth_opens_then_the_first_is_evicted(
+    settings,
+):
+    settings.WEBSOCKET_MAX_CONNECTIONS_PER_USER = 5
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    auth = [(b"authorization", f"Bearer {secret}".encode())]
+    before = connection_registry().stats().evictions_total
+
+    async def scenario():
+        sockets = []
+        for _ in range(5):
+            socket = await open_socket("/ws/merchant/", auth)
+            await socket.receive_json_from(timeout=5)
+            sockets.append(socket)
+        assert all(await asyncio.gather(*(s.receive_nothing(timeout=0.1) for s in sockets)))
+
+        sixth = await open_socket("/ws/merchant/", auth)
+        assert (await sixth.receive_json_from(timeout=5))["type"] == "subscribed"
+
+        code, reason = await closed_with(sockets[0])
+        assert code == CLOSE_CONNECTION_LIMIT
+        assert reason.startswith("connection_limit")
+        for socket in [*sockets[1:], sixth]:
+            await socket.send_json_to({"type": "ping"})
+            assert await socket.receive_json_from(timeout=5) == {"type": "pong"}
+        stats = await sync_to_async(connection_registry().stats)()
+        assert stats.per_user[f"merchant:{merchant.public_id}"] == 5
+        assert stats.evictions_total == before + 1
+        for socket in [*sockets[1:], sixth]:
+            await socket.disconnect()
+        stats = await sync_to_async(connection_registry().stats)()
+        assert f"merchant:{merchant.public_id}" not in stats.per_user
+
+    run(scenario())
