@@ -123,6 +123,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "health_check",
     "cryptopay",
     "resilience",
     "notifications",
@@ -251,6 +252,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "payments.tasks.payments_expire_due",
         # How late an expiry may be noticed; short enough that a buyer never pays a dead invoice.
         "schedule": env_seconds("CRYPTOPAY_EXPIRY_SWEEP_SECONDS", 15),
+    },
+    "dependencies-monitor": {
+        "task": "resilience.tasks.dependencies_monitor",
+        # Seed: health monitoring every 30 s updates each dependency's level and alerts on changes.
+        "schedule": env_seconds("CRYPTOPAY_HEALTH_MONITOR_SECONDS", 30),
+    },
+    "dependencies-recover": {
+        "task": "resilience.tasks.dependencies_recover",
+        # Seed: recovery of degraded services every 2 minutes.
+        "schedule": env_seconds("CRYPTOPAY_RECOVERY_SECONDS", 120),
     },
 }
 
@@ -455,6 +466,21 @@ BREAKER_MINIMUM_THROUGHPUT = env_int("CRYPTOPAY_BREAKER_MINIMUM_THROUGHPUT", 5)
 BREAKER_KEY_PREFIX = env_str("CRYPTOPAY_BREAKER_KEY_PREFIX", "cryptopay:breaker")
 # Live WebSocket connections one user may hold across all processes; the oldest is evicted.
 WEBSOCKET_MAX_CONNECTIONS_PER_USER = env_int("CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER", 5)
+
+# --- Degradation, recovery and health (resilience/degradation.py, resilience/health.py) ---------
+# Seed: health monitoring every 30 s; a level older than three of these reads as Unknown.
+HEALTH_MONITOR_INTERVAL = env_seconds("CRYPTOPAY_HEALTH_MONITOR_SECONDS", 30)
+# Seed: recovery of degraded services every 2 minutes.
+RECOVERY_INTERVAL = env_seconds("CRYPTOPAY_RECOVERY_SECONDS", 120)
+# One health probe; a load balancer's probe (often 5 s) must get its answer before it gives up.
+HEALTH_PROBE_TIMEOUT = env_seconds("CRYPTOPAY_HEALTH_PROBE_TIMEOUT_SECONDS", 5)
+# Failed calls in a breaker's window at or above this ratio mark its dependency Degraded before the
+# breaker trips at BREAKER_FAILURE_RATIO (0.1 is Polly's default failure ratio).
+DEGRADATION_ERROR_RATIO = env_decimal("CRYPTOPAY_DEGRADATION_ERROR_RATIO", "0.1")
+# Keys one Redis recovery scans for corrupted values; bounds the work on a large Redis.
+RECOVERY_SCAN_LIMIT = env_int("CRYPTOPAY_RECOVERY_SCAN_LIMIT", 10_000)
+# Load balancers probe /health/* over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^health(/|$)"]
 
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

@@ -2,10 +2,22 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
+from resilience.health import DependencyChecks, HealthView, LiveCheck
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("payments.api.urls")),
     path("api/v1/", include("notifications.api.urls")),
+    path("health", HealthView.as_view(checks=DependencyChecks()), name="health"),
+    path(
+        "health/live", HealthView.as_view(checks=[LiveCheck], with_levels=False), name="health-live"
+    ),
+    path("health/ready", HealthView.as_view(checks=DependencyChecks("ready")), name="health-ready"),
+    path(
+        "health/external",
+        HealthView.as_view(checks=DependencyChecks("external")),
+        name="health-external",
+    ),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -89,6 +89,10 @@ class EmergencyCache(Generic[T]):
                 del self._entries[key]
         return len(stale)
 
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
     def clear(self, key: str | None = None) -> None:
         with self._lock:
             if key is None:

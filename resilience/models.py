@@ -40,3 +40,36 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.owner}:{self.key}"
+
+
+class DependencyState(models.Model):
+    """A dependency's last known level and its recovery history (resilience/degradation.py).
+
+    Written by the monitoring and recovery tasks; read by the dashboard and the health pages.
+    """
+
+    class Level(models.TextChoices):
+        HEALTHY = "healthy", "Healthy"
+        DEGRADED = "degraded", "Degraded"
+        CRITICAL = "critical", "Critical"
+        UNKNOWN = "unknown", "Unknown"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=40, blank=True)
+    level = models.CharField(max_length=10, choices=Level.choices, default=Level.UNKNOWN)
+    reason = models.CharField(max_length=500, blank=True)
+    level_since = models.DateTimeField(null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    probe_ms = models.PositiveIntegerField(null=True, blank=True)
+    diagnostics = models.JSONField(default=dict, blank=True)
+    recovery_isolated = models.BooleanField(
+        default=False, help_text="Its breaker was isolated by recovery (switched to a backup)."
+    )
+    recovery_attempts = models.PositiveIntegerField(default=0)
+    recovery_failures = models.PositiveIntegerField(default=0)
+    last_recovery_at = models.DateTimeField(null=True, blank=True)
+    last_recovery_outcome = models.CharField(max_length=20, blank=True)
+    last_recovery_detail = models.CharField(max_length=500, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.level}"

@@ -48,6 +48,15 @@ def http_client() -> httpx.Client:
         return _client
 
 
+def http_client_reset() -> None:
+    """Drop the pooled connections (recovery: reconnect); the next call opens fresh ones."""
+    global _client
+    with _client_lock:
+        client, _client = _client, None
+    if client is not None:
+        client.close()
+
+
 def json_rpc(url: str, method: str, params: list[Any], *, timeout: float) -> Any:
     payload = {"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": params}
     try:
