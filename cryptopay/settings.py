@@ -112,6 +112,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
     "daphne",
+    "django_prometheus",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -131,6 +132,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: request metrics cover everything below, and every log line of the request
+    # (also redirects and errors) carries its correlation id.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "cryptopay.correlation.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "cryptopay.api_errors.ApiErrorMiddleware",
@@ -141,6 +146,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "cryptopay.urls"
@@ -298,6 +304,8 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Paths answered over plain HTTP even with SECURE_SSL_REDIRECT on; sections below append theirs.
+SECURE_REDIRECT_EXEMPT: list[str] = []
 
 # --- REST API -----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -484,13 +492,29 @@ SECURE_REDIRECT_EXEMPT = [r"^health(/|$)"]
 
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# json: one JSON object per line for log shippers; plain: readable lines on a developer's terminal.
+LOG_FORMAT = env_str("CRYPTOPAY_LOG_FORMAT", "plain" if EMBEDDED else "json")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"CRYPTOPAY_LOG_FORMAT must be json or plain, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    "filters": {
+        # Order matters: secrets are removed before anything formats the record.
+        "redact": {"()": "cryptopay.logs.RedactSecretsFilter"},
+        "correlation": {"()": "cryptopay.logs.CorrelationIdFilter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"},
+        "json": {"()": "cryptopay.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["redact", "correlation"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Django adds its own console handler when DEBUG is on; one line per message is enough.
@@ -498,3 +522,9 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
     },
 }
+
+# --- Metrics (resilience/metrics.py; PROMETHEUS_MULTIPROC_DIR: resilience/multiprocess.py) -------
+# Bearer token Prometheus must send to /metrics; empty = loopback clients without a proxy only.
+METRICS_TOKEN = env_str("CRYPTOPAY_METRICS_TOKEN")
+# Prometheus scrapes /metrics over plain HTTP on loopback (or inside the network with the token).
+SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^metrics$"]

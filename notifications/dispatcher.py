@@ -35,9 +35,12 @@ from resilience import clock
 logger = logging.getLogger(__name__)
 
 DISPATCHED = Counter("cryptopay_notifications_dispatched", "Events dispatched", ["priority"])
+# mostrecent: the dispatcher sets it on every batch and /metrics on every scrape
+# (notifications.metrics); the last reading of the shared Redis queues is the true one.
 QUEUE_SIZE = Gauge(
-    "cryptopay_notifications_queue_size", "Queued events", ["priority"], multiprocess_mode="max"
-)
+    "cryptopay_notifications_queue_size", "Queued events", ["priority"],
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
 BATCH_SIZE = Gauge(
     "cryptopay_notifications_batch_size", "Batch size in force", multiprocess_mode="max"
 )

@@ -18,6 +18,7 @@ import httpx
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
+from prometheus_client import Counter
 
 from notifications import queues, secrets, signing
 from notifications.models import (
@@ -31,6 +32,14 @@ from resilience import clock
 from resilience.breaker import BrokenCircuitError, breaker_options_from_settings, get_breaker
 
 logger = logging.getLogger(__name__)
+
+DELIVERY_ATTEMPTS = Counter(
+    "cryptopay_webhook_delivery_attempts",
+    "Webhook delivery attempts by what became of the delivery: succeeded, failed (final), "
+    "retrying (scheduled again), gave_up (retry window over).",
+    ["outcome"],
+)
+DELIVERY_OUTCOMES = ("succeeded", "failed", "retrying", "gave_up")
 
 # The seed's priorities.
 PRIORITIES: dict[str, str] = {
@@ -336,6 +345,9 @@ def _record(delivery: WebhookDelivery, result: AttemptResult, *, final: str | No
             else:
                 current.next_attempt_at = next_at
         current.save()
+    DELIVERY_ATTEMPTS.labels(
+        "retrying" if current.status == WebhookDelivery.Status.PENDING else current.status
+    ).inc()
     delivery.refresh_from_db()
     if final != WebhookDelivery.Status.SUCCEEDED:
         logger.info(

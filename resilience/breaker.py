@@ -40,6 +40,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis
 from django.dispatch import Signal
+from prometheus_client import Counter
 
 from resilience.redis_client import fast_fail_client
 
@@ -49,8 +50,20 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 # Sent on every state change: sender=breaker name; kwargs from_state, to_state, failures,
-# throughput. The monitoring issue turns these into metrics and degradation levels.
+# throughput, adopted (True when this process only took over a change another process made, as
+# read from the shared state). resilience.metrics turns these into metrics.
 circuit_state_changed = Signal()
+
+# Counted here rather than from the signal: they happen without a state change. Only the failure
+# and rejection paths pay for them, never a successful call through a closed circuit.
+FAILURES = Counter(
+    "cryptopay_circuit_breaker_failures", "Handled failures recorded by a breaker.", ["breaker"]
+)
+REJECTIONS = Counter(
+    "cryptopay_circuit_breaker_rejections",
+    "Calls refused without being made (open, isolated, or half-open with the probe taken).",
+    ["breaker"],
+)
 
 BUCKETS = 10
 
@@ -311,10 +324,13 @@ class CircuitBreaker:
             if self._state is CircuitState.CLOSED:
                 return None
             if self._state is CircuitState.ISOLATED:
+                REJECTIONS.labels(self.name).inc()
                 raise IsolatedCircuitError(self.name, float("inf"), CircuitState.ISOLATED)
             if self._state is CircuitState.OPEN and now < self._until:
+                REJECTIONS.labels(self.name).inc()
                 raise BrokenCircuitError(self.name, self._until - now, CircuitState.OPEN)
             if self._probe_token is not None:  # this process already probes
+                REJECTIONS.labels(self.name).inc()
                 raise BrokenCircuitError(
                     self.name, self.options.sync_interval, CircuitState.HALF_OPEN
                 )
@@ -326,6 +342,7 @@ class CircuitBreaker:
             )
             if not acquired:
                 left = self._shared(lambda store: store.probe_lease_left(self.name), default=0.0)
+                REJECTIONS.labels(self.name).inc()
                 raise BrokenCircuitError(
                     self.name, left or self.options.sync_interval, CircuitState.HALF_OPEN
                 )
@@ -335,6 +352,8 @@ class CircuitBreaker:
 
     def _after_call(self, token: str | None, exc: BaseException | None) -> None:
         failure = exc is not None and self.options.is_failure(exc)
+        if failure:
+            FAILURES.labels(self.name).inc()
         with self._lock:
             now = self._clock()
             if token is not None:
@@ -363,7 +382,9 @@ class CircuitBreaker:
     def _open(self, now: float) -> None:
         self._transition(CircuitState.OPEN, until=now + self.options.break_duration, publish=True)
 
-    def _transition(self, to_state: CircuitState, *, until: float, publish: bool) -> None:
+    def _transition(
+        self, to_state: CircuitState, *, until: float, publish: bool, adopted: bool = False
+    ) -> None:
         from_state = self._state
         now = self._clock()
         throughput, failures = self._window.stats(now)
@@ -398,6 +419,7 @@ class CircuitBreaker:
             to_state=to_state,
             failures=failures,
             throughput=throughput,
+            adopted=adopted,
         )
 
     def _sync(self, now: float, *, force: bool) -> None:
@@ -420,14 +442,14 @@ class CircuitBreaker:
             ):
                 # Another process's probe succeeded, or an operator closed it.
                 self._window.reset()
-                self._transition(CircuitState.CLOSED, until=0.0, publish=False)
+                self._transition(CircuitState.CLOSED, until=0.0, publish=False, adopted=True)
             return
         if self._probe_token is not None and shared.state is CircuitState.OPEN:
             return  # our own probe is running; its outcome decides
         if shared.state is not self._state or shared.until != self._until:
             if shared.state is CircuitState.ISOLATED:
                 self._probe_token = None
-            self._transition(shared.state, until=shared.until, publish=False)
+            self._transition(shared.state, until=shared.until, publish=False, adopted=True)
 
     def _shared(self, operation: Callable[[SharedStore], Any], default: Any = None) -> Any:
         if self._store is None:

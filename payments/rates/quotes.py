@@ -19,6 +19,7 @@ from functools import cache
 
 from django.conf import settings
 from django.db import DatabaseError
+from prometheus_client import Counter
 
 from payments.errors import RateUnavailable
 from payments.rates.live import LiveRate, RatesUnavailable, providers_for, rate_fetch_live
@@ -29,6 +30,11 @@ from resilience.cache import TieredCache
 logger = logging.getLogger(__name__)
 
 LIVE, CACHE, EMERGENCY, FALLBACK = "live", "cache", "emergency", "fallback"
+
+QUOTES = Counter(
+    "cryptopay_rate_quotes", "Rate quotes served, by pair and the level that answered.",
+    ["pair", "level"],
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ def rate_quote(*, crypto_currency: str, fiat_currency: str, force_refresh: bool 
         answer = rate_cache().get(pair, lambda: _refresh(pair), force_refresh=force_refresh)
         if answer is not None:
             live = answer.value
+            QUOTES.labels(pair, answer.level).inc()
             return Quote(
                 pair=pair,
                 value=live.value,
@@ -111,6 +118,7 @@ def rate_quote(*, crypto_currency: str, fiat_currency: str, force_refresh: bool 
     quote = _fallback_quote(pair)
     if quote is None:
         raise RateUnavailable(f"No exchange rate is available for {pair}.", param="currency")
+    QUOTES.labels(pair, FALLBACK).inc()
     return quote
 
 

@@ -1,0 +1,129 @@
+"""Log records as JSON lines, stamped with the correlation id, with secrets redacted.
+
+Wired in ``settings.LOGGING`` on the one console handler, so they apply to every logger (Django,
+Celery, daphne, ours); Celery workers use the same configuration (``cryptopay.celery`` answers
+``setup_logging``). ``CRYPTOPAY_LOG_FORMAT=plain`` keeps the filters and prints one readable line.
+
+One line per record::
+
+    {"time": "2026-01-01T12:00:00.123Z", "level": "INFO", "logger": "payments.services",
+     "message": "...", "correlation_id": "3f2c...", "process": 4711,
+     "task_id": "...", "task": "...", "exception": "Traceback ..."}
+
+plus any ``extra={...}`` fields. ``task_id``/``task`` appear inside Celery tasks only.
+
+Redaction (``RedactSecretsFilter``) rewrites the message, its arguments, extra string fields and
+the formatted traceback before any handler sees them: merchant API keys (``cpk_…``), webhook
+signing secrets (``whsec_…``), the value of ``Authorization``/``Cookie``/``X-Api-Key`` headers and
+bearer tokens anywhere, and passwords in URLs (``http://user:secret@node``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptopay.correlation import correlation_id, log_context
+
+REDACTED = "[REDACTED]"
+
+# (pattern, replacement); applied in order.
+SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # A header and its whole value, as text ("Authorization: Bearer x") or in a dict repr
+    # ("'HTTP_AUTHORIZATION': 'Bearer x'").
+    (
+        re.compile(
+            r"""(?i)((?:authorization|cookie|x-api-key|api[_-]key)["']?\s*[:=]\s*["']?)"""
+            r"""[^"'\r\n,}]+"""
+        ),
+        rf"\g<1>{REDACTED}",
+    ),
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+"), rf"\g<1>\g<2>{REDACTED}"),
+    (re.compile(r"\bcpk_[A-Za-z0-9_-]+"), f"cpk_{REDACTED}"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9_+/=-]+"), f"whsec_{REDACTED}"),
+    # URL userinfo: keep the user, drop the password.
+    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), rf"\g<1>{REDACTED}@"),
+)
+
+# Attributes every LogRecord has; anything else came from ``extra=``.
+_STANDARD = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__
+) | {"message", "asctime", "correlation_id", "task_id", "task"}
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict | list | tuple):
+        return json.loads(redact(json.dumps(value, default=str)))
+    return value
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Removes secrets from a record; never drops one."""
+
+    _plain = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep what there is, as logging would
+            message = f"{record.msg} {record.args}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._plain.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for name, value in list(record.__dict__.items()):
+            if name not in _STANDARD:
+                setattr(record, name, _redact_value(value))
+        return True
+
+
+class CorrelationIdFilter(logging.Filter):
+    """Stamps ``correlation_id`` (``-`` outside a request or task), ``task_id`` and ``task``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = correlation_id() or "-"
+        context = log_context()
+        record.task_id = context.get("task_id", "")
+        record.task = context.get("task", "")
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.fromtimestamp(record.created, tz=UTC)
+        line: dict[str, Any] = {
+            "time": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "correlation_id": getattr(record, "correlation_id", None),
+            "process": record.process,
+        }
+        if getattr(record, "task_id", ""):
+            line["task_id"] = record.task_id
+            line["task"] = getattr(record, "task", "")
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and name not in line:
+                line[name] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = record.stack_info
+        return json.dumps(line, default=str, ensure_ascii=False)
