@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
 from resilience.health import DependencyChecks, HealthView, LiveCheck
+from resilience.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -20,4 +21,5 @@ urlpatterns = [
     ),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
+    path("metrics", metrics_view, name="metrics"),
 ]
