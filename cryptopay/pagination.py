@@ -9,6 +9,7 @@ from typing import Generic, TypeVar
 
 from django.db.models import Q, QuerySet
 from rest_framework import serializers
+from rest_framework.request import Request
 from rest_framework.response import Response
 
 T = TypeVar("T")
@@ -44,12 +45,14 @@ def invalid_cursor(what: str) -> serializers.ValidationError:
     )
 
 
-def list_response(page: Page, serializer_class: type[serializers.Serializer]) -> Response:
+def list_response(
+    page: Page, serializer_class: type[serializers.Serializer], *, request: Request | None = None
+) -> Response:
     """The API's list body: ``{"object": "list", "data": [...], "has_more": ...}``."""
     return Response(
         {
             "object": "list",
-            "data": serializer_class(page.items, many=True).data,
+            "data": serializer_class(page.items, many=True, context={"request": request}).data,
             "has_more": page.has_more,
         }
     )

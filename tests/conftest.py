@@ -17,12 +17,21 @@ from tests.fakes.exchanges import fake_exchanges  # noqa: F401 - a fixture for e
 from tests.nodes import anvil, anvil_factory, litecoind, litecoind_factory  # noqa: F401
 
 ALL_SCOPES = list(ApiKeyScope.values)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _collected_static(django_db_blocker) -> None:
     """Production mode serves hashed static files from a manifest, as a deployment would."""
-    if not (Path(settings.STATIC_ROOT) / "staticfiles.json").exists():
+    manifest = Path(settings.STATIC_ROOT) / "staticfiles.json"
+    sources = [p for app in ("payments", "notifications", "resilience", "cryptopay")
+               for p in (ROOT / app / "static").rglob("*") if p.is_file()]  # fmt: skip
+    stale = (
+        any(p.stat().st_mtime > manifest.stat().st_mtime for p in sources)
+        if manifest.exists()
+        else True
+    )
+    if stale:
         with django_db_blocker.unblock():
             call_command("collectstatic", "--noinput", verbosity=0)
 

@@ -81,7 +81,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _spawn(cmd: list[str], *, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(cmd: list[str], *, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     # On Linux the child also gets SIGKILL when this process dies (even by SIGKILL), so a killed
     # pytest leaves no node behind. setpriv execs the node, so the pid is the node's own.
     # Start nodes from the main thread: the signal follows the *thread* that spawned the child.
@@ -336,7 +336,7 @@ class Litecoind(_Node):
             "-keypool=20",  # the default 1000 keys makes wallet creation slow
             *self.extra_args,
         ]
-        self.process = _spawn(cmd, log=self.datadir / "stdout.log")
+        self.process = spawn(cmd, log=self.datadir / "stdout.log")
         _LIVE.add(self)
         self._http = httpx.Client(auth=(self.rpc_user, self.rpc_password), timeout=60.0)
         base = f"http://127.0.0.1:{self.rpc_port}"
@@ -598,7 +598,7 @@ class Anvil(_Node):
             # anvil keeps state snapshots under $HOME/.foundry/anvil/tmp and leaves them behind
             # when killed: give it a HOME inside our temp dir.
             env = {**os.environ, "HOME": str(self.workdir)}
-            self.process = _spawn(cmd, log=self.workdir / "anvil.log", env=env)
+            self.process = spawn(cmd, log=self.workdir / "anvil.log", env=env)
             _LIVE.add(self)
             self._http = httpx.Client(timeout=30.0)
             self._rpc = _JsonRpc(self._http, self.url, version="2.0")

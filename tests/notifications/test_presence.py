@@ -1,0 +1,101 @@
+"""The connection registry behind the per-user WebSocket cap, on real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from notifications.presence import ConnectionRegistry
+
+
+@pytest.fixture
+def registry(settings) -> ConnectionRegistry:
+    return ConnectionRegistry(
+        redis_url=settings.REDIS_URL, prefix=f"{settings.WEBSOCKET_REDIS_PREFIX}:{uuid.uuid4().hex}"
+    )
+
+
+def test_given_the_cap_reached_when_another_connects_then_the_oldest_is_evicted(
+    registry, frozen_clock
+):
+    for n in range(3):
+        assert registry.register(user="u", connection=f"c{n}", limit=3) == []
+        frozen_clock.advance(timedelta(seconds=1))
+
+    assert registry.register(user="u", connection="c3", limit=3) == ["c0"]
+
+    stats = registry.stats()
+    assert stats.per_user == {"u": 3}
+    assert stats.evictions_total == 1
+    assert stats.evictions_per_user == {"u": 1}
+
+
+def test_given_two_registries_sharing_redis_then_the_cap_spans_both(settings, frozen_clock):
+    prefix = f"{settings.WEBSOCKET_REDIS_PREFIX}:{uuid.uuid4().hex}"
+    process_a = ConnectionRegistry(redis_url=settings.REDIS_URL, prefix=prefix)
+    process_b = ConnectionRegistry(redis_url=settings.REDIS_URL, prefix=prefix)
+    process_a.register(user="u", connection="a1", limit=2)
+    frozen_clock.advance(timedelta(seconds=1))
+    process_a.register(user="u", connection="a2", limit=2)
+    frozen_clock.advance(timedelta(seconds=1))
+
+    assert process_b.register(user="u", connection="b1", limit=2) == ["a1"]
+    assert process_a.stats().per_user == {"u": 2}
+
+
+def test_given_a_process_that_stopped_heartbeating_then_its_connections_are_pruned(
+    registry, settings, frozen_clock
+):
+    registry.register(user="u", connection="dead", limit=5)
+    frozen_clock.advance(timedelta(seconds=60))
+    registry.register(user="u", connection="alive", limit=5)
+    frozen_clock.advance(settings.WEBSOCKET_CONNECTION_TTL - timedelta(seconds=30))
+    assert registry.refresh(user="u", connection="alive")
+
+    assert registry.cleanup() == 1
+    assert registry.stats().per_user == {"u": 1}
+
+
+def test_given_stale_entries_when_reading_stats_then_they_are_pruned_on_read(
+    registry, settings, frozen_clock
+):
+    registry.register(user="u", connection="c", limit=5)
+    frozen_clock.advance(settings.WEBSOCKET_CONNECTION_TTL + timedelta(seconds=1))
+
+    assert registry.stats().per_user == {}
+
+
+def test_given_an_evicted_connection_when_it_heartbeats_then_it_is_not_counted_again(
+    registry, frozen_clock
+):
+    registry.register(user="u", connection="old", limit=1)
+    frozen_clock.advance(timedelta(seconds=1))
+    assert registry.register(user="u", connection="new", limit=1) == ["old"]
+
+    assert registry.refresh(user="u", connection="old") is False
+    assert registry.stats().per_user == {"u": 1}
+
+
+def test_given_redis_unreachable_then_the_cap_is_enforced_per_process(frozen_clock):
+    unreachable = ConnectionRegistry(redis_url="redis://127.0.0.1:1/0", prefix="nowhere")
+    for n in range(2):
+        assert unreachable.register(user="u", connection=f"c{n}", limit=2) == []
+        frozen_clock.advance(timedelta(seconds=1))
+
+    assert unreachable.register(user="u", connection="c2", limit=2) == ["c0"]
+    stats = unreachable.stats()
+    assert (stats.source, stats.per_user) == ("local", {"u": 2})
+
+
+def test_given_redis_restarted_empty_when_connections_heartbeat_then_they_count_again(
+    registry, frozen_clock
+):
+    registry.register(user="u", connection="c", limit=5)
+    client = registry._redis()
+    for key in client.scan_iter(f"{registry.prefix}:*"):
+        client.delete(key)  # what a Redis restart without persistence leaves
+
+    assert registry.refresh(user="u", connection="c")
+    assert registry.stats().per_user == {"u": 1}

@@ -1,0 +1,140 @@
+"""The hosted checkout page, its status endpoint, QR code and the development chain's button."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from django.test import Client
+
+from payments.checkout import checkout_url, payment_uri
+from payments.models import Payment
+from payments.services import ObservedOutput, payment_apply_transaction
+from tests.factories import make_payment
+
+pytestmark = pytest.mark.django_db
+
+
+def page(client: Client, payment: Payment, suffix: str = "", token: str | None = None):  # type: ignore[no-untyped-def]
+    token = payment.checkout_token if token is None else token
+    return client.get(f"/pay/{payment.public_id}/{suffix}", {"token": token})
+
+
+def test_given_the_checkout_link_when_opened_then_amounts_address_qr_and_countdown_are_shown():
+    payment = make_payment(amount="25.00", crypto_currency="BTC")
+
+    response = page(Client(), payment)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert '<span data-field="amount">25.00</span> USD' in html
+    assert payment.deposit_address in html
+    assert 'id="qr"' in html and "alt=" in html
+    assert 'id="countdown"' in html
+    assert 'aria-live="polite"' in html
+    assert response["Cache-Control"] == "no-store" or "no-store" in response["Cache-Control"]
+    assert response["Referrer-Policy"] == "no-referrer"
+    config = json.loads(re.search(r'id="checkout-config"[^>]*>(.*?)</script>', html, re.S).group(1))
+    assert config["state"]["status"] == "pending"
+    assert config["state"]["amount_due"] == "0.00041667"
+    assert config["links"]["socket"] == f"/ws/payments/{payment.public_id}/"
+
+
+@pytest.mark.parametrize("token", ["", "wrong"])
+def test_given_a_missing_or_wrong_token_then_the_page_and_status_are_404(token):
+    payment = make_payment()
+    client = Client()
+
+    assert page(client, payment, token=token).status_code == 404
+    status = page(client, payment, "status", token=token)
+    assert status.status_code == 404
+    assert status.json()["error"]["code"] == "resource_missing"
+
+
+def test_given_a_partial_payment_then_status_and_link_ask_for_what_is_still_due():
+    payment = make_payment(amount="100.00", crypto_currency="BTC")  # 166667 sat at 60000
+    payment_apply_transaction(
+        payment=payment,
+        output=ObservedOutput(
+            chain="dev", txid="dev" + "a" * 60, output_index=0, amount=66667, confirmations=0
+        ),
+    )
+    payment.refresh_from_db()
+
+    state = page(Client(), payment, "status").json()
+
+    assert (state["status"], state["sub_status"]) == ("pending", "paid_partial")
+    assert state["amount_received"] == "0.00066667"
+    assert state["amount_due"] == "0.00100000"
+    assert payment_uri(payment) == f"bitcoin:{payment.deposit_address}?amount=0.001"
+
+
+def test_payment_uris_follow_bip21_and_eip681(settings):
+    settings.CHAINS = {
+        "ethereum": {
+            "kind": "evm", "currency": "ETH", "chain_id": 31337, "nodes": ["http://127.0.0.1:1"],
+            "tokens": {"USDC": {"address": "0xA0B86991C6218B36C1D19D4A2E9EB0CE3606EB48", "decimals": 6}},
+        }
+    }  # fmt: skip
+    ltc = make_payment(amount="10.00", crypto_currency="LTC")
+    eth = make_payment(amount="10.00", crypto_currency="ETH")
+    usdc = make_payment(amount="10.00", crypto_currency="USDC")
+    usdt = make_payment(amount="10.00", crypto_currency="USDT")
+
+    assert payment_uri(ltc).startswith(f"litecoin:{ltc.deposit_address}?amount=")
+    assert payment_uri(eth) == f"ethereum:{eth.deposit_address}@31337?value={eth.crypto_amount}"
+    assert payment_uri(usdc) == (
+        "ethereum:0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48@31337/transfer"
+        f"?address={usdc.deposit_address}&uint256={usdc.crypto_amount}"
+    )
+    assert payment_uri(usdt) is None  # no contract configured: no link a wallet could act on
+
+
+def test_the_qr_code_is_an_svg_of_the_payment_link():
+    payment = make_payment()
+
+    response = page(Client(), payment, "qr.svg")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/svg+xml"
+    assert response.content.startswith(b"<?xml") or b"<svg" in response.content[:200]
+
+
+def test_given_the_development_chain_when_simulate_is_pressed_then_the_payment_settles():
+    payment = make_payment()
+    client = Client(enforce_csrf_checks=True)
+    html = page(client, payment).content.decode()
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+
+    refused = client.post(f"/pay/{payment.public_id}/simulate?token={payment.checkout_token}")
+    assert refused.status_code == 403  # CSRF protected
+    response = client.post(
+        f"/pay/{payment.public_id}/simulate?token={payment.checkout_token}",
+        HTTP_X_CSRFTOKEN=csrf,
+        HTTP_ACCEPT="application/json",
+    )
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "settled"
+    payment.refresh_from_db()
+    assert payment.status == "settled"
+
+
+def test_given_the_development_chain_off_then_the_page_has_no_simulate_button(settings):
+    payment = make_payment()
+    settings.DEV_CHAIN_ENABLED = False
+
+    html = page(Client(), payment).content.decode()
+
+    assert 'id="simulate"' not in html
+
+
+def test_the_api_returns_the_checkout_url_with_the_buyers_token(api):
+    created = api.post(
+        "/api/v1/payments", {"amount": "5.00", "crypto_currency": "BTC"}, format="json"
+    )
+
+    payment = Payment.objects.get(public_id=created.json()["id"])
+    assert created.json()["checkout_url"] == f"http://testserver{checkout_url(payment)}"
+    assert payment.checkout_token in created.json()["checkout_url"]

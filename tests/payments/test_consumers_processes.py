@@ -1,0 +1,101 @@
+"""Live streams across real daphne processes sharing Redis, with real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from notifications.dispatcher import dispatch_events
+from notifications.models import Event
+from payments.models import Payment
+from payments.services import payment_transition
+from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
+from tests.servers import asgi_server
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def open_stream(url: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    socket = await websockets.connect(url, additional_headers=headers or {}, open_timeout=10)
+    first = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
+    assert first["type"] == "subscribed", first
+    return socket
+
+
+async def close_code(socket) -> int | None:  # type: ignore[no-untyped-def]
+    try:
+        while True:
+            await asyncio.wait_for(socket.recv(), timeout=10)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+
+
+def test_given_five_connections_on_process_a_when_the_sixth_opens_on_process_b_then_the_oldest_on_a_is_evicted(
+    tmp_path, settings
+):
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    auth = {"Authorization": f"Bearer {secret}"}
+
+    with asgi_server(tmp_path) as a, asgi_server(tmp_path) as b:
+
+        async def scenario() -> None:
+            on_a = []
+            for _ in range(5):
+                on_a.append(await open_stream(f"{a.ws_url}/ws/merchant/", auth))
+            sixth = await open_stream(f"{b.ws_url}/ws/merchant/", auth)
+
+            assert await close_code(on_a[0]) == 4509
+            for socket in [*on_a[1:], sixth]:
+                await socket.send(json.dumps({"type": "ping"}))
+                assert json.loads(await asyncio.wait_for(socket.recv(), timeout=10)) == {
+                    "type": "pong"
+                }
+                await socket.close()
+
+        asyncio.run(scenario())
+        assert "Traceback" not in a.output() + b.output()
+
+
+def test_given_a_connection_idle_longer_than_10_s_when_an_event_is_dispatched_then_it_arrives(
+    tmp_path,
+):
+    """channels-redis with redis-py 8: socket_timeout None keeps the idle receive alive
+    (REFERENCE.md §6, channels_redis #422)."""
+    payment = make_payment()
+    url = f"/ws/payments/{payment.public_id}/?token={payment.checkout_token}"
+
+    with asgi_server(tmp_path) as server:
+
+        async def scenario() -> None:
+            socket = await open_stream(server.ws_url + url)
+            idle_until = time.monotonic() + 11
+            while time.monotonic() < idle_until:  # the point of the test is idle time
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(socket.recv(), timeout=idle_until - time.monotonic())
+
+            def change() -> Event:
+                payment_transition(
+                    payment=Payment.objects.get(pk=payment.pk),
+                    to_status="processing",
+                    reason="test",
+                )
+                event = (
+                    Event.objects.filter(subject=payment.public_id).order_by("-sequence").first()
+                )
+                dispatch_events(event_ids=[event.pk])
+                return event
+
+            event = await asyncio.to_thread(change)
+            message = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
+            assert message["type"] == "event"
+            assert message["event"]["id"] == event.public_id
+            await socket.close()
+
+        asyncio.run(scenario())
+        assert "Traceback" not in server.output()

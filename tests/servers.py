@@ -1,0 +1,105 @@
+"""Real ASGI servers (daphne, uvicorn) running the gateway in their own processes, for tests that
+cross process boundaries: WebSocket caps shared through Redis, the browser end-to-end test.
+
+The server gets this process's environment (Redis prefixes of the test run) pointed at the test
+database, so data the test commits is what the server reads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen, TimeoutExpired
+
+import httpx
+from django.conf import settings
+from django.db import connection
+
+from tests.nodes import free_port, spawn
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Server:
+    process: Popen
+    port: int
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def served_database_url() -> str:
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}"
+
+
+def server_command(kind: str, port: int) -> list[str]:
+    if kind == "daphne":
+        return [
+            str(BIN / "daphne"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "cryptopay.asgi:application",
+        ]
+    if kind == "uvicorn":
+        return [
+            str(BIN / "uvicorn"), "cryptopay.asgi:application", "--host", "127.0.0.1",
+            "--port", str(port), "--ws", "websockets", "--log-level", "warning", "--lifespan", "off",
+        ]  # fmt: skip
+    raise ValueError(f"unknown server {kind!r}")
+
+
+@contextmanager
+def asgi_server(
+    log_dir: Path, *, kind: str = "daphne", env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """Start a server on a free port, wait until it answers HTTP, stop it afterwards."""
+    port = free_port()
+    log = log_dir / f"{kind}-{port}.log"
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "cryptopay.settings",
+        "DATABASE_URL": served_database_url(),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "0",
+        **(env or {}),
+    }
+    process = spawn(server_command(kind, port), log=log, env=environment)
+    server = Server(process=process, port=port, log=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{kind} exited with {process.returncode}:\n{server.output()}")
+            with suppress(httpx.TransportError):
+                httpx.get(f"{server.base_url}/health/live", timeout=1)
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{kind} did not answer within 30 s:\n{server.output()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
