@@ -8,6 +8,7 @@ import time
 
 import pytest
 import websockets
+from django.db import connections
 from websockets.exceptions import ConnectionClosed
 
 from notifications.dispatcher import dispatch_events
@@ -80,16 +81,21 @@ def test_given_a_connection_idle_longer_than_10_s_when_an_event_is_dispatched_th
                     await asyncio.wait_for(socket.recv(), timeout=idle_until - time.monotonic())
 
             def change() -> Event:
-                payment_transition(
-                    payment=Payment.objects.get(pk=payment.pk),
-                    to_status="processing",
-                    reason="test",
-                )
-                event = (
-                    Event.objects.filter(subject=payment.public_id).order_by("-sequence").first()
-                )
-                dispatch_events(event_ids=[event.pk])
-                return event
+                try:
+                    payment_transition(
+                        payment=Payment.objects.get(pk=payment.pk),
+                        to_status="processing",
+                        reason="test",
+                    )
+                    event = (
+                        Event.objects.filter(subject=payment.public_id)
+                        .order_by("-sequence")
+                        .first()
+                    )
+                    dispatch_events(event_ids=[event.pk])
+                    return event
+                finally:
+                    connections.close_all()  # this thread's connection would pin the test database
 
             event = await asyncio.to_thread(change)
             message = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
