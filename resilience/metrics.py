@@ -56,6 +56,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from resilience import multiprocess
 from resilience.breaker import CircuitState, breakers, circuit_state_changed
+from resilience.idempotency import OUTCOMES as IDEMPOTENCY_OUTCOMES
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ BREAKER_TRANSITIONS = Counter(
     "State changes of a breaker, counted in the process that caused them.",
     ["breaker", "from_state", "to_state"],
 )
-TASKS = Counter(
-    "cryptopay_celery_tasks", "Celery task runs by final state.", ["task", "state"]
-)
+TASKS = Counter("cryptopay_celery_tasks", "Celery task runs by final state.", ["task", "state"])
 SAMPLER_ERRORS = Counter(
     "cryptopay_metrics_sampler_errors", "Samplers that failed during a scrape.", ["sampler"]
 )
@@ -92,6 +91,12 @@ def prime(metric: MetricWrapperBase, *label_sets: Iterable[str]) -> None:
     """Create the children of ``metric`` for known label values, so they export 0."""
     for labels in label_sets:
         metric.labels(*labels)
+
+
+prime(
+    IDEMPOTENCY_OUTCOMES,
+    *[(outcome,) for outcome in ("executed", "replayed", "conflict", "mismatch", "released")],
+)
 
 
 def register_sampler(name: str, sampler: Callable[[], None]) -> None:
@@ -161,7 +166,9 @@ def scrape_refusal(request: HttpRequest) -> HttpResponse | None:
             given.strip().encode(), token.encode()
         ):
             return None
-        response = HttpResponse("metrics need a bearer token\n", status=401, content_type="text/plain")
+        response = HttpResponse(
+            "metrics need a bearer token\n", status=401, content_type="text/plain"
+        )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     if _loopback(request.META.get("REMOTE_ADDR", "")) and not any(
