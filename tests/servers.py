@@ -67,14 +67,8 @@ def server_command(kind: str, port: int) -> list[str]:
     raise ValueError(f"unknown server {kind!r}")
 
 
-@contextmanager
-def asgi_server(
-    log_dir: Path, *, kind: str = "daphne", env: dict[str, str] | None = None
-) -> Iterator[Server]:
-    """Start a server on a free port, wait until it answers HTTP, stop it afterwards."""
-    port = free_port()
-    log = log_dir / f"{kind}-{port}.log"
-    environment = {
+def server_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "cryptopay.settings",
         "DATABASE_URL": served_database_url(),
@@ -82,7 +76,36 @@ def asgi_server(
         "SECURE_SSL_REDIRECT": "0",
         **(env or {}),
     }
-    process = spawn(server_command(kind, port), log=log, env=environment)
+
+
+def _stop(process: Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def dispatcher(log_dir: Path, *, env: dict[str, str] | None = None) -> Iterator[Popen]:
+    """``manage.py run_dispatcher``: the queues to browsers and webhooks, as deployed."""
+    command = [sys.executable, str(ROOT / "manage.py"), "run_dispatcher"]
+    process = spawn(command, log=log_dir / "dispatcher.log", env=server_environment(env))
+    try:
+        yield process
+    finally:
+        _stop(process)
+
+
+@contextmanager
+def asgi_server(
+    log_dir: Path, *, kind: str = "daphne", env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """Start a server on a free port, wait until it answers HTTP, stop it afterwards."""
+    port = free_port()
+    log = log_dir / f"{kind}-{port}.log"
+    process = spawn(server_command(kind, port), log=log, env=server_environment(env))
     server = Server(process=process, port=port, log=log)
     try:
         deadline = time.monotonic() + 30
@@ -97,9 +120,4 @@ def asgi_server(
             time.sleep(0.1)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        _stop(process)

@@ -14,6 +14,7 @@
   var clockSkewMs = Date.parse(state.server_time) - Date.now();
   var DONE = { settled: true, expired: true, invalid: true, cancelled: true };
   var token = encodeURIComponent(config.token);
+  var lastSocketStatus = null;  // what the socket itself last said (support and tests)
 
   function text(id, value) {
     var node = document.getElementById(id);
@@ -114,6 +115,7 @@
         setTransport("websocket", "Live");
       } else if (data.type === "event") {
         var payload = data.event && data.event.data && data.event.data.payment;
+        if (payload) lastSocketStatus = payload.status;
         if (payload) apply(payload, data.position);
         else position = Math.max(position, data.position);
       } else if (data.type === "refetch") {
@@ -177,7 +179,11 @@
   }
 
   // Test and support hook: the page's live state, read-only.
-  window.cryptopayCheckout = { state: function () { return state; }, position: function () { return position; } };
+  window.cryptopayCheckout = {
+    state: function () { return state; },
+    position: function () { return position; },
+    lastSocketStatus: function () { return lastSocketStatus; },
+  };
 
   render();
   tick();
