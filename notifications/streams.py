@@ -44,6 +44,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from cryptopay.correlation import bound_correlation_id, correlation_id_from_scope
 from notifications.models import Event
 from notifications.presence import CONNECTIONS, connection_registry
 from resilience import clock
@@ -146,6 +147,12 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
 
     def authorize(self) -> StreamAccess:
         raise NotImplementedError
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        # One correlation id (the handshake's X-Request-ID, or a new one) for the connection's
+        # log lines and whatever it causes downstream.
+        with bound_correlation_id(correlation_id_from_scope(scope)):
+            await super().__call__(scope, receive, send)
 
     # helpers for subclasses
     def query_param(self, name: str) -> str | None:

@@ -4,10 +4,12 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
 from payments import services
 from payments.addresses import unpaid_address_run
 from payments.chains.derivation import GAP_LIMIT, InvalidExtendedKey, wallet_validate
+from payments.checkout import checkout_url
 from payments.errors import InvalidTransition
 from payments.models import (
     ApiKey,
@@ -142,7 +144,17 @@ class PaymentAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         # Payments change only through the state machine (the actions below), never by editing.
-        return [field.name for field in Payment._meta.fields]
+        # The checkout token stays out of the form; the link carries it for operators to pass on.
+        fields = [f.name for f in Payment._meta.fields if f.name != "checkout_token"]
+        return [*fields, "checkout_link"]
+
+    def get_exclude(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return ["checkout_token"]
+
+    @admin.display(description="Checkout page")
+    def checkout_link(self, payment: Payment) -> str:
+        url = checkout_url(payment)
+        return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, url)
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False

@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cryptopay.api_fields import StrictCharField, query_data
 from cryptopay.pagination import invalid_cursor, list_response
 from payments import selectors, services
 from payments.api.serializers import (
@@ -44,9 +45,9 @@ ERRORS = {
 
 class PaymentListQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=100, default=10)
-    starting_after = serializers.CharField(required=False, max_length=32)
+    starting_after = StrictCharField(required=False, max_length=32)
     status = serializers.ChoiceField(choices=PaymentStatus.choices, required=False)
-    order_id = serializers.CharField(required=False, max_length=200)
+    order_id = StrictCharField(required=False, max_length=200)
     created_gte = serializers.DateTimeField(required=False)
     created_lt = serializers.DateTimeField(required=False)
 
@@ -61,7 +62,7 @@ class PaymentListCreateView(APIView):
         description="Payments, newest first. Pass the last id of a page as `starting_after`.",
     )
     def get(self, request: Request) -> Response:
-        query = PaymentListQuerySerializer(data=request.query_params)
+        query = PaymentListQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
         params = query.validated_data
         filters = selectors.PaymentFilters(
@@ -79,7 +80,7 @@ class PaymentListCreateView(APIView):
             )
         except Http404:
             raise invalid_cursor("payment")
-        return list_response(page, PaymentSerializer)
+        return list_response(page, PaymentSerializer, request=request)
 
     @extend_schema(
         operation_id="payments_create",
@@ -107,7 +108,10 @@ class PaymentListCreateView(APIView):
             description=data.get("description", ""),
             metadata=data.get("metadata"),
         )
-        return Response(PaymentSerializer(payment).data, status=status.HTTP_201_CREATED)
+        return Response(
+            PaymentSerializer(payment, context={"request": request}).data,
+            status=status.HTTP_201_CREATED,
+        )
 
 
 class PaymentDetailView(APIView):
@@ -116,7 +120,7 @@ class PaymentDetailView(APIView):
     @extend_schema(operation_id="payments_retrieve", responses={200: PaymentSerializer, **ERRORS})
     def get(self, request: Request, public_id: str) -> Response:
         payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
-        return Response(PaymentSerializer(payment).data)
+        return Response(PaymentSerializer(payment, context={"request": request}).data)
 
 
 class PaymentCancelView(APIView):
@@ -132,7 +136,7 @@ class PaymentCancelView(APIView):
     def post(self, request: Request, public_id: str) -> Response:
         payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
         payment = services.payment_cancel(payment=payment)
-        return Response(PaymentSerializer(payment).data)
+        return Response(PaymentSerializer(payment, context={"request": request}).data)
 
 
 class RateQuerySerializer(serializers.Serializer):
@@ -157,7 +161,7 @@ class RateView(APIView):
         ),
     )
     def get(self, request: Request) -> Response:
-        query = RateQuerySerializer(data=request.query_params)
+        query = RateQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
         fiat = query.validated_data.get("fiat") or request.user.merchant.default_fiat_currency
         quote = rate_quote(crypto_currency=query.validated_data["crypto"], fiat_currency=fiat)

@@ -70,6 +70,12 @@ class Command(BaseCommand):
                     f"    merchant       {merchant.name} ({merchant.public_id})",
                     f"    API key        {raw_key}",
                     f"    admin          {admin_url}  user {ADMIN_USERNAME}  password {password}",
+                    "    try it         curl -H 'Authorization: Bearer <API key>' "
+                    "-H 'Content-Type: application/json' "
+                    """-d '{"amount": "25.00", "crypto_currency": "BTC"}' """
+                    f"{admin_url.removesuffix('/admin/')}/api/v1/payments",
+                    "                   then open the checkout_url it returns (it has a "
+                    "'Simulate payment' button).",
                     "",
                 ]
             )
