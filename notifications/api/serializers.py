@@ -10,6 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from cryptopay.api_fields import StrictBooleanField, StrictCharField
 from notifications.models import Event, Priority, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from notifications.services import EVENT_TYPES
 
@@ -49,8 +50,8 @@ class _EndpointFields(serializers.Serializer):
         help_text="The event types sent to this endpoint; empty: every type of your own events. "
         "System-wide events (exchange_rate.updated) are sent only when listed.",
     )
-    description = serializers.CharField(allow_blank=True, max_length=200)
-    enabled = serializers.BooleanField(help_text="A disabled endpoint receives nothing.")
+    description = StrictCharField(allow_blank=True, max_length=200)
+    enabled = StrictBooleanField(help_text="A disabled endpoint receives nothing.")
 
 
 class WebhookEndpointCreateSerializer(_EndpointFields):
@@ -74,7 +75,7 @@ class WebhookEndpointUpdateSerializer(_EndpointFields):
 
 
 class EventRedeliverSerializer(serializers.Serializer):
-    endpoint = serializers.CharField(
+    endpoint = StrictCharField(
         required=False,
         max_length=32,
         help_text="A webhook endpoint id (we_…): redeliver to it only. Omitted: every delivery "

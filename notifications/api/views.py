@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cryptopay.api_errors import ApiError
+from cryptopay.api_fields import QueryBooleanField, StrictCharField, query_data
 from cryptopay.pagination import invalid_cursor, list_response
 from notifications import selectors, services
 from notifications.api.serializers import (
@@ -104,7 +105,7 @@ def idempotent_when_keyed() -> Callable:
 
 class PageQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=100, default=10)
-    starting_after = serializers.CharField(
+    starting_after = StrictCharField(
         required=False, max_length=32, help_text="The last id of the previous page."
     )
 
@@ -123,7 +124,7 @@ class WebhookEndpointListCreateView(APIView):
         "`starting_after`.",
     )
     def get(self, request: Request) -> Response:
-        query = PageQuerySerializer(data=request.query_params)
+        query = PageQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
         try:
             page = selectors.webhook_endpoint_list(
@@ -262,7 +263,7 @@ class WebhookDeliveryListView(APIView):
         endpoint = selectors.webhook_endpoint_get(
             owner=request.user.idempotency_scope, public_id=public_id
         )
-        query = PageQuerySerializer(data=request.query_params)
+        query = PageQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
         try:
             page = selectors.webhook_delivery_list(
@@ -279,15 +280,14 @@ class WebhookDeliveryListView(APIView):
 
 
 class EventListQuerySerializer(PageQuerySerializer):
-    type = serializers.CharField(required=False, max_length=60, help_text="e.g. payment.created")
-    subject = serializers.CharField(
+    type = StrictCharField(required=False, max_length=60, help_text="e.g. payment.created")
+    subject = StrictCharField(
         required=False, max_length=64, help_text="What the events are about, e.g. a payment id."
     )
     created_gte = serializers.DateTimeField(required=False)
     created_lt = serializers.DateTimeField(required=False)
-    delivery_success = serializers.BooleanField(
+    delivery_success = QueryBooleanField(
         required=False,
-        allow_null=True,
         default=None,
         help_text="false: events still to deliver: a delivery pending, failed or given up, or "
         "no delivery although an enabled endpoint (existing when the event happened) wants its "
@@ -307,7 +307,7 @@ class EventListView(APIView):
         "Pass the last id of a page as `starting_after`.",
     )
     def get(self, request: Request) -> Response:
-        query = EventListQuerySerializer(data=request.query_params)
+        query = EventListQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
         params = query.validated_data
         filters = selectors.EventFilters(

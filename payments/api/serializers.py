@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -9,15 +10,30 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from cryptopay.api_fields import StrictCharField
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto, fiat_exponent
 from payments.models import Payment
 from payments.money import format_base_units, format_fiat
 from payments.states import PaymentStatus, PaymentSubStatus
 
+# Digits with an optional fraction: "19.99", "5", "0", "-5" (the last two refused as not
+# positive); not "1e3", " 5", "5.", "+5".
+DECIMAL_STRING = re.compile(r"^-?\d+(\.\d+)?$")
+# What the schema promises is accepted: the same, not all zeros ("0" is refused as not_positive).
+POSITIVE_DECIMAL_STRING = r"^(?:\d*[1-9]\d*(?:\.\d+)?|\d+\.\d*[1-9]\d*)$"
 
-@extend_schema_field({"type": "string", "pattern": r"^\d+(\.\d+)?$", "example": "19.99"})
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "pattern": POSITIVE_DECIMAL_STRING, "example": "19.99"},
+            {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+        ]
+    }
+)
 class ExactDecimalField(serializers.Field):
-    """A positive decimal given as a JSON string or number, read exactly (never through float)."""
+    """A positive decimal given as a JSON string of digits (``"19.99"``) or a JSON number, read
+    exactly (never through float)."""
 
     default_error_messages = {
         "invalid": 'Must be a decimal number such as "19.99".',
@@ -27,7 +43,7 @@ class ExactDecimalField(serializers.Field):
     def to_internal_value(self, data: Any) -> Decimal:
         if isinstance(data, bool) or not isinstance(data, (str, int, Decimal)):
             self.fail("invalid")
-        if isinstance(data, str) and (not data.strip() or data.strip() != data):
+        if isinstance(data, str) and not DECIMAL_STRING.match(data):
             self.fail("invalid")
         try:
             value = Decimal(data)
@@ -43,6 +59,20 @@ class ExactDecimalField(serializers.Field):
         return str(value)
 
 
+def _unstorable(text: str) -> bool:
+    """PostgreSQL's jsonb holds no NUL and no lone surrogate (JSON allows "\\ud800", UTF-8 does
+    not): the values' fields refuse them, a key is checked here, not a 500 on save."""
+    return "\x00" in text or (not text.isascii() and _has_lone_surrogate(text))
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 class PaymentCreateSerializer(serializers.Serializer):
     amount = ExactDecimalField(help_text='Price in fiat, e.g. "19.99".')
     currency = serializers.ChoiceField(
@@ -51,13 +81,13 @@ class PaymentCreateSerializer(serializers.Serializer):
         help_text="ISO 4217 code; defaults to the merchant's default fiat currency.",
     )
     crypto_currency = serializers.ChoiceField(choices=sorted(CRYPTO_CURRENCIES))
-    order_id = serializers.CharField(
+    order_id = StrictCharField(
         required=False, allow_null=True, max_length=200, help_text="Unique per merchant."
     )
-    description = serializers.CharField(required=False, allow_blank=True, max_length=500)
+    description = StrictCharField(required=False, allow_blank=True, max_length=500)
     metadata = serializers.DictField(
         required=False,
-        child=serializers.CharField(
+        child=StrictCharField(
             allow_blank=True, max_length=settings.PAYMENT_METADATA_MAX_VALUE_LENGTH
         ),
         help_text=(
@@ -73,9 +103,10 @@ class PaymentCreateSerializer(serializers.Serializer):
                 f"At most {settings.PAYMENT_METADATA_MAX_KEYS} keys.", code="metadata_too_large"
             )
         for key in value:
-            if not key or len(key) > settings.PAYMENT_METADATA_MAX_KEY_LENGTH:
+            if not key or len(key) > settings.PAYMENT_METADATA_MAX_KEY_LENGTH or _unstorable(key):
                 raise serializers.ValidationError(
-                    f"Keys must have 1 to {settings.PAYMENT_METADATA_MAX_KEY_LENGTH} characters.",
+                    f"Keys must have 1 to {settings.PAYMENT_METADATA_MAX_KEY_LENGTH} characters "
+                    "(no NUL, no lone surrogate).",
                     code="invalid_metadata_key",
                 )
         if len(json.dumps(value).encode()) > settings.PAYMENT_METADATA_MAX_BYTES:
@@ -91,17 +122,7 @@ class PaymentCreateSerializer(serializers.Serializer):
         amount: Decimal = attrs["amount"]
         exponent = fiat_exponent(currency)
         step = Decimal(1).scaleb(-exponent)
-        if amount != amount.quantize(step):
-            raise serializers.ValidationError(
-                {
-                    "amount": [
-                        serializers.ErrorDetail(
-                            f"{currency} amounts have at most {exponent} decimal places.",
-                            code="invalid_amount_precision",
-                        )
-                    ]
-                }
-            )
+        # Before quantize: 5e307 has more digits than the decimal context holds (InvalidOperation).
         if amount > settings.PAYMENT_MAX_FIAT_AMOUNT:
             raise serializers.ValidationError(
                 {
@@ -109,6 +130,17 @@ class PaymentCreateSerializer(serializers.Serializer):
                         serializers.ErrorDetail(
                             f"Amount exceeds the maximum of {settings.PAYMENT_MAX_FIAT_AMOUNT}.",
                             code="amount_too_large",
+                        )
+                    ]
+                }
+            )
+        if amount != amount.quantize(step):
+            raise serializers.ValidationError(
+                {
+                    "amount": [
+                        serializers.ErrorDetail(
+                            f"{currency} amounts have at most {exponent} decimal places.",
+                            code="invalid_amount_precision",
                         )
                     ]
                 }

@@ -5,9 +5,9 @@ from payments.api import views
 urlpatterns = [
     path("rates", views.RateView.as_view(), name="rates"),
     path("payments", views.PaymentListCreateView.as_view(), name="payments"),
-    path("payments/<str:public_id>", views.PaymentDetailView.as_view(), name="payment-detail"),
+    path("payments/<slug:public_id>", views.PaymentDetailView.as_view(), name="payment-detail"),
     path(
-        "payments/<str:public_id>/cancel",
+        "payments/<slug:public_id>/cancel",
         views.PaymentCancelView.as_view(),
         name="payment-cancel",
     ),

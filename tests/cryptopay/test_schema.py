@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from io import StringIO
 
 import pytest
@@ -34,7 +35,7 @@ def api_routes() -> set[str]:
             if isinstance(entry, URLResolver):
                 walk(entry.url_patterns, route)
             elif isinstance(entry, URLPattern) and route.startswith("api/v1/"):
-                routes.add("/" + route.replace("<str:", "{").replace(">", "}"))
+                routes.add("/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route))
 
     walk(get_resolver().url_patterns, "")
     return routes
