@@ -13,6 +13,7 @@ import hmac
 
 HEADER = "Cryptopay-Signature"
 TOLERANCE_SECONDS = 300
+MAX_TIMESTAMP_DIGITS = 20
 
 
 class SignatureError(ValueError):
@@ -34,9 +35,15 @@ def verify(
     timestamp, signatures = None, []
     for item in header.split(","):
         name, _, value = item.strip().partition("=")
-        if name == "t" and value.isdigit():
+        # ASCII digits only, and few: int() refuses "²" and numbers past 4300 digits.
+        if (
+            name == "t"
+            and value.isascii()
+            and value.isdigit()
+            and len(value) <= MAX_TIMESTAMP_DIGITS
+        ):
             timestamp = int(value)
-        elif name == "v1" and value:
+        elif name == "v1" and value.isascii() and value:  # compare_digest takes ASCII str only
             signatures.append(value)
     if timestamp is None or not signatures:
         raise SignatureError("malformed signature header")
