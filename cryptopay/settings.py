@@ -338,6 +338,13 @@ SPECTACULAR_SETTINGS = {
 # Bodies larger than this under /api/ get 413: a payment request is a few hundred bytes.
 API_MAX_BODY_BYTES = env_int("CRYPTOPAY_API_MAX_BODY_BYTES", 64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+# Failed API key attempts one client IP may make per window before it gets 429 with Retry-After:
+# a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
+API_AUTH_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", 20)
+API_AUTH_FAILURE_WINDOW = env_seconds("CRYPTOPAY_AUTH_FAILURE_WINDOW_SECONDS", 60)
+API_AUTH_THROTTLE_REDIS_PREFIX = env_str(
+    "CRYPTOPAY_AUTH_THROTTLE_REDIS_PREFIX", "cryptopay:authfail"
+)
 
 # --- Payments -----------------------------------------------------------------------------------
 # Merchant defaults (BTCPay's, REFERENCE.md §5); each merchant can change its own.

@@ -12,6 +12,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from payments import auth_throttle
 from payments.models import ApiKey, Merchant
 from payments.services import api_key_matches, api_key_split
 from resilience import clock
@@ -45,6 +46,19 @@ class ApiKeyAuthentication(BaseAuthentication):
         header = get_authorization_header(request).split()
         if not header:
             return None
+        django_request = getattr(request, "_request", request)
+        wait = auth_throttle.retry_after(django_request)
+        if wait is not None:
+            raise exceptions.Throttled(
+                wait=wait, detail="Too many failed API key attempts from this address."
+            )
+        try:
+            return self._check(header)
+        except exceptions.AuthenticationFailed:
+            auth_throttle.record_failure(django_request)
+            raise
+
+    def _check(self, header: list[bytes]) -> tuple[ApiClient, ApiKey]:
         if header[0].lower() != self.keyword or len(header) != 2:
             raise exceptions.AuthenticationFailed(
                 "Use 'Authorization: Bearer <api key>'.", code="invalid_authorization_header"
@@ -78,7 +92,7 @@ def idempotency_owner(request: HttpRequest) -> str | None:
     """The merchant behind a plain Django request's Bearer key (for the idempotency middleware)."""
     try:
         result = ApiKeyAuthentication().authenticate(Request(request))
-    except exceptions.AuthenticationFailed:
+    except (exceptions.AuthenticationFailed, exceptions.Throttled):
         return None
     return None if result is None else result[0].idempotency_scope
 

@@ -18,6 +18,10 @@ os.environ.setdefault("CACHE_KEY_PREFIX", f"cryptopay-test-{os.getpid()}")
 os.environ.setdefault("CRYPTOPAY_BREAKER_KEY_PREFIX", f"cryptopay-test-{os.getpid()}:breaker")
 os.environ.setdefault("CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:idem")
 os.environ.setdefault("CRYPTOPAY_NOTIFY_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:notify")
+os.environ.setdefault("CRYPTOPAY_AUTH_THROTTLE_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:auth")
+# Every test client is 127.0.0.1 and many tests send wrong keys on purpose (the fuzzer thousands):
+# the throttle's own tests set the production limit (tests/security/test_auth_throttle.py).
+os.environ.setdefault("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", "1000000")
 os.environ.setdefault("CRYPTOPAY_WS_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:ws")
 os.environ.setdefault("CRYPTOPAY_CHANNELS_PREFIX", f"cryptopay-test-{os.getpid()}:asgi")
 # Webhook receivers in the tests listen on 127.0.0.1.
