@@ -11,7 +11,6 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
-from prometheus_client import REGISTRY
 
 from resilience import degradation
 from resilience.breaker import BreakerOptions, CircuitBreaker, CircuitState
@@ -31,15 +30,9 @@ from resilience.dependencies import database_recover, redis_recover
 from resilience.models import DependencyState
 from resilience.redis_client import fast_fail_client
 from resilience.selectors import dependency_levels, dependency_list
+from tests.resilience.helpers import recovery_count
 
 CLOSED = {"state": "closed", "throughput": 0, "failures": 0, "retry_after": None}
-
-
-def recovery_count(service: str, outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "cryptopay_recovery_attempts_total", {"service": service, "outcome": outcome}
-    )
-    return value or 0.0
 
 
 @pytest.fixture
