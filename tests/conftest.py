@@ -15,6 +15,7 @@ from resilience.clock import FrozenClock
 from tests.factories import ApiKeyFactory, MerchantFactory
 from tests.fakes.exchanges import fake_exchanges  # noqa: F401 - a fixture for every test
 from tests.nodes import anvil, anvil_factory, litecoind, litecoind_factory  # noqa: F401
+from tests.security.log_secrets import SecretScanner
 
 ALL_SCOPES = list(ApiKeyScope.values)
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,15 @@ def _collected_static(django_db_blocker) -> None:
     if stale:
         with django_db_blocker.unblock():
             call_command("collectstatic", "--noinput", verbosity=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_any_log_line() -> Iterator[None]:
+    """Every record of the run, as the application's handlers would write it: none may hold a
+    whole API key or webhook secret (tests/security/log_secrets.py)."""
+    with SecretScanner() as scanner:
+        yield
+    assert not scanner.leaks, "secrets in log lines:\n" + "\n".join(scanner.leaks[:20])
 
 
 @pytest.fixture(scope="session", autouse=True)
