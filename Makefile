@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install install-dev services nodes browser clean
+.PHONY: run test lint format install install-dev services nodes browser fuzz clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ format: $(VENV)/.installed-dev
 test: services nodes browser lint
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(PY) -m pytest $(PYTEST_ARGS)
+
+# Schemathesis over every API operation and hypothesis over the key parsers, FUZZ_EXAMPLES each
+# (make test runs the same tests with 5 per operation and 100 per property).
+FUZZ_EXAMPLES ?= 200
+fuzz: services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		$(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .local staticfiles .pytest_cache .ruff_cache .hypothesis
