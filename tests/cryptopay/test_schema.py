@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from io import StringIO
 
 import pytest
 import yaml
 from django.core.management import call_command
-from django.urls import URLPattern, URLResolver, get_resolver
 from openapi_schema_validator import OAS30Validator
 
 from tests.conftest import api_client_for
 from tests.factories import make_payment
+from tests.routes import api_url_patterns
 
 pytestmark = pytest.mark.django_db
 
@@ -27,18 +26,7 @@ def schema(django_db_blocker) -> dict:
 
 def api_routes() -> set[str]:
     """Every /api/v1/ route Django knows, in OpenAPI path syntax."""
-    routes: set[str] = set()
-
-    def walk(patterns, prefix: str) -> None:
-        for entry in patterns:
-            route = prefix + str(entry.pattern)
-            if isinstance(entry, URLResolver):
-                walk(entry.url_patterns, route)
-            elif isinstance(entry, URLPattern) and route.startswith("api/v1/"):
-                routes.add("/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route))
-
-    walk(get_resolver().url_patterns, "")
-    return routes
+    return {path for path, _ in api_url_patterns()}
 
 
 def validate(schema: dict, component: str, instance) -> None:

@@ -4,12 +4,11 @@ method, and A's objects are exactly as they were. Lists and cursors never show A
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pytest
 from django.forms.models import model_to_dict
-from django.urls import URLPattern, URLResolver, get_resolver, resolve
+from django.urls import resolve
 
 from notifications import services as notification_services
 from notifications.dispatcher import dispatch_events
@@ -17,6 +16,7 @@ from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from payments.models import ApiKey, Payment
 from tests.conftest import api_client_for
 from tests.factories import MerchantFactory, make_payment
+from tests.routes import api_url_patterns
 
 pytestmark = pytest.mark.django_db
 
@@ -43,20 +43,10 @@ class Route:
 
 
 def api_routes() -> list[Route]:
-    routes = []
-
-    def walk(patterns, prefix: str) -> None:
-        for entry in patterns:
-            route = prefix + str(entry.pattern)
-            if isinstance(entry, URLResolver):
-                walk(entry.url_patterns, route)
-            elif isinstance(entry, URLPattern) and route.startswith("api/v1/"):
-                view = entry.callback.view_class
-                methods = tuple(m for m in METHODS if hasattr(view, m))
-                routes.append(Route("/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route), methods))
-
-    walk(get_resolver().url_patterns, "")
-    return routes
+    return [
+        Route(path, tuple(m for m in METHODS if hasattr(pattern.callback.view_class, m)))
+        for path, pattern in api_url_patterns()
+    ]
 
 
 ROUTES = api_routes()
