@@ -13,7 +13,8 @@ One line per record::
 plus any ``extra={...}`` fields. ``task_id``/``task`` appear inside Celery tasks only.
 
 Redaction (``RedactSecretsFilter``) rewrites the message, its arguments, extra string fields and
-the formatted traceback before any handler sees them: merchant API keys (``cpk_…``), webhook
+the formatted traceback before any handler sees them: merchant API keys (``cpk_…`` past the
+12-character prefix the admin shows), webhook
 signing secrets (``whsec_…``), the value of ``Authorization``/``Cookie``/``X-Api-Key`` headers and
 bearer tokens anywhere, and passwords in URLs (``http://user:secret@node``).
 """
@@ -42,7 +43,9 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         rf"\g<1>{REDACTED}",
     ),
     (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+"), rf"\g<1>\g<2>{REDACTED}"),
-    (re.compile(r"\bcpk_[A-Za-z0-9_-]+"), f"cpk_{REDACTED}"),
+    # An API key keeps its stored prefix (shown in the admin, not a secret), loses the rest; a
+    # bare prefix (what the code logs to name a key) is left alone.
+    (re.compile(r"\b(cpk_[A-Za-z0-9_-]{12})[A-Za-z0-9_-]+"), rf"\g<1>{REDACTED}"),
     (re.compile(r"\bwhsec_[A-Za-z0-9_+/=-]+"), f"whsec_{REDACTED}"),
     # URL userinfo: keep the user, drop the password.
     (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), rf"\g<1>{REDACTED}@"),

@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from io import StringIO
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -30,11 +28,9 @@ from cryptopay.logs import CorrelationIdFilter, JsonFormatter, RedactSecretsFilt
 from payments.models import Payment
 from payments.states import PaymentStatus
 from tests.cryptopay.test_settings import (
-    CELERY_WORKER,
-    REPO,
-    _stop_group,
     _test_database_url,
     _wait_until,
+    celery_worker,
     require_services_mode,
     subprocess_env,
 )
@@ -92,7 +88,7 @@ def test_given_a_plausible_request_id_when_a_request_comes_then_it_is_kept_and_r
         "has space",
         "<script>alert(1)</script>",
         "line\nbreak",
-        "quote\"",
+        'quote"',
         "ünïcode",
     ],
 )
@@ -149,16 +145,7 @@ def test_given_a_request_that_enqueues_a_task_when_a_worker_runs_it_then_its_lin
         REDIS_URL=os.environ["REDIS_URL"],
         CRYPTOPAY_LOG_FORMAT="json",
     )
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [*CELERY_WORKER, "-Q", queue, "-n", f"{queue}@%h"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with celery_worker(queue=queue, log=log, env=env) as worker:
         response = client.get(f"/enqueue?queue={queue}", HTTP_X_REQUEST_ID=request_id)
         task_id = response.json()["task_id"]
 
@@ -180,11 +167,6 @@ def test_given_a_request_that_enqueues_a_task_when_a_worker_runs_it_then_its_lin
             log=log,
             what="the task to finish",
         )
-    finally:
-        _stop_group(worker)
-        client_redis = redis.Redis.from_url(os.environ["REDIS_URL"])
-        client_redis.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-        client_redis.close()
 
     assert response[HEADER] == request_id
     ours = task_lines()

@@ -62,13 +62,13 @@ def test_given_a_secret_in_an_exception_and_extra_fields_when_logged_then_both_a
     text = json.dumps(line)
     assert API_KEY not in text
     assert WEBHOOK_SECRET not in text
-    assert "ValueError: bad key cpk_[REDACTED]" in line["exception"]
+    assert "ValueError: bad key cpk_AbCd1234efGH[REDACTED]" in line["exception"]
     assert line["endpoint"] == {"url": "https://shop.example/hook", "secret": f"whsec_{REDACTED}"}
-    assert line["key"] == f"cpk_{REDACTED}"
+    assert line["key"] == f"cpk_AbCd1234efGH{REDACTED}"
 
 
 def test_given_ordinary_text_when_logged_then_it_is_left_alone():
-    message = "payment pay_123 settled; authorization failed for key prefix cpk; 5 of 5 ok"
+    message = "payment pay_1 settled; authorization failed for key cpk_AbCd1234efGH; 5 of 5 ok"
 
     line = emit(message)
 

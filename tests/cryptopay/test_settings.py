@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -329,6 +331,28 @@ def _stop_group(process: subprocess.Popen) -> None:
         process.wait(timeout=15)
 
 
+@contextmanager
+def celery_worker(*, queue: str, log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A real worker consuming only ``queue``, logging to ``log``; stopped and its queue's keys
+    removed (never a flush) on exit."""
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [*CELERY_WORKER, "-Q", queue, "-n", f"{queue}@%h"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield worker
+    finally:
+        _stop_group(worker)
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        client.close()
+
+
 def _wait_until(condition, *, seconds: float, worker: subprocess.Popen, log: Path, what: str):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -354,20 +378,11 @@ def test_given_an_overdue_payment_when_a_celery_worker_runs_the_expiry_task_then
         DATABASE_URL=_test_database_url(),
         REDIS_URL=os.environ["REDIS_URL"],
     )
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [*CELERY_WORKER, "-Q", queue, "-n", f"{queue}@%h"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
     def status() -> str:
         return Payment.objects.values_list("status", flat=True).get(pk=payment.pk)
 
-    try:
+    with celery_worker(queue=queue, log=log, env=env) as worker:
         first = tasks.payments_expire_due.apply_async(queue=queue)
         _wait_until(
             lambda: status() == PaymentStatus.EXPIRED,
@@ -392,12 +407,6 @@ def test_given_an_overdue_payment_when_a_celery_worker_runs_the_expiry_task_then
             log=log,
             what="the second run to finish",
         )
-    finally:
-        _stop_group(worker)
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
-        # Only this test's keys: the queue and its binding sets (never a flush).
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-        client.close()
 
     expired = PaymentEvent.objects.filter(payment=payment, type=PaymentEvent.Type.EXPIRED)
     assert expired.count() == 1

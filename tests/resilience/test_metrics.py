@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
@@ -27,12 +26,12 @@ from payments.models import ChainCursor
 from resilience import clock
 from resilience.tasks import dependencies_monitor, dependencies_recover
 from tests.cryptopay.test_settings import (
-    CELERY_WORKER,
     PYTHON,
     REPO,
     _stop_group,
     _test_database_url,
     _wait_until,
+    celery_worker,
     require_services_mode,
     subprocess_env,
 )
@@ -177,22 +176,15 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         services.deliveries_create(event=event)
 
     logs = {name: tmp_path / f"{name}.log" for name in ("web", "worker")}
-    processes: list[subprocess.Popen] = []
-    streams = ExitStack()
-    try:
+    with ExitStack() as stack:  # closed in reverse: streams, worker, web
         with logs["web"].open("wb") as out:
             web = subprocess.Popen(
                 [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                  "cryptopay.asgi:application"],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        processes.append(web)
-        with logs["worker"].open("wb") as out:
-            worker = subprocess.Popen(
-                [*CELERY_WORKER, "-Q", queue, "-n", f"{queue}@%h"],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        processes.append(worker)
+        stack.callback(_stop_group, web)
+        worker = stack.enter_context(celery_worker(queue=queue, log=logs["worker"], env=env))
 
         def web_up() -> bool:
             try:
@@ -241,7 +233,7 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         stream_url = f"ws://127.0.0.1:{port}/ws/merchant/"
         auth = {"Authorization": f"Bearer {api_key}"}
         for _ in range(2):
-            streams.enter_context(ws_connect(stream_url, additional_headers=auth, open_timeout=10))
+            stack.enter_context(ws_connect(stream_url, additional_headers=auth, open_timeout=10))
         _wait_until(
             lambda: value_or_none(scrape(base), "cryptopay_websocket_evictions_total",
                                   enforced_by="redis"),
@@ -251,13 +243,6 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         metrics = scrape(base)
         # The same answer through a proxy is refused.
         proxied = httpx.get(f"{base}/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
-    finally:
-        streams.close()
-        for process in processes:
-            _stop_group(process)
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-        client.close()
 
     assert proxied.status_code == 403
     # Both processes wrote their own files into the shared directory.
