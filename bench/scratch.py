@@ -56,6 +56,9 @@ def setup_django(
             "CRYPTOPAY_BREAKER_KEY_PREFIX": f"{redis_prefix}:breaker",
             "CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX": f"{redis_prefix}:idempotency",
             "CRYPTOPAY_NOTIFY_REDIS_PREFIX": f"{redis_prefix}:notify",
+            # WebSocket connection registry and channel layer (groups, channels) of this run.
+            "CRYPTOPAY_WS_REDIS_PREFIX": f"{redis_prefix}:ws",
+            "CRYPTOPAY_CHANNELS_PREFIX": f"{redis_prefix}:asgi",
             # Priced from the static rates, as in the tests: no exchange is asked.
             "CRYPTOPAY_RATE_PROVIDERS": "",
             "CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK": "1",
