@@ -13,6 +13,7 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+from django import db
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -150,8 +151,26 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             headers=headers,
         )
 
+    if isinstance(exc, DatabaseUnavailable):
+        logger.warning(
+            "database unavailable in %s: %s", context.get("view").__class__.__name__, exc
+        )
+        return Response(_unavailable_body(), status=503, headers={"Retry-After": "1"})
     logger.exception("Unhandled error in API view %s", context.get("view").__class__.__name__)
     return Response(_internal_error_body(), status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+# The database connection broke (terminated, reset, failed over): a transient outage, not a bug.
+# The transaction rolled back, so a retry with the same Idempotency-Key is safe: 503, retry soon.
+DatabaseUnavailable = (db.OperationalError, db.InterfaceError)
+
+
+def _unavailable_body() -> dict[str, Any]:
+    return error_body(
+        error_type=API,
+        code="service_unavailable",
+        message="The database is briefly unavailable; retry the request (same Idempotency-Key).",
+    )
 
 
 def _classify(exc: exceptions.APIException) -> tuple[str, str]:
@@ -230,6 +249,13 @@ class ApiErrorMiddleware:
             return error_response(status_code=404, **_kw(404))
         if isinstance(exception, RequestDataTooBig):
             return JsonResponse(_too_large_body(), status=413)
+        if isinstance(exception, DatabaseUnavailable):
+            logger.warning(
+                "database unavailable on %s %s: %s", request.method, request.path, exception
+            )
+            response = JsonResponse(_unavailable_body(), status=503)
+            response["Retry-After"] = "1"
+            return response
         logger.exception("Unhandled error on %s %s", request.method, request.path)
         return JsonResponse(_internal_error_body(), status=500)
 

@@ -52,9 +52,13 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
-_STANDARD = frozenset(
-    logging.LogRecord("", 0, "", 0, "", (), None).__dict__
-) | {"message", "asctime", "correlation_id", "task_id", "task"}
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "correlation_id",
+    "task_id",
+    "task",
+}
 
 
 def redact(text: str) -> str:

@@ -208,9 +208,22 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # socket_timeout=None: redis-py 8 defaults to 5 s, which kills the layer's 5 s
-            # blocking receive (channels_redis #422).
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+            # redis-py 8 defaults socket_timeout to 5 s, which kills the layer's 5 s blocking
+            # receive (channels_redis #422). Not None either: a connection whose reply was lost
+            # (a network black hole) would then wait forever. 15 s is three blocking receives.
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 15,
+                        # redis-py's asyncio pool stops at 100 and then fails at once: a burst of
+                        # reconnecting browsers after a deploy needs more group operations.
+                        "max_connections": env_int("CRYPTOPAY_CHANNELS_MAX_CONNECTIONS", 1000),
+                    }
+                ],
+                # Deployments (and test runs) sharing a Redis need distinct prefixes.
+                "prefix": env_str("CRYPTOPAY_CHANNELS_PREFIX", "asgi"),
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL
@@ -253,6 +266,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "resilience.tasks.idempotency_keys_cleanup",
         # Seed: background cleanup every 6 hours; replays are promised for IDEMPOTENCY_EXPIRY only.
         "schedule": env_seconds("CRYPTOPAY_IDEMPOTENCY_CLEANUP_SECONDS", 6 * 3600),
+    },
+    "websocket-connections-cleanup": {
+        "task": "notifications.tasks.websocket_connections_cleanup",
+        # Seed: every 5 minutes; drops connections of processes that died without disconnecting.
+        "schedule": env_seconds("CRYPTOPAY_WS_CLEANUP_SECONDS", 300),
     },
     "payments-expire-due": {
         "task": "payments.tasks.payments_expire_due",
@@ -481,6 +499,17 @@ BREAKER_MINIMUM_THROUGHPUT = env_int("CRYPTOPAY_BREAKER_MINIMUM_THROUGHPUT", 5)
 BREAKER_KEY_PREFIX = env_str("CRYPTOPAY_BREAKER_KEY_PREFIX", "cryptopay:breaker")
 # Live WebSocket connections one user may hold across all processes; the oldest is evicted.
 WEBSOCKET_MAX_CONNECTIONS_PER_USER = env_int("CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER", 5)
+# Each connection refreshes its presence this often, so the cap counts live connections only.
+WEBSOCKET_HEARTBEAT = env_seconds("CRYPTOPAY_WS_HEARTBEAT_SECONDS", 30)
+# A connection not refreshed for this long belongs to a dead process: three missed heartbeats.
+WEBSOCKET_CONNECTION_TTL = env_seconds("CRYPTOPAY_WS_CONNECTION_TTL_SECONDS", 90)
+WEBSOCKET_REDIS_PREFIX = env_str("CRYPTOPAY_WS_REDIS_PREFIX", "cryptopay:ws")
+# A reconnecting client missing more events than this is told to refetch over REST instead.
+WEBSOCKET_REPLAY_LIMIT = env_int("CRYPTOPAY_WS_REPLAY_LIMIT", 200)
+# ...or when what it missed is older than this (a stale tab should reload, not replay a day).
+WEBSOCKET_REPLAY_WINDOW = env_seconds("CRYPTOPAY_WS_REPLAY_WINDOW_SECONDS", 3600)
+# The checkout page polls this often when its WebSocket fails (the 2 s).
+CHECKOUT_POLL_INTERVAL = env_seconds("CRYPTOPAY_CHECKOUT_POLL_SECONDS", 2)
 
 # --- Degradation, recovery and health (resilience/degradation.py, resilience/health.py) ---------
 # Seed: health monitoring every 30 s; a level older than three of these reads as Unknown.

@@ -2,11 +2,16 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
+from payments import checkout
 from resilience.health import DependencyChecks, HealthView, LiveCheck
 from resilience.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("pay/<str:payment_id>/", checkout.checkout_page, name="checkout"),
+    path("pay/<str:payment_id>/status", checkout.checkout_status, name="checkout-status"),
+    path("pay/<str:payment_id>/qr.svg", checkout.checkout_qr, name="checkout-qr"),
+    path("pay/<str:payment_id>/simulate", checkout.checkout_simulate, name="checkout-simulate"),
     path("api/v1/", include("payments.api.urls")),
     path("api/v1/", include("notifications.api.urls")),
     path("health", HealthView.as_view(checks=DependencyChecks()), name="health"),

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import close_old_connections, connection, connections
+from django.db import IntegrityError, close_old_connections, connection, connections, transaction
+from django.db.models import Max
 from prometheus_client import Counter, Gauge
 
 from notifications import queues, services
@@ -79,12 +80,37 @@ class AdaptiveBatching:
         return Batching(level=level, interval=interval, size=size)
 
 
+def stream_position_assign(*, event: Event) -> int:
+    """The event's place in its owner's live stream: the next position in dispatch order.
+
+    Dispatch order, not creation order: a client resuming after position P must get every event
+    sent after P, including one created earlier but dispatched later (a High event overtakes a
+    Normal one; a lost queue is rebuilt from the outbox). Given once; a re-dispatch keeps it.
+    """
+    for _attempt in range(10):
+        if event.stream_position is not None:
+            return event.stream_position
+        top = Event.objects.aggregate(top=Max("stream_position"))["top"] or 0
+        try:
+            with transaction.atomic():
+                Event.objects.filter(pk=event.pk, stream_position__isnull=True).update(
+                    stream_position=top + 1
+                )
+        except IntegrityError:
+            continue  # another dispatcher took top + 1 first: read the top again
+        event.refresh_from_db(fields=["stream_position"])
+    raise RuntimeError(f"event {event.public_id}: no stream position after 10 attempts")
+
+
 def _channels_send(event: Event) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    # "position": the event's place in its owner's stream (notifications/streams.py).
-    message = {"type": "event.message", "event": event.envelope(), "position": event.pk}
+    message = {
+        "type": "event.message",
+        "event": event.envelope(),
+        "position": stream_position_assign(event=event),
+    }
     groups = [f"merchant.{event.owner}"] if event.owner else []
     if event.subject.startswith("pay_"):
         groups.append(f"payment.{event.subject}")

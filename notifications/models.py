@@ -51,12 +51,18 @@ class Event(models.Model):
     dispatched_at = models.DateTimeField(
         null=True, blank=True, help_text="When a dispatcher fanned it out (null: still to do)."
     )
+    stream_position = models.BigIntegerField(
+        null=True,
+        blank=True,
+        unique=True,
+        help_text="Its place in the owner's live stream, in dispatch order (given when dispatched).",
+    )
 
     class Meta:
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="event_owner_created"),
-            # Live-stream replay: a merchant's stream by position (the id), a payment's by sequence.
-            models.Index(fields=["owner", "id"], name="event_owner_position"),
+            # Live-stream replay: a merchant's stream by position, a payment's by sequence.
+            models.Index(fields=["owner", "stream_position"], name="event_owner_position"),
             models.Index(fields=["subject", "sequence"], name="event_subject_sequence"),
             models.Index(
                 fields=["created_at"],

@@ -1,9 +1,14 @@
 """Live event streams over WebSockets: the consumer base, the per-user cap and missed-message replay.
 
 A stream is a slice of the event outbox: one subject's events (a payment's, positioned by their
-gapless per-subject ``sequence``) or one owner's events (a merchant's, positioned by the outbox id,
-which grows but interleaves with other owners'). Apps subclass ``EventStreamConsumer`` and say who
-may read which stream (``authorize``); this module does the rest.
+gapless per-subject ``sequence``) or one owner's events (a merchant's, positioned by
+``stream_position``, given in dispatch order, so it grows but interleaves with other owners').
+Apps subclass ``EventStreamConsumer`` and say who may read which stream (``authorize``); this
+module does the rest.
+
+Every heartbeat a connection also rejoins its Channels group and replays from the outbox what came
+after its position: a Redis restart empties the groups, and a message the dispatcher could not
+hand to the channel layer is then delivered late rather than lost.
 
 Protocol (JSON text frames):
 
@@ -26,12 +31,14 @@ reserves 4000-4499 for "may reconnect" and 4500-4999 for "do not reconnect"):
 4501   unauthenticated       no credentials (checkout token, API key or session); do not retry
 4503   forbidden             the credentials do not grant this stream; do not retry
 4509   connection_limit      the same user opened more than the cap; this, the oldest, is closed
+4013   try_again             the server's channel layer failed; reconnect and resume
 =====  ====================  =================================================================
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -39,6 +46,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
+import redis
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -51,6 +59,7 @@ from resilience import clock
 
 logger = logging.getLogger(__name__)
 
+CLOSE_TRY_AGAIN = 4013  # RFC 6455 1013 "try again later", which autobahn (daphne) will not send
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4501
 CLOSE_FORBIDDEN = 4503
@@ -100,8 +109,12 @@ def _events(stream: Stream):  # type: ignore[no-untyped-def]
     return events.filter(subject=stream.subject) if stream.by_sequence else events
 
 
+def _position_field(stream: Stream) -> str:
+    return "sequence" if stream.by_sequence else "stream_position"
+
+
 def stream_latest_position(*, stream: Stream) -> int:
-    field = "sequence" if stream.by_sequence else "pk"
+    field = _position_field(stream)
     latest = _events(stream).order_by(f"-{field}").values_list(field, flat=True).first()
     return latest or 0
 
@@ -111,7 +124,7 @@ def stream_replay(
 ) -> Replay:
     """The events after position ``after`` (up to ``upto``), or why they cannot be replayed."""
     limit = settings.WEBSOCKET_REPLAY_LIMIT if limit is None else limit
-    field = "sequence" if stream.by_sequence else "pk"
+    field = _position_field(stream)
     events = _events(stream).filter(**{f"{field}__gt": after})
     if upto is not None:
         events = events.filter(**{f"{field}__lt": upto})
@@ -152,7 +165,18 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         # One correlation id (the handshake's X-Request-ID, or a new one) for the connection's
         # log lines and whatever it causes downstream.
         with bound_correlation_id(correlation_id_from_scope(scope)):
-            await super().__call__(scope, receive, send)
+            try:
+                await super().__call__(scope, receive, send)
+            except (redis.RedisError, OSError) as exc:
+                # The channel layer (Redis) failed under the connection: close it with "try
+                # again later" instead of a crash, before any clean-up that could wait on the
+                # same broken layer; the client resumes from its position.
+                logger.warning("websocket closed: channel layer unavailable (%s)", exc)
+                with contextlib.suppress(Exception):
+                    await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN,
+                                "reason": "try_again: live events briefly unavailable"})  # fmt: skip
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
 
     # helpers for subclasses
     def query_param(self, name: str) -> str | None:
@@ -201,7 +225,10 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
             user=self.access.user, connection=self.channel_name
         )
         try:
-            await self.channel_layer.group_discard(self.access.stream.group, self.channel_name)
+            await asyncio.wait_for(
+                self.channel_layer.group_discard(self.access.stream.group, self.channel_name),
+                timeout=2,
+            )
         except Exception as exc:
             logger.info("websocket group_discard failed: %s", exc)
         self.access = None
@@ -216,6 +243,35 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
             await sync_to_async(registry.refresh, thread_sensitive=False)(
                 user=self.access.user, connection=self.channel_name
             )
+            try:
+                # Bounded: a channel-layer connection can hang on a lost reply.
+                await asyncio.wait_for(
+                    self.channel_layer.group_add(self.access.stream.group, self.channel_name),
+                    timeout=interval,
+                )
+            except Exception as exc:  # Redis is down: the outbox still works
+                logger.info("websocket group rejoin failed: %s", exc)
+            try:
+                await self._catch_up()
+            except Exception as exc:  # the database is down: next beat
+                logger.info("websocket catch-up skipped: %s", exc)
+
+    async def _catch_up(self) -> None:
+        """Send what the outbox has after our position (dispatched while we missed it)."""
+        if self.access is None or self.position is None:
+            return
+        replay = await database_sync_to_async(stream_replay)(
+            stream=self.access.stream, after=self.position
+        )
+        if replay.refetch:
+            await self.send_json(
+                {"type": "refetch", "reason": replay.refetch, "position": replay.latest,
+                 "url": self.access.stream.refetch_url}
+            )  # fmt: skip
+            self.position = replay.latest
+            return
+        for position, envelope in replay.events:
+            await self._send_event(position, envelope)
 
     async def _evict(self, name: str) -> None:
         local = _live.get(name)

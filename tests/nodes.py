@@ -134,13 +134,16 @@ class _Node:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, sig)
 
-    def kill(self) -> None:
-        """SIGKILL the node and wait for it; the port refuses connections afterwards."""
+    def kill(self, *, keep_data: bool = False) -> None:
+        """SIGKILL the node and wait for it; the port refuses connections afterwards.
+
+        ``keep_data`` keeps its data directory for a ``restart`` (a crash, not a teardown)."""
         if self.process is not None:
             self._signal(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=10)
-        self._closed()
+        if not keep_data:
+            self._closed()
 
     def _closed(self) -> None:
         _LIVE.discard(self)
@@ -376,6 +379,16 @@ class Litecoind(_Node):
         self.mining_address = self.rpc("getnewaddress", "mining")
         if self.initial_blocks:
             self.mine(self.initial_blocks)
+
+    def restart(self) -> Litecoind:
+        """Start a killed or stopped node again on the same datadir, ports and credentials: its
+        chain and wallet are kept, and clients configured with ``url`` reach it again."""
+        self._http.close()
+        self._launch()
+        self._wait_ready(time.monotonic() + self.start_timeout)
+        with contextlib.suppress(RPCError):  # already loaded (load_on_startup) is fine
+            self._node_rpc("loadwallet", self.wallet)
+        return self
 
     def stop(self, timeout: float = 15.0) -> None:
         """RPC ``stop``, wait for the process to exit; SIGKILL if it hangs."""

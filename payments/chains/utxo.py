@@ -11,6 +11,9 @@ from payments.currencies import crypto
 from payments.models import Payment, PaymentTransaction
 from payments.services import ObservedOutput
 
+# Bitcoin Core's RPC_INVALID_ADDRESS_OR_KEY, what getblockheader answers for an unknown hash.
+BLOCK_NOT_FOUND = -5
+
 
 def _address(script_pub_key: dict[str, Any]) -> str | None:
     # Core 22+ gives "address"; 0.21 (Litecoin Core) gives "addresses": [...].
@@ -114,17 +117,35 @@ class UtxoWatcher(Watcher):
                 return None
             if not block_hash:
                 return None
-        header = self.client.call("getblockheader", block_hash)
+        try:
+            header = self.client.call("getblockheader", block_hash)
+        except RpcError as exc:
+            if exc.code != BLOCK_NOT_FOUND:
+                raise
+            # The node does not know the block at all (it lost its last blocks in a crash, or a
+            # failover node never had them): the same as a block that left the active chain.
+            header = {"confirmations": -1}
         confirmations = int(header.get("confirmations", -1))
         if confirmations < 1:
-            # Its block left the active chain: back in the mempool, or gone.
+            # Its block left the active chain: back in the mempool, mined again, or gone.
             try:
                 entry = self.client.call("getmempoolentry", tx.txid)
             except RpcError:
+                entry = None
+            if entry is not None:
+                return ObservedOutput(
+                    **same, confirmations=0, replaceable=bool(entry.get("bip125-replaceable"))
+                )
+            try:  # mined again in another block (found through -txindex)
+                again = self.client.call("getrawtransaction", tx.txid, True).get("blockhash")
+            except RpcError:
                 return None
-            return ObservedOutput(
-                **same, confirmations=0, replaceable=bool(entry.get("bip125-replaceable"))
-            )
+            if not again or again == block_hash:
+                return None
+            header = self.client.call("getblockheader", again)
+            block_hash, confirmations = again, int(header.get("confirmations", -1))
+            if confirmations < 1:
+                return None
         return ObservedOutput(
             **same, confirmations=confirmations, block_hash=block_hash,
             block_height=int(header["height"]), mined_at=block_time(header["time"]),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from django import db
 from django.urls import path
 from rest_framework.views import APIView
 
 from cryptopay import urls as project_urls
+from cryptopay.api_errors import api_exception_handler
 from payments.models import Payment
 from tests.conftest import api_client_for
 
@@ -128,3 +130,12 @@ def test_pages_outside_the_api_keep_their_html_errors(client):
 
     assert response.status_code == 404
     assert not response["Content-Type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("error", [db.OperationalError, db.InterfaceError])
+def test_a_broken_database_connection_is_a_retryable_503_not_a_500(error):
+    response = api_exception_handler(error("server closed the connection"), {"view": object()})
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.data["error"]["code"] == "service_unavailable"

@@ -11,7 +11,9 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
 from django.db import connections
 from django.test import Client
 
@@ -27,6 +29,7 @@ from notifications.streams import (
 )
 from payments.models import ApiKeyScope, Payment
 from payments.services import payment_transition
+from resilience.redis_client import fast_fail_client
 from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -194,7 +197,8 @@ def test_given_a_staff_session_when_opening_a_merchant_stream_then_it_receives_t
 
         assert message["type"] == "event"
         assert message["event"]["id"] == my_event.public_id
-        assert message["position"] == my_event.pk
+        await sync_to_async(my_event.refresh_from_db)()
+        assert message["position"] == my_event.stream_position
         assert await socket.receive_nothing(timeout=0.3)
         await socket.disconnect()
 
@@ -372,5 +376,29 @@ def test_given_five_connections_of_one_merchant_when_a_sixth_opens_then_the_firs
             await socket.disconnect()
         stats = await sync_to_async(connection_registry().stats)()
         assert f"merchant:{merchant.public_id}" not in stats.per_user
+
+    run(scenario())
+
+
+def test_given_the_group_membership_lost_when_an_event_is_dispatched_then_the_heartbeat_delivers_it(
+    settings,
+):
+    """A Redis restart empties the Channels groups: the heartbeat rejoins and catches up."""
+    settings.WEBSOCKET_HEARTBEAT = timedelta(seconds=0.3)
+    payment = make_payment()
+
+    async def scenario():
+        socket = await open_socket(checkout_path(payment))
+        await socket.receive_json_from(timeout=5)
+        group_key = get_channel_layer()._group_key(f"payment.{payment.public_id}")
+        assert fast_fail_client(django_settings.REDIS_URL).delete(group_key) == 1
+
+        event = await change_status(payment, "processing")
+        await dispatch(event)
+
+        message = await socket.receive_json_from(timeout=5)
+        assert (message["position"], message["event"]["id"]) == (2, event.public_id)
+        assert await socket.receive_nothing(timeout=0.5)  # caught up once, not repeated
+        await socket.disconnect()
 
     run(scenario())

@@ -66,8 +66,8 @@ def test_given_five_connections_on_process_a_when_the_sixth_opens_on_process_b_t
 def test_given_a_connection_idle_longer_than_10_s_when_an_event_is_dispatched_then_it_arrives(
     tmp_path,
 ):
-    """channels-redis with redis-py 8: socket_timeout None keeps the idle receive alive
-    (REFERENCE.md §6, channels_redis #422)."""
+    """channels-redis with redis-py 8: a socket timeout above the layer's 5 s blocking receive
+    keeps the idle receive alive (REFERENCE.md §6, channels_redis #422)."""
     payment = make_payment()
     url = f"/ws/payments/{payment.public_id}/?token={payment.checkout_token}"
 

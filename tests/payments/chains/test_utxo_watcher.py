@@ -207,3 +207,27 @@ def test_a_replaced_transaction_is_dropped_and_its_replacement_counted(chain, wa
     assert txs == {original: "dropped", replacement: "mempool"}
     assert refresh(payment).amount_received == payment.crypto_amount
     assert payment.status == S.PROCESSING
+
+
+def test_a_block_the_node_no_longer_knows_does_not_stall_the_watcher(chain, wallet_merchant):
+    """A node that lost its last blocks in a crash answers "Block not found" (-5) for the hash we
+    recorded: the transaction is looked up again instead of failing every poll (found by the
+    chaos suite: litecoind SIGKILLed)."""
+    wallet_merchant.speed_policy = 3
+    wallet_merchant.save()
+    payment = make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="5.00")
+    poll()
+    chain.send(payment.deposit_address, coins(payment))
+    chain.mine(1)
+    poll()
+    assert refresh(payment).status == S.PROCESSING
+    PaymentTransaction.objects.filter(payment=payment).update(
+        block_hash="ab" * 32, block_height=None
+    )
+
+    chain.mine(2)
+    poll()
+
+    assert refresh(payment).status == S.SETTLED
+    tx = PaymentTransaction.objects.get(payment=payment)
+    assert tx.block_hash != "ab" * 32 and tx.confirmations == 3

@@ -1,0 +1,5 @@
+import sys
+
+from chaos.scenario import main
+
+sys.exit(main())
