@@ -2,11 +2,26 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
+from cryptopay import dashboard
 from payments import checkout
 from resilience.health import DependencyChecks, HealthView, LiveCheck
 from resilience.metrics import metrics_view
 
+# The admin index links to the resilience dashboard (cryptopay/templates/cryptopay/admin_index.html).
+admin.site.index_template = "cryptopay/admin_index.html"
+
 urlpatterns = [
+    # Before the admin's own URLs, whose catch-all would answer first.
+    path(
+        "admin/resilience/",
+        admin.site.admin_view(dashboard.dashboard),
+        name="admin-resilience",
+    ),
+    path(
+        "admin/resilience/breaker",
+        admin.site.admin_view(dashboard.breaker_action),
+        name="admin-resilience-breaker",
+    ),
     path("admin/", admin.site.urls),
     path("pay/<str:payment_id>/", checkout.checkout_page, name="checkout"),
     path("pay/<str:payment_id>/status", checkout.checkout_status, name="checkout-status"),
