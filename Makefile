@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install install-dev services nodes browser fuzz clean
+.PHONY: run test lint format install install-dev services nodes browser fuzz wrk bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ nodes:
 browser:
 	bash scripts/install_browser.sh
 
+# Debian wrk, the HTTP load generator of bench/api_throughput.py (scripts/install_wrk.sh).
+wrk:
+	bash scripts/install_wrk.sh
+
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,7 +51,7 @@ format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: services nodes browser lint
+test: services nodes browser wrk lint
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -57,6 +61,13 @@ FUZZ_EXAMPLES ?= 200
 fuzz: services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
 		$(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+
+# Every bench script, one after the other; figures and ratios to their baselines in
+# bench/RESULTS.md (bench/report.py). BENCH_QUICK=1: smoke sizes, as make test runs them.
+BENCH_QUICK ?=
+bench: services nodes wrk
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+		$(PY) bench/report.py $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) .local staticfiles .pytest_cache .ruff_cache .hypothesis

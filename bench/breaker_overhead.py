@@ -14,6 +14,7 @@ Variants:
 
 Then the cost of a quote served from each level of the rate cache (needs --redis for the shared
 level): a cache hit (Redis), an emergency hit (process memory, Redis down), and a fallback.
+Last, a ``RESULT {json}`` line for bench/report.py (bench/results.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from results import emit, figure
 
 
 def best_ns_per_call(fn, calls: int, rounds: int = 5) -> float:
@@ -70,15 +73,33 @@ def main() -> None:
     bare = results["bare"]
     reference = results["pybreaker"] - bare
     print(f"circuit breaker, closed state, {args.calls} calls x 5 rounds (best round)")
+    figures = []
     for name, ns in results.items():
         overhead = ns - bare
         ratio = "" if name == "bare" else f"   {overhead / reference:5.2f}x pybreaker's overhead"
         print(f"  {name:12} {ns:8.0f} ns/call   overhead {overhead:7.0f} ns{ratio}")
+        figures.append(
+            figure(
+                f"{name}: ns/call", ns, "ns", baseline=None if name == "bare" else "bare: ns/call"
+            )
+        )
+        if name not in ("bare", "pybreaker"):
+            figures.append(
+                figure(
+                    f"{name}: overhead over bare",
+                    overhead,
+                    "ns",
+                    baseline="pybreaker: overhead over bare",
+                )
+            )
+        elif name == "pybreaker":
+            figures.append(figure(f"{name}: overhead over bare", overhead, "ns", baseline=None))
 
-    quote_levels(args.calls // 100)
+    figures += quote_levels(args.calls // 100)
+    emit("breaker_overhead", figures)
 
 
-def quote_levels(calls: int) -> None:
+def quote_levels(calls: int) -> list[dict]:
     from django.core.cache import cache
     from django.test import override_settings
 
@@ -114,8 +135,13 @@ def quote_levels(calls: int) -> None:
         fallback_ns = best_ns_per_call(
             lambda: quotes.rate_quote(crypto_currency="BTC", fiat_currency="USD"), calls
         )
+    figures = []
     for name, ns in (("cache", cache_ns), ("emergency", emergency_ns), ("fallback", fallback_ns)):
         print(f"  {name:12} {ns / 1000:8.1f} us/quote")
+        # The static fallback is the floor: a quote with no cache level asked at all.
+        baseline = None if name == "fallback" else "quote from fallback: us"
+        figures.append(figure(f"quote from {name}: us", ns / 1000, "us", baseline=baseline))
+    return figures
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ static rates; addresses are derived from a random BIP44 account xpub.
 
 Then the per-poll cost of ``chain_watch`` with nothing new: with part 1's open payments, with part
 1's recorded transactions in their window, with part 2's open payments, and with part 2's recorded
-transactions back in their window.
+transactions back in their window. Last, a ``RESULT {json}`` line for bench/report.py.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from results import emit, figure
 from scratch import scratch_environment
 
 CHAIN = "ethereum"
@@ -578,6 +579,40 @@ def report(**f: Any) -> None:
             f"CAUTION: Redis was unreachable during this run ({REDIS_TROUBLE.count} warnings "
             "silenced): some polls ran without it. Run again for representative figures."
         )
+
+    # Baselines: the node calls alone for the catch-up; one node call for a poll that finds
+    # nothing; a poll that finds nothing (same open payments) for one that finds the payment.
+    node, call = "node calls alone", "one node call (eth_blockNumber)"
+    idle_clean = f"idle poll, {n} open payments, 0 recorded txs: mean"
+    figures = [
+        figure(f"{node}: blocks/s", blocks / base_s, "1/s", baseline=None, better="higher"),
+        figure(
+            f"{node}: transfers/s", f["transfers"] / base_s, "1/s", baseline=None, better="higher"
+        ),
+        figure(
+            "watcher catch-up: blocks/s",
+            blocks / catch_up,
+            "1/s",
+            baseline=f"{node}: blocks/s",
+            better="higher",
+        ),
+        figure(
+            "watcher catch-up: transfers recorded/s",
+            recorded / catch_up,
+            "1/s",
+            baseline=f"{node}: transfers/s",
+            better="higher",
+        ),
+        figure(call, f["call_ms"], "ms", baseline=None),
+    ]
+    for label, (mean, _worst), _, _ in rows:
+        figures.append(figure(f"idle poll, {label}: mean", mean, "ms", baseline=call))
+    for name, key in (("status seen by the poller", "latencies"), ("committed", "committed")):
+        ordered = sorted(f[key])
+        for q, label in ((0.5, "p50"), (0.99, "p99")):
+            value = percentile(ordered, q) * 1000
+            figures.append(figure(f"mined -> {name}: {label}", value, "ms", baseline=idle_clean))
+    emit("chain_watch", figures, redis_unreachable=REDIS_TROUBLE.count)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ Each request has its own order_id (the automatic key and the order_id constraint
 "without" or "with" call into a replay or a conflict). Variants alternate in rounds, in a rotating
 order, to spread drift (other load, cache warmth, table growth) evenly. Printed per variant: p50,
 p99 and mean latency in ms and requests per second; then the with-vs-without overhead at p50 and
-p99 and the throughput ratio.
+p99 and the throughput ratio; last, a ``RESULT {json}`` line for bench/report.py.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from results import emit, figure
 from scratch import scratch_environment
 
 URLCONF = "bench_idempotency_urls"
@@ -220,6 +221,22 @@ def run(rounds: int, per_round: int) -> None:
             f"CAUTION: Redis was unreachable for {redis_trouble.count} requests of this run; "
             "those skipped the fast path. Run again for representative figures."
         )
+    units = {"p50": "ms", "p99": "ms", "mean": "ms", "rate": "req/s"}
+    emit(
+        "idempotency_overhead",
+        [
+            figure(
+                f"{label}: {metric}",
+                figures[metric],
+                unit,
+                baseline=None if label == "without" else f"without: {metric}",
+                better="higher" if metric == "rate" else "lower",
+            )
+            for label, figures in stats.items()
+            for metric, unit in units.items()
+        ],
+        redis_unreachable=redis_trouble.count,
+    )
 
 
 if __name__ == "__main__":

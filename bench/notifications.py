@@ -18,6 +18,8 @@ a real HTTP receiver on 127.0.0.1 (tests/notifications/receivers.py) that answer
 2. Throughput: ``--events`` events already queued, drained by an adaptive dispatcher, in events/s:
    system events (no fan-out at all), merchant events with no webhook endpoint (browser groups
    through the channel layer only), and merchant events with one fast receiver.
+
+Last, a ``RESULT {json}`` line for bench/report.py (bench/results.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from results import emit, figure
 from scratch import scratch_environment
 
 MERCHANT = "mer_bench"
@@ -247,10 +250,27 @@ def run(args: argparse.Namespace) -> None:
             ("fixed 200 / 0.1 s", fixed_batching(0.1, 200)),
             ("fixed 10 / 5 s", fixed_batching(5.0, 10)),
         ]
+        figures = []
+        # Baseline: the seed's "normal" level held constant (no adaptation).
+        fixed = "fixed 50 / 1 s"
         for label, batching in policies:
             result = high_latency_under_flood(
                 label, batching, receiver, flood=args.flood, high=args.high, gap=args.gap
             )
+            for key, metric, unit, better in (
+                ("p50", "High p50", "ms", "lower"),
+                ("p99", "High p99", "ms", "lower"),
+                ("low_rate", "Low drained/s", "1/s", "higher"),
+            ):
+                figures.append(
+                    figure(
+                        f"under flood, {label}: {metric}",
+                        result[key],
+                        unit,
+                        baseline=None if label == fixed else f"under flood, {fixed}: {metric}",
+                        better=better,
+                    )
+                )
             levels = ", ".join(f"{k}: {v}" for k, v in sorted(result["levels"].items()))
             print(
                 f"  {result['label']:22} {result['count']:4d} {result['p50']:8.1f} "
@@ -267,11 +287,22 @@ def run(args: argparse.Namespace) -> None:
             ("merchant events, one fast receiver", "webhook"),
         ):
             result = throughput(label, events=args.events, kind=kind)
+            # Baseline: system events, the dispatcher's own cost with no fan-out at all.
+            figures.append(
+                figure(
+                    f"throughput, {label}",
+                    result["rate"],
+                    "events/s",
+                    baseline=None if kind == "system" else "throughput, system events, no fan-out",
+                    better="higher",
+                )
+            )
             levels = ", ".join(f"{k}: {v}" for k, v in sorted(result["levels"].items()))
             print(
                 f"  {result['label']:44} {result['rate']:9.0f} {result['seconds']:8.2f}  {levels}"
                 + (f"  ONLY {result['events']}" if result["events"] < args.events else "")
             )
+        emit("notifications", figures)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ nothing behind. Prints payments per second and per-call latency percentiles for
   service   — payments.services.payment_create (quote, address allocation, event, one transaction),
   api       — POST /api/v1/payments through DRF with Bearer authentication, the idempotency
               layer (automatic key: the bodies differ) and serialization,
-and the ratio of each to the baseline.
+and the ratio of each to the baseline; last, a ``RESULT {json}`` line (bench/results.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from results import emit, figure
 
 
 def setup_django(state_dir: str) -> None:
@@ -53,14 +55,29 @@ def measure(label: str, count: int, call) -> list[float]:
     return samples
 
 
-def report(label: str, samples: list[float], baseline: list[float] | None) -> None:
+def report(label: str, samples: list[float], baseline: list[float] | None) -> list[dict]:
     total = sum(samples)
     ordered = sorted(samples)
     p50 = statistics.median(ordered) * 1000
-    p99 = ordered[int(len(ordered) * 0.99) - 1] * 1000
+    p99 = ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000
     rate = len(samples) / total
     ratio = f"{total / sum(baseline):5.2f}x baseline" if baseline else "     (baseline)"
     print(f"{label:9} {rate:9.0f}/s   p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   {ratio}")
+    metrics = (
+        ("payments/s", rate, "1/s", "higher"),
+        ("p50", p50, "ms", "lower"),
+        ("p99", p99, "ms", "lower"),
+    )
+    return [
+        figure(
+            f"{label}: {metric}",
+            value,
+            unit,
+            baseline=f"baseline: {metric}" if baseline else None,
+            better=better,
+        )
+        for metric, value, unit, better in metrics
+    ]
 
 
 def main() -> None:
@@ -120,9 +137,10 @@ def main() -> None:
 
         print(f"payment creation, {args.count} calls each, embedded SQLite, one process")
         base = measure("baseline", args.count, baseline)
-        report("baseline", base, None)
-        report("service", measure("service", args.count, service), base)
-        report("api", measure("api", args.count, api), base)
+        figures = report("baseline", base, None)
+        figures += report("service", measure("service", args.count, service), base)
+        figures += report("api", measure("api", args.count, api), base)
+        emit("payment_create", figures)
 
 
 if __name__ == "__main__":
