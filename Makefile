@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install install-dev services nodes browser fuzz wrk bench clean
+.PHONY: run test lint format install install-dev services nodes browser fuzz wrk bench chaos clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,13 @@ FUZZ_EXAMPLES ?= 200
 fuzz: services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
 		$(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+
+# The chaos scenario (chaos/scenario.py): load, payments on chain, listeners, while Redis, a daphne,
+# litecoind, the rate providers and database connections fail. CHAOS_QUICK=1: the make test version.
+CHAOS_QUICK ?=
+chaos: services nodes
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+		$(PY) -m chaos $(if $(filter 1 yes true,$(CHAOS_QUICK)),--quick)
 
 # Every bench script, one after the other; figures and ratios to their baselines in
 # bench/RESULTS.md (bench/report.py). BENCH_QUICK=1: smoke sizes, as make test runs them.

@@ -170,7 +170,21 @@ TEMPLATES = [
 
 # --- Database -----------------------------------------------------------------------------------
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    # A pool per process, not persistent connections: under ASGI each request runs its sync code
+    # in a thread of its own, so a CONN_MAX_AGE connection is tied to a thread that ends with the
+    # request, is never reused, and they pile up to max_connections under load (found by
+    # bench/api_throughput.py). The pool bounds them and hands them from thread to thread.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        # Connections per process (daphne, each Celery child, the dispatcher); size it so that
+        # processes x max_size stays under PostgreSQL's max_connections.
+        "min_size": env_int("CRYPTOPAY_DB_POOL_MIN", 1),
+        "max_size": env_int("CRYPTOPAY_DB_POOL_MAX", 16),
+        # How long a request waits for a free connection before failing (then a 503).
+        "timeout": env_int("CRYPTOPAY_DB_POOL_TIMEOUT_SECONDS", 10),
+    }
+    # With a pool, Django turns this into the pool's check: a connection broken by a database
+    # restart or a network fault is replaced before a request gets it.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {

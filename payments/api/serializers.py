@@ -11,6 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from cryptopay.api_fields import StrictCharField
+from payments.checkout import checkout_url
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto, fiat_exponent
 from payments.models import Payment
 from payments.money import format_base_units, format_fiat
@@ -196,6 +197,9 @@ class PaymentSerializer(serializers.ModelSerializer):
     status = serializers.ChoiceField(choices=PaymentStatus.choices)
     sub_status = serializers.SerializerMethodField()
     quote = serializers.SerializerMethodField()
+    checkout_url = serializers.SerializerMethodField(
+        help_text="The hosted checkout page to send the buyer to (carries the buyer's token)."
+    )
 
     class Meta:
         model = Payment
@@ -215,6 +219,7 @@ class PaymentSerializer(serializers.ModelSerializer):
             "amount_due",
             "quote",
             "deposit_address",
+            "checkout_url",
             "status",
             "sub_status",
             "required_confirmations",
@@ -227,6 +232,11 @@ class PaymentSerializer(serializers.ModelSerializer):
 
     def get_object(self, payment: Payment) -> str:
         return "payment"
+
+    def get_checkout_url(self, payment: Payment) -> str:
+        path = checkout_url(payment)
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
 
     def _crypto(self, payment: Payment, amount: int) -> str:
         return format_base_units(amount=amount, currency=crypto(payment.crypto_currency))

@@ -56,6 +56,9 @@ async def open_socket(path: str, headers: list[tuple[bytes, bytes]] | None = Non
 async def closed_with(communicator) -> tuple[int, str]:  # type: ignore[no-untyped-def]
     message = await communicator.receive_output(timeout=5)
     assert message["type"] == "websocket.close", message
+    # The client's side of the closing handshake: the server sees websocket.disconnect and the
+    # consumer ends, as it does behind daphne.
+    await communicator.disconnect(code=message.get("code", 1000))
     return message.get("code"), message.get("reason", "")
 
 
