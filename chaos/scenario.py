@@ -716,12 +716,16 @@ class Scenario:
             undispatched = Event.objects.filter(owner=owner, dispatched_at__isnull=True).count()
             event_ids = set(Event.objects.filter(owner=owner).values_list("public_id", flat=True))
             webhook_missing = event_ids - set(self.receiver.ids())
-            ws_expected = set(
-                Event.objects.filter(
-                    owner=owner, pk__gt=min((item.first_position or 0) for item in self.listeners)
-                ).values_list("public_id", flat=True)
-            )
-            ws_missing = {i: ws_expected - item.received for i, item in enumerate(self.listeners)}
+            # Each client must get every merchant event dispatched after it first subscribed.
+            ws_missing = {
+                index: set(
+                    Event.objects.filter(
+                        owner=owner, stream_position__gt=item.first_position or 0
+                    ).values_list("public_id", flat=True)
+                )
+                - item.received
+                for index, item in enumerate(self.listeners)
+            }
             if (
                 not unsettled
                 and not undispatched

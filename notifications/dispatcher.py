@@ -26,11 +26,10 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, connections, transaction
-from django.db.models import Max
 from prometheus_client import Counter, Gauge
 
 from notifications import queues, services
-from notifications.models import Event, Priority, WebhookDelivery
+from notifications.models import Event, EventStream, Priority, WebhookDelivery
 from resilience import clock
 
 logger = logging.getLogger(__name__)
@@ -80,26 +79,40 @@ class AdaptiveBatching:
         return Batching(level=level, interval=interval, size=size)
 
 
-def stream_position_assign(*, event: Event) -> int:
-    """The event's place in its owner's live stream: the next position in dispatch order.
+def stream_position_assign(*, event: Event) -> int | None:
+    """The event's place in its owner's live stream: 1, 2, 3… in dispatch order, without gaps.
 
-    Dispatch order, not creation order: a client resuming after position P must get every event
-    sent after P, including one created earlier but dispatched later (a High event overtakes a
-    Normal one; a lost queue is rebuilt from the outbox). Given once; a re-dispatch keeps it.
+    Dispatch order, not creation order: a High event overtakes a Normal one, a lost queue is
+    rebuilt from the outbox, and a client must still get each of them once. Without gaps, so a
+    consumer that sees position P+2 after P knows P+1 is missing and reads it from the outbox
+    (it is committed: the owner's row lock orders the positions). Given once; a re-dispatch
+    keeps it. System events (no owner) are in no merchant stream.
     """
-    for _attempt in range(10):
+    if not event.owner:
+        return None
+    for _attempt in range(5):
         if event.stream_position is not None:
             return event.stream_position
-        top = Event.objects.aggregate(top=Max("stream_position"))["top"] or 0
         try:
             with transaction.atomic():
-                Event.objects.filter(pk=event.pk, stream_position__isnull=True).update(
-                    stream_position=top + 1
+                EventStream.objects.get_or_create(owner=event.owner)
+                stream = EventStream.objects.select_for_update().get(owner=event.owner)
+                taken = (
+                    Event.objects.filter(pk=event.pk)
+                    .values_list("stream_position", flat=True)
+                    .first()
                 )
+                if taken is None:
+                    stream.position += 1
+                    stream.save(update_fields=["position"])
+                    Event.objects.filter(pk=event.pk).update(stream_position=stream.position)
+                    taken = stream.position
         except IntegrityError:
-            continue  # another dispatcher took top + 1 first: read the top again
-        event.refresh_from_db(fields=["stream_position"])
-    raise RuntimeError(f"event {event.public_id}: no stream position after 10 attempts")
+            continue  # two dispatchers created the owner's row at once: take the lock again
+        event.stream_position = taken
+    if event.stream_position is None:
+        raise RuntimeError(f"event {event.public_id}: no stream position after 5 attempts")
+    return event.stream_position
 
 
 def _channels_send(event: Event) -> None:

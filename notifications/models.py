@@ -54,15 +54,18 @@ class Event(models.Model):
     stream_position = models.BigIntegerField(
         null=True,
         blank=True,
-        unique=True,
-        help_text="Its place in the owner's live stream, in dispatch order (given when dispatched).",
+        help_text="Its place in the owner's live stream: 1, 2, 3… in dispatch order.",
     )
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "stream_position"], name="event_stream_position_unique"
+            )
+        ]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="event_owner_created"),
-            # Live-stream replay: a merchant's stream by position, a payment's by sequence.
-            models.Index(fields=["owner", "stream_position"], name="event_owner_position"),
+            # Live-stream replay: a payment's stream by sequence (a merchant's uses the constraint).
             models.Index(fields=["subject", "sequence"], name="event_subject_sequence"),
             models.Index(
                 fields=["created_at"],
@@ -85,6 +88,16 @@ class Event(models.Model):
             "sequence": self.sequence,
             "data": self.data,
         }
+
+
+class EventStream(models.Model):
+    """The last position given in an owner's live stream (a row lock orders the dispatchers)."""
+
+    owner = models.CharField(max_length=64, unique=True)
+    position = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.owner}@{self.position}"
 
 
 class WebhookEndpoint(models.Model):

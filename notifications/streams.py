@@ -1,8 +1,9 @@
 """Live event streams over WebSockets: the consumer base, the per-user cap and missed-message replay.
 
 A stream is a slice of the event outbox: one subject's events (a payment's, positioned by their
-gapless per-subject ``sequence``) or one owner's events (a merchant's, positioned by
-``stream_position``, given in dispatch order, so it grows but interleaves with other owners').
+per-subject ``sequence``) or one owner's events (a merchant's, positioned by ``stream_position``,
+given in dispatch order). Both count 1, 2, 3… without gaps, so a consumer that sees a jump reads
+the missing events from the outbox before sending the later one: in order, none twice, none lost.
 Apps subclass ``EventStreamConsumer`` and say who may read which stream (``authorize``); this
 module does the rest.
 
@@ -15,8 +16,7 @@ Protocol (JSON text frames):
 * server → client
   ``{"type": "subscribed", "stream": …, "position": P}`` once authorized; P is the stream's latest
   position, or the one the client resumed from. Then replayed and live events, each
-  ``{"type": "event", "position": P, "event": {…envelope…}}``; a subject stream's events arrive in
-  order without gaps or repeats, an owner stream's without repeats.
+  ``{"type": "event", "position": P, "event": {…envelope…}}``, in order, without gaps or repeats.
   ``{"type": "refetch", "reason": "gap_too_large" | "history_expired", "position": P, "url": …}``
   when the gap cannot be replayed: read the current state over REST, then carry on from P.
 * client → server
@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -201,7 +200,6 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
             return
         self.access = access
         self.position: int | None = None
-        self.recent: deque[int] = deque(maxlen=1000)
         registry = connection_registry()
         evicted = await sync_to_async(registry.register, thread_sensitive=False)(
             user=access.user, connection=self.channel_name
@@ -264,11 +262,7 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
             stream=self.access.stream, after=self.position
         )
         if replay.refetch:
-            await self.send_json(
-                {"type": "refetch", "reason": replay.refetch, "position": replay.latest,
-                 "url": self.access.stream.refetch_url}
-            )  # fmt: skip
-            self.position = replay.latest
+            await self._refetch(replay)
             return
         for position, envelope in replay.events:
             await self._send_event(position, envelope)
@@ -324,13 +318,9 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
             await self._send_event(position, envelope)
 
     async def _send_event(self, position: int, envelope: dict[str, Any]) -> None:
-        if position in self.recent:
+        if self.position is not None and position <= self.position:
             return
-        if self.access is not None and self.access.stream.by_sequence:
-            if self.position is not None and position <= self.position:
-                return
-        self.recent.append(position)
-        self.position = position if self.position is None else max(self.position, position)
+        self.position = position
         await self.send_json({"type": "event", "position": position, "event": envelope})
 
     async def event_message(self, message: dict[str, Any]) -> None:
@@ -339,15 +329,26 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
             return
         stream = self.access.stream
         position = stream.position(message)
-        if stream.by_sequence and self.position is not None and position > self.position + 1:
-            # Events are dispatched by priority, so a later one can overtake an earlier one:
-            # every earlier one is committed already, so fill the gap from the outbox first.
+        if self.position is not None and position > self.position + 1:
+            # An earlier message was lost (the channel layer failed) or a later event overtook
+            # it: every earlier position is committed already, so fill the gap from the outbox.
             replay = await database_sync_to_async(stream_replay)(
                 stream=stream, after=self.position, upto=position
             )
+            if replay.refetch:
+                await self._refetch(replay)
             for earlier, envelope in replay.events:
                 await self._send_event(earlier, envelope)
         await self._send_event(position, message["event"])
+
+    async def _refetch(self, replay: Replay) -> None:
+        """Too much to replay: the client reads the state over REST and carries on from here."""
+        assert self.access is not None
+        await self.send_json(
+            {"type": "refetch", "reason": replay.refetch, "position": replay.latest,
+             "url": self.access.stream.refetch_url}
+        )  # fmt: skip
+        self.position = replay.latest
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if self.access is None:
@@ -363,7 +364,6 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
                 )
                 return
             self.position = after
-            self.recent.clear()
             await self._subscribe(after=after)
         else:
             await self.send_json(

@@ -18,7 +18,7 @@ from django.db import connections
 from django.test import Client
 
 from cryptopay.asgi import application
-from notifications.dispatcher import dispatch_events
+from notifications.dispatcher import dispatch_events, stream_position_assign
 from notifications.models import Event
 from notifications.presence import connection_registry
 from notifications.streams import (
@@ -402,6 +402,32 @@ def test_given_the_group_membership_lost_when_an_event_is_dispatched_then_the_he
         message = await socket.receive_json_from(timeout=5)
         assert (message["position"], message["event"]["id"]) == (2, event.public_id)
         assert await socket.receive_nothing(timeout=0.5)  # caught up once, not repeated
+        await socket.disconnect()
+
+    run(scenario())
+
+
+def test_given_a_lost_message_on_the_merchant_stream_when_the_next_arrives_then_the_gap_is_filled():
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    first, second = make_payment(merchant=merchant), make_payment(merchant=merchant)
+
+    async def scenario():
+        socket = await open_socket(
+            "/ws/merchant/", [(b"authorization", f"Bearer {secret}".encode())]
+        )
+        assert (await socket.receive_json_from(timeout=5))["position"] == 0
+        lost = await change_status(first, "processing")
+        # Dispatched, but its channel-layer message never arrived (Redis failed mid-send).
+        await sync_to_async(stream_position_assign)(event=lost)
+        arrived = await change_status(second, "processing")
+        await dispatch(arrived)
+
+        received = await events_received(socket, 2)
+        assert [(m["position"], m["event"]["id"]) for m in received] == [
+            (1, lost.public_id),
+            (2, arrived.public_id),
+        ]
         await socket.disconnect()
 
     run(scenario())
