@@ -138,3 +138,11 @@ def test_the_api_returns_the_checkout_url_with_the_buyers_token(api):
     payment = Payment.objects.get(public_id=created.json()["id"])
     assert created.json()["checkout_url"] == f"http://testserver{checkout_url(payment)}"
     assert payment.checkout_token in created.json()["checkout_url"]
+
+
+@pytest.mark.parametrize("payment_id", ["pay_%00abc", "pay_%C3%A9", "%F0%9F%92%B8"])
+def test_given_a_malformed_payment_id_then_the_checkout_answers_404_not_500(payment_id):
+    client = Client()
+
+    for suffix in ("", "status", "qr.svg"):
+        assert client.get(f"/pay/{payment_id}/{suffix}", {"token": "x"}).status_code == 404
