@@ -333,7 +333,12 @@ class Listener:
 
 
 async def listen(gateway: Gateway, api_key: str, listener: Listener, stop: threading.Event) -> None:
+    import logging
+
     import websockets
+
+    # A dropped connection is the point of the exercise: the client counts reconnects instead.
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
 
     position: int | None = None
     attempt = 0
