@@ -128,6 +128,8 @@ class Gateway:
         self.env = env
         self.ports = {"a": free_port(), "b": free_port()}
         self.processes: dict[str, Any] = {}
+        self.commands: dict[str, list[str]] = {}
+        self.restarts: dict[str, list[int]] = defaultdict(list)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -135,6 +137,7 @@ class Gateway:
     def _spawn(self, name: str, command: list[str]) -> None:
         from tests.nodes import spawn
 
+        self.commands[name] = command
         self.processes[name] = spawn(command, log=self.run_dir / f"{name}.log", env=self.env)
 
     def start_daphne(self, name: str) -> None:
@@ -183,6 +186,19 @@ class Gateway:
                 str(self.run_dir / "beat-schedule"),
             ],
         )
+
+    SUPERVISED = ("dispatcher", "worker")
+
+    def supervise(self, stop: threading.Event) -> None:
+        """Restart the dispatcher and the worker when they exit, as a process manager (systemd
+        Restart=always, compose restart policies) does in a deployment; count each restart."""
+        commands = dict(self.commands)
+        while not stop.wait(0.5):
+            for name in self.SUPERVISED:
+                code = self.processes[name].poll()
+                if code is not None:
+                    self.restarts[name].append(code)
+                    self._spawn(name, commands[name])
 
     def kill(self, name: str) -> None:
         process = self.processes[name]
@@ -670,6 +686,11 @@ class Scenario:
                 f"chaos: gateway up in {time.monotonic() - started:.1f} s (logs in {self.run_dir})"
             )
 
+            stop_supervising = threading.Event()
+            stack.callback(stop_supervising.set)
+            threading.Thread(
+                target=self.gateway.supervise, args=(stop_supervising,), daemon=True
+            ).start()
             stop_listening = threading.Event()
             listener = self.listener_thread(stop_listening)
             listener.start()
@@ -775,6 +796,11 @@ class Scenario:
                 f"{len(item.received)} received, {item.reconnects} reconnects, {item.refetches} refetches, "
                 f"{item.duplicates} repeats"
             )
+        restarts = {name: codes for name, codes in self.gateway.restarts.items() if codes}
+        lines.append(
+            f"  processes that exited and were restarted   {restarts or 'none'}"
+            + ("   (see their logs)" if restarts else "")
+        )
         lines.append(
             "  recovery after the dependency returned (goal: < 1 s; breakers < 1 s after the "
             f"{BREAK_SECONDS} s break):"
