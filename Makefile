@@ -35,13 +35,13 @@ services: $(VENV)/.installed-dev
 nodes:
 	bash scripts/install_nodes.sh
 
-# Debian chromium for the checkout page's end-to-end tests (scripts/install_browser.sh).
+# Debian chromium for the checkout page's end-to-end tests (scripts/install_debian_tool.sh).
 browser:
-	bash scripts/install_browser.sh
+	bash scripts/install_debian_tool.sh chromium /usr/bin/chromium
 
-# Debian wrk, the HTTP load generator of bench/api_throughput.py (scripts/install_wrk.sh).
+# Debian wrk, the HTTP load generator of bench/api_throughput.py (scripts/install_debian_tool.sh).
 wrk:
-	bash scripts/install_wrk.sh
+	bash scripts/install_debian_tool.sh wrk /usr/bin/wrk
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -5,7 +5,7 @@ resilience layers, on daphne and on uvicorn, in one run.
         [--latency-clients 1] [--latency-duration 10] [--servers daphne,uvicorn]
         [--conn-max-age N] [--quick]
 
-Needs wrk (``make bench`` installs Debian's with scripts/install_wrk.sh), PostgreSQL and Redis
+Needs wrk (``make bench`` installs Debian's with ``make wrk``), PostgreSQL and Redis
 (DATABASE_URL / REDIS_URL, defaulting to the test services). Runs in a scratch database
 ``cryptopay_apithroughput_<pid>`` created, migrated and dropped, with Redis keys under a per-run
 prefix deleted at the end (bench/scratch.py). One merchant and one API key (all scopes) are made
@@ -243,9 +243,7 @@ def cpu_seconds_of(pid: int) -> float:
 def wrk_binary() -> str:
     found = shutil.which("wrk")
     if not found:
-        raise SystemExit(
-            "wrk is not installed: run `bash scripts/install_wrk.sh` (or `make bench`)"
-        )
+        raise SystemExit("wrk is not installed: run `make wrk` (or `make bench`)")
     return found
 
 

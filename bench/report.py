@@ -16,7 +16,7 @@ each bench's full output in the file too.
 
 Services: DATABASE_URL / REDIS_URL as for the benches (defaults: the test services); the benches
 that need PostgreSQL make and drop a scratch database of their own and use Redis prefixes of their
-own. api_throughput.py needs wrk (scripts/install_wrk.sh, which ``make bench`` runs).
+own. api_throughput.py needs wrk (``make wrk``, which ``make bench`` runs).
 Exit status: 0 when every bench ran and produced figures, 1 otherwise (RESULTS.md is written
 either way, with the failures in it).
 """

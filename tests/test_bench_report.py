@@ -31,7 +31,9 @@ LEAKY_PREFIXES = ("CRYPTOPAY_", "DJANGO_", "CACHE_KEY_PREFIX", "PROMETHEUS_", "D
 
 
 def test_quick_report_has_figures_from_every_bench(tmp_path: Path) -> None:
-    assert shutil.which("wrk"), "make test installs Debian wrk (scripts/install_wrk.sh)"
+    assert shutil.which("wrk"), (
+        "make test installs Debian wrk (make wrk: scripts/install_debian_tool.sh)"
+    )
     expected = BENCHES | {name for name in OPTIONAL if (REPO / "bench" / f"{name}.py").exists()}
     env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY_PREFIXES)}
     output, figures = tmp_path / "RESULTS.md", tmp_path / "results.json"

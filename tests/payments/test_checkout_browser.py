@@ -35,7 +35,9 @@ SERVER_ENV = {"CRYPTOPAY_DEV_CHAIN": "1", "CRYPTOPAY_CHECKOUT_POLL_SECONDS": "2"
 
 @pytest.fixture
 def gateway(tmp_path) -> Iterator[Server]:
-    assert CHROMIUM.exists(), "make test installs Debian chromium (scripts/install_browser.sh)"
+    assert CHROMIUM.exists(), (
+        "make test installs Debian chromium (make browser: scripts/install_debian_tool.sh)"
+    )
     with asgi_server(tmp_path, env=SERVER_ENV) as server, dispatcher(tmp_path, env=SERVER_ENV):
         yield server
 

@@ -15,7 +15,7 @@ from tests.cryptopay.test_settings import REPO
 
 # A member process: joins, counts one, holds a live gauge, says so, then waits to be ended.
 MEMBER = """
-import signal, sys, time
+import signal, sys
 from resilience import multiprocess
 multiprocess.join()
 from prometheus_client import Counter, Gauge
@@ -23,7 +23,7 @@ Counter("probe_events", "events").inc()
 Gauge("probe_held", "held", multiprocess_mode="livesum").inc()
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 print("ready", flush=True)
-time.sleep(120)
+signal.pause()  # until the test ends it (SIGTERM)
 """
 
 
