@@ -41,7 +41,9 @@ from tests.fakes.exchanges import (
 )
 
 PROVIDERS = ("kraken", "coinbase", "bitstamp", "binance", "gemini")
+# The deadline the timeout tests measure; tests that expect an answer allow a loaded machine more.
 ATTEMPT_TIMEOUT = 0.2
+ANSWER_TIMEOUT = 2.0
 ALL_PAIRS = [f"{c}-{f}" for c in ("BTC", "LTC", "ETH", "USDC", "USDT") for f in ("USD", "EUR")]
 
 # The exact request each provider must send per pair, from the exchanges' documentation; a pair
@@ -91,17 +93,20 @@ def client() -> Iterator[httpx.Client]:
         yield http
 
 
-def adapter(
-    fake: FakeExchanges, name: str, *, timeout: float = ATTEMPT_TIMEOUT
-) -> ExchangeProvider:
+def adapter(fake: FakeExchanges, name: str, *, timeout: float = ANSWER_TIMEOUT) -> ExchangeProvider:
     return build_provider(name=name, base_url=fake.base_url_for(name), timeout=timeout)
 
 
 def fetch_error(
-    fake: FakeExchanges, client: httpx.Client, name: str, *, pair: str = "BTC-USD"
+    fake: FakeExchanges,
+    client: httpx.Client,
+    name: str,
+    *,
+    pair: str = "BTC-USD",
+    timeout: float = ANSWER_TIMEOUT,
 ) -> ProviderError:
     with pytest.raises(ProviderError) as caught:
-        adapter(fake, name).fetch(pair=pair, client=client)
+        adapter(fake, name, timeout=timeout).fetch(pair=pair, client=client)
     error = caught.value
     assert (error.provider, error.pair) == (name, pair)
     return error
@@ -254,7 +259,7 @@ def test_timeout_is_unavailable_within_the_attempt_timeout(
 ) -> None:
     fake.set_fault(name, "timeout")  # the handler blocks until teardown releases it
     started = time.monotonic()
-    error = fetch_error(fake, client, name)
+    error = fetch_error(fake, client, name, timeout=ATTEMPT_TIMEOUT)
     elapsed = time.monotonic() - started
     assert type(error) is ProviderUnavailable
     assert ATTEMPT_TIMEOUT * 0.9 <= elapsed < ATTEMPT_TIMEOUT + 0.5
@@ -268,7 +273,7 @@ def test_trickled_body_is_cut_off_at_the_attempt_deadline(
     # A byte every 50 ms never trips the per-read timeout; the whole answer would take seconds.
     fake.set_fault(name, "trickle")
     started = time.monotonic()
-    error = fetch_error(fake, client, name)
+    error = fetch_error(fake, client, name, timeout=ATTEMPT_TIMEOUT)
     elapsed = time.monotonic() - started
     assert type(error) is ProviderUnavailable
     assert elapsed < 2 * ATTEMPT_TIMEOUT + 0.4
@@ -424,7 +429,7 @@ def test_error_payloads_with_http_200_are_invalid(
 
 def test_fake_reset_restores_answers(fake: FakeExchanges, client) -> None:
     fake.set_fault("bitstamp", "timeout")
-    fetch_error(fake, client, "bitstamp")
+    fetch_error(fake, client, "bitstamp", timeout=ATTEMPT_TIMEOUT)
     fake.set_price("bitstamp", "BTC-USD", price="1.5")
     fake.reset()
     assert fake.requests("bitstamp") == 0
