@@ -70,7 +70,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -89,13 +88,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scratch import scratch_environment
 
+from tests.nodes import free_port
+from tests.servers import server_command
+
 try:  # the RESULT line for bench/report.py, where that convention is present
     from results import emit, figure
 except ImportError:
     emit = figure = None
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SERVERS = ("daphne", "uvicorn")
 MAX_CONNECTIONS_PER_USER = "100000"
 PAUSE = 0.1  # seconds between rounds
@@ -163,28 +164,6 @@ class Server:
             elif line.strip():
                 lines.append((phase, line))
         return lines
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_command(kind: str, port: int) -> list[str]:
-    if kind == "daphne":
-        return [
-            str(BIN / "daphne"),
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "cryptopay.asgi:application",
-        ]
-    return [
-        str(BIN / "uvicorn"), "cryptopay.asgi:application", "--host", "127.0.0.1",
-        "--port", str(port), "--ws", "websockets", "--log-level", "warning", "--lifespan", "off",
-    ]  # fmt: skip
 
 
 @contextmanager

@@ -141,18 +141,9 @@ class Gateway:
         self.processes[name] = spawn(command, log=self.run_dir / f"{name}.log", env=self.env)
 
     def start_daphne(self, name: str) -> None:
-        bin_dir = Path(sys.executable).parent
-        self._spawn(
-            name,
-            [
-                str(bin_dir / "daphne"),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.ports[name]),
-                "cryptopay.asgi:application",
-            ],
-        )
+        from tests.servers import server_command
+
+        self._spawn(name, server_command("daphne", self.ports[name]))
         self.wait_answering(name)
 
     def wait_answering(self, name: str, limit: float = 30) -> None:
