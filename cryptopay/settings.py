@@ -400,6 +400,9 @@ CHAINS: dict = json.loads(env_str("CRYPTOPAY_CHAINS", "{}"))
 CHAIN_POLL_INTERVAL = env_seconds("CRYPTOPAY_CHAIN_POLL_SECONDS", 5)
 # Per-attempt timeout of a node RPC call.
 CHAIN_RPC_TIMEOUT = env_seconds("CRYPTOPAY_CHAIN_RPC_TIMEOUT_SECONDS", 5)
+# How long one poll of one chain may scan before it saves its cursor and returns (the rest is
+# the next poll's): well inside chains_watch's 120 s soft time limit, with room for every chain.
+CHAIN_POLL_BUDGET = env_seconds("CRYPTOPAY_CHAIN_POLL_BUDGET_SECONDS", 30)
 
 # Development chain: fake deterministic addresses that `manage.py simulate_payment` can "pay".
 # On in embedded mode only, so a real deployment never hands out an address nobody watches.

@@ -276,7 +276,15 @@ class PaymentTransaction(models.Model):
     block_height = models.PositiveBigIntegerField(null=True, blank=True)
     mined_at = models.DateTimeField(null=True, blank=True)
     replaceable = models.BooleanField(default=False, help_text="Signals RBF (BIP125).")
-    first_seen_at = models.DateTimeField()
+    spends = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Outpoints (txid:vout) the transaction spends (UTXO): a replacement or double "
+        "spend is the transaction that spends one of them instead.",
+    )
+    first_seen_at = models.DateTimeField(
+        help_text="When the node (its mempool entry) or the watcher first saw it."
+    )
 
     class Meta:
         constraints = [
@@ -323,6 +331,12 @@ class ChainCursor(models.Model):
     tip_height = models.BigIntegerField(default=-1, help_text="The node's tip at the last poll.")
     node = models.CharField(max_length=200, blank=True, help_text="Node that answered last.")
     polled_at = models.DateTimeField(null=True, blank=True)
+    synced_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Everything the node knew at this time (mempool and blocks) has been recorded: "
+        "a payment on this chain expires only once this is past its expiry.",
+    )
 
     def __str__(self) -> str:
         return f"{self.chain} at {self.height}"

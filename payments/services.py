@@ -380,6 +380,10 @@ class ObservedOutput:
     block_height: int | None = None
     mined_at: datetime | None = None
     replaceable: bool = False
+    # Outpoints (txid:vout) it spends: what a replacement or double spend has in common with it.
+    spends: tuple[str, ...] = ()
+    # When the node first saw it (its mempool entry time), if it says.
+    seen_at: datetime | None = None
 
     @property
     def state(self) -> str:
@@ -413,17 +417,43 @@ def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bo
         "mined_at": output.mined_at,
         "replaceable": output.replaceable,
     }
+    first_seen_at = min(now, output.seen_at) if output.seen_at else now
     with transaction.atomic():
         locked = _lock(payment.pk)
+        exists = PaymentTransaction.objects.filter(
+            chain=output.chain, txid=output.txid, kind=output.kind, output_index=output.output_index
+        ).exists()
+        replaced = [] if exists else _conflicting(output)
+        for old in replaced:
+            # A replacement (RBF fee bump) or double spend: the transaction it replaces stops
+            # counting in the same step, so the payment never counts both. The replacement
+            # inherits when the buyer first paid, for lateness.
+            first_seen_at = min(first_seen_at, old.first_seen_at)
+            _transaction_drop(
+                tx=old,
+                reason=f"replaced by {output.txid}",
+                at=now,
+                payment=locked if old.payment_id == locked.pk else None,
+                reevaluate=False,
+            )
         tx, created = PaymentTransaction.objects.select_for_update().get_or_create(
             chain=output.chain,
             txid=output.txid,
             kind=output.kind,
             output_index=output.output_index,
-            defaults={"payment": locked, "amount": output.amount, "first_seen_at": now, **observed},
+            defaults={
+                "payment": locked,
+                "amount": output.amount,
+                "first_seen_at": first_seen_at,
+                "spends": list(output.spends),
+                **observed,
+            },
         )
         if tx.payment_id != locked.pk or tx.amount != output.amount:
             raise ValueError(f"output {tx} is already recorded with other details")
+        if not tx.spends and output.spends:
+            tx.spends = list(output.spends)
+            tx.save(update_fields=["spends"])
         changes = {name: value for name, value in observed.items() if getattr(tx, name) != value}
         if tx.mined_at is not None and output.mined_at is None:
             changes.pop("mined_at", None)  # keep when it was first mined, for lateness
@@ -452,8 +482,50 @@ def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bo
                 at=now,
             )
         _payment_reevaluate(payment=locked, at=now)
+        for other in {old.payment_id for old in replaced} - {locked.pk}:
+            _payment_reevaluate(payment=_lock(other), at=now)
     payment.refresh_from_db()
     return True
+
+
+def _conflicting(output: ObservedOutput) -> list[PaymentTransaction]:
+    """Unconfirmed recorded transactions that spend an input ``output``'s transaction spends."""
+    if not output.spends:
+        return []
+    spends = set(output.spends)
+    candidates = (
+        PaymentTransaction.objects.select_for_update()
+        .filter(chain=output.chain, state=PaymentTransaction.State.MEMPOOL)
+        .exclude(txid=output.txid)
+    )
+    return [tx for tx in candidates if spends.intersection(tx.spends)]
+
+
+def _transaction_drop(
+    *,
+    tx: PaymentTransaction,
+    reason: str,
+    at: datetime,
+    payment: Payment | None = None,
+    reevaluate: bool = True,
+) -> None:
+    """Stop counting ``tx`` (locked by the caller). ``payment``: its payment, when the caller
+    already holds that row lock (its event sequence then advances on the same object)."""
+    locked = payment if payment is not None else _lock(tx.payment_id)
+    tx.state = PaymentTransaction.State.DROPPED
+    tx.confirmations = 0
+    tx.block_hash, tx.block_height = "", None
+    tx.save(update_fields=["state", "confirmations", "block_hash", "block_height"])
+    _event_append(
+        payment=locked,
+        event_type=PaymentEvent.Type.TRANSACTION_DETECTED,
+        data={"chain": tx.chain, "txid": tx.txid, "output_index": tx.output_index,
+              "state": tx.state, "reason": reason},
+        at=at,
+    )  # fmt: skip
+    if reevaluate:
+        _payment_reevaluate(payment=locked, at=at)
+    logger.warning("transaction %s dropped: %s", tx, reason)
 
 
 def payment_transaction_drop(*, transaction_id: int, reason: str) -> bool:
@@ -466,19 +538,7 @@ def payment_transaction_drop(*, transaction_id: int, reason: str) -> bool:
         tx = PaymentTransaction.objects.select_for_update().get(pk=transaction_id)
         if tx.state == PaymentTransaction.State.DROPPED:
             return False
-        tx.state = PaymentTransaction.State.DROPPED
-        tx.confirmations = 0
-        tx.block_hash, tx.block_height = "", None
-        tx.save(update_fields=["state", "confirmations", "block_hash", "block_height"])
-        _event_append(
-            payment=locked,
-            event_type=PaymentEvent.Type.TRANSACTION_DETECTED,
-            data={"chain": tx.chain, "txid": tx.txid, "output_index": tx.output_index,
-                  "state": tx.state, "reason": reason},
-            at=now,
-        )  # fmt: skip
-        _payment_reevaluate(payment=locked, at=now)
-    logger.warning("transaction %s dropped: %s", tx, reason)
+        _transaction_drop(tx=tx, reason=reason, at=now, payment=locked)
     return True
 
 
@@ -523,6 +583,17 @@ def _payment_reevaluate(*, payment: Payment, at: datetime) -> None:
 
     if payment.sub_status == PaymentSubStatus.MARKED:
         return  # an operator decided; amounts are still recorded above
+    if (
+        payment.status == PaymentStatus.PENDING
+        and paid_in_full
+        and at > payment.expires_at
+        and not _paid_before(payment, threshold)
+    ):
+        # Paid after expiry by the chain's evidence (first seen and mined after it), whether or
+        # not the expiry sweep has run yet (it waits for the watcher to look past the expiry):
+        # the quote is not honoured; the merchant decides.
+        move(PaymentStatus.EXPIRED, PaymentSubStatus.PAID_LATE, "paid after expiry")
+        return
     if (
         payment.status == PaymentStatus.EXPIRED
         and paid_in_full
@@ -588,6 +659,34 @@ def _sweep(*, due: Q, to_status: str, reason: str, at: datetime) -> int:
     return moved
 
 
+def _expiry_seen() -> Q:
+    """Payments whose chain the watcher has seen past their expiry.
+
+    A payment on a watched chain expires only once a poll that saw everything its node knew
+    (blocks and mempool) started after the expiry: until then a transaction paying it on time
+    may exist where we have not looked (a node outage, a lagging or stalled watcher), and an
+    expiry now would be a spurious ``payment.expired``. The watcher's own record decides, so the
+    health probe and the watcher cannot disagree about whether the chain is reachable.
+    Development-chain payments are not watched and expire on time.
+    """
+    from payments.chains.config import chains
+    from payments.models import ChainCursor
+
+    configured = chains()
+    if not configured:
+        return Q()
+    synced = dict(
+        ChainCursor.objects.filter(chain__in=list(configured)).values_list("chain", "synced_at")
+    )
+    seen = Q(deposit_address__startswith="dev")
+    watched_currencies: list[str] = []
+    for chain in configured.values():
+        watched_currencies += chain.currencies
+        if synced.get(chain.name) is not None:
+            seen |= Q(crypto_currency__in=chain.currencies, expires_at__lt=synced[chain.name])
+    return seen | ~Q(crypto_currency__in=watched_currencies)
+
+
 def payments_expire_due() -> dict[str, int]:
     """Expire unpaid payments past their expiry; invalidate unconfirmed ones past monitoring.
 
@@ -604,7 +703,9 @@ def payments_expire_due() -> dict[str, int]:
         logger.warning("expiry paused for %s: no node of their chain answers", ", ".join(held))
     counts = {
         "expired": _sweep(
-            due=Q(status=PaymentStatus.PENDING, expires_at__lte=now) & ~Q(crypto_currency__in=held),
+            due=Q(status=PaymentStatus.PENDING, expires_at__lte=now)
+            & ~Q(crypto_currency__in=held)
+            & _expiry_seen(),
             to_status=PaymentStatus.EXPIRED,
             reason="expired",
             at=now,

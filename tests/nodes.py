@@ -242,8 +242,12 @@ class Litecoind(_Node):
         initial_blocks: int = 101,
         extra_args: tuple[str, ...] | list[str] = (),
         start_timeout: float = 30.0,
+        txindex: bool = False,
     ) -> None:
         self._datadir_arg = datadir
+        # Off by default, as merchants run Litecoin/Bitcoin Core: getrawtransaction then only
+        # finds mempool transactions, and the watcher must not depend on it.
+        self.txindex = txindex
         self.initial_blocks = initial_blocks
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
@@ -324,7 +328,7 @@ class Litecoind(_Node):
             "-discover=0",
             "-listenonion=0",
             "-fallbackfee=0.0001",
-            "-txindex=1",
+            f"-txindex={int(self.txindex)}",
             "-printtoconsole=0",
             "-shrinkdebugfile=1",
             "-persistmempool=0",

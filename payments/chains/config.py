@@ -10,7 +10,7 @@
 
 Nodes are in failover order. ``hrp`` is the bech32 prefix of the network (bc/tb/bcrt for Bitcoin,
 ltc/tltc/rltc for Litecoin). ``confirmations`` is the EVM chain's settlement depth; UTXO chains use
-the merchant's speed policy.
+the merchant's speed policy. ``start_height`` (optional) is the first block a new watcher reads.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ class ChainConfig:
     reorg_depth: int = 100
     # EIP-155 chain id of an EVM chain, put in EIP-681 payment links so wallets pick the network.
     chain_id: int | None = None
+    # First block the watcher reads when it has no cursor yet; None: the block at or before the
+    # oldest open payment's creation (the tip when no payment is open).
+    start_height: int | None = None
 
     @property
     def currencies(self) -> list[str]:
@@ -70,6 +73,9 @@ def chains() -> dict[str, ChainConfig]:
                 tokens=tokens,
                 reorg_depth=int(raw.get("reorg_depth", 100)),
                 chain_id=int(raw["chain_id"]) if raw.get("chain_id") is not None else None,
+                start_height=(
+                    int(raw["start_height"]) if raw.get("start_height") is not None else None
+                ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ImproperlyConfigured(

@@ -3,6 +3,7 @@ reorgs (detected by parent hash)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from payments.chains.watch import Watcher, block_time
@@ -26,6 +27,12 @@ class EvmWatcher(Watcher):
 
     def _block(self, height: int, full: bool) -> dict[str, Any] | None:
         return self.client.call("eth_getBlockByNumber", hex(height), full)
+
+    def block_time_at(self, height: int) -> datetime:
+        block = self._block(height, False)
+        if block is None:
+            raise LookupError(f"block {height} not found")
+        return block_time(_int(block["timestamp"]))
 
     def block_hash(self, height: int) -> str | None:
         block = self._block(height, False)

@@ -9,28 +9,42 @@ extra process to supervise, and a run is bounded (at most MAX_BLOCKS_PER_POLL bl
 foreground view, ``manage.py watch_chain <chain>`` runs the same poll in a loop.
 
 Each poll, per chain:
-1. Reorg check: the stored hash at the cursor (and below, through ``ChainBlock``) is compared with
-   the node's; on a mismatch the cursor walks back to the fork point and every transaction recorded
-   in the abandoned blocks loses its block (it will be found again in the new chain or the mempool,
-   or it is dropped).
+1. Behind or forked: a node whose tip is below our cursor is behind (a lagging failover node, one
+   that restarted and is still loading blocks), not forked: the poll waits for it and changes
+   nothing. Otherwise the stored hash at the cursor (and below, through ``ChainBlock``) is
+   compared with the node's; only a mismatch at a height the node has is a reorg: the cursor walks
+   back to the fork point and every transaction recorded in the abandoned blocks loses its block
+   (it will be found again in the new chain or the mempool, or it is dropped).
 2. New blocks from the cursor to the tip: outputs (UTXO) or native transfers and ERC-20 ``Transfer``
    logs (EVM) paying a watched deposit address are recorded once (unique on chain, txid, kind,
-   index) with the block's time, so a payment found late is judged by when it was mined.
-3. Mempool (UTXO): unconfirmed outputs, with their RBF flag.
-4. Every recorded, still-relevant transaction gets its confirmations re-counted; one that vanished
-   from chain and mempool is dropped.
-Node calls go through a failover pool: a breaker per node, the next node on failure.
+   index) with the block's time, so a payment found late is judged by when it was mined. The
+   cursor is saved after every block, so a poll cut off by its time budget still advances.
+3. Mempool (UTXO): unconfirmed outputs, with their RBF flag and the node's first-seen time.
+4. Blocks that arrived during the poll are scanned too, so a transaction that left the mempool
+   meanwhile is found in its block before anything is judged missing.
+5. Every recorded, still-relevant transaction gets its confirmations re-counted; one that
+   vanished is dropped only on evidence (another transaction spent its inputs).
+6. When the poll saw everything the node knew (blocks to the tip and the mempool), the cursor's
+   ``synced_at`` moves to the time of that view: the expiry sweep only expires a payment once the
+   watcher has looked past its expiry, so the health probe's and the watcher's ideas of "the
+   chain is reachable" cannot disagree.
+
+The first poll of a chain (no cursor yet) starts at the configured ``start_height`` or at the block
+at or before the oldest open payment's creation, so a payment paid before the watcher ever ran is
+found. Node calls go through a failover pool: a breaker per node, the next node on failure.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import F
 
@@ -42,7 +56,11 @@ from resilience import clock
 
 logger = logging.getLogger(__name__)
 
-MAX_BLOCKS_PER_POLL = 200
+# How far before the oldest open payment a new watcher starts reading, by chain kind. Bitcoin's
+# consensus lets a block's timestamp run up to two hours ahead of the time it was mined (and trail
+# it by about an hour, the median-time-past rule): start two hours early rather than one block
+# late. EVM block timestamps are set by the proposer within seconds of the slot time.
+START_MARGIN_SECONDS = {"utxo": 7200, "evm": 60}
 
 
 @dataclass
@@ -55,11 +73,16 @@ class PollResult:
     recorded: int = 0
     dropped: int = 0
     node: str = ""
+    behind: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
     def lag(self) -> int:
         return max(0, self.tip - self.to_height)
+
+
+class NodeBehind(Exception):
+    """The node answering does not have blocks we already processed: it is behind, not forked."""
 
 
 _process_locks: dict[str, threading.Lock] = {}
@@ -93,6 +116,15 @@ class Watcher:
     def __init__(self, chain: ChainConfig, client: NodeClient | None = None) -> None:
         self.chain = chain
         self.client = client or NodeClient(chain)
+        self.cursor: ChainCursor | None = None
+
+    def on_our_chain(self) -> bool:
+        """Whether the node answering now has the block at our cursor (a failover node that is
+        behind, or on another branch, cannot give evidence about our transactions)."""
+        cursor = self.cursor
+        if cursor is None or cursor.height < 0:
+            return True
+        return self.block_hash(cursor.height) == cursor.block_hash
 
     # --- to implement per chain kind --------------------------------------------------------
 
@@ -108,7 +140,9 @@ class Watcher:
         """Record what pays ``watched`` in block ``height``; returns (hash, parent hash, count)."""
         raise NotImplementedError
 
-    def scan_mempool(self, watched: dict[tuple[str, str], Payment], tip: int) -> int:
+    def scan_mempool(
+        self, watched: dict[tuple[str, str], Payment], tip: int, *, deadline: float
+    ) -> int:
         return 0
 
     def recount(self, tx: PaymentTransaction, tip: int) -> ObservedOutput | None:
@@ -120,54 +154,91 @@ class Watcher:
 
     # --- the poll ---------------------------------------------------------------------------
 
+    def open_payments(self):  # type: ignore[no-untyped-def]
+        """Payments on this chain's own addresses still within their monitoring window."""
+        return Payment.objects.filter(
+            crypto_currency__in=self.chain.currencies, monitoring_until__gte=clock.now()
+        ).exclude(deposit_address__startswith="dev")
+
     def watched(self) -> dict[tuple[str, str], Payment]:
         """(currency, address) of payments still within their monitoring window."""
-        payments = (
-            Payment.objects.filter(
-                crypto_currency__in=self.chain.currencies, monitoring_until__gte=clock.now()
-            )
-            .exclude(deposit_address__startswith="dev")
-            .only("pk", "crypto_currency", "deposit_address")
-        )
+        payments = self.open_payments().only("pk", "crypto_currency", "deposit_address")
         return {(p.crypto_currency, self.address_key(p.deposit_address)): p for p in payments}
 
+    def block_time_at(self, height: int) -> datetime:
+        raise NotImplementedError
+
+    def start_height(self, tip: int) -> int:
+        """The last block to treat as processed when a chain is watched for the first time."""
+        if self.chain.start_height is not None:
+            return max(-1, min(self.chain.start_height - 1, tip))
+        oldest = self.open_payments().order_by("created_at").values_list("created_at", flat=True)
+        created_at = oldest.first()
+        if created_at is None:
+            return tip  # nothing open: anything paid from now on arrives after the tip
+        since = created_at - timedelta(seconds=START_MARGIN_SECONDS[self.chain.kind])
+        # Highest block with a timestamp at or before ``since`` (binary search; -1 when none).
+        low, high = -1, tip
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.block_time_at(middle) <= since:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
     def poll(self) -> PollResult:
+        deadline = time.monotonic() + settings.CHAIN_POLL_BUDGET.total_seconds()
         cursor, _ = ChainCursor.objects.get_or_create(chain=self.chain.name)
         tip = self.tip()
-        if cursor.height < 0:
-            # First run: start at the tip; payments are created after the watcher is set up.
-            cursor.height = max(-1, tip - 1)
-            cursor.block_hash = self.block_hash(cursor.height) or "" if cursor.height >= 0 else ""
+        if cursor.height < 0 and not cursor.block_hash:
+            cursor.height = self.start_height(tip)
+            cursor.block_hash = (self.block_hash(cursor.height) or "") if cursor.height >= 0 else ""
+            cursor.save(update_fields=["height", "block_hash"])
         result = PollResult(
             chain=self.chain.name, from_height=cursor.height, to_height=cursor.height, tip=tip
         )
-        fork = self._find_fork(cursor)
+        self.cursor = cursor
+        try:
+            if tip < cursor.height:
+                raise NodeBehind(f"node at {tip}")
+            fork = self._find_fork(cursor)
+        except NodeBehind:
+            # Behind, not forked: blocks we processed are simply not there yet. Nothing it says
+            # about our transactions can be trusted until it catches up (or another node answers).
+            result.behind = max(1, cursor.height - tip)
+            result.to_height = cursor.height
+            result.notes.append(f"node at {tip} is {result.behind} blocks behind our cursor")
+            logger.warning(
+                "%s: node %s is at block %d, %d behind the %d already processed; waiting for it",
+                self.chain.name, self.client.node, tip, result.behind, cursor.height,
+            )  # fmt: skip
+            ChainCursor.objects.filter(pk=cursor.pk).update(
+                node=self.client.node, polled_at=clock.now()
+            )
+            result.node = self.client.node
+            return result
         if fork is not None:
             result.reorged_from = fork
             self._rewind(cursor, fork)
         watched = self.watched()
-        last = min(tip, cursor.height + MAX_BLOCKS_PER_POLL)
-        for height in range(cursor.height + 1, last + 1):
-            block_hash, parent_hash, count = self.scan_block(
-                height, watched, tip=tip, parent=cursor.block_hash
-            )
-            if count is None:
-                # The chain changed under us mid-poll: stop; the next poll finds the fork.
-                result.notes.append(f"parent mismatch at {height}")
-                break
-            ChainBlock.objects.update_or_create(
-                chain=self.chain.name,
-                height=height,
-                defaults={"block_hash": block_hash, "parent_hash": parent_hash},
-            )
-            cursor.height, cursor.block_hash = height, block_hash
-            result.recorded += count
+        complete = self._scan_blocks(cursor, tip, watched, result, deadline)
+        # What the node knew at this moment is recorded once the mempool and every block up to
+        # a tip read after the mempool are scanned.
+        view_at = clock.now()
+        if complete:
+            result.recorded += self.scan_mempool(watched, tip, deadline=deadline)
+            # A block that arrived during the poll holds what left the mempool meanwhile.
+            tip = max(tip, self.tip())
+            complete = self._scan_blocks(cursor, tip, watched, result, deadline)
+        result.tip = tip
         result.to_height = cursor.height
-        result.recorded += self.scan_mempool(watched, tip)
         result.dropped = self._recount_all(tip)
         cursor.tip_height = tip
         cursor.node = self.client.node
         cursor.polled_at = clock.now()
+        if complete and cursor.height >= tip:
+            cursor.synced_at = view_at
         cursor.save()
         ChainBlock.objects.filter(
             chain=self.chain.name, height__lt=cursor.height - self.chain.reorg_depth
@@ -175,11 +246,47 @@ class Watcher:
         result.node = cursor.node
         return result
 
+    def _scan_blocks(
+        self,
+        cursor: ChainCursor,
+        tip: int,
+        watched: dict[tuple[str, str], Payment],
+        result: PollResult,
+        deadline: float,
+    ) -> bool:
+        """Scan the blocks after the cursor up to ``tip``, saving the cursor after each one.
+
+        Returns False when the poll stopped early (time budget, or the chain changed under us).
+        """
+        for height in range(cursor.height + 1, tip + 1):
+            if time.monotonic() > deadline:
+                result.notes.append(f"time budget spent at {cursor.height}")
+                return False
+            block_hash, parent_hash, count = self.scan_block(
+                height, watched, tip=tip, parent=cursor.block_hash
+            )
+            if count is None:
+                # The chain changed under us mid-poll: stop; the next poll finds the fork.
+                result.notes.append(f"parent mismatch at {height}")
+                return False
+            ChainBlock.objects.update_or_create(
+                chain=self.chain.name,
+                height=height,
+                defaults={"block_hash": block_hash, "parent_hash": parent_hash},
+            )
+            cursor.height, cursor.block_hash = height, block_hash
+            ChainCursor.objects.filter(pk=cursor.pk).update(height=height, block_hash=block_hash)
+            result.recorded += count
+        return True
+
     def _find_fork(self, cursor: ChainCursor) -> int | None:
         """Height of the last block we processed that is still on the node's chain, if ours diverged."""
         if cursor.height < 0 or not cursor.block_hash:
             return None
-        if self.block_hash(cursor.height) == cursor.block_hash:
+        current = self.block_hash(cursor.height)
+        if current is None:
+            raise NodeBehind(f"no block at {cursor.height}")
+        if current == cursor.block_hash:
             return None
         known = {
             b.height: b.block_hash
@@ -189,8 +296,12 @@ class Watcher:
         }
         height = cursor.height - 1
         while height >= cursor.height - self.chain.reorg_depth and height >= 0:
-            if height in known and self.block_hash(height) == known[height]:
-                return height
+            if height in known:
+                theirs = self.block_hash(height)
+                if theirs is None:
+                    raise NodeBehind(f"no block at {height}")
+                if theirs == known[height]:
+                    return height
             height -= 1
         logger.error(
             "%s: reorg deeper than %d blocks; rescanning from there",
