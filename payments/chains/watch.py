@@ -258,8 +258,10 @@ class Watcher:
 
         Returns False when the poll stopped early (time budget, or the chain changed under us).
         """
+        cursor_start = cursor.height
         for height in range(cursor.height + 1, tip + 1):
-            if time.monotonic() > deadline:
+            if height > cursor_start + 1 and time.monotonic() > deadline:
+                # At least one block a poll, so a chain always advances.
                 result.notes.append(f"time budget spent at {cursor.height}")
                 return False
             block_hash, parent_hash, count = self.scan_block(
