@@ -218,7 +218,7 @@ class UtxoWatcher(Watcher):
             if self.client.call("gettxout", txid, int(vout), True) is None:
                 # Spent by someone else, if the node answering is on our chain (a lagging node
                 # lacks the block that created the input, which looks the same).
-                return self.on_our_chain()
+                return self._answering_node_on_our_chain()
         return False
 
 

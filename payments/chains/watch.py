@@ -117,6 +117,12 @@ class Watcher:
         self.chain = chain
         self.client = client or NodeClient(chain)
         self.cursor: ChainCursor | None = None
+        self._on_our_chain: bool | None = None  # asked at most once a poll
+
+    def _answering_node_on_our_chain(self) -> bool:
+        if self._on_our_chain is None:
+            self._on_our_chain = self.on_our_chain()
+        return self._on_our_chain
 
     def on_our_chain(self) -> bool:
         """Whether the node answering now has the block at our cursor (a failover node that is
@@ -198,7 +204,7 @@ class Watcher:
         result = PollResult(
             chain=self.chain.name, from_height=cursor.height, to_height=cursor.height, tip=tip
         )
-        self.cursor = cursor
+        self.cursor, self._on_our_chain = cursor, None
         try:
             if tip < cursor.height:
                 raise NodeBehind(f"node at {tip}")
@@ -370,6 +376,11 @@ class Watcher:
                 )  # fmt: skip
             else:
                 observed = self.recount(tx, tip)
+                losing = observed is None or observed.confirmations < tx.confirmations
+                if losing and not self._answering_node_on_our_chain():
+                    # A failover node that switched in mid-poll and lacks our blocks cannot
+                    # take confirmations away; the next poll asks again.
+                    continue
             if observed is None:
                 if payment_transaction_drop(
                     transaction_id=tx.pk, reason="no longer in chain or mempool"

@@ -70,8 +70,8 @@ class RpcInterposer:
         return f"http://{self._userinfo}127.0.0.1:{self._server.server_port}"
 
     def before(self, method: str, hook: Callable[[list], None], *, once: bool = True) -> None:
-        """Run ``hook(params)`` before forwarding the next call of ``method`` (every call when
-        ``once`` is False)."""
+        """Run ``hook(params)`` before forwarding the next call of ``method`` (``"*"``: of any
+        method; every call when ``once`` is False)."""
 
         def run(params: list) -> None:
             if once:
@@ -85,7 +85,7 @@ class RpcInterposer:
         method = request.get("method", "")
         with self._lock:
             self.calls[method] += 1
-            hooks = list(self._hooks.get(method, []))
+            hooks = list(self._hooks.get(method, [])) + list(self._hooks.get("*", []))
         for hook in hooks:
             hook(request.get("params") or [])
 

@@ -198,6 +198,51 @@ def test_given_the_first_node_dies_when_the_second_is_two_blocks_behind_then_no_
     )
 
 
+def test_given_the_first_node_dies_mid_poll_when_the_second_is_behind_then_nothing_loses_confirmations(
+    settings, litecoind_factory, wallet_merchant
+):
+    # Given a settled payment and a paid one waiting in the first node's mempool; the second
+    # node is two blocks behind and never saw the mempool transaction
+    first = litecoind_factory()
+    second = litecoind_factory(initial_blocks=0)
+    with interposed(first.url) as proxy:
+        use_nodes(settings, proxy.url, second.url)
+        settled, waiting = (
+            make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="2.00", order_id=n)
+            for n in ("settled", "waiting")
+        )
+        poll()
+        first.send(settled.deposit_address, coins(settled))
+        first.mine(2)
+        first.send(waiting.deposit_address, coins(waiting))
+        poll()
+        assert (refresh(settled).status, refresh(waiting).status) == (S.SETTLED, S.PROCESSING)
+        copy_blocks(first, second, range(1, first.block_count() - 1))
+        events_before = PaymentEvent.objects.count()
+
+        # When the first node fails right after the block scan, the rest of the poll asking the
+        # lagging second node
+        dead = {"from": False}
+
+        def die(params: list) -> None:
+            dead["from"] = True
+
+        def fail(params: list) -> None:
+            if dead["from"]:
+                raise Refused
+
+        proxy.before("getrawmempool", die)
+        proxy.before("*", fail, once=False)
+        result = poll()
+        assert result.behind == 0 and result.node == f"127.0.0.1:{second.rpc_port}"
+        assert poll().behind == 2
+
+    # Then nothing lost a confirmation or was dropped
+    assert (refresh(settled).status, refresh(waiting).status) == (S.SETTLED, S.PROCESSING)
+    assert PaymentEvent.objects.count() == events_before
+    assert not PaymentTransaction.objects.filter(state="dropped").exists()
+
+
 # --- 5. A block arriving mid-poll ---------------------------------------------------------
 
 
