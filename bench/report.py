@@ -83,6 +83,13 @@ BENCHES = (
         "EVM chain watcher on anvil: catch-up vs node calls alone, mined-to-status latency",
     ),
     Bench(
+        "utxo_mempool",
+        (),
+        ("--mempool", "200", "--warm-polls", "3", "--baseline-runs", "2"),
+        "UTXO watcher poll on Litecoin Core with 5,000 unrelated mempool txs: cold vs warm "
+        "cache vs the old fetch-everything poll",
+    ),
+    Bench(
         "notifications",
         (),
         ("--flood", "200", "--high", "5", "--gap", "0.02", "--events", "50"),

@@ -21,6 +21,7 @@ BENCHES = {
     "breaker_overhead",
     "idempotency_overhead",
     "chain_watch",
+    "utxo_mempool",
     "notifications",
     "api_throughput",
 }
