@@ -285,7 +285,8 @@ class PaymentTransaction(models.Model):
 
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="transactions")
     chain = models.CharField(max_length=20)
-    txid = models.CharField(max_length=100)
+    # A transaction hash, or "internal:<block hash>:<address>" for ETH seen by a balance check.
+    txid = models.CharField(max_length=160)
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.OUTPUT)
     output_index = models.PositiveIntegerField(help_text="vout for outputs, log index for logs.")
     amount = BaseUnitsField()
@@ -391,7 +392,7 @@ class UnmatchedTransfer(models.Model):
     merchant sees it and decides (refund, or mark the payment by hand)."""
 
     chain = models.CharField(max_length=20)
-    txid = models.CharField(max_length=100)
+    txid = models.CharField(max_length=160)
     kind = models.CharField(max_length=10, choices=PaymentTransaction.Kind.choices)
     output_index = models.PositiveIntegerField(
         help_text="Log index for logs, call index for calls."

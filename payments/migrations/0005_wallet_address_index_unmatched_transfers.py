@@ -80,7 +80,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("chain", models.CharField(max_length=20)),
-                ("txid", models.CharField(max_length=100)),
+                ("txid", models.CharField(max_length=160)),
                 (
                     "kind",
                     models.CharField(
@@ -182,5 +182,10 @@ class Migration(migrations.Migration):
             constraint=models.CheckConstraint(
                 condition=models.Q(("amount__gt", 0)), name="unmatched_transfer_amount_positive"
             ),
+        ),
+        migrations.AlterField(
+            model_name="paymenttransaction",
+            name="txid",
+            field=models.CharField(max_length=160),
         ),
     ]
