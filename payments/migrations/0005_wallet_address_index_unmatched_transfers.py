@@ -45,6 +45,10 @@ def counters_per_key(apps, schema_editor):
             counter.key_space = space
             counter.save(update_fields=["key_space"])
             kept[group] = counter
+    if schema_editor.connection.vendor == "postgresql":
+        # The rows changed above leave deferred foreign-key checks pending, and PostgreSQL
+        # refuses the ALTER TABLEs that follow in this transaction until they have run.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 class Migration(migrations.Migration):
