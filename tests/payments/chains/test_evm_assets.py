@@ -9,11 +9,12 @@ import math
 from decimal import Decimal
 
 import pytest
+from django.db import IntegrityError, transaction
 from django.test import Client
 
 from notifications.models import Event, Priority
 from payments.checkout import payment_uri, qr_svg
-from payments.models import PaymentEvent, PaymentTransaction, UnmatchedTransfer
+from payments.models import Payment, PaymentEvent, PaymentTransaction, UnmatchedTransfer
 from payments.services import payment_snapshot
 from payments.states import PaymentStatus as S
 from payments.states import PaymentSubStatus
@@ -343,3 +344,19 @@ def test_with_the_balance_check_a_reorg_removing_the_forwarding_block_drops_the_
     assert (refresh(payment).status, payment.amount_received) == (S.PENDING, 0)
     assert [t.state for t in PaymentTransaction.objects.filter(payment=payment)] == ["dropped"]
     assert S.SETTLED not in statuses(payment)
+
+
+def test_the_database_refuses_a_second_payment_on_an_address_of_one_key(
+    settings, anvil, wallet_merchant
+):
+    # Given a USDC payment on the merchant's ETH/USDC key
+    token = anvil.deploy_erc20(decimals=6, symbol="USDC")
+    configure(settings, anvil, tokens={"USDC": (token, 6)})
+    usdc = make_payment(merchant=wallet_merchant, crypto_currency="USDC", amount="10.00")
+    eth = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="10.00")
+
+    # When anything tries to give an ETH payment the same address, or the same index of the key
+    # Then the database refuses it
+    for change in ({"deposit_address": usdc.deposit_address}, {"derivation_index": 0}):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Payment.objects.filter(pk=eth.pk).update(**change)
