@@ -45,6 +45,8 @@ DELIVERY_OUTCOMES = ("succeeded", "failed", "retrying", "gave_up")
 PRIORITIES: dict[str, str] = {
     "payment.status_changed": Priority.HIGH,
     "transaction.detected": Priority.HIGH,
+    # A wrong asset reached a payment's address: the merchant has to act (refund or mark).
+    "transaction.unmatched": Priority.HIGH,
     "payment.created": Priority.NORMAL,
     "payment.expired": Priority.NORMAL,
     "exchange_rate.updated": Priority.LOW,

@@ -1,8 +1,11 @@
 """Deposit address allocation: one fresh address per payment, never reused.
 
-The derivation index is taken from a per-(merchant, currency) counter under a row lock in the
-caller's transaction, so concurrent creations never share an index. A creation that rolls back
-gives its index back together with its payment, so no address a buyer has seen is ever reused.
+The derivation index is taken from a counter per merchant and wallet key (``key_space``) under a
+row lock in the caller's transaction, so concurrent creations never share an index. The counter is
+per key, not per currency, because ETH and every ERC-20 of one chain are normally received on one
+BIP44 account key: a counter per currency would hand ETH payment #0 and USDC payment #0 the same
+address. A creation that rolls back gives its index back together with its payment, so no address
+a buyer has seen is ever reused.
 
 Sources, in order: the merchant's wallet for the currency (an extended public key, derived at the
 allocated index on the chain configured for the currency), else the development chain when it is
@@ -18,9 +21,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from payments.chains.config import chain_for_currency
-from payments.chains.derivation import GAP_LIMIT, derive_address
+from payments.chains.derivation import GAP_LIMIT, derive_address, extract_key
 from payments.errors import AddressUnavailable
 from payments.models import AddressIndex, Merchant, MerchantWallet, Payment
 
@@ -34,6 +38,7 @@ class AllocatedAddress:
     address: str
     index: int
     chain: str
+    key_space: str
 
 
 def dev_chain_address(*, merchant_public_id: str, crypto_currency: str, index: int) -> str:
@@ -41,9 +46,24 @@ def dev_chain_address(*, merchant_public_id: str, crypto_currency: str, index: i
     return f"dev{crypto_currency.lower()}1{digest[:38]}"
 
 
-def _next_index(*, merchant: Merchant, crypto_currency: str) -> int:
+def key_space(*, extended_public_key: str | None, crypto_currency: str) -> str:
+    """The derivation space an index counts in: one per wallet key (a digest, so the key itself is
+    not copied onto every payment), or per currency on the development chain."""
+    if not extended_public_key:
+        return f"dev:{crypto_currency}"
+    digest = hashlib.sha256(extract_key(extended_public_key).encode()).hexdigest()
+    return f"key:{digest[:64]}"
+
+
+def wallet_key_space(wallet: MerchantWallet) -> str:
+    return key_space(
+        extended_public_key=wallet.extended_public_key, crypto_currency=wallet.crypto_currency
+    )
+
+
+def _next_index(*, merchant: Merchant, space: str) -> int:
     counter, _ = AddressIndex.objects.select_for_update().get_or_create(
-        merchant=merchant, crypto_currency=crypto_currency
+        merchant=merchant, key_space=space
     )
     index = counter.next_index
     counter.next_index = index + 1
@@ -57,13 +77,14 @@ def address_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAd
     ).first()
     chain = chain_for_currency(crypto_currency)
     if wallet is not None and chain is not None:
+        space = wallet_key_space(wallet)
         with transaction.atomic():
-            index = _next_index(merchant=merchant, crypto_currency=crypto_currency)
+            index = _next_index(merchant=merchant, space=space)
             address = derive_address(
                 currency=crypto_currency, key=wallet.extended_public_key, index=index, hrp=chain.hrp
             )
-        gap_limit_check(merchant=merchant, crypto_currency=crypto_currency, index=index)
-        return AllocatedAddress(address=address, index=index, chain=chain.name)
+        gap_limit_check(merchant=merchant, wallet=wallet)
+        return AllocatedAddress(address=address, index=index, chain=chain.name, key_space=space)
     if not settings.DEV_CHAIN_ENABLED:
         reason = (
             "no chain node is configured for it"
@@ -73,40 +94,79 @@ def address_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAd
         raise AddressUnavailable(
             f"Cannot accept {crypto_currency}: {reason}.", param="crypto_currency"
         )
+    space = key_space(extended_public_key=None, crypto_currency=crypto_currency)
     with transaction.atomic():
-        index = _next_index(merchant=merchant, crypto_currency=crypto_currency)
+        index = _next_index(merchant=merchant, space=space)
     address = dev_chain_address(
         merchant_public_id=merchant.public_id, crypto_currency=crypto_currency, index=index
     )
-    return AllocatedAddress(address=address, index=index, chain=DEV_CHAIN)
+    return AllocatedAddress(address=address, index=index, chain=DEV_CHAIN, key_space=space)
 
 
-def unpaid_address_run(*, merchant: Merchant, crypto_currency: str) -> int:
-    """How many addresses were handed out after the last one that received anything."""
-    last_paid = (
-        Payment.objects.filter(
-            merchant=merchant, crypto_currency=crypto_currency, amount_received__gt=0
+@dataclass(frozen=True)
+class GapRun:
+    """Unpaid addresses in a row on one wallet key, against the gap limit wallets scan."""
+
+    merchant: Merchant
+    currencies: tuple[str, ...]
+    run: int
+    limit: int = GAP_LIMIT
+
+    @property
+    def over(self) -> bool:
+        return self.run > self.limit
+
+
+def unpaid_address_run(*, merchant: Merchant, wallet: MerchantWallet) -> GapRun:
+    """How many addresses of the wallet's key were handed out after the last one that received
+    anything, whatever the currency that used them."""
+    space = wallet_key_space(wallet)
+    currencies = tuple(
+        sorted(
+            w.crypto_currency
+            for w in MerchantWallet.objects.filter(merchant=merchant)
+            if wallet_key_space(w) == space
         )
+    )
+    # Payments from before the counter was per key carry no key space: their currency says it.
+    last_paid = (
+        Payment.objects.filter(merchant=merchant, amount_received__gt=0)
+        .filter(Q(key_space=space) | Q(key_space__isnull=True, crypto_currency__in=currencies))
         .order_by("-derivation_index")
         .values_list("derivation_index", flat=True)
         .first()
     )
-    counter = AddressIndex.objects.filter(
-        merchant=merchant, crypto_currency=crypto_currency
-    ).first()
+    counter = AddressIndex.objects.filter(merchant=merchant, key_space=space).first()
     next_index = counter.next_index if counter else 0
-    return next_index - (last_paid + 1 if last_paid is not None else 0)
+    run = max(0, next_index - (last_paid + 1 if last_paid is not None else 0))
+    return GapRun(merchant=merchant, currencies=currencies, run=run)
 
 
-def gap_limit_check(*, merchant: Merchant, crypto_currency: str, index: int) -> bool:
+def gap_limit_check(*, merchant: Merchant, wallet: MerchantWallet) -> bool:
     """Warn when unpaid addresses exceed the gap limit wallets scan (a restored wallet would not
-    see payments beyond it). Returns True when over the limit."""
-    run = unpaid_address_run(merchant=merchant, crypto_currency=crypto_currency)
-    if run > GAP_LIMIT:
+    see payments beyond it). Addresses keep being issued. Returns True when over the limit."""
+    gap = unpaid_address_run(merchant=merchant, wallet=wallet)
+    if gap.over:
         logger.warning(
-            "merchant %s %s: %d unpaid addresses in a row (gap limit %d); the wallet must scan "
-            "further than its default to see later payments",
-            merchant.public_id, crypto_currency, run, GAP_LIMIT,
+            "merchant %s %s wallet: %d unpaid addresses in a row (gap limit %d); the wallet must "
+            "scan further than its default to see later payments",
+            merchant.public_id, "/".join(gap.currencies), gap.run, gap.limit,
         )  # fmt: skip
         return True
     return False
+
+
+def wallet_gap_runs(*, merchant: Merchant | None = None) -> list[GapRun]:
+    """One entry per merchant wallet key (wallets sharing a key are one entry)."""
+    wallets = MerchantWallet.objects.select_related("merchant").order_by("merchant_id", "pk")
+    if merchant is not None:
+        wallets = wallets.filter(merchant=merchant)
+    seen: set[tuple[int, str]] = set()
+    runs = []
+    for wallet in wallets:
+        space = (wallet.merchant_id, wallet_key_space(wallet))
+        if space in seen:
+            continue
+        seen.add(space)
+        runs.append(unpaid_address_run(merchant=wallet.merchant, wallet=wallet))
+    return runs

@@ -7,7 +7,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from payments import services
-from payments.addresses import unpaid_address_run
+from payments.addresses import GapRun, unpaid_address_run, wallet_gap_runs
 from payments.chains.derivation import GAP_LIMIT, InvalidExtendedKey, wallet_validate
 from payments.checkout import checkout_url
 from payments.errors import InvalidTransition
@@ -21,15 +21,47 @@ from payments.models import (
     Payment,
     PaymentEvent,
     PaymentTransaction,
+    UnmatchedTransfer,
 )
 from payments.states import PaymentStatus
+
+GAP_ADVICE = (
+    "A wallet restored from this key stops looking after {limit} unused addresses in a row, so it "
+    "may not show later payments: raise the wallet's gap limit (Electrum: wallet.change_gap_limit"
+    "({want}) in the console; Sparrow: Settings, Advanced, Gap limit), or have buyers pay. "
+    "Addresses keep being issued."
+)
+
+
+def gap_warning(gap: GapRun) -> str:
+    return f"{'/'.join(gap.currencies)} wallet: {gap.run} unpaid addresses in a row, over the " + (
+        f"gap limit of {gap.limit}. " + GAP_ADVICE.format(limit=gap.limit, want=gap.run + gap.limit)
+    )
 
 
 @admin.register(Merchant)
 class MerchantAdmin(admin.ModelAdmin):
     list_display = ["name", "public_id", "default_fiat_currency", "speed_policy", "created_at"]
     search_fields = ["name", "public_id"]
-    readonly_fields = ["public_id", "created_at"]
+    readonly_fields = ["public_id", "created_at", "address_gap"]
+
+    @admin.display(description=f"Unpaid addresses in a row (gap limit {GAP_LIMIT})")
+    def address_gap(self, merchant: Merchant) -> str:
+        if merchant.pk is None:
+            return "-"
+        runs = wallet_gap_runs(merchant=merchant)
+        return (
+            "; ".join(f"{'/'.join(gap.currencies)}: {gap.run} of {gap.limit}" for gap in runs)
+            or "no wallets"
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):  # type: ignore[no-untyped-def]
+        merchant = self.get_object(request, object_id)
+        if merchant is not None and request.method == "GET":
+            for gap in wallet_gap_runs(merchant=merchant):
+                if gap.over:
+                    self.message_user(request, gap_warning(gap), messages.WARNING)
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 class ApiKeyAddForm(forms.ModelForm):
@@ -116,6 +148,21 @@ class PaymentEventInline(admin.TabularInline):
         return False
 
 
+class UnmatchedTransferInline(admin.TabularInline):
+    model = UnmatchedTransfer
+    fields = ["chain", "txid", "currency", "amount", "block_height", "seen_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "Unmatched transfers (another asset; not credited)"
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
 class PaymentTransactionInline(admin.TabularInline):
     model = PaymentTransaction
     fields = ["chain", "txid", "output_index", "amount", "confirmations", "first_seen_at"]
@@ -138,7 +185,7 @@ class PaymentAdmin(admin.ModelAdmin):
     ]  # fmt: skip
     list_filter = ["status", "sub_status", "crypto_currency", "fiat_currency"]
     search_fields = ["public_id", "order_id", "deposit_address"]
-    inlines = [PaymentTransactionInline, PaymentEventInline]
+    inlines = [PaymentTransactionInline, UnmatchedTransferInline, PaymentEventInline]
     actions = ["mark_settled", "mark_invalid"]
     list_select_related = ["merchant"]
 
@@ -242,8 +289,32 @@ class MerchantWalletAdmin(admin.ModelAdmin):
 
     @admin.display(description=f"Unpaid addresses in a row (gap limit {GAP_LIMIT})")
     def unpaid_in_a_row(self, wallet: MerchantWallet) -> str:
-        run = unpaid_address_run(merchant=wallet.merchant, crypto_currency=wallet.crypto_currency)
-        return f"{run} ⚠ over the gap limit" if run > GAP_LIMIT else str(run)
+        gap = unpaid_address_run(merchant=wallet.merchant, wallet=wallet)
+        if gap.over:
+            return f"{gap.run} of {gap.limit} ⚠ over the gap limit: raise the wallet's gap limit"
+        return f"{gap.run} of {gap.limit}"
+
+
+@admin.register(UnmatchedTransfer)
+class UnmatchedTransferAdmin(admin.ModelAdmin):
+    """Transfers of another asset to a deposit address: credited to nothing, here for the merchant
+    to refund or to mark the payment by hand."""
+
+    list_display = [
+        "seen_at", "chain", "currency", "amount", "to_address", "payment", "txid", "block_height",
+    ]  # fmt: skip
+    list_filter = ["chain", "currency"]
+    search_fields = ["txid", "to_address", "payment__public_id"]
+    list_select_related = ["payment"]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return [field.name for field in UnmatchedTransfer._meta.fields]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
 
 
 @admin.register(ChainCursor)

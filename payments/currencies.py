@@ -6,8 +6,10 @@ merchant is likely to price in; adding one is a one-line change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
+
+from payments.chains.config import token_for_currency
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ CRYPTO_CURRENCIES: dict[str, CryptoCurrency] = {
         CryptoCurrency(code="BTC", name="Bitcoin", chain="bitcoin", decimals=8),
         CryptoCurrency(code="LTC", name="Litecoin", chain="litecoin", decimals=8),
         CryptoCurrency(code="ETH", name="Ether", chain="ethereum", decimals=18),
+        # Tokens: 6 is mainnet USDC/USDT's and only the default for the development chain; a
+        # configured token's own decimals win (see ``crypto``).
         CryptoCurrency(code="USDC", name="USD Coin (ERC-20)", chain="ethereum", decimals=6),
         CryptoCurrency(code="USDT", name="Tether USD (ERC-20)", chain="ethereum", decimals=6),
     )
@@ -53,4 +57,11 @@ def fiat_exponent(code: str) -> int:
 
 
 def crypto(code: str) -> CryptoCurrency:
-    return CRYPTO_CURRENCIES[code]
+    """The currency as this deployment has it: for an ERC-20 configured on a chain, the configured
+    token's decimals (the same contract on another chain, or a bridged copy, may have others).
+    Pricing, formatting, the checkout link and QR code, and the watcher all read decimals here."""
+    currency = CRYPTO_CURRENCIES[code]
+    token = token_for_currency(code)
+    if token is not None and token.decimals != currency.decimals:
+        return replace(currency, decimals=token.decimals)
+    return currency

@@ -15,6 +15,12 @@
   falls back to its last step: **expiry timers of that chain's payments are paused**
   (``expiry_held_currencies``; ``payments_expire_due`` leaves them pending until a node answers,
   because a buyer may have paid where we cannot see).
+* ``token:<chain>:<code>``: each configured ERC-20; probe = its contract's ``decimals()`` against
+  the configured decimals (first node that answers). Unavailable on a mismatch: the watcher does
+  not watch that token (payments/chains/evm.py). Degraded when no node answers (the chain's own
+  dependency says why).
+* ``wallets:gap-limit``: degraded while any merchant wallet key has more unpaid addresses in a row
+  than the gap limit wallets scan (payments/addresses.py); addresses keep being issued.
 """
 
 from __future__ import annotations
@@ -218,6 +224,81 @@ def chain_dependencies() -> list[Dependency | OperationChain]:
     return items
 
 
+def token_decimals_probe(*, chain_name: str, currency: str) -> Probe:
+    from payments.chains.config import chains
+    from payments.chains.evm import token_decimals_onchain, token_decimals_problem
+    from payments.chains.rpc import NodeUnavailable, json_rpc
+
+    chain = chains()[chain_name]
+    token = chain.tokens[currency]
+    timeout = min(settings.CHAIN_RPC_TIMEOUT, settings.HEALTH_PROBE_TIMEOUT).total_seconds()
+    for url in chain.nodes:
+
+        def call(method: str, *params: object, url: str = url) -> object:
+            return json_rpc(url, method, list(params), timeout=timeout)
+
+        try:
+            onchain = token_decimals_onchain(token=token, call=call)
+        except NodeUnavailable:
+            continue
+        found = {"token": token.address, "configured": token.decimals, "onchain": onchain}
+        problem = token_decimals_problem(chain=chain.name, token=token, onchain=onchain)
+        if problem:
+            return Probe.unavailable(problem, **found)
+        return Probe.ok(**found)
+    return Probe.degraded("no node answers; decimals not checked", token=token.address)
+
+
+def token_dependencies() -> list[Dependency | OperationChain]:
+    from payments.chains.config import chains
+
+    return [
+        Dependency(
+            name=f"token:{chain.name}:{code}",
+            kind="chain",
+            description=f"{code} on {chain.name}: the contract's decimals() is the configured "
+            f"{token.decimals}",
+            probe=partial(token_decimals_probe, chain_name=chain.name, currency=code),
+            tags=frozenset({"external"}),
+        )
+        for chain in chains().values()
+        if chain.kind == "evm"
+        for code, token in chain.tokens.items()
+    ]
+
+
+def gap_limit_probe() -> Probe:
+    from payments.addresses import wallet_gap_runs
+
+    runs = wallet_gap_runs()
+    over = [gap for gap in runs if gap.over]
+    if not over:
+        return Probe.ok(wallets=len(runs))
+    return Probe.degraded(
+        "; ".join(
+            f"merchant {gap.merchant.public_id} {'/'.join(gap.currencies)}: {gap.run} unpaid "
+            f"addresses in a row (gap limit {gap.limit})"
+            for gap in over[:10]
+        )
+        + ". Raise the gap limit in the merchant's wallet software, or have buyers pay.",
+        over=len(over),
+        wallets=len(runs),
+    )
+
+
+def wallet_dependencies() -> list[Dependency]:
+    return [
+        Dependency(
+            name="wallets:gap-limit",
+            kind="wallets",
+            description="merchant wallet keys within the gap limit wallets scan",
+            probe=gap_limit_probe,
+            tags=frozenset({"external"}),
+            uses_database=True,
+        )
+    ]
+
+
 def expiry_held_currencies() -> list[str]:
     """Currencies whose chain has no answering node (level Critical): their expiry is paused."""
     from payments.chains.config import chains
@@ -238,3 +319,5 @@ def expiry_held_currencies() -> list[str]:
 def register() -> None:
     dependency_source_register(key="payments.rates", source=rate_dependencies)
     dependency_source_register(key="payments.chains", source=chain_dependencies)
+    dependency_source_register(key="payments.tokens", source=token_dependencies)
+    dependency_source_register(key="payments.wallets", source=wallet_dependencies)

@@ -175,6 +175,10 @@ class Payment(models.Model):
     )
     deposit_address = models.CharField(max_length=128)
     derivation_index = models.PositiveIntegerField()
+    # The derivation space the index counts in (payments.addresses.key_space): assets sharing one
+    # wallet key share it, so they never get the same address. NULL on payments made before the
+    # counter was per key; those may share an address with a payment of another currency.
+    key_space = models.CharField(max_length=80, null=True, blank=True, editable=False)  # noqa: DJ001
 
     status = models.CharField(
         max_length=20, choices=PaymentStatus.choices, default=PaymentStatus.PENDING
@@ -208,6 +212,18 @@ class Payment(models.Model):
             models.UniqueConstraint(
                 fields=["crypto_currency", "deposit_address"], name="payment_address_unique"
             ),
+            models.UniqueConstraint(
+                fields=["merchant", "key_space", "derivation_index"],
+                condition=models.Q(key_space__isnull=False),
+                name="payment_derivation_index_unique_per_key",
+            ),
+            # One address, one payment, whatever the asset: a transfer to an address must never
+            # have two payments to credit (stricter than "no two open payments per chain").
+            models.UniqueConstraint(
+                fields=["deposit_address"],
+                condition=models.Q(key_space__isnull=False),
+                name="payment_address_never_shared",
+            ),
             models.CheckConstraint(
                 condition=models.Q(crypto_amount__gt=0), name="payment_crypto_amount_positive"
             ),
@@ -234,6 +250,8 @@ class PaymentEvent(models.Model):
         STATUS_CHANGED = "payment.status_changed", "Payment status changed"
         EXPIRED = "payment.expired", "Payment expired"
         TRANSACTION_DETECTED = "transaction.detected", "Transaction detected"
+        # Another asset reached the payment's address: recorded, never credited.
+        TRANSACTION_UNMATCHED = "transaction.unmatched", "Unmatched transfer to the address"
 
     payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="events")
     sequence = models.PositiveIntegerField()
@@ -258,6 +276,7 @@ class PaymentTransaction(models.Model):
         OUTPUT = "output", "UTXO output"
         NATIVE = "native", "Native EVM transfer"
         LOG = "log", "ERC-20 Transfer log"
+        INTERNAL = "internal", "Native EVM transfer by a contract"
 
     class State(models.TextChoices):
         MEMPOOL = "mempool", "Unconfirmed"
@@ -266,7 +285,8 @@ class PaymentTransaction(models.Model):
 
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="transactions")
     chain = models.CharField(max_length=20)
-    txid = models.CharField(max_length=100)
+    # A transaction hash, or "internal:<block hash>:<address>" for ETH seen by a balance check.
+    txid = models.CharField(max_length=160)
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.OUTPUT)
     output_index = models.PositiveIntegerField(help_text="vout for outputs, log index for logs.")
     amount = BaseUnitsField()
@@ -364,21 +384,60 @@ class ChainBlock(models.Model):
 
 
 class AddressIndex(models.Model):
-    """Next derivation index per merchant and currency; allocated under a row lock, never reused."""
+    """Next derivation index per merchant and wallet key (``key_space``), shared by every currency
+    derived from that key; allocated under a row lock, never reused."""
 
     merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE)
-    crypto_currency = models.CharField(max_length=8, choices=CRYPTO_CHOICES)
+    key_space = models.CharField(max_length=80)
     next_index = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(
-                fields=["merchant", "crypto_currency"], name="address_index_unique"
-            )
+            models.UniqueConstraint(fields=["merchant", "key_space"], name="address_index_unique")
         ]
 
     def __str__(self) -> str:
-        return f"{self.merchant_id}/{self.crypto_currency}: next {self.next_index}"
+        return f"{self.merchant_id}/{self.key_space}: next {self.next_index}"
+
+
+class UnmatchedTransfer(models.Model):
+    """A transfer to a watched deposit address in an asset its payment does not ask for (USDC
+    sent to an ETH payment's address, ETH to a USDC one). Recorded once, credited to nothing: the
+    merchant sees it and decides (refund, or mark the payment by hand)."""
+
+    chain = models.CharField(max_length=20)
+    txid = models.CharField(max_length=160)
+    kind = models.CharField(max_length=10, choices=PaymentTransaction.Kind.choices)
+    output_index = models.PositiveIntegerField(
+        help_text="Log index for logs, call index for calls."
+    )
+    currency = models.CharField(max_length=8, help_text="The asset that arrived.")
+    amount = BaseUnitsField(help_text="In the arriving asset's base units.")
+    to_address = models.CharField(max_length=128)
+    payment = models.ForeignKey(
+        Payment,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="unmatched_transfers",
+        help_text="The payment whose deposit address it reached.",
+    )
+    block_hash = models.CharField(max_length=100, blank=True)
+    block_height = models.PositiveBigIntegerField(null=True, blank=True)
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["chain", "txid", "kind", "output_index"], name="unmatched_transfer_unique"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(amount__gt=0), name="unmatched_transfer_amount_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain}:{self.txid}:{self.output_index} {self.currency}"
 
 
 class ExchangeRateEvent(models.Model):

@@ -31,6 +31,7 @@ from payments.models import (
     Payment,
     PaymentEvent,
     PaymentTransaction,
+    UnmatchedTransfer,
     random_token,
 )
 from payments.money import fiat_to_base_units, format_base_units, format_fiat
@@ -195,6 +196,7 @@ def payment_create(
                 rate_age_seconds=quote.age_seconds,
                 deposit_address=address.address,
                 derivation_index=address.index,
+                key_space=address.key_space,
                 required_confirmations=_required_confirmations(merchant, crypto_currency),
                 underpayment_tolerance_percent=merchant.underpayment_tolerance_percent,
                 expires_at=expires_at,
@@ -526,6 +528,54 @@ def _transaction_drop(
     if reevaluate:
         _payment_reevaluate(payment=locked, at=at)
     logger.warning("transaction %s dropped: %s", tx, reason)
+
+
+def unmatched_transfer_record(
+    *, payment: Payment, output: ObservedOutput, currency: str, to_address: str
+) -> bool:
+    """Record (once) a transfer of ``currency`` that reached ``payment``'s deposit address but is
+    not what the payment asks for. It credits nothing and changes no status; the payment gets a
+    ``transaction.unmatched`` event (the merchant's notification) under its row lock. Returns True
+    when it was new."""
+    if output.amount <= 0:
+        raise ValueError("transfer amount must be positive")
+    now = clock.now()
+    with transaction.atomic():
+        locked = _lock(payment.pk)
+        _, created = UnmatchedTransfer.objects.get_or_create(
+            chain=output.chain,
+            txid=output.txid,
+            kind=output.kind,
+            output_index=output.output_index,
+            defaults={
+                "currency": currency, "amount": output.amount, "to_address": to_address,
+                "payment": locked, "block_hash": output.block_hash,
+                "block_height": output.block_height, "seen_at": now,
+            },
+        )  # fmt: skip
+        if not created:
+            return False
+        _event_append(
+            payment=locked,
+            event_type=PaymentEvent.Type.TRANSACTION_UNMATCHED,
+            data={
+                "chain": output.chain,
+                "txid": output.txid,
+                "kind": output.kind,
+                "output_index": output.output_index,
+                "currency": currency,
+                "amount": format_base_units(amount=output.amount, currency=crypto(currency)),
+                "to_address": to_address,
+                "block_height": output.block_height,
+                "credited": False,
+            },
+            at=now,
+        )
+    logger.warning(
+        "payment %s: %s %s arrived at its %s address in %s; recorded as unmatched, not credited",
+        payment.public_id, output.amount, currency, payment.crypto_currency, output.txid,
+    )  # fmt: skip
+    return True
 
 
 def payment_transaction_drop(*, transaction_id: int, reason: str) -> bool:

@@ -526,18 +526,19 @@ def _encode_token_constructor(symbol: str, decimals: int, supply: int) -> str:
     return _word(0x60) + _word(decimals) + _word(supply) + _word(len(data)) + padded
 
 
-def compiled_test_token() -> dict[str, Any]:
-    """``tests/contracts/TestToken.sol`` compiled by solc-js: ``abi``, ``bytecode``,
+def compiled_contract(name: str = "TestToken") -> dict[str, Any]:
+    """``tests/contracts/<name>.sol`` compiled by solc-js: ``abi``, ``bytecode``,
     ``methodIdentifiers``. Cached under ``node_modules/.cache`` keyed by the sources and the
     solc version, so only the first run pays for the compile (~2 s)."""
-    if _TOKEN_CACHE:
-        return _TOKEN_CACHE[0]
+    if name in _COMPILED:
+        return _COMPILED[name]
     solc_pkg = NODE_MODULES / "solc" / "package.json"
     if not solc_pkg.exists():
         raise NodeError(f"solc-js is not installed: {INSTALL_HINT}")
-    sources = [CONTRACTS_DIR / "TestToken.sol", CONTRACTS_DIR / "compile.js", solc_pkg]
+    source = CONTRACTS_DIR / f"{name}.sol"
+    sources = [source, CONTRACTS_DIR / "compile.js", solc_pkg]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
-    cache = NODE_MODULES / ".cache" / "cryptopay" / f"TestToken-{digest}.json"
+    cache = NODE_MODULES / ".cache" / "cryptopay" / f"{name}-{digest}.json"
     if cache.exists():
         compiled = json.loads(cache.read_text())
     else:
@@ -545,24 +546,28 @@ def compiled_test_token() -> dict[str, Any]:
         if node is None:
             raise NodeError(f"node is not installed: {INSTALL_HINT}")
         result = subprocess.run(
-            [node, str(CONTRACTS_DIR / "compile.js"), str(CONTRACTS_DIR / "TestToken.sol")],
+            [node, str(CONTRACTS_DIR / "compile.js"), str(source), name],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
         )
         if result.returncode != 0:
-            raise NodeError(f"compiling TestToken.sol failed:\n{result.stderr}")
+            raise NodeError(f"compiling {name}.sol failed:\n{result.stderr}")
         compiled = json.loads(result.stdout)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(result.stdout)
         os.replace(tmp, cache)
-    _TOKEN_CACHE.append(compiled)
+    _COMPILED[name] = compiled
     return compiled
 
 
-_TOKEN_CACHE: list[dict[str, Any]] = []
+def compiled_test_token() -> dict[str, Any]:
+    return compiled_contract("TestToken")
+
+
+_COMPILED: dict[str, dict[str, Any]] = {}
 
 
 class Anvil(_Node):
@@ -774,6 +779,32 @@ class Anvil(_Node):
 
     def erc20_decimals(self, token: str) -> int:
         return int(self.call(token, "0x" + SELECTOR_DECIMALS), 16)
+
+    def deploy_forwarder(self, *, sender: str | None = None) -> str:
+        """Deploy ``Forwarder`` (``forward(to)`` passes the ETH it gets on to ``to`` in an
+        internal call; ``forwardAndRevert(to)`` does so in a sub-call that reverts). Returns its
+        address. With automine off this mines one block."""
+        tx: dict[str, Any] = {"data": compiled_contract("Forwarder")["bytecode"]}
+        if sender:
+            tx["from"] = sender
+        tx_hash = self.send_transaction(tx, wait=False)
+        if not self.automine:
+            self.rpc("evm_mine")
+        receipt = self.wait_receipt(tx_hash)
+        if int(receipt["status"], 16) != 1:
+            raise NodeError(f"Forwarder deployment failed: {receipt}")
+        return receipt["contractAddress"]
+
+    def forward_eth(
+        self, forwarder: str, to: str, wei: int, *, revert: bool = False, wait: bool | None = None
+    ) -> str:
+        """Send ``wei`` to ``forwarder`` for ``to`` (account 0 pays); tx hash. ``revert``: through
+        the sub-call that reverts, so ``to`` gets nothing."""
+        method = "forwardAndRevert(address)" if revert else "forward(address)"
+        selector = compiled_contract("Forwarder")["methodIdentifiers"][method]
+        data = "0x" + selector + _address_word(to)
+        tx = {"to": forwarder, "value": _hex(wei), "data": data, "gas": _hex(200_000)}
+        return self.send_transaction(tx, wait=wait)
 
     def snapshot(self) -> str:
         """``evm_snapshot``: an id for ``revert`` (each id can be reverted to once)."""

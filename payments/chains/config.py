@@ -6,11 +6,17 @@
                   "nodes": ["http://user:pass@127.0.0.1:9332"]},
      "ethereum": {"kind": "evm", "currency": "ETH", "confirmations": 12,
                   "chain_id": 1, "nodes": ["http://127.0.0.1:8545", "http://10.0.0.2:8545"],
-                  "tokens": {"USDC": {"address": "0xA0b8...", "decimals": 6}}}}
+                  "tokens": {"USDC": {"address": "0xA0b8...", "decimals": 6}},
+                  "traces": false}}
 
-Nodes are in failover order. ``hrp`` is the bech32 prefix of the network (bc/tb/bcrt for Bitcoin,
+Nodes are in failover order. A token's ``decimals`` are what amounts of it are priced, shown and
+counted in; the EVM watcher checks them against the contract's ``decimals()`` and does not watch a
+token whose contract disagrees. ``hrp`` is the bech32 prefix of the network (bc/tb/bcrt for Bitcoin,
 ltc/tltc/rltc for Litecoin). ``confirmations`` is the EVM chain's settlement depth; UTXO chains use
 the merchant's speed policy. ``start_height`` (optional) is the first block a new watcher reads.
+``traces`` (EVM, optional) says how ETH sent by contracts is seen:
+absent tries the node's call traces and falls back to a balance check, ``false`` checks balances
+only, ``true`` requires traces (see payments/chains/evm.py).
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ class ChainConfig:
     # First block the watcher reads when it has no cursor yet; None: the block at or before the
     # oldest open payment's creation (the tip when no payment is open).
     start_height: int | None = None
+    # EVM: how ETH sent by contracts is seen (payments/chains/evm.py): None tries call traces and
+    # falls back to a balance check, False checks balances only, True requires traces.
+    traces: bool | None = None
 
     @property
     def currencies(self) -> list[str]:
@@ -76,6 +85,7 @@ def chains() -> dict[str, ChainConfig]:
                 start_height=(
                     int(raw["start_height"]) if raw.get("start_height") is not None else None
                 ),
+                traces=_optional_bool(raw.get("traces"), f"chain {name}: traces"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ImproperlyConfigured(
@@ -84,8 +94,20 @@ def chains() -> dict[str, ChainConfig]:
     return result
 
 
+def _optional_bool(value: object, what: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise ImproperlyConfigured(f"{what} must be true, false or absent")
+
+
 def chain_for_currency(currency: str) -> ChainConfig | None:
     for chain in chains().values():
         if currency in chain.currencies:
             return chain
     return None
+
+
+def token_for_currency(currency: str) -> Token | None:
+    """The configured ERC-20 contract of ``currency``, if it is one (on the chain that has it)."""
+    chain = chain_for_currency(currency)
+    return chain.tokens.get(currency) if chain is not None else None

@@ -1,24 +1,122 @@
-"""Ethereum JSON-RPC watcher: native ETH transfers and ERC-20 ``Transfer`` logs, confirmations and
-reorgs (detected by parent hash)."""
+"""Ethereum JSON-RPC watcher: native ETH transfers, ETH sent by contracts, ERC-20 ``Transfer``
+logs, confirmations and reorgs (detected by parent hash).
+
+Every configured asset is looked at for every watched address of the chain: a transfer in the
+asset its payment asks for is credited; one in another asset (USDC sent to an ETH payment's
+address) is recorded as an ``UnmatchedTransfer`` and credits nothing. Only *configured* tokens
+count: any contract can emit ``Transfer`` logs, and unknown tokens sent to deposit addresses are
+mostly spam airdrops.
+
+Token decimals: amounts of a token are priced and counted in its configured ``decimals``; each
+poll first reads ``decimals()`` from every configured contract and a token whose contract
+disagrees is not watched at all (an ERROR log line, and the ``token:<chain>:<code>`` health
+dependency is unavailable), because counting in the wrong unit is off by a factor of 10^12.
+
+ETH that arrives through a contract (a Safe or another smart-contract wallet, an exchange's
+payout contract) is an internal call: no top-level transaction has the address as ``to``. Two ways
+to see it, in this order:
+
+1. Call traces (``debug_traceBlockByHash`` with the ``callTracer``: geth, Erigon, Reth,
+   Nethermind, anvil). Each value-moving sub-call that did not revert is one credit keyed by its
+   transaction hash and its position in the call tree, so it is exact, survives reorgs like any
+   transaction (the same key when re-mined) and names the transaction to the merchant.
+2. Without traces (many hosted and pruned nodes disable the ``debug`` namespace), a balance check
+   per scanned block: each watched address's balance at the block against its parent (by block
+   hash, so a reorg mid-scan cannot mix blocks), minus what the block's top-level transfers
+   explain. The unexplained increase is one credit keyed ``internal:<block hash>:<address>``: a
+   block can only be counted once, and after a reorg its block is gone, so the credit is dropped
+   and the replacing block gets its own. It costs one ``eth_getBalance`` per watched address per
+   block, and cannot name the transaction.
+
+Chain config ``"traces"``: absent = try traces and fall back when the node refuses them; ``false``
+= balance check only; ``true`` = traces required (a node refusing them fails the poll). Give all
+nodes of a chain the same trace support: a failover between a tracing and a non-tracing node in
+the middle of a reorg could count one internal transfer under both kinds of key.
+"""
 
 from __future__ import annotations
 
+import itertools
+import logging
+from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from payments.chains.config import Token
+from payments.chains.rpc import RpcError
 from payments.chains.watch import Watcher, block_time
 from payments.models import Payment, PaymentTransaction
-from payments.services import ObservedOutput
+from payments.services import ObservedOutput, unmatched_transfer_record
+
+logger = logging.getLogger(__name__)
 
 # keccak256("Transfer(address,address,uint256)")
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+DECIMALS_CALL = "0x313ce567"  # decimals()
+# Call-frame types that move value to their ``to`` (DELEGATECALL and STATICCALL show a value they
+# do not move).
+VALUE_CALLS = frozenset({"CALL", "CREATE", "CREATE2", "SELFDESTRUCT"})
+BALANCE_DIFF_PREFIX = "internal:"
 
 
 def _int(value: str | int) -> int:
     return value if isinstance(value, int) else int(value, 16)
 
 
+def token_decimals_onchain(*, token: Token, call: Callable[..., Any]) -> int | None:
+    """What the contract's ``decimals()`` answers; None when it cannot (no contract there)."""
+    try:
+        raw = call("eth_call", {"to": token.address, "data": DECIMALS_CALL}, "latest")
+    except RpcError:
+        return None
+    if not raw or raw == "0x":
+        return None
+    return _int(raw)
+
+
+def token_decimals_problem(*, chain: str, token: Token, onchain: int | None) -> str | None:
+    if onchain == token.decimals:
+        return None
+    said = "has no decimals()" if onchain is None else f"says {onchain}"
+    return (
+        f"{chain}: token {token.currency} at {token.address} is configured with "
+        f"{token.decimals} decimals but its contract {said}; not watched until CRYPTOPAY_CHAINS "
+        "or the address is fixed"
+    )
+
+
+def _value_calls(
+    frames: list[dict[str, Any]], transactions: list[Any]
+) -> list[tuple[str, int, str, int]]:
+    """(tx hash, position in the call tree, to, wei) of each sub-call that moved ETH and stuck."""
+    found = []
+    for number, item in enumerate(frames):
+        txid = item.get("txHash")
+        if not txid and number < len(transactions):
+            entry = transactions[number]
+            txid = entry["hash"] if isinstance(entry, dict) else entry
+        positions = itertools.count()
+        stack = [(item.get("result") or {}, 0)]
+        while stack:
+            frame, depth = stack.pop()
+            position = next(positions)
+            if frame.get("error"):
+                continue  # a reverted call moved nothing, and neither did its sub-calls
+            value = _int(frame.get("value") or "0x0")
+            if depth > 0 and value > 0 and frame.get("type") in VALUE_CALLS and frame.get("to"):
+                found.append((txid, position, frame["to"].lower(), value))
+            stack.extend((sub, depth + 1) for sub in reversed(frame.get("calls") or []))
+    return found
+
+
 class EvmWatcher(Watcher):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tokens: dict[str, Token] | None = None
+        self._traces: bool | None = self.chain.traces
+        self._balances: dict[tuple[str, str], int] = {}
+
     def address_key(self, address: str) -> str:
         return address.lower()
 
@@ -38,45 +136,105 @@ class EvmWatcher(Watcher):
         block = self._block(height, False)
         return None if block is None else block["hash"]
 
+    def tokens(self) -> dict[str, Token]:
+        """Configured tokens whose contract agrees on decimals, by contract address. A watcher
+        lives for one poll, so each poll checks once."""
+        if self._tokens is None:
+            self._tokens = {}
+            for token in self.chain.tokens.values():
+                onchain = token_decimals_onchain(token=token, call=self.client.call)
+                problem = token_decimals_problem(
+                    chain=self.chain.name, token=token, onchain=onchain
+                )
+                if problem:
+                    logger.error("%s", problem)
+                    continue
+                self._tokens[token.address] = token
+        return self._tokens
+
     def scan_block(
         self, height: int, watched: dict[tuple[str, str], Payment], *, tip: int, parent: str
     ) -> tuple[str, str, int | None]:
         block = self._block(height, True)
         if block is None:
             raise LookupError(f"block {height} not found")
-        block_hash, mined_at = block["hash"], block_time(_int(block["timestamp"]))
+        block_hash = block["hash"]
         if parent and block["parentHash"] != parent:
             return block_hash, block["parentHash"], None
+        at: dict[str, dict[str, Payment]] = defaultdict(dict)
+        for (currency, address), payment in watched.items():
+            at[address][currency] = payment
+        if not at:
+            return block_hash, block["parentHash"], 0
+        found = {
+            "chain": self.chain.name, "confirmations": tip - height + 1, "block_hash": block_hash,
+            "block_height": height, "mined_at": block_time(_int(block["timestamp"])),
+        }  # fmt: skip
+        calls = self._traced_calls(block)
+        # Without traces, what the block's top-level transactions explain of each balance change.
+        explained: dict[str, int] = defaultdict(int)
         count = 0
         for tx in block.get("transactions", []):
-            payment = watched.get((self.chain.currency, (tx.get("to") or "").lower()))
+            to, sender = (tx.get("to") or "").lower(), tx["from"].lower()
             value = _int(tx.get("value", "0x0"))
-            if payment is not None and value > 0:
-                receipt = self.client.call("eth_getTransactionReceipt", tx["hash"])
-                if receipt is None or _int(receipt.get("status", "0x1")) != 1:
-                    continue  # reverted: no value moved
-                count += self.record(
-                    payment,
-                    ObservedOutput(
-                        chain=self.chain.name, txid=tx["hash"], kind=PaymentTransaction.Kind.NATIVE,
-                        output_index=0, amount=value, confirmations=tip - height + 1,
-                        block_hash=block_hash, block_height=height, mined_at=mined_at,
-                    ),
-                )  # fmt: skip
-        count += self._scan_logs(height, block_hash, mined_at, tip, watched)
+            arriving = to in at and value > 0
+            leaving = calls is None and sender in at
+            if not arriving and not leaving:
+                continue
+            receipt = self.client.call("eth_getTransactionReceipt", tx["hash"])
+            succeeded = receipt is not None and _int(receipt.get("status", "0x1")) == 1
+            if leaving and receipt is not None:
+                fee = _int(receipt["gasUsed"]) * _int(
+                    receipt.get("effectiveGasPrice") or tx.get("gasPrice") or "0x0"
+                )
+                explained[sender] -= fee + (value if succeeded else 0)
+            if not arriving or not succeeded:
+                continue  # reverted: no value moved
+            explained[to] += value
+            output = ObservedOutput(
+                txid=tx["hash"], kind=PaymentTransaction.Kind.NATIVE, output_index=0, amount=value,
+                **found,
+            )  # fmt: skip
+            count += self._take(at[to], self.chain.currency, to, output)
+        count += self._scan_logs(block_hash, at, found)
+        if calls is not None:
+            for txid, position, to, value in calls:
+                if to in at:
+                    output = ObservedOutput(
+                        txid=txid, kind=PaymentTransaction.Kind.INTERNAL, output_index=position,
+                        amount=value, **found,
+                    )  # fmt: skip
+                    count += self._take(at[to], self.chain.currency, to, output)
+        else:
+            for withdrawal in block.get("withdrawals") or []:
+                # Consensus-layer withdrawals are in gwei; not a buyer's payment.
+                explained[withdrawal["address"].lower()] += _int(withdrawal["amount"]) * 10**9
+            count += self._scan_balances(block, at, explained, found)
         return block_hash, block["parentHash"], count
 
-    def _scan_logs(self, height, block_hash, mined_at, tip, watched) -> int:  # type: ignore[no-untyped-def]
-        tokens = {t.address: t for t in self.chain.tokens.values()}
-        token_payments = {k: p for k, p in watched.items() if k[0] in self.chain.tokens}
-        if not tokens or not token_payments:
+    def _take(
+        self, payments: dict[str, Payment], currency: str, to: str, output: ObservedOutput
+    ) -> int:
+        """Credit the payment at ``to`` asking for ``currency``; anything else is unmatched."""
+        payment = payments.get(currency)
+        if payment is not None:
+            return self.record(payment, output)
+        # Addresses are per payment; only payments from before that can share one: take the newest.
+        hit = max(payments.values(), key=lambda p: p.pk)
+        return int(
+            unmatched_transfer_record(payment=hit, output=output, currency=currency, to_address=to)
+        )
+
+    def _scan_logs(self, block_hash: str, at: dict[str, dict[str, Payment]], found: dict) -> int:
+        tokens = self.tokens()
+        if not tokens:
             return 0
-        recipients = ["0x" + address[2:].rjust(64, "0") for _, address in token_payments]
+        recipients = ["0x" + address[2:].rjust(64, "0") for address in at]
         logs = self.client.call(
             "eth_getLogs",
             {
                 "blockHash": block_hash,
-                "address": list(tokens),
+                "address": sorted(tokens),
                 "topics": [TRANSFER_TOPIC, None, sorted(set(recipients))],
             },
         )
@@ -88,24 +246,75 @@ class EvmWatcher(Watcher):
             if token is None or len(log["topics"]) != 3:
                 continue
             to = "0x" + log["topics"][2][-40:].lower()
-            payment = token_payments.get((token.currency, to))
             amount = _int(log["data"]) if log["data"] not in ("0x", "") else 0
-            if payment is None or amount <= 0:
+            if to not in at or amount <= 0:
                 continue
-            count += self.record(
-                payment,
-                ObservedOutput(
-                    chain=self.chain.name, txid=log["transactionHash"], kind=PaymentTransaction.Kind.LOG,
-                    output_index=_int(log["logIndex"]), amount=amount,
-                    confirmations=tip - height + 1, block_hash=block_hash, block_height=height,
-                    mined_at=mined_at,
-                ),
+            output = ObservedOutput(
+                txid=log["transactionHash"], kind=PaymentTransaction.Kind.LOG,
+                output_index=_int(log["logIndex"]), amount=amount, **found,
             )  # fmt: skip
+            count += self._take(at[to], token.currency, to, output)
+        return count
+
+    def _traced_calls(self, block: dict[str, Any]) -> list[tuple[str, int, str, int]] | None:
+        """The block's value-moving sub-calls from call traces; None when traces are off or the
+        node refuses them (then the balance check runs)."""
+        if self._traces is False:
+            return None
+        try:
+            frames = self.client.call(
+                "debug_traceBlockByHash", block["hash"], {"tracer": "callTracer"}
+            )
+        except RpcError as exc:
+            if self._traces:
+                raise  # configured to require traces
+            logger.info(
+                "%s: no call traces from the node (%s); checking balances for ETH sent by "
+                "contracts", self.chain.name, exc,
+            )  # fmt: skip
+            self._traces = False
+            return None
+        return _value_calls(frames or [], block.get("transactions", []))
+
+    def _balance(self, address: str, block_hash: str) -> int:
+        key = (address, block_hash)
+        if key not in self._balances:
+            # By hash (EIP-1898): the balance of exactly the block scanned, even mid-reorg.
+            self._balances[key] = _int(
+                self.client.call("eth_getBalance", address, {"blockHash": block_hash})
+            )
+        return self._balances[key]
+
+    def _scan_balances(
+        self,
+        block: dict[str, Any],
+        at: dict[str, dict[str, Payment]],
+        explained: dict[str, int],
+        found: dict,
+    ) -> int:
+        if _int(block["number"]) == 0:
+            return 0
+        count = 0
+        for address in sorted(at):
+            change = self._balance(address, block["hash"]) - self._balance(
+                address, block["parentHash"]
+            )
+            unexplained = change - explained.get(address, 0)
+            if unexplained <= 0:
+                continue
+            output = ObservedOutput(
+                txid=f"{BALANCE_DIFF_PREFIX}{block['hash']}:{address}",
+                kind=PaymentTransaction.Kind.INTERNAL, output_index=0, amount=unexplained,
+                **found,
+            )  # fmt: skip
+            count += self._take(at[address], self.chain.currency, address, output)
         return count
 
     def recount(self, tx: PaymentTransaction, tip: int) -> ObservedOutput | None:
         same = {"chain": tx.chain, "txid": tx.txid, "kind": tx.kind,
                 "output_index": tx.output_index, "amount": tx.amount}  # fmt: skip
+        if tx.txid.startswith(BALANCE_DIFF_PREFIX):
+            return self._recount_balance_credit(tx, tip, same)
         receipt = self.client.call("eth_getTransactionReceipt", tx.txid)
         if receipt is None:
             pending = self.client.call("eth_getTransactionByHash", tx.txid)
@@ -120,5 +329,22 @@ class EvmWatcher(Watcher):
             return ObservedOutput(**same, confirmations=0)  # its block is being replaced
         return ObservedOutput(
             **same, confirmations=max(0, tip - height + 1), block_hash=receipt["blockHash"],
+            block_height=height, mined_at=block_time(_int(block["timestamp"])),
+        )  # fmt: skip
+
+    def _recount_balance_credit(
+        self, tx: PaymentTransaction, tip: int, same: dict[str, Any]
+    ) -> ObservedOutput | None:
+        """A balance-check credit lives exactly as long as its block is on the chain."""
+        block_hash = tx.txid.split(":")[1]
+        block = self.client.call("eth_getBlockByHash", block_hash, False)
+        if block is None:
+            return None
+        height = _int(block["number"])
+        canonical = self._block(height, False)
+        if canonical is None or canonical["hash"] != block_hash:
+            return None  # reorged out; the replacing block was scanned on its own
+        return ObservedOutput(
+            **same, confirmations=max(0, tip - height + 1), block_hash=block_hash,
             block_height=height, mined_at=block_time(_int(block["timestamp"])),
         )  # fmt: skip

@@ -56,7 +56,7 @@ def test_concurrent_creations_never_share_an_address_or_index():
     payments = Payment.objects.filter(merchant=merchant)
     assert sorted(payments.values_list("derivation_index", flat=True)) == list(range(8))
     assert payments.values("deposit_address").distinct().count() == 8
-    assert AddressIndex.objects.get(merchant=merchant, crypto_currency="LTC").next_index == 8
+    assert AddressIndex.objects.get(merchant=merchant, key_space="dev:LTC").next_index == 8
 
 
 def test_concurrent_creations_with_one_order_id_make_exactly_one_payment():

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('payments', '0004_checkout_token'),
+        ('payments', '0005_wallet_address_index_unmatched_transfers'),
     ]
 
     operations = [
