@@ -366,6 +366,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cryptopay.api_fields.close_request_bodies",
+    ],
 }
 # Bodies larger than this under /api/ get 413: a payment request is a few hundred bytes.
 API_MAX_BODY_BYTES = env_int("CRYPTOPAY_API_MAX_BODY_BYTES", 64 * 1024)
