@@ -187,10 +187,13 @@ if DATABASE_URL:
     # restart or a network fault is replaced before a request gets it.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
+    LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": LOCAL_STATE_DIR / "cryptopay.sqlite3",
+            # Tests in embedded mode run on a file too, as an install does, not in memory.
+            "TEST": {"NAME": LOCAL_STATE_DIR / "test-cryptopay.sqlite3"},
             # WAL + IMMEDIATE lets the web server and the in-process scheduler write without
             # "database is locked" errors.
             "OPTIONS": {
