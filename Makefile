@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install install-dev services nodes browser fuzz wrk bench chaos clean
+.PHONY: run test test-embedded lint format install install-dev services nodes browser fuzz wrk bench chaos clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,16 @@ format: $(VENV)/.installed-dev
 test: services nodes browser wrk lint
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-embedded
+
+# Money, amounts and the state machine again in embedded mode (a SQLite file, no Redis): crypto
+# amounts must be exact there too, and SQLite has no exact wide number type.
+EMBEDDED_TESTS ?= tests/payments/test_money.py tests/payments/test_base_units_exact.py \
+	tests/payments/test_state_machine.py tests/payments/test_payment_flow.py \
+	tests/payments/test_api_payments.py tests/payments/test_api_amount_strings.py \
+	tests/payments/test_checkout.py
+test-embedded: $(VENV)/.installed-dev
+	DATABASE_URL= REDIS_URL= $(PY) -m pytest $(EMBEDDED_TESTS)
 
 # Schemathesis over every API operation and hypothesis over the key parsers, FUZZ_EXAMPLES each
 # (make test runs the same tests with 5 per operation and 100 per property).

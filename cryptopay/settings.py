@@ -187,10 +187,13 @@ if DATABASE_URL:
     # restart or a network fault is replaced before a request gets it.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
+    LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": LOCAL_STATE_DIR / "cryptopay.sqlite3",
+            # Tests in embedded mode run on a file too, as an install does, not in memory.
+            "TEST": {"NAME": LOCAL_STATE_DIR / "test-cryptopay.sqlite3"},
             # WAL + IMMEDIATE lets the web server and the in-process scheduler write without
             # "database is locked" errors.
             "OPTIONS": {
@@ -366,6 +369,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cryptopay.api_fields.close_request_bodies",
+    ],
 }
 # Bodies larger than this under /api/ get 413: a payment request is a few hundred bytes.
 API_MAX_BODY_BYTES = env_int("CRYPTOPAY_API_MAX_BODY_BYTES", 64 * 1024)

@@ -34,15 +34,37 @@ def new_checkout_token() -> str:
     return random_token(32)
 
 
-class BaseUnitsField(models.DecimalField):
-    """An integer amount in a crypto currency's base units (satoshi, wei...).
+# Widest amount a column holds: NUMERIC(78, 0) on PostgreSQL (2^256 has 78 digits), as many
+# zero-padded digits on SQLite.
+BASE_UNITS_DIGITS = 78
+# The SQLite aggregate BaseUnitsSum calls (registered on each connection by payments.apps).
+SQLITE_BASE_UNITS_SUM = "cryptopay_base_units_sum"
 
-    Stored as NUMERIC(78, 0), because wei amounts outgrow a 64-bit integer (1 000 ETH is 10^21 wei),
-    and handed to Python as ``int``.
+
+def base_units_to_sqlite(value: int) -> str:
+    """The SQLite form of an amount: its digits, zero-padded to a fixed width.
+
+    SQLite has no exact wide number: a NUMERIC column turns an integer beyond 64 bits into an
+    8-byte REAL (15 significant digits), and 1 000 USD of ETH is already 21 digits of wei. As
+    fixed-width text, equality, ordering and <, > (lookups, check constraints) compare as the
+    numbers do; sums go through BaseUnitsSum, never SQLite's SUM.
+    """
+    if value < 0:
+        raise ValueError(f"base units are never negative, got {value}")
+    digits = str(value)
+    if len(digits) > BASE_UNITS_DIGITS:
+        raise ValueError(f"{value} has more than {BASE_UNITS_DIGITS} digits")
+    return digits.zfill(BASE_UNITS_DIGITS)
+
+
+class BaseUnitsField(models.DecimalField):
+    """An integer amount in a crypto currency's base units (satoshi, wei...), handed to Python as
+    ``int`` and stored exactly: NUMERIC(78, 0) on PostgreSQL, because wei amounts outgrow a 64-bit
+    integer (1 000 ETH is 10^21 wei); zero-padded text on SQLite (``base_units_to_sqlite``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["max_digits"] = 78
+        kwargs["max_digits"] = BASE_UNITS_DIGITS
         kwargs["decimal_places"] = 0
         super().__init__(*args, **kwargs)
 
@@ -51,6 +73,16 @@ class BaseUnitsField(models.DecimalField):
         kwargs.pop("max_digits", None)
         kwargs.pop("decimal_places", None)
         return name, path, args, kwargs
+
+    def get_internal_type(self) -> str:
+        # Not "DecimalField": SQLite's backend would read every value through a float with 15
+        # digits of precision (and fail on text). PostgreSQL gets its type from db_type below.
+        return "BaseUnitsField"
+
+    def db_type(self, connection: Any) -> str:
+        if connection.vendor == "sqlite":
+            return "text"
+        return f"numeric({BASE_UNITS_DIGITS}, 0)"
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> int | None:
         if value is None:
@@ -64,9 +96,39 @@ class BaseUnitsField(models.DecimalField):
         return int(decimal_value) if decimal_value is not None else None
 
     def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        if hasattr(value, "as_sql"):
+            return value
+        if connection.vendor == "sqlite":
+            if not prepared:
+                value = self.get_prep_value(value)
+            number = self.to_python(value)
+            return None if number is None else base_units_to_sqlite(number)
         if isinstance(value, int):
             value = Decimal(value)
         return super().get_db_prep_value(value, connection, prepared)
+
+
+class BaseUnitsSum(models.Sum):
+    """``Sum`` of a BaseUnitsField, exact on every database. SQLite's own SUM would read the
+    amounts as numbers, which beyond 64 bits are floats; its replacement adds Python ints."""
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        return self.as_sql(compiler, connection, function=SQLITE_BASE_UNITS_SUM, **extra_context)
+
+
+class SqliteBaseUnitsSum:
+    """The SQLite aggregate behind BaseUnitsSum (sqlite3.Connection.create_aggregate's protocol)."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+
+    def step(self, value: Any) -> None:
+        if value is not None:
+            self.total = (self.total or 0) + int(value)
+
+    def finalize(self) -> str | None:
+        # Text, not an int: sqlite3 cannot hand back an integer wider than 64 bits.
+        return None if self.total is None else str(self.total)
 
 
 class SpeedPolicy(models.IntegerChoices):

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
+from django.db.models import Q
 
 from notifications.services import event_publish
 from payments import states
@@ -27,6 +27,7 @@ from payments.errors import DuplicateOrderId, InvalidTransition
 from payments.models import (
     ApiKey,
     ApiKeyScope,
+    BaseUnitsSum,
     Merchant,
     Payment,
     PaymentEvent,
@@ -602,8 +603,8 @@ def _payment_reevaluate(*, payment: Payment, at: datetime) -> None:
         confirmations__gte=payment.required_confirmations, replaceable=False
     )
     totals = live.aggregate(
-        received=Sum("amount"),
-        confirmed=Sum("amount", filter=confirmed_filter),
+        received=BaseUnitsSum("amount"),
+        confirmed=BaseUnitsSum("amount", filter=confirmed_filter),
     )
     payment.amount_received = int(totals["received"] or 0)
     payment.amount_confirmed = int(totals["confirmed"] or 0)

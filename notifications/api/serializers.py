@@ -10,7 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from cryptopay.api_fields import StrictBooleanField, StrictCharField
+from cryptopay.api_fields import StrictBooleanField, StrictCharField, StrictSerializer
 from notifications.models import Event, Priority, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from notifications.services import EVENT_TYPES
 
@@ -38,7 +38,7 @@ class WebhookUrlField(serializers.URLField):
         return url
 
 
-class _EndpointFields(serializers.Serializer):
+class _EndpointFields(StrictSerializer):
     url = WebhookUrlField(
         help_text="Where events are POSTed: http(s), on a public address (private, loopback and "
         "link-local destinations are refused)."
@@ -74,7 +74,7 @@ class WebhookEndpointUpdateSerializer(_EndpointFields):
             field.required = False
 
 
-class EventRedeliverSerializer(serializers.Serializer):
+class EventRedeliverSerializer(StrictSerializer):
     endpoint = StrictCharField(
         required=False,
         max_length=32,

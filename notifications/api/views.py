@@ -20,7 +20,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cryptopay.api_errors import ApiError
-from cryptopay.api_fields import QueryBooleanField, StrictCharField, query_data
+from cryptopay.api_fields import (
+    QueryBooleanField,
+    StrictCharField,
+    query_data,
+    refuse_body_parameters,
+)
 from cryptopay.pagination import invalid_cursor, list_response
 from notifications import selectors, services
 from notifications.api.serializers import (
@@ -219,6 +224,7 @@ class WebhookEndpointDetailView(APIView):
     )
     @idempotent()
     def delete(self, request: Request, public_id: str) -> Response:
+        refuse_body_parameters(request)
         endpoint = selectors.webhook_endpoint_get(
             owner=request.user.idempotency_scope, public_id=public_id
         )
@@ -239,6 +245,7 @@ class WebhookEndpointRotateSecretView(APIView):
     )
     @idempotent_when_keyed()
     def post(self, request: Request, public_id: str) -> Response:
+        refuse_body_parameters(request)
         endpoint = selectors.webhook_endpoint_get(
             owner=request.user.idempotency_scope, public_id=public_id
         )

@@ -10,18 +10,19 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from cryptopay.api_fields import StrictCharField
+from cryptopay.api_fields import StrictCharField, StrictSerializer
 from payments.checkout import checkout_url
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto, fiat_exponent
 from payments.models import Payment
 from payments.money import format_base_units, format_fiat
 from payments.states import PaymentStatus, PaymentSubStatus
 
-# Digits with an optional fraction: "19.99", "5", "0", "-5" (the last two refused as not
-# positive); not "1e3", " 5", "5.", "+5".
-DECIMAL_STRING = re.compile(r"^-?\d+(\.\d+)?$")
+# ASCII digits with an optional fraction: "19.99", "5", "0", "-5" (the last two refused as not
+# positive); not "1e3", " 5", "5.", "+5", "1_000". [0-9] and fullmatch, not \d and $: \d also
+# matches Arabic-Indic and fullwidth digits, $ a trailing newline, and Decimal() takes all three.
+DECIMAL_STRING = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 # What the schema promises is accepted: the same, not all zeros ("0" is refused as not_positive).
-POSITIVE_DECIMAL_STRING = r"^(?:\d*[1-9]\d*(?:\.\d+)?|\d+\.\d*[1-9]\d*)$"
+POSITIVE_DECIMAL_STRING = r"^(?:[0-9]*[1-9][0-9]*(?:\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)$"
 
 
 @extend_schema_field(
@@ -44,7 +45,7 @@ class ExactDecimalField(serializers.Field):
     def to_internal_value(self, data: Any) -> Decimal:
         if isinstance(data, bool) or not isinstance(data, (str, int, Decimal)):
             self.fail("invalid")
-        if isinstance(data, str) and not DECIMAL_STRING.match(data):
+        if isinstance(data, str) and not DECIMAL_STRING.fullmatch(data):
             self.fail("invalid")
         try:
             value = Decimal(data)
@@ -74,7 +75,7 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
-class PaymentCreateSerializer(serializers.Serializer):
+class PaymentCreateSerializer(StrictSerializer):
     amount = ExactDecimalField(help_text='Price in fiat, e.g. "19.99".')
     currency = serializers.ChoiceField(
         choices=sorted(FIAT_EXPONENTS),

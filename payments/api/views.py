@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cryptopay.api_fields import StrictCharField, query_data
+from cryptopay.api_fields import StrictCharField, query_data, refuse_body_parameters
 from cryptopay.pagination import invalid_cursor, list_response
 from payments import selectors, services
 from payments.api.serializers import (
@@ -134,6 +134,7 @@ class PaymentCancelView(APIView):
     )
     @idempotent()
     def post(self, request: Request, public_id: str) -> Response:
+        refuse_body_parameters(request)
         payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
         payment = services.payment_cancel(payment=payment)
         return Response(PaymentSerializer(payment, context={"request": request}).data)

@@ -76,3 +76,23 @@ def test_the_schema_and_docs_are_served(client):
     docs = client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"redoc" in docs.content.lower()
+
+
+def test_every_request_body_refuses_unknown_fields_as_the_api_does(schema):
+    bodies = [
+        media["schema"]["$ref"].rsplit("/", 1)[-1]
+        for operations in schema["paths"].values()
+        for operation in operations.values()
+        for media in operation.get("requestBody", {}).get("content", {}).values()
+    ]
+
+    assert "PaymentCreateRequest" in bodies
+    for name in bodies:
+        assert schema["components"]["schemas"][name]["additionalProperties"] is False, name
+
+
+def test_the_amount_pattern_admits_ascii_digits_only(schema):
+    amount = schema["components"]["schemas"]["PaymentCreateRequest"]["properties"]["amount"]
+    (string,) = [option for option in amount["oneOf"] if option["type"] == "string"]
+
+    assert "\\d" not in string["pattern"]
