@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.test_make_run import REPO, embedded_env
 
-LEGACY_DUMP = Path(__file__).parent / "data" / "embedded_install_before_0005.sql"
+LEGACY_DUMP = Path(__file__).parent / "data" / "embedded_install_at_0004.sql"
 
 READ_BACK = """
 import json

@@ -55,7 +55,7 @@ def rebuild_amount_columns(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("payments", "0004_checkout_token"),
+        ("payments", "0006_watcher_evidence"),
     ]
 
     operations = [
