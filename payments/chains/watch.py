@@ -227,6 +227,7 @@ class Watcher:
         if fork is not None:
             result.reorged_from = fork
             self._rewind(cursor, fork)
+        # Read after the tip: every payment that could be paid in a block up to it is watched.
         watched = self.watched()
         complete = self._scan_blocks(cursor, tip, watched, result, deadline)
         # What the node knew at this moment is recorded once the mempool and every block up to
@@ -234,9 +235,13 @@ class Watcher:
         view_at = clock.now()
         if complete:
             result.recorded += self.scan_mempool(watched, tip, deadline=deadline)
-            # A block that arrived during the poll holds what left the mempool meanwhile.
-            tip = max(tip, self.tip())
-            complete = self._scan_blocks(cursor, tip, watched, result, deadline)
+            # A block that arrived during the poll holds what left the mempool meanwhile. The
+            # watched set is read again after that tip: a payment created since the first read
+            # may already be paid in one of those blocks.
+            new_tip = self.tip()
+            if new_tip > cursor.height:
+                tip = max(tip, new_tip)
+                complete = self._scan_blocks(cursor, tip, self.watched(), result, deadline)
         result.tip = tip
         result.to_height = cursor.height
         result.dropped = self._recount_all(tip)

@@ -271,6 +271,36 @@ def test_given_a_block_arrives_between_two_node_calls_then_the_transaction_is_fo
     assert not payment.events.filter(data__state="dropped").exists()
 
 
+def test_given_a_payment_created_and_paid_mid_poll_then_the_block_that_arrived_meanwhile_records_it(
+    settings, litecoind, transactional_db, wallet_merchant
+):
+    # Given a poll under way, past its first block scan
+    created = {}
+
+    def a_buyer_pays_a_new_payment_in_a_new_block(params: list) -> None:
+        from django.db import connection
+
+        try:
+            payment = make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="1.40")
+            litecoind.send(payment.deposit_address, coins(payment))
+            litecoind.mine(1)
+            created["payment"] = payment
+        finally:
+            connection.close()
+
+    with interposed(litecoind.url) as node:
+        use_nodes(settings, node.url)
+        make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="1.00")
+        poll()
+
+        # When a payment is created, paid and mined while the poll reads the mempool
+        node.before("getrawmempool", a_buyer_pays_a_new_payment_in_a_new_block)
+        poll()
+
+    # Then the same poll scans that block with the new payment watched
+    assert refresh(created["payment"]).status == S.SETTLED
+
+
 # --- 6. RBF replacements are atomic -------------------------------------------------------
 
 
