@@ -31,6 +31,8 @@ from payments.models import AddressIndex, Merchant, MerchantWallet, Payment
 logger = logging.getLogger(__name__)
 
 DEV_CHAIN = "dev"
+# Addresses of a wallet key another merchant also uses that one allocation may skip.
+MAX_SKIPPED_ADDRESSES = 1000
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,29 @@ def address_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAd
     if wallet is not None and chain is not None:
         space = wallet_key_space(wallet)
         with transaction.atomic():
-            index = _next_index(merchant=merchant, space=space)
-            address = derive_address(
-                currency=crypto_currency, key=wallet.extended_public_key, index=index, hrp=chain.hrp
-            )
+            for _ in range(MAX_SKIPPED_ADDRESSES + 1):
+                index = _next_index(merchant=merchant, space=space)
+                address = derive_address(
+                    currency=crypto_currency,
+                    key=wallet.extended_public_key,
+                    index=index,
+                    hrp=chain.hrp,
+                )
+                if not Payment.objects.filter(deposit_address__iexact=address).exists():
+                    break
+                # The same key is another merchant's wallet too (a misconfiguration, but money
+                # must not meet the wrong payment): skip what the other counter handed out.
+                logger.warning(
+                    "merchant %s %s: address index %d is already another payment's; its wallet "
+                    "key is shared with another merchant, skipping",
+                    merchant.public_id, crypto_currency, index,
+                )  # fmt: skip
+            else:
+                raise AddressUnavailable(
+                    f"Cannot accept {crypto_currency}: the wallet's next addresses are all in "
+                    "use by another merchant's payments.",
+                    param="crypto_currency",
+                )
         gap_limit_check(merchant=merchant, wallet=wallet)
         return AllocatedAddress(address=address, index=index, chain=chain.name, key_space=space)
     if not settings.DEV_CHAIN_ENABLED:

@@ -18,7 +18,7 @@ from payments.models import Payment, PaymentEvent, PaymentTransaction, Unmatched
 from payments.services import payment_snapshot
 from payments.states import PaymentStatus as S
 from payments.states import PaymentSubStatus
-from tests.factories import make_payment
+from tests.factories import MerchantFactory, make_payment
 from tests.payments.chains.helpers import poll_chain, refresh, statuses
 
 pytestmark = pytest.mark.django_db
@@ -161,6 +161,26 @@ def test_eth_and_usdc_wallets_on_one_key_give_two_payments_different_addresses(
     assert (eth.derivation_index, usdc.derivation_index) == (0, 1)
     assert eth.deposit_address != usdc.deposit_address
     assert eth.key_space == usdc.key_space
+
+
+def test_two_merchants_sharing_one_wallet_key_never_get_the_same_address(
+    settings, anvil, wallet_merchant
+):
+    # Given a second merchant configured with the first one's ETH key (a misconfiguration)
+    configure(settings, anvil)
+    other = MerchantFactory()
+    key = wallet_merchant.wallets.get(crypto_currency="ETH").extended_public_key
+    other.wallets.create(crypto_currency="ETH", extended_public_key=key)
+    first = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="5.00")
+
+    # When the second merchant creates payments
+    second = make_payment(merchant=other, crypto_currency="ETH", amount="5.00")
+    third = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="5.00")
+
+    # Then each takes an address nobody else has, instead of failing
+    addresses = [p.deposit_address.lower() for p in (first, second, third)]
+    assert len(set(addresses)) == 3
+    assert (first.derivation_index, second.derivation_index) == (0, 1)
 
 
 def test_usdc_sent_to_an_eth_payments_address_is_recorded_once_as_unmatched_and_credits_nothing(
