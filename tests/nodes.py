@@ -747,6 +747,9 @@ class Anvil(_Node):
         compiled = compiled_test_token()
         supply = 10**9 * 10**decimals if supply is None else supply
         data = compiled["bytecode"] + _encode_token_constructor(symbol, decimals, supply)
+        return self._deploy("TestToken", data, sender=sender)
+
+    def _deploy(self, name: str, data: str, *, sender: str | None) -> str:
         tx: dict[str, Any] = {"data": data}
         if sender:
             tx["from"] = sender
@@ -755,7 +758,7 @@ class Anvil(_Node):
             self.rpc("evm_mine")
         receipt = self.wait_receipt(tx_hash)
         if int(receipt["status"], 16) != 1:
-            raise NodeError(f"TestToken deployment failed: {receipt}")
+            raise NodeError(f"{name} deployment failed: {receipt}")
         return receipt["contractAddress"]
 
     def erc20_transfer(
@@ -784,16 +787,7 @@ class Anvil(_Node):
         """Deploy ``Forwarder`` (``forward(to)`` passes the ETH it gets on to ``to`` in an
         internal call; ``forwardAndRevert(to)`` does so in a sub-call that reverts). Returns its
         address. With automine off this mines one block."""
-        tx: dict[str, Any] = {"data": compiled_contract("Forwarder")["bytecode"]}
-        if sender:
-            tx["from"] = sender
-        tx_hash = self.send_transaction(tx, wait=False)
-        if not self.automine:
-            self.rpc("evm_mine")
-        receipt = self.wait_receipt(tx_hash)
-        if int(receipt["status"], 16) != 1:
-            raise NodeError(f"Forwarder deployment failed: {receipt}")
-        return receipt["contractAddress"]
+        return self._deploy("Forwarder", compiled_contract("Forwarder")["bytecode"], sender=sender)
 
     def forward_eth(
         self, forwarder: str, to: str, wei: int, *, revert: bool = False, wait: bool | None = None
