@@ -156,16 +156,25 @@ def test_given_a_zero_amount_then_the_positive_check_constraint_still_refuses_it
         Payment.objects.filter(pk=payment.pk).update(crypto_amount=0)
 
 
-@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's storage form only")
-def test_on_sqlite_amounts_are_stored_as_fixed_width_digits():
+def test_amounts_are_stored_in_an_exact_form_on_each_database():
     payment = make_payment(amount="1000000.00", crypto_currency="ETH")
 
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT crypto_amount, typeof(crypto_amount) FROM payments_payment WHERE id = %s",
-            [payment.pk],
-        )
-        raw, kind = cursor.fetchone()
-
-    assert kind == "text"
-    assert len(raw) == 78 and int(raw) == payment.crypto_amount
+        if connection.vendor == "sqlite":
+            # SQLite has no exact wide number type: fixed-width digits, so text order is numeric
+            cursor.execute(
+                "SELECT crypto_amount, typeof(crypto_amount) FROM payments_payment WHERE id = %s",
+                [payment.pk],
+            )
+            raw, kind = cursor.fetchone()
+            assert kind == "text"
+            assert len(raw) == 78 and int(raw) == payment.crypto_amount
+        else:
+            cursor.execute(
+                "SELECT crypto_amount::text, pg_typeof(crypto_amount)::text "
+                "FROM payments_payment WHERE id = %s",
+                [payment.pk],
+            )
+            raw, kind = cursor.fetchone()
+            assert kind == "numeric"
+            assert raw == str(payment.crypto_amount)
