@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
@@ -84,6 +85,21 @@ def token_decimals_problem(*, chain: str, token: Token, onchain: int | None) -> 
         f"{token.decimals} decimals but its contract {said}; not watched until CRYPTOPAY_CHAINS "
         "or the address is fixed"
     )
+
+
+# (chain, token) -> (the problem last logged, when): a misconfigured token is checked every poll
+# (5 s), and an ERROR line that often would bury everything else; it is repeated every
+# TOKEN_PROBLEM_REPEAT_SECONDS while it lasts (the health dependency shows it all along).
+_token_problems_reported: dict[tuple[str, str], tuple[str, float]] = {}
+TOKEN_PROBLEM_REPEAT_SECONDS = 600
+
+
+def _report_token_problem(*, key: tuple[str, str], problem: str) -> None:
+    last = _token_problems_reported.get(key)
+    now = time.monotonic()
+    if last is None or last[0] != problem or now - last[1] >= TOKEN_PROBLEM_REPEAT_SECONDS:
+        logger.error("%s", problem)
+        _token_problems_reported[key] = (problem, now)
 
 
 def _value_calls(
@@ -147,8 +163,9 @@ class EvmWatcher(Watcher):
                     chain=self.chain.name, token=token, onchain=onchain
                 )
                 if problem:
-                    logger.error("%s", problem)
+                    _report_token_problem(key=(self.chain.name, token.currency), problem=problem)
                     continue
+                _token_problems_reported.pop((self.chain.name, token.currency), None)
                 self._tokens[token.address] = token
         return self._tokens
 
