@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -21,12 +22,10 @@ from django.utils import timezone
 
 from notifications import queues
 from notifications.dispatcher import (
-    DELIVERY_WORKERS,
     AdaptiveBatching,
     Batching,
     Dispatcher,
     dispatch_events,
-    wait_for_deliveries,
 )
 from notifications.models import Event, Priority, WebhookAttempt, WebhookDelivery
 from notifications.services import event_publish, events_requeue_lost, webhook_endpoint_create
@@ -71,7 +70,7 @@ def drain(dispatcher: Dispatcher, *, timeout: float = 20) -> None:
     while sum(queue_sizes().values()):
         assert time.monotonic() < deadline, "queues did not drain"
         dispatcher.run_once()
-    assert wait_for_deliveries(timeout=timeout), "background deliveries did not finish"
+    assert dispatcher.wait_idle(timeout=timeout), "background deliveries did not finish"
 
 
 # --- adaptive batching --------------------------------------------------------------------------
@@ -175,6 +174,7 @@ def test_high_event_overtakes_a_queued_flood_of_10000_low_events(receiver):
     seen: list[Batching] = []
     dispatcher = Dispatcher(on_batch=lambda batching, size: seen.append(batching))
     dispatcher.run_once()
+    dispatcher.close()  # after the webhooks it holds are sent and recorded
 
     assert seen == [Batching("high", 0.1, 200)]  # 10,001 queued: the big batches
     high.refresh_from_db()
@@ -205,7 +205,9 @@ def test_requeue_rebuilds_the_queues_after_redis_lost_them(receiver, settings):
     assert events_requeue_lost() == 25
     assert queue_sizes() == {"high": 5, "normal": 20, "low": 0}
 
-    drain(Dispatcher())
+    dispatcher = Dispatcher()
+    drain(dispatcher)
+    dispatcher.close()
     assert not Event.objects.filter(dispatched_at__isnull=True).exists()
     assert sorted(receiver.ids()) == sorted(event.public_id for event in events)
     assert events_requeue_lost() == 0  # nothing left to rebuild
@@ -264,13 +266,12 @@ def test_dispatcher_killed_mid_batch_then_restarted_delivers_every_event(receive
     seen = set(receiver.ids())
     assert 30 <= len(seen) < 200
     assert seen <= expected
-    queued = sum(queue_sizes().values())
-    undispatched = Event.objects.filter(dispatched_at__isnull=True).count()
-    # The dead dispatcher took ids off the queue it will never finish: only the outbox has them.
-    assert queued < undispatched
-
+    # What the dead dispatcher held: ids off the queue it never dispatched (only the outbox has
+    # them) and deliveries it claimed but never finished (their lease keeps others off).
     settings.NOTIFY_REQUEUE_AFTER = timedelta(0)
-    assert events_requeue_lost() == undispatched
+    events_requeue_lost()
+    held = WebhookDelivery.objects.filter(status="pending", claimed_until__isnull=False).count()
+    assert held > 0
 
     second = _start_dispatcher()
     try:
@@ -281,18 +282,28 @@ def test_dispatcher_killed_mid_batch_then_restarted_delivers_every_event(receive
             time.sleep(0.1)
     finally:
         _stop(second)
+    # The second dispatcher does not touch what the first one still holds: its lease decides.
+    assert len(set(receiver.ids())) < 200
 
-    # Deliveries the first dispatcher created but never attempted are attempted by the
-    # re-dispatch; one it attempted but died before recording is left to the beat sweep.
+    # Once the leases have passed, the sweep sends the deliveries the dead dispatcher held.
     from notifications.services import webhooks_deliver_due
+    from resilience import clock
+    from resilience.clock import FrozenClock
 
-    WebhookDelivery.objects.filter(status="pending").update(next_attempt_at=timezone.now())
-    webhooks_deliver_due()
+    previous = clock.use(FrozenClock(timezone.now() + settings.WEBHOOK_CLAIM))
+    try:
+        while webhooks_deliver_due():
+            pass
+    finally:
+        clock.use(previous)
     assert not WebhookDelivery.objects.exclude(status="succeeded").exists()
     received = receiver.ids()
     assert set(received) == expected  # every event, with its own id; none missing
-    # Duplicates: at most the deliveries in flight at the kill (the background workers).
-    assert len(received) - len(expected) <= DELIVERY_WORKERS
+    # Duplicates: only retries of what the dead dispatcher had POSTed and not yet recorded (its
+    # recorder writes outcomes in batches), each at most once more, with the same Webhook-Id.
+    twice = {webhook_id for webhook_id, n in Counter(received).items() if n > 1}
+    assert twice <= seen
+    assert max(Counter(received).values()) <= 2
 
 
 # --- a failing endpoint holds no one back -------------------------------------------------------
@@ -331,7 +342,7 @@ def test_a_failing_endpoint_does_not_delay_another_endpoint_of_the_same_event(se
         errors = WebhookAttempt.objects.filter(delivery=bad_delivery).values_list(
             "error", flat=True
         )
-        expected_error = "Timeout" if failure == "hanging" else "ConnectError"
+        expected_error = "Timeout" if failure == "hanging" else "ClientConnectorError"
         assert all(expected_error in error for error in errors)
         if failure == "hanging":
             assert len(bad.requests) == 4
@@ -339,12 +350,10 @@ def test_a_failing_endpoint_does_not_delay_another_endpoint_of_the_same_event(se
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_hanging_endpoint_delays_a_later_event_by_at_most_its_timeouts_then_not_at_all(
-    settings,
-):
-    """Events of a batch are dispatched one after another, so a later event to a healthy endpoint
-    waits for the earlier event's attempts to a hanging endpoint: at most WEBHOOK_TIMEOUT per
-    attempt. Once that endpoint's breaker opens, its attempts fail at once and delay nothing."""
+def test_a_hanging_endpoint_delays_no_later_event_and_its_breaker_then_refuses_at_once(settings):
+    """Each endpoint has its own lane: a later event to a healthy endpoint does not wait for an
+    earlier event's attempts to a hanging one. Once that endpoint's breaker opens (timeouts
+    count as failures), its attempts fail at once."""
     settings.WEBHOOK_TIMEOUT = timedelta(seconds=0.5)
     settings.BREAKER_MINIMUM_THROUGHPUT = 2  # breakers are built per endpoint on first use
     with Receiver() as bad, Receiver() as good, Receiver() as other:
@@ -358,17 +367,17 @@ def test_a_hanging_endpoint_delays_a_later_event_by_at_most_its_timeouts_then_no
         started = time.monotonic()
         dispatch_events(event_ids=[first.pk, later.pk])
         assert _arrival(good, first) - started < 0.4
-        delay = _arrival(other, later) - started
-        assert 0.5 <= delay < 0.5 + 0.8  # one timeout of the bad endpoint, no more
+        assert _arrival(other, later) - started < 0.4  # before the bad one's first timeout
 
         # A second failure opens the bad endpoint's circuit (2 calls, all failing)...
         (second,) = publish_many("mer_bad", 1)
         dispatch_events(event_ids=[second.pk])
-        # ...after which it costs nothing: the next events go straight through.
+        # ...after which it costs nothing: the whole dispatch is over long before a timeout.
         (third,) = publish_many("mer_bad", 1)
         (after,) = publish_many("mer_other", 1)
         started = time.monotonic()
         dispatch_events(event_ids=[third.pk, after.pk])
+        assert time.monotonic() - started < 0.4
         assert _arrival(good, third) - started < 0.4
         assert _arrival(other, after) - started < 0.4
         assert len(bad.requests) == 2
