@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -89,85 +90,58 @@ class AdaptiveBatching:
         return Batching(level=level, interval=interval, size=size)
 
 
-def stream_positions_assign(*, events: list[Event]) -> list[Event]:
+def _positions_write(events: list[Event]) -> None:
     """Give each event its place in its owner's live stream: 1, 2, 3… in dispatch order (the
-    list's order), without gaps; returns the events that have one now (or need none).
+    list's order), without gaps. Inside the caller's transaction, with the events locked.
 
     Dispatch order, not creation order: a High event overtakes a Normal one, a lost queue is
     rebuilt from the outbox, and a client must still get each of them once. Without gaps, so a
     consumer that sees position P+2 after P knows P+1 is missing and reads it from the outbox
     (it is committed: the owner's row lock orders the positions). Given once; a re-dispatch
-    keeps it. System events (no owner) are in no merchant stream. An owner whose positions
-    cannot be written is left out: its events stay undispatched and are dispatched again later,
-    never sent without a position.
+    keeps it. System events (no owner) are in no merchant stream.
     """
     by_owner: dict[str, list[Event]] = {}
     for event in events:
-        if event.owner:
+        if event.owner and event.stream_position is None:
             by_owner.setdefault(event.owner, []).append(event)
     if not by_owner:
-        return events
-    failed: set[str] = set()
-    try:
-        _positions_write(by_owner)
-    except DatabaseError:
-        if len(by_owner) == 1:
-            failed = set(by_owner)
-        else:  # find the owner(s) at fault, so the others go on
-            for owner, owned in by_owner.items():
-                try:
-                    _positions_write({owner: owned})
-                except DatabaseError:
-                    failed.add(owner)
-        logger.exception("stream positions of %s not written; left undispatched", sorted(failed))
-    return [event for event in events if event.owner not in failed]
+        return
 
+    def locked() -> dict[str, EventStream]:
+        # Locked in one order (by owner) by every dispatcher: no deadlock between them.
+        rows = EventStream.objects.select_for_update().filter(owner__in=by_owner).order_by("owner")
+        return {stream.owner: stream for stream in rows}
 
-def _positions_write(by_owner: dict[str, list[Event]]) -> None:
-    originals = {event.pk: event.stream_position for owned in by_owner.values() for event in owned}
+    streams = locked()
+    if len(streams) < len(by_owner):  # a merchant's first event
+        EventStream.objects.bulk_create(
+            [EventStream(owner=owner) for owner in by_owner if owner not in streams],
+            ignore_conflicts=True,
+        )
+        streams = locked()
+    given = []
     try:
-        with transaction.atomic():
-            EventStream.objects.bulk_create(
-                [EventStream(owner=owner) for owner in by_owner], ignore_conflicts=True
-            )
-            # Locked in one order (by owner) by every dispatcher: no deadlock between them.
-            streams = {
-                stream.owner: stream
-                for stream in EventStream.objects.select_for_update()
-                .filter(owner__in=by_owner)
-                .order_by("owner")
-            }
-            taken = dict(
-                Event.objects.filter(pk__in=originals, stream_position__isnull=False).values_list(
-                    "pk", "stream_position"
-                )
-            )
-            given = []
-            for owner, owned in by_owner.items():
-                stream = streams[owner]
-                for event in owned:
-                    if event.pk in taken:
-                        event.stream_position = taken[event.pk]
-                    else:
-                        stream.position += 1
-                        event.stream_position = stream.position
-                        given.append(event)
-            if given:
-                Event.objects.bulk_update(given, ["stream_position"], batch_size=500)
-                EventStream.objects.bulk_update(list(streams.values()), ["position"])
-    except BaseException:
-        for owned in by_owner.values():
+        for owner, owned in by_owner.items():
             for event in owned:
-                event.stream_position = originals[event.pk]
+                streams[owner].position += 1
+                event.stream_position = streams[owner].position
+                given.append(event)
+        services.rows_update(given, ["stream_position"])
+        services.rows_update(list(streams.values()), ["position"])
+    except BaseException:
+        for event in given:
+            event.stream_position = None  # rolled back with the caller's transaction
         raise
 
 
 def stream_position_assign(*, event: Event) -> int | None:
-    """One event's stream position (see ``stream_positions_assign``)."""
+    """One event's stream position, given now if it has none (see ``_positions_write``)."""
     if not event.owner:
         return None
-    if not stream_positions_assign(events=[event]):
-        raise RuntimeError(f"event {event.public_id}: no stream position")
+    with transaction.atomic():
+        locked = Event.objects.select_for_update().get(pk=event.pk)
+        _positions_write([locked])
+    event.stream_position = locked.stream_position
     return event.stream_position
 
 
@@ -215,16 +189,37 @@ async def _group_send_all(layer, messages: list[tuple[list[str], dict]]) -> None
 
 
 def dispatch_events(*, event_ids: list[int], runtime: DeliveryLoop | None = None) -> int:
-    """Fan the not-yet-dispatched events out, High first: positions, browser groups, webhook
-    deliveries (created and claimed in the transaction that marks the events dispatched).
-    Returns how many were dispatched. Idempotent. With a ``runtime`` (the dispatcher process)
-    the webhooks go to its long-lived loop; without (embedded mode, tests), they are sent here
-    before returning."""
-    events = sorted(
-        Event.objects.filter(pk__in=event_ids, dispatched_at__isnull=True),
-        key=lambda e: (PRIORITY_RANK[e.priority], e.pk),
-    )
-    events = stream_positions_assign(events=events)
+    """Fan the not-yet-dispatched events out, High first: stream positions, webhook deliveries
+    created and claimed, the events marked dispatched, all in one transaction; then browser
+    groups and webhooks. Returns how many were dispatched. Idempotent, and safe with several
+    dispatchers (events another one is dispatching are skipped, not waited for). With a
+    ``runtime`` (the dispatcher process) the sends go to its long-lived loop; without (embedded
+    mode, tests), they happen here before returning.
+
+    An event whose position cannot be written stays undispatched (the requeue sweep brings it
+    back): it is never sent without one. One bad owner does not hold back the others."""
+    try:
+        events, claims = _dispatch(event_ids)
+    except DatabaseError:
+        if len(event_ids) == 1:
+            logger.exception("event %s not dispatched; the requeue sweep retries it", event_ids)
+            return 0
+        by_owner: dict[str, list[int]] = {}
+        for pk, owner in Event.objects.filter(pk__in=event_ids).values_list("pk", "owner"):
+            by_owner.setdefault(owner, []).append(pk)
+        events, claims = [], []
+        for owner, ids in by_owner.items():
+            try:
+                some, theirs = _dispatch(ids)
+            except DatabaseError:
+                logger.exception(
+                    "events of %r not dispatched; the requeue sweep retries them", owner
+                )
+                continue
+            events += some
+            claims += theirs
+        events.sort(key=lambda e: (PRIORITY_RANK[e.priority], e.pk))
+        claims.sort(key=lambda claim: claim.priority)
     if not events:
         return 0
     messages = _messages(events)
@@ -237,11 +232,6 @@ def dispatch_events(*, event_ids: list[int], runtime: DeliveryLoop | None = None
                 async_to_sync(_group_send_all)(layer, messages)
         except Exception:  # a browser fan-out failure must not block webhooks
             logger.exception("channel layer send failed for %d events", len(events))
-    with transaction.atomic():
-        claims = services.deliveries_claim_new(events=events)
-        Event.objects.filter(pk__in=[e.pk for e in events], dispatched_at__isnull=True).update(
-            dispatched_at=clock.now()
-        )
     if runtime is not None:
         runtime.submit(claims)
     else:
@@ -249,6 +239,22 @@ def dispatch_events(*, event_ids: list[int], runtime: DeliveryLoop | None = None
     for event in events:
         DISPATCHED.labels(event.priority).inc()
     return len(events)
+
+
+def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
+    with transaction.atomic():
+        events = sorted(
+            Event.objects.select_for_update(skip_locked=True).filter(
+                pk__in=event_ids, dispatched_at__isnull=True
+            ),
+            key=lambda e: (PRIORITY_RANK[e.priority], e.pk),
+        )
+        if not events:
+            return [], []
+        _positions_write(events)
+        claims = services.deliveries_claim_new(events=events)
+        Event.objects.filter(pk__in=[e.pk for e in events]).update(dispatched_at=clock.now())
+    return events, claims
 
 
 # Chunk of a batch dispatched together before looking for newly arrived High events.
@@ -265,6 +271,10 @@ class DeliveryLoop:
     thread that writes them in bulk."""
 
     def __init__(self) -> None:
+        # Three busy threads share the GIL: at the default 5 ms switch interval every database
+        # round trip of a High event's dispatch waited for the recorder's and the loop's turns
+        # (a convoy: ~100 ms per event under a Low flood). 0.5 ms keeps it to a few.
+        sys.setswitchinterval(0.0005)
         self.loop = asyncio.new_event_loop()
         self.outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self._room = threading.Event()
@@ -276,6 +286,7 @@ class DeliveryLoop:
         )
         self._unrecorded = 0
         self._recorded = threading.Condition()
+        self._fan_out_tail: asyncio.Task | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name="webhooks", daemon=True)
         self._recorder = threading.Thread(target=self._record, name="recorder", daemon=True)
         self._thread.start()
@@ -299,8 +310,19 @@ class DeliveryLoop:
         return self._room.wait(timeout)
 
     def fan_out(self, layer, messages: list[tuple[list[str], dict]]) -> None:  # type: ignore[no-untyped-def]
-        future = asyncio.run_coroutine_threadsafe(_group_send_all(layer, messages), self.loop)
-        future.result(timeout=30)
+        """Queue browser messages on the loop without waiting: each batch after the previous
+        one, so every group gets its messages in position order."""
+        self.loop.call_soon_threadsafe(self._fan_out_after, layer, messages)
+
+    def _fan_out_after(self, layer, messages: list[tuple[list[str], dict]]) -> None:  # type: ignore[no-untyped-def]
+        previous = self._fan_out_tail
+
+        async def send() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await _group_send_all(layer, messages)
+
+        self._fan_out_tail = self.loop.create_task(send())
 
     def wait_idle(self, timeout: float) -> bool:
         """Until every submitted delivery is sent and recorded (shutdown, tests)."""
@@ -309,7 +331,13 @@ class DeliveryLoop:
 
     def close(self, timeout: float) -> None:
         self.wait_idle(timeout)
-        asyncio.run_coroutine_threadsafe(self.sender.close(), self.loop).result(timeout=10)
+
+        async def finish() -> None:
+            if self._fan_out_tail is not None:
+                await asyncio.wait([self._fan_out_tail], timeout=10)
+            await self.sender.close()
+
+        asyncio.run_coroutine_threadsafe(finish(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.outcomes.put(None)

@@ -357,15 +357,12 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
     now = clock.now()
     logged: list[tuple[Outcome, WebhookDelivery]] = []
     with transaction.atomic():
-        current = WebhookDelivery.objects.select_for_update().in_bulk(
-            [outcome.claim.delivery_id for outcome in outcomes]
+        current = (
+            WebhookDelivery.objects.select_for_update(of=("self",))
+            .select_related("event")
+            .only("claim", "status", "attempts", "event__created_at")
+            .in_bulk([outcome.claim.delivery_id for outcome in outcomes])
         )
-        created = {
-            pk: at
-            for pk, at in WebhookDelivery.objects.filter(pk__in=current).values_list(
-                "pk", "event__created_at"
-            )
-        }
         attempts = []
         for outcome in outcomes:
             delivery = current.get(outcome.claim.delivery_id)
@@ -389,10 +386,12 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
                 delivery.last_error = result.error
                 delivery.last_latency_ms = result.latency_ms
             if outcome.attempts and holder and delivery.status == WebhookDelivery.Status.PENDING:
-                _advance(delivery, outcome.attempts[-1], now=now, created_at=created[delivery.pk])
+                _advance(
+                    delivery, outcome.attempts[-1], now=now, created_at=delivery.event.created_at
+                )
             logged.append((outcome, delivery))
         WebhookAttempt.objects.bulk_create(attempts, batch_size=1000)
-        WebhookDelivery.objects.bulk_update(
+        rows_update(
             [delivery for _, delivery in logged],
             [
                 "attempts",
@@ -404,7 +403,6 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
                 "delivered_at",
                 "claimed_until",
             ],
-            batch_size=500,
         )
     for outcome, delivery in logged:
         if not outcome.attempts:
@@ -418,6 +416,44 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
                 "webhook %s to %s: attempt %d %s", outcome.claim.webhook_id,
                 outcome.claim.target.public_id, delivery.attempts, last.status_code or last.error,
             )  # fmt: skip
+
+
+def rows_update(objs: list[models.Model], fields: list[str]) -> None:
+    """Write these fields of many rows in one statement. On PostgreSQL an ``UPDATE … FROM
+    (VALUES …)``: Django's ``bulk_update`` builds a CASE per field whose cost grows with the
+    square of the rows, which made recording 500 outcomes the dispatcher's slowest step."""
+    if not objs:
+        return
+    model = type(objs[0])
+    connection = transaction.get_connection()
+    if connection.vendor != "postgresql":
+        model.objects.bulk_update(objs, fields, batch_size=200)
+        return
+    meta = model._meta
+    columns = [meta.get_field(name) for name in fields]
+    pk = meta.pk
+    casts = [f"CAST(%s AS {field.cast_db_type(connection)})" for field in [pk, *columns]]
+    table = connection.ops.quote_name(meta.db_table)
+    names = ["id"] + [f"c{n}" for n in range(len(columns))]
+    assignments = ", ".join(
+        f"{connection.ops.quote_name(field.column)} = v.c{n}" for n, field in enumerate(columns)
+    )
+    for start in range(0, len(objs), 1000):
+        chunk = objs[start : start + 1000]
+        values = ", ".join("(" + ", ".join(casts) + ")" for _ in chunk)
+        params = [
+            value
+            for obj in chunk
+            for value in [obj.pk]
+            + [field.get_db_prep_save(getattr(obj, field.attname), connection) for field in columns]
+        ]
+        # Identifiers come from the model's metadata, values are parameters.
+        sql = (
+            f"UPDATE {table} SET {assignments} FROM (VALUES {values}) AS v({', '.join(names)}) "  # noqa: S608
+            f"WHERE {table}.{connection.ops.quote_name(pk.column)} = v.id"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
 
 
 def _advance(
