@@ -19,6 +19,13 @@ a real HTTP receiver on 127.0.0.1 (tests/notifications/receivers.py) that answer
    system events (no fan-out at all), merchant events with no webhook endpoint (browser groups
    through the channel layer only), and merchant events with one fast receiver.
 
+3. Webhook deliveries/s, side by side on this machine: ``--deliveries`` events (payment.created,
+   one endpoint each) to one fast local receiver (aiohttp, its own process, keep-alive), sent by
+   the real ``manage.py run_dispatcher`` (1 process, then 2), against a minimal aiohttp sender
+   (50 concurrent, the same signed bodies, the same receiver). The events are committed first and
+   the dispatchers started idle; the clock runs from queueing all ids to the receiver's last
+   arrival. Duplicates at the receiver are counted too (must be 0).
+
 Last, a ``RESULT {json}`` line for bench/report.py (bench/results.py).
 """
 
@@ -213,12 +220,179 @@ def throughput(label: str, *, events: int, kind: str) -> dict:
     }
 
 
+# --- 3. webhook deliveries/s: the real dispatcher against a minimal sender -------------------------
+
+FAST_OWNER = "mer_fast"
+
+
+def merchant_events(owner: str, count: int) -> list[int]:
+    """Committed, not queued: the dispatchers start on an idle queue."""
+    from django.utils import timezone
+
+    from notifications.models import Event, Priority
+
+    now = timezone.now()
+    events = Event.objects.bulk_create(
+        [
+            Event(
+                owner=owner,
+                type="payment.created",
+                priority=Priority.NORMAL,
+                subject=f"pay_fast{n:06d}",
+                sequence=1,
+                data={"n": n},
+                created_at=now,
+            )
+            for n in range(count)
+        ],
+        batch_size=2000,
+    )
+    return [event.pk for event in events]
+
+
+def dispatcher_processes(count: int) -> list:
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    processes = []
+    for _ in range(count):
+        process = subprocess.Popen(  # noqa: S603 - our own manage.py
+            [sys.executable, str(root / "manage.py"), "run_dispatcher"],
+            cwd=root, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        processes.append(process)
+    for process in processes:
+        assert process.stdout.readline().strip() == b"dispatcher running"
+    return processes
+
+
+def dispatcher_deliveries(fast, *, events: int, processes: int) -> dict:
+    from notifications import queues
+    from notifications.models import WebhookDelivery
+
+    reset_events()
+    clear_queues()
+    fast.reset()
+    ids = merchant_events(FAST_OWNER, events)
+    running = dispatcher_processes(processes)
+    try:
+        started = time.monotonic()
+        pipe = queues.client().pipeline(transaction=False)
+        for start in range(0, len(ids), 1000):
+            pipe.rpush(queues.key("normal"), *ids[start : start + 1000])
+        pipe.execute()
+        deadline = started + 120
+        while len(fast.counts()) < events and time.monotonic() < deadline:
+            time.sleep(0.02)
+        report = fast.report()
+        while (
+            WebhookDelivery.objects.filter(status="succeeded").count() < events
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        recorded = time.monotonic() - started
+    finally:
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait(timeout=60)
+    counts = Counter(report["counts"])
+    took = (report["last"] or time.monotonic()) - started
+    return {
+        "delivered": len(counts),
+        "duplicates": sum(counts.values()) - len(counts),
+        "rate": len(counts) / took,
+        "seconds": took,
+        "recorded": recorded,
+    }
+
+
+def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
+    """The floor any dispatcher is measured against: signed POSTs, nothing else."""
+    import asyncio
+
+    import aiohttp
+
+    from notifications import signing
+    from notifications.models import Event
+    from notifications.services import _json
+
+    reset_events()
+    fast.reset()
+    ids = merchant_events(FAST_OWNER, events)
+    bodies = [
+        (event.public_id, _json(event.envelope()))
+        for event in Event.objects.filter(pk__in=ids).order_by("pk")
+    ]
+
+    async def send_all() -> None:
+        work = iter(bodies)
+        async with aiohttp.ClientSession() as session:
+
+            async def worker() -> None:
+                for webhook_id, body in work:
+                    header = signing.sign(
+                        body=body, secrets=["whsec_bench"], timestamp=int(time.time())
+                    )
+                    headers = {
+                        "Content-Type": "application/json",
+                        "Webhook-Id": webhook_id,
+                        signing.HEADER: header,
+                    }
+                    async with session.post(fast.url, data=body, headers=headers) as response:
+                        await response.read()
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    started = time.monotonic()
+    asyncio.run(send_all())
+    report = fast.report()
+    took = report["last"] - started
+    return {
+        "delivered": len(report["counts"]),
+        "rate": len(report["counts"]) / took,
+        "seconds": took,
+        "body_bytes": len(bodies[0][1]),
+    }
+
+
+def deliveries_section(args: argparse.Namespace, figures: list) -> None:
+    from notifications.services import webhook_endpoint_create
+    from tests.notifications.fast_receiver import FastReceiver
+
+    with FastReceiver() as fast:
+        webhook_endpoint_create(owner=FAST_OWNER, url=fast.url)
+        floor = minimal_sender(fast, events=args.deliveries)
+        print(
+            f"Webhook deliveries/s, {args.deliveries:,} events to one fast local receiver "
+            f"({floor['body_bytes']}-byte signed bodies)"
+        )
+        print(f"  {'sender':40} {'deliveries/s':>12} {'seconds':>8} {'x minimal':>9} {'dups':>5}")
+        minimal = "deliveries, minimal aiohttp sender (50 concurrent)"
+        print(f"  {minimal[12:]:40} {floor['rate']:12.0f} {floor['seconds']:8.2f} {1:9.3f}")
+        figures.append(figure(minimal, floor["rate"], "1/s", baseline=None, better="higher"))
+        for processes in (1, 2):
+            result = dispatcher_deliveries(fast, events=args.deliveries, processes=processes)
+            label = f"deliveries, run_dispatcher x{processes}"
+            print(
+                f"  {label[12:]:40} {result['rate']:12.0f} {result['seconds']:8.2f} "
+                f"{result['rate'] / floor['rate']:9.3f} {result['duplicates']:5d}"
+                + (f"  ONLY {result['delivered']}" if result["delivered"] < args.deliveries else "")
+                + f"  (all recorded after {result['recorded']:.2f} s)"
+            )
+            figures.append(figure(label, result["rate"], "1/s", baseline=minimal, better="higher"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flood", type=int, default=10_000, help="queued Low events")
     parser.add_argument("--high", type=int, default=100, help="High events published at most")
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between High events")
     parser.add_argument("--events", type=int, default=2000, help="events per throughput run")
+    parser.add_argument(
+        "--deliveries", type=int, default=2000, help="webhooks per deliveries/s run"
+    )
     args = parser.parse_args()
 
     # The receiver listens on 127.0.0.1.
@@ -302,6 +476,7 @@ def run(args: argparse.Namespace) -> None:
                 f"  {result['label']:44} {result['rate']:9.0f} {result['seconds']:8.2f}  {levels}"
                 + (f"  ONLY {result['events']}" if result["events"] < args.events else "")
             )
+        deliveries_section(args, figures)
         emit("notifications", figures)
 
 

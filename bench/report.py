@@ -92,7 +92,7 @@ BENCHES = (
     Bench(
         "notifications",
         (),
-        ("--flood", "200", "--high", "5", "--gap", "0.02", "--events", "50"),
+        ("--flood", "200", "--high", "5", "--gap", "0.02", "--events", "50", "--deliveries", "200"),
         "dispatcher: High latency under a Low flood per batching policy, throughput",
     ),
     Bench(

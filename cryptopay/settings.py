@@ -452,6 +452,15 @@ WEBHOOK_RETRY_FOR = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_FOR_SECONDS", 3 * 24 * 
 # First retry delay and cap of the backoff.
 WEBHOOK_RETRY_INITIAL = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_INITIAL_SECONDS", 10)
 WEBHOOK_RETRY_MAX = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_MAX_SECONDS", 3600)
+# Requests in flight per endpoint: a hanging or slow receiver ties up only its own four.
+WEBHOOK_ENDPOINT_CONCURRENCY = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_CONCURRENCY", 4)
+# Deliveries a dispatcher holds for one endpoint; beyond, they wait for the sweep (memory bound).
+WEBHOOK_ENDPOINT_BACKLOG = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_BACKLOG", 1000)
+# An endpoint whose median answer takes longer counts as failing for its breaker, even on 2xx.
+WEBHOOK_SLOW = env_seconds("CRYPTOPAY_WEBHOOK_SLOW_SECONDS", 5)
+# A sender's claim on a delivery; one that died holding it is retried after this (must exceed
+# the timeout times the immediate retries: a sender never starts an attempt it cannot finish).
+WEBHOOK_CLAIM = env_seconds("CRYPTOPAY_WEBHOOK_CLAIM_SECONDS", 300)
 # Seed: High-priority deliveries are retried up to 3 times at once before the slow schedule.
 NOTIFY_HIGH_PRIORITY_RETRIES = env_int("CRYPTOPAY_NOTIFY_HIGH_RETRIES", 3)
 # Adaptive batching (seed): load = mean queued events over the last 10 samples.

@@ -6,30 +6,41 @@ waits at most 100 ms for work, below NOTIFY_LOW_LOAD_THRESHOLD batches of 10 and
 between 50 and 1 s. Waiting is a blocking pop, so a new event (High first) wakes it at once: the
 interval bounds idle polling, it never delays an event that is already there.
 
+Per batch the database work is done in bulk (stream positions, deliveries created and claimed,
+events marked dispatched) and the sends go to one long-lived asyncio loop (``DeliveryLoop``):
+browser groups through one channel-layer connection pool, webhooks through ``sender.Sender``
+(pooled keep-alive connections, a lane of at most 4 requests per endpoint, High first), outcomes
+recorded in bulk by a recorder thread.
+
 Several dispatchers may run: Redis hands each id to one of them, and everything done per event is
-idempotent (deliveries are unique per endpoint and event; browsers and webhook receivers
-deduplicate by event id), so at-least-once never becomes twice-processed state. An id lost with a
-dying dispatcher is queued again from the outbox (``events_requeue_lost``).
+idempotent (deliveries are unique per endpoint and event and claimed once per attempt; browsers
+and webhook receivers deduplicate by event id), so at-least-once never becomes twice-processed
+state. An id lost with a dying dispatcher is queued again from the outbox
+(``events_requeue_lost``); deliveries it had claimed are retried once their claim's lease ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import stamina
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connection, connections, transaction
+from django.db import DatabaseError, close_old_connections, transaction
 from prometheus_client import Counter, Gauge
 
 from notifications import queues, services
-from notifications.models import Event, EventStream, Priority, WebhookDelivery
+from notifications.models import PRIORITY_RANK, Event, EventStream
+from notifications.sender import Claim, Outcome, Sender
 from resilience import clock
 
 logger = logging.getLogger(__name__)
@@ -79,8 +90,9 @@ class AdaptiveBatching:
         return Batching(level=level, interval=interval, size=size)
 
 
-def stream_position_assign(*, event: Event) -> int | None:
-    """The event's place in its owner's live stream: 1, 2, 3… in dispatch order, without gaps.
+def _positions_write(events: list[Event]) -> None:
+    """Give each event its place in its owner's live stream: 1, 2, 3… in dispatch order (the
+    list's order), without gaps. Inside the caller's transaction, with the events locked.
 
     Dispatch order, not creation order: a High event overtakes a Normal one, a lost queue is
     rebuilt from the outbox, and a client must still get each of them once. Without gaps, so a
@@ -88,164 +100,281 @@ def stream_position_assign(*, event: Event) -> int | None:
     (it is committed: the owner's row lock orders the positions). Given once; a re-dispatch
     keeps it. System events (no owner) are in no merchant stream.
     """
+    by_owner: dict[str, list[Event]] = {}
+    for event in events:
+        if event.owner and event.stream_position is None:
+            by_owner.setdefault(event.owner, []).append(event)
+    if not by_owner:
+        return
+
+    def locked() -> dict[str, EventStream]:
+        # Locked in one order (by owner) by every dispatcher: no deadlock between them.
+        rows = EventStream.objects.select_for_update().filter(owner__in=by_owner).order_by("owner")
+        return {stream.owner: stream for stream in rows}
+
+    streams = locked()
+    if len(streams) < len(by_owner):  # a merchant's first event
+        EventStream.objects.bulk_create(
+            [EventStream(owner=owner) for owner in by_owner if owner not in streams],
+            ignore_conflicts=True,
+        )
+        streams = locked()
+    given = []
+    try:
+        for owner, owned in by_owner.items():
+            for event in owned:
+                streams[owner].position += 1
+                event.stream_position = streams[owner].position
+                given.append(event)
+        services.rows_update(given, ["stream_position"])
+        services.rows_update(list(streams.values()), ["position"])
+    except BaseException:
+        for event in given:
+            event.stream_position = None  # rolled back with the caller's transaction
+        raise
+
+
+def stream_position_assign(*, event: Event) -> int | None:
+    """One event's stream position, given now if it has none (see ``_positions_write``)."""
     if not event.owner:
         return None
-    for _attempt in range(5):
-        if event.stream_position is not None:
-            return event.stream_position
-        try:
-            with transaction.atomic():
-                EventStream.objects.get_or_create(owner=event.owner)
-                stream = EventStream.objects.select_for_update().get(owner=event.owner)
-                taken = (
-                    Event.objects.filter(pk=event.pk)
-                    .values_list("stream_position", flat=True)
-                    .first()
-                )
-                if taken is None:
-                    stream.position += 1
-                    stream.save(update_fields=["position"])
-                    Event.objects.filter(pk=event.pk).update(stream_position=stream.position)
-                    taken = stream.position
-        except IntegrityError:
-            continue  # two dispatchers created the owner's row at once: take the lock again
-        event.stream_position = taken
-    if event.stream_position is None:
-        raise RuntimeError(f"event {event.public_id}: no stream position after 5 attempts")
+    with transaction.atomic():
+        locked = Event.objects.select_for_update().get(pk=event.pk)
+        _positions_write([locked])
+    event.stream_position = locked.stream_position
     return event.stream_position
 
 
-def _channels_send(event: Event) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    message = {
-        "type": "event.message",
-        "event": event.envelope(),
-        "position": stream_position_assign(event=event),
-    }
-    groups = [f"merchant.{event.owner}"] if event.owner else []
-    if event.subject.startswith("pay_"):
-        groups.append(f"payment.{event.subject}")
-    if groups:
-        async_to_sync(_group_send_all)(layer, groups, message)
+def _messages(events: list[Event]) -> list[tuple[list[str], dict]]:
+    """(groups, message) per event for the Channels groups of its merchant and payment."""
+    messages = []
+    for event in events:
+        groups = [f"merchant.{event.owner}"] if event.owner else []
+        if event.subject.startswith("pay_"):
+            groups.append(f"payment.{event.subject}")
+        if groups:
+            message = {
+                "type": "event.message",
+                "event": event.envelope(),
+                "position": event.stream_position,
+            }
+            messages.append((groups, message))
+    return messages
 
 
-async def _group_send_all(layer, groups: list[str], message: dict) -> None:  # type: ignore[no-untyped-def]
-    # One event loop round trip for all groups: each async_to_sync call costs a few ms.
-    for group in groups:
-        await layer.group_send(group, message)
+# Groups sent to at once; each group's messages still go in order (stream positions).
+FANOUT_CONCURRENCY = 32
 
 
-DELIVERY_WORKERS = 8
-# How many events of a batch are handled before looking for newly arrived High events.
-YIELD_EVERY = 10
+async def _group_send_all(layer, messages: list[tuple[list[str], dict]]) -> None:  # type: ignore[no-untyped-def]
+    per_group: dict[str, list[dict]] = {}
+    for groups, message in messages:
+        for group in groups:
+            per_group.setdefault(group, []).append(message)
+    gate = asyncio.Semaphore(FANOUT_CONCURRENCY)
+
+    async def send(group: str, queued: list[dict]) -> None:
+        async with gate:
+            for message in queued:
+                await layer.group_send(group, message)
+
+    results = await asyncio.gather(
+        *(send(group, queued) for group, queued in per_group.items()), return_exceptions=True
+    )
+    failures = [result for result in results if isinstance(result, BaseException)]
+    if failures:
+        # Browsers resume from the outbox by position; a lost message is never lost data.
+        logger.error("channel layer: %d of %d groups not sent (%r)", len(failures),
+                     len(results), failures[0])  # fmt: skip
 
 
-def _deliver_in_thread(delivery_id: int, immediate_retries: int) -> str:
+def dispatch_events(*, event_ids: list[int], runtime: DeliveryLoop | None = None) -> int:
+    """Fan the not-yet-dispatched events out, High first: stream positions, webhook deliveries
+    created and claimed, the events marked dispatched, all in one transaction; then browser
+    groups and webhooks. Returns how many were dispatched. Idempotent, and safe with several
+    dispatchers (events another one is dispatching are skipped, not waited for). With a
+    ``runtime`` (the dispatcher process) the sends go to its long-lived loop; without (embedded
+    mode, tests), they happen here before returning.
+
+    An event whose position cannot be written stays undispatched (the requeue sweep brings it
+    back): it is never sent without one. One bad owner does not hold back the others."""
     try:
-        return services.webhook_deliver(
-            delivery_id=delivery_id, immediate_retries=immediate_retries
-        )
-    finally:
-        # Closed after each delivery: an idle pool thread holding a connection would pin it
-        # (and keep a test database from being dropped); reconnecting costs a few ms.
-        connections.close_all()
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_guard = threading.Lock()
-# Deliveries in flight in this process; beyond this the sweep takes them (they are persisted).
-MAX_IN_FLIGHT = DELIVERY_WORKERS * 32
-_in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
-_idle = threading.Condition()
-_running = 0
-
-
-def _running_change(delta: int) -> None:
-    global _running
-    with _idle:
-        _running += delta
-        _idle.notify_all()
-
-
-def wait_for_deliveries(timeout: float) -> bool:
-    """Block until this process has no background delivery running (shutdown, tests)."""
-    with _idle:
-        return _idle.wait_for(lambda: _running == 0, timeout=timeout)
-
-
-def _background_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_guard:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=DELIVERY_WORKERS, thread_name_prefix="webhook")
-        return _pool
-
-
-def _deliver_all(
-    deliveries: list[WebhookDelivery], *, immediate_retries: int, wait: bool = True
-) -> None:
-    """Attempt an event's deliveries side by side, so a slow, hanging or retried endpoint does not
-    hold back the event's other endpoints. With ``wait=False`` (the dispatcher loop) they run in
-    the background and the dispatcher goes on with the next event at once: a dead endpoint never
-    holds back later events either. One delivery, or a caller inside a transaction (other
-    threads could not see its rows), stays on this thread."""
-    if connection.in_atomic_block or (wait and len(deliveries) <= 1):
-        for delivery in deliveries:
-            services.webhook_deliver(delivery_id=delivery.pk, immediate_retries=immediate_retries)
-        return
-    if not wait:
-        pool = _background_pool()
-        for delivery in deliveries:
-            if not _in_flight.acquire(blocking=False):
-                logger.warning("delivery backlog full; %s left to the sweep", delivery.pk)
+        events, claims = _dispatch(event_ids)
+    except DatabaseError:
+        if len(event_ids) == 1:
+            logger.exception("event %s not dispatched; the requeue sweep retries it", event_ids)
+            return 0
+        by_owner: dict[str, list[int]] = {}
+        for pk, owner in Event.objects.filter(pk__in=event_ids).values_list("pk", "owner"):
+            by_owner.setdefault(owner, []).append(pk)
+        events, claims = [], []
+        for owner, ids in by_owner.items():
+            try:
+                some, theirs = _dispatch(ids)
+            except DatabaseError:
+                logger.exception(
+                    "events of %r not dispatched; the requeue sweep retries them", owner
+                )
                 continue
-
-            def run(delivery_id: int = delivery.pk) -> None:
-                try:
-                    _deliver_in_thread(delivery_id, immediate_retries)
-                except Exception:
-                    logger.exception(
-                        "delivery %s failed unexpectedly; the sweep retries it", delivery_id
-                    )
-                finally:
-                    _in_flight.release()
-                    _running_change(-1)
-
-            _running_change(+1)
-            pool.submit(run)
-        return
-    with ThreadPoolExecutor(
-        max_workers=min(len(deliveries), DELIVERY_WORKERS), thread_name_prefix="webhook"
-    ) as pool:
-        futures = [
-            pool.submit(_deliver_in_thread, delivery.pk, immediate_retries)
-            for delivery in deliveries
-        ]
-    for future in futures:
-        future.result()  # an unexpected error fails the batch, as it did when sequential
-
-
-def dispatch_events(*, event_ids: list[int], wait: bool = True) -> int:
-    """Fan each not-yet-dispatched event out; returns how many were dispatched. Idempotent.
-    ``wait=False`` leaves webhook attempts running in the background."""
-    events = Event.objects.filter(pk__in=event_ids, dispatched_at__isnull=True)
-    order = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
-    done = 0
-    for event in sorted(events, key=lambda e: (order[e.priority], e.pk)):
+            events += some
+            claims += theirs
+        events.sort(key=lambda e: (PRIORITY_RANK[e.priority], e.pk))
+        claims.sort(key=lambda claim: claim.priority)
+    if not events:
+        return 0
+    messages = _messages(events)
+    layer = get_channel_layer()
+    if messages and layer is not None:
         try:
-            _channels_send(event)
+            if runtime is not None:
+                runtime.fan_out(layer, messages)
+            else:
+                async_to_sync(_group_send_all)(layer, messages)
         except Exception:  # a browser fan-out failure must not block webhooks
-            logger.exception("event %s: channel layer send failed", event.public_id)
-        retries = settings.NOTIFY_HIGH_PRIORITY_RETRIES if event.priority == Priority.HIGH else 0
-        _deliver_all(services.deliveries_create(event=event), immediate_retries=retries, wait=wait)
-        Event.objects.filter(pk=event.pk, dispatched_at__isnull=True).update(
-            dispatched_at=clock.now()
-        )
+            logger.exception("channel layer send failed for %d events", len(events))
+    if runtime is not None:
+        runtime.submit(claims)
+    else:
+        services.claims_send(claims=claims)
+    for event in events:
         DISPATCHED.labels(event.priority).inc()
-        done += 1
-    return done
+    return len(events)
+
+
+def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
+    with transaction.atomic():
+        events = sorted(
+            Event.objects.select_for_update(skip_locked=True).filter(
+                pk__in=event_ids, dispatched_at__isnull=True
+            ),
+            key=lambda e: (PRIORITY_RANK[e.priority], e.pk),
+        )
+        if not events:
+            return [], []
+        _positions_write(events)
+        claims = services.deliveries_claim_new(events=events)
+        Event.objects.filter(pk__in=[e.pk for e in events]).update(dispatched_at=clock.now())
+    return events, claims
+
+
+# Chunk of a batch dispatched together before looking for newly arrived High events.
+YIELD_EVERY = 50
+# Deliveries a dispatcher holds in memory before it stops taking new events (memory bound).
+MAX_PENDING = 20_000
+# Outcomes recorded per transaction.
+RECORD_BATCH = 500
+
+
+class DeliveryLoop:
+    """The dispatcher's one asyncio loop, in a thread: the webhook sender (pooled connections,
+    a lane per endpoint) and the channel layer (one connection pool). Outcomes go to a recorder
+    thread that writes them in bulk."""
+
+    def __init__(self) -> None:
+        # Three busy threads share the GIL: at the default 5 ms switch interval every database
+        # round trip of a High event's dispatch waited for the recorder's and the loop's turns
+        # (a convoy: ~100 ms per event under a Low flood). 0.5 ms keeps it to a few.
+        sys.setswitchinterval(0.0005)
+        self.loop = asyncio.new_event_loop()
+        self.outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self._room = threading.Event()
+        self._room.set()
+        self.sender = Sender(
+            on_outcome=self._taken,
+            check_destination=services.webhook_url_check,
+            refused=services.DestinationRefused,
+        )
+        self._unrecorded = 0
+        self._recorded = threading.Condition()
+        self._fan_out_tail: asyncio.Task | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, name="webhooks", daemon=True)
+        self._recorder = threading.Thread(target=self._record, name="recorder", daemon=True)
+        self._thread.start()
+        self._recorder.start()
+
+    def _taken(self, outcome: Outcome) -> None:
+        self.outcomes.put(outcome)
+        if self.sender.pending < MAX_PENDING:
+            self._room.set()
+
+    def submit(self, claims: list[Claim]) -> None:
+        if not claims:
+            return
+        with self._recorded:
+            self._unrecorded += len(claims)
+        if self.sender.pending + len(claims) >= MAX_PENDING:
+            self._room.clear()
+        self.loop.call_soon_threadsafe(self.sender.submit, claims)
+
+    def wait_for_room(self, timeout: float) -> bool:
+        return self._room.wait(timeout)
+
+    def fan_out(self, layer, messages: list[tuple[list[str], dict]]) -> None:  # type: ignore[no-untyped-def]
+        """Queue browser messages on the loop without waiting: each batch after the previous
+        one, so every group gets its messages in position order."""
+        self.loop.call_soon_threadsafe(self._fan_out_after, layer, messages)
+
+    def _fan_out_after(self, layer, messages: list[tuple[list[str], dict]]) -> None:  # type: ignore[no-untyped-def]
+        previous = self._fan_out_tail
+
+        async def send() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await _group_send_all(layer, messages)
+
+        self._fan_out_tail = self.loop.create_task(send())
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until every submitted delivery is sent and recorded (shutdown, tests)."""
+        with self._recorded:
+            return self._recorded.wait_for(lambda: self._unrecorded == 0, timeout=timeout)
+
+    def close(self, timeout: float) -> None:
+        self.wait_idle(timeout)
+
+        async def finish() -> None:
+            if self._fan_out_tail is not None:
+                await asyncio.wait([self._fan_out_tail], timeout=10)
+            await self.sender.close()
+
+        asyncio.run_coroutine_threadsafe(finish(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.outcomes.put(None)
+        self._recorder.join(timeout=30)
+        self.loop.close()
+
+    def _record(self) -> None:
+        done = False
+        while not done:
+            first = self.outcomes.get()
+            batch = [] if first is None else [first]
+            done = first is None
+            while len(batch) < RECORD_BATCH:
+                try:
+                    more = self.outcomes.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                batch.append(more)
+            if batch:
+                self._record_batch(batch)
+
+    def _record_batch(self, batch: list[Outcome]) -> None:
+        try:
+            for attempt in stamina.retry_context(on=DatabaseError, attempts=5, timeout=30):
+                with attempt:
+                    close_old_connections()
+                    services.attempts_record(outcomes=batch)
+        except DatabaseError:
+            # The claims' leases run out and the sweep retries them: sent again, not lost.
+            logger.exception("%d webhook outcomes not recorded", len(batch))
+        finally:
+            with self._recorded:
+                self._unrecorded -= len(batch)
+                self._recorded.notify_all()
 
 
 class Dispatcher:
@@ -259,11 +388,20 @@ class Dispatcher:
         self.on_batch = on_batch
         self._stop = threading.Event()
         self.processed = 0
+        self._runtime: DeliveryLoop | None = None
+
+    @property
+    def runtime(self) -> DeliveryLoop:
+        if self._runtime is None:
+            self._runtime = DeliveryLoop()
+        return self._runtime
 
     def stop(self) -> None:
         self._stop.set()
 
     def run_once(self) -> int:
+        if not self.runtime.wait_for_room(timeout=1.0):
+            return 0  # enough in hand: let the sends catch up before taking more
         sizes = queues.sizes()
         for priority, size in sizes.items():
             QUEUE_SIZE.labels(priority).set(size)
@@ -276,7 +414,9 @@ class Dispatcher:
         done = 0
         for start in range(0, len(batch), YIELD_EVERY):
             chunk = batch[start : start + YIELD_EVERY]
-            done += dispatch_events(event_ids=[event_id for _, event_id in chunk], wait=False)
+            done += dispatch_events(
+                event_ids=[event_id for _, event_id in chunk], runtime=self.runtime
+            )
             rest = batch[start + YIELD_EVERY :]
             if rest and rest[0][0] != "high" and queues.has_high():
                 # A High event arrived meanwhile: put the rest back in front, in order, and
@@ -288,16 +428,28 @@ class Dispatcher:
             self.on_batch(batching, len(batch))
         return done
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Until every webhook handed to the loop is sent and recorded."""
+        return self._runtime is None or self._runtime.wait_idle(timeout)
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            retries = settings.NOTIFY_HIGH_PRIORITY_RETRIES + 1
+            self._runtime.close(timeout=settings.WEBHOOK_TIMEOUT.total_seconds() * retries + 1)
+            self._runtime = None
+
     def run(self, *, max_seconds: float | None = None) -> None:
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         logger.info("dispatcher started")
-        while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            try:
-                self.run_once()
-            except Exception:
-                logger.exception("dispatcher batch failed; retrying")
-                self._stop.wait(1)
-            finally:
-                close_old_connections()
-        wait_for_deliveries(timeout=settings.WEBHOOK_TIMEOUT.total_seconds() * 2)
+        try:
+            while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                try:
+                    self.run_once()
+                except Exception:
+                    logger.exception("dispatcher batch failed; retrying")
+                    self._stop.wait(1)
+                finally:
+                    close_old_connections()
+        finally:
+            self.close()
         logger.info("dispatcher stopped after %d events", self.processed)

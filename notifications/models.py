@@ -32,6 +32,10 @@ class Priority(models.TextChoices):
     LOW = "low", "Low"
 
 
+# Sortable ranks: the names sort high, low, normal.
+PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+
+
 class Event(models.Model):
     """The outbox: written in the same transaction as the change it describes, then queued.
 
@@ -143,6 +147,14 @@ class WebhookDelivery(models.Model):
     last_latency_ms = models.PositiveIntegerField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
+    priority = models.PositiveSmallIntegerField(
+        default=1, help_text="The event's rank (0 High, 1 Normal, 2 Low): the sweep's order."
+    )
+    # One sender at a time: a claim sets ``claimed_until`` (a lease) and bumps ``claim`` (the
+    # holder's token) in one compare-and-set; only the holder records the outcome. A sender
+    # that died holding a claim is replaced once the lease has passed.
+    claim = models.PositiveIntegerField(default=0)
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -150,8 +162,8 @@ class WebhookDelivery(models.Model):
         ]
         indexes = [
             models.Index(
-                fields=["next_attempt_at"],
-                name="delivery_due",
+                fields=["priority", "next_attempt_at"],
+                name="delivery_due_by_priority",
                 condition=models.Q(status="pending"),
             )
         ]

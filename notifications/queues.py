@@ -1,8 +1,11 @@
 """Priority queues shared by every process: three Redis lists of event ids, High, Normal, Low.
 
 Redis only carries ids; the events themselves are in the PostgreSQL outbox, so a lost queue is
-rebuilt from it (``events_requeue_lost``). Without Redis (embedded mode, or Redis down) events
-are dispatched in-process right after commit instead.
+rebuilt from it (``events_requeue_lost``). In embedded mode (no REDIS_URL) events are dispatched
+in-process right after commit. With Redis configured but down, nothing is dispatched in-process:
+``enqueue`` logs and drops the id, the dispatcher's pops fail and it retries every second, and
+once Redis is back the requeue sweep queues every event older than NOTIFY_REQUEUE_AFTER that is
+still undispatched. Events wait for Redis; none is lost.
 """
 
 from __future__ import annotations
@@ -60,6 +63,39 @@ def enqueue(*, event_id: int, priority: str) -> None:
     except redis.RedisError as exc:
         # The outbox has it: the requeue sweep queues it once Redis is back.
         logger.warning("event %s not queued (%s); the outbox sweep will queue it", event_id, exc)
+
+
+def enqueue_many(items: list[tuple[int, str]]) -> None:
+    """Queue (event id, priority) pairs in one round trip (the requeue sweep)."""
+    redis_client = client()
+    if redis_client is None:
+        for event_id, priority in items:
+            enqueue(event_id=event_id, priority=priority)
+        return
+    if not items:
+        return
+    pipe = redis_client.pipeline(transaction=False)
+    for event_id, priority in items:
+        pipe.rpush(key(priority), event_id)
+    try:
+        pipe.execute()
+    except redis.RedisError as exc:
+        logger.warning("%d events not queued (%s); the next sweep queues them", len(items), exc)
+
+
+def queued_ids() -> set[int]:
+    """Every id waiting in the queues (not lost, however old). One read of the lists: the
+    requeue sweep runs every NOTIFY_REQUEUE_AFTER, and ids are small."""
+    redis_client = client()
+    if redis_client is None:
+        return set()
+    pipe = redis_client.pipeline(transaction=False)
+    for priority in ORDER:
+        pipe.lrange(key(priority), 0, -1)
+    try:
+        return {int(raw) for ids in pipe.execute() for raw in ids}
+    except redis.RedisError:
+        return set()
 
 
 def sizes() -> dict[str, int]:

@@ -177,3 +177,14 @@ class Receiver:
                 pass  # quiet
 
         return Handler
+
+
+def stripe_verified(received: Received, secret: str, *, tolerance: int = 300) -> bool:
+    """Check a request's signature with Stripe's own verifier (our header is Stripe's format):
+    what a merchant's existing Stripe-style code would do with it."""
+    import stripe
+
+    stripe.WebhookSignature.verify_header(
+        received.body.decode(), received.signature, secret, tolerance=tolerance
+    )
+    return True

@@ -132,7 +132,7 @@ def test_receiver_down_then_up_is_delivered(frozen_clock, receiver):
     delivery = delivery_of(event)
     assert delivery.status == "pending"
     assert delivery.last_status_code is None
-    assert "ConnectError" in delivery.last_error
+    assert "ClientConnectorError" in delivery.last_error
 
     receiver.up()  # the same port again
     frozen_clock.advance(timedelta(seconds=10, milliseconds=1))

@@ -1,0 +1,304 @@
+"""Webhook POSTs on one asyncio loop: a lane per endpoint, pooled keep-alive connections.
+
+Each endpoint has its own lane: a priority queue (High, Normal, Low, then arrival) served by at
+most WEBHOOK_ENDPOINT_CONCURRENCY requests at a time. A hanging, slow, refusing or failing
+endpoint fills only its own lane, so it delays nobody else; its breaker (timeouts, retryable
+answers, and a median answer slower than WEBHOOK_SLOW) soon makes its attempts fail at once.
+
+No database here: what to send comes in as ``Claim``s (``notifications.services`` made them) and
+what happened goes out as ``Outcome``s to a callback, which records them in bulk. A sender only
+starts an attempt it can finish before its claim's lease ends, so no other sender (the sweep) can
+be sending the same delivery: at most one POST per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import aiohttp
+from django.conf import settings
+
+from notifications import signing
+from resilience import clock
+from resilience.breaker import BrokenCircuitError, breaker_options_from_settings, get_breaker
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "cryptopay-webhooks/1.0"
+# Answers kept per endpoint for its median latency.
+LATENCY_WINDOW = 20
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to sign: one endpoint as a sender needs it (secrets decrypted)."""
+
+    public_id: str
+    url: str
+    secrets: tuple[str, ...]
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to attempt one delivery until ``until``; ``token`` proves it when recording."""
+
+    delivery_id: int
+    token: int
+    until: datetime
+    priority: int  # 0 High, 1 Normal, 2 Low
+    target: Target
+    webhook_id: str  # the event's public id: the same on every retry, receivers deduplicate
+    body: bytes
+    immediate_retries: int = 0
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    status_code: int | None
+    error: str
+    latency_ms: int
+    at: datetime | None = None
+    # Not worth retrying whatever the code says (a refused destination, a disabled endpoint).
+    final: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass
+class Outcome:
+    claim: Claim
+    attempts: list[AttemptResult] = field(default_factory=list)
+    # True: the sender gave the claim back without sending (lease too short, lane full, stop).
+    released: bool = False
+
+
+class ReceiverFailed(Exception):
+    """A retryable failure, counted by the endpoint's breaker."""
+
+    def __init__(self, result: AttemptResult) -> None:
+        super().__init__(result.error or result.status_code)
+        self.result = result
+
+
+class ReceiverSlow(Exception):
+    """A 2xx that came after the endpoint's median passed WEBHOOK_SLOW: delivered, yet counted as
+    a failure by the breaker, so a slow endpoint is held off like a failing one."""
+
+    def __init__(self, result: AttemptResult) -> None:
+        super().__init__(f"slow: {result.latency_ms} ms")
+        self.result = result
+
+
+def retryable(status_code: int | None) -> bool:
+    """Network errors (no status), 5xx, 408 and 429 are retried; other answers are final."""
+    return status_code is None or status_code >= 500 or status_code in (408, 429)
+
+
+def _breaker_failure(exc: BaseException) -> bool:
+    return isinstance(exc, ReceiverFailed | ReceiverSlow)
+
+
+class Lane:
+    """One endpoint's queue and its requests in flight."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.queue: asyncio.PriorityQueue[tuple[int, int, Claim]] = asyncio.PriorityQueue()
+        self.workers = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def slow(self, seconds: float) -> bool:
+        self.latencies.append(seconds)
+        return statistics.median(self.latencies) > settings.WEBHOOK_SLOW.total_seconds()
+
+
+class Sender:
+    """Runs inside one event loop; ``submit`` must be called on that loop."""
+
+    def __init__(
+        self,
+        *,
+        on_outcome: Callable[[Outcome], None],
+        check_destination: Callable[[str], None],
+        refused: type[Exception],
+    ) -> None:
+        self.on_outcome = on_outcome
+        self.check_destination = check_destination
+        self.refused = refused
+        self.concurrency = max(1, settings.WEBHOOK_ENDPOINT_CONCURRENCY)
+        self.backlog = settings.WEBHOOK_ENDPOINT_BACKLOG
+        self.timeout = settings.WEBHOOK_TIMEOUT.total_seconds()
+        self.lanes: dict[str, Lane] = {}
+        self.pending = 0  # claims submitted and not yet reported
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._order = itertools.count()
+        self._session: aiohttp.ClientSession | None = None
+        self._workers: set[asyncio.Task] = set()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # Lanes bound the requests per endpoint; a shared cap would couple endpoints.
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        for task in list(self._workers):
+            task.cancel()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def submit(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            lane = self.lanes.get(claim.target.public_id)
+            if lane is None:
+                lane = self.lanes[claim.target.public_id] = Lane(claim.target)
+            self.pending += 1
+            self._idle.clear()
+            if lane.queue.qsize() >= self.backlog:
+                self._report(Outcome(claim, released=True))
+                continue
+            lane.queue.put_nowait((claim.priority, next(self._order), claim))
+            if lane.workers < self.concurrency:
+                lane.workers += 1
+                task = asyncio.get_running_loop().create_task(self._work(lane))
+                self._workers.add(task)
+                task.add_done_callback(self._workers.discard)
+
+    def _report(self, outcome: Outcome) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            self._idle.set()
+        try:
+            self.on_outcome(outcome)
+        except Exception:
+            logger.exception("delivery %s: outcome not taken", outcome.claim.delivery_id)
+
+    async def _work(self, lane: Lane) -> None:
+        # Workers end when their lane is empty: an idle endpoint holds no task.
+        try:
+            while not lane.queue.empty():
+                _, _, claim = lane.queue.get_nowait()
+                try:
+                    outcome = await self._deliver(lane, claim)
+                except Exception as exc:  # never lose the report: the claim's lease decides
+                    logger.exception("delivery %s: sender failed", claim.delivery_id)
+                    outcome = Outcome(claim, [AttemptResult(None, repr(exc)[:500], 0, clock.now())])
+                self._report(outcome)
+        finally:
+            lane.workers -= 1
+
+    async def _deliver(self, lane: Lane, claim: Claim) -> Outcome:
+        outcome = Outcome(claim)
+        for _ in range(1 + claim.immediate_retries):
+            if (clock.now() - claim.until).total_seconds() > -(self.timeout + 1):
+                # Not enough lease left to finish: another sender may take it after the lease.
+                outcome.released = not outcome.attempts
+                return outcome
+            result = await self._attempt(lane, claim)
+            outcome.attempts.append(result)
+            if result.ok or result.final or not retryable(result.status_code):
+                break
+            if result.error.startswith("circuit open"):
+                break  # quick retries would be refused too
+        return outcome
+
+    async def _attempt(self, lane: Lane, claim: Claim) -> AttemptResult:
+        breaker = get_breaker(
+            f"webhook:{claim.target.public_id}",
+            breaker_options_from_settings(is_failure=_breaker_failure),
+        )
+        try:
+            if settings.WEBHOOK_ALLOW_PRIVATE_DESTINATIONS:
+                self.check_destination(claim.target.url)  # no lookup: answers at once
+            else:
+                # Again at send time (DNS may have changed); the lookup blocks, so off the loop.
+                await asyncio.to_thread(self.check_destination, claim.target.url)
+        except self.refused as exc:
+            return AttemptResult(None, str(exc)[:500], 0, clock.now(), final=True)
+        if not claim.target.secrets:
+            # Retried: the operator restores the secrets key, and the next attempt is signed.
+            error = "webhook secret cannot be decrypted (was the secrets key changed?)"
+            return AttemptResult(None, error, 0, clock.now())
+        try:
+            return await breaker.call_async(self._post, lane, claim)
+        except (ReceiverFailed, ReceiverSlow) as exc:
+            return exc.result
+        except BrokenCircuitError as exc:
+            return AttemptResult(
+                None, f"circuit open for this endpoint ({exc.retry_after:.0f} s)", 0, clock.now()
+            )
+
+    async def _post(self, lane: Lane, claim: Claim) -> AttemptResult:
+        at = clock.now()
+        headers = {
+            "Webhook-Id": claim.webhook_id,
+            signing.HEADER: signing.sign(
+                body=claim.body, secrets=list(claim.target.secrets), timestamp=int(at.timestamp())
+            ),
+        }
+        started = time.perf_counter()
+        try:
+            async with self._client().post(
+                claim.target.url, data=claim.body, headers=headers, allow_redirects=False
+            ) as response:
+                await response.read()
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            seconds = time.perf_counter() - started
+            lane.slow(seconds)
+            error = f"{exc.__class__.__name__}: {exc}"[:500]
+            raise ReceiverFailed(AttemptResult(None, error, int(seconds * 1000), at)) from exc
+        seconds = time.perf_counter() - started
+        result = AttemptResult(status, "", int(seconds * 1000), at)
+        slow = lane.slow(seconds)
+        if retryable(status):
+            raise ReceiverFailed(result)
+        if slow:
+            raise ReceiverSlow(result)
+        return result
+
+
+def deliver_now(
+    claims: list[Claim], *, check_destination: Callable[[str], None], refused: type[Exception]
+) -> list[Outcome]:
+    """Send these claims on a loop of their own and return what happened (the sweep, manual
+    redelivery, embedded mode): lanes per endpoint as in the dispatcher."""
+    if not claims:
+        return []
+
+    async def run() -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        sender = Sender(
+            on_outcome=outcomes.append, check_destination=check_destination, refused=refused
+        )
+        try:
+            sender.submit(claims)
+            await sender.wait_idle()
+        finally:
+            await sender.close()
+        return outcomes
+
+    return asyncio.run(run())
