@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -271,10 +270,6 @@ class DeliveryLoop:
     thread that writes them in bulk."""
 
     def __init__(self) -> None:
-        # Three busy threads share the GIL: at the default 5 ms switch interval every database
-        # round trip of a High event's dispatch waited for the recorder's and the loop's turns
-        # (a convoy: ~100 ms per event under a Low flood). 0.5 ms keeps it to a few.
-        sys.setswitchinterval(0.0005)
         self.loop = asyncio.new_event_loop()
         self.outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self._room = threading.Event()
