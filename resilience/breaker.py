@@ -201,8 +201,13 @@ class SharedStore:
     _ACQUIRE_SCRIPT = """
     local raw = redis.call('GET', KEYS[1])
     if raw then
-      local s = cjson.decode(raw)
-      if s['state'] ~= 'open' or s['until'] ~= tonumber(ARGV[1]) then return {-1, raw} end
+      local s, u = cjson.decode(raw), tonumber(ARGV[1])
+      if s['state'] == 'isolated' then return {-1, raw} end
+      if s['state'] == 'open' and s['until'] ~= u then return {-1, raw} end
+      -- An older close does not concern this break (opened here while Redis was unreachable).
+      if s['state'] == 'closed' and (s['until'] == cjson.null or s['until'] >= u) then
+        return {-1, raw}
+      end
     end
     if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {1, raw or false} end
     return {0, raw or false}
