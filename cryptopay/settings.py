@@ -169,19 +169,61 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------------------------
+# Longest statement the server runs for us; no request or task needs more (0 = no limit, e.g. for
+# a migration that rebuilds a large table).
+DATABASE_STATEMENT_TIMEOUT = env_seconds("CRYPTOPAY_DB_STATEMENT_TIMEOUT_SECONDS", 30)
+# A transaction idle this long was abandoned by its thread: the server ends it and frees its locks.
+# Above the budgets of outside calls (chain poll 30 s), in case one runs inside a transaction.
+DATABASE_IDLE_IN_TRANSACTION_TIMEOUT = env_seconds(
+    "CRYPTOPAY_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", 60
+)
+# Unacknowledged data older than this fails the connection (a frozen or partitioned server).
+DATABASE_TCP_USER_TIMEOUT = env_seconds("CRYPTOPAY_DB_TCP_USER_TIMEOUT_SECONDS", 10)
+# The pool retries a lost database this often, so it is used again within this of coming back.
+DATABASE_RECONNECT_INTERVAL = env_seconds("CRYPTOPAY_DB_RECONNECT_INTERVAL_SECONDS", 0.2)
+
+
+def _milliseconds(value: timedelta) -> int:
+    return round(value.total_seconds() * 1000)
+
+
 if DATABASE_URL:
     # A pool per process, not persistent connections: under ASGI each request runs its sync code
     # in a thread of its own, so a CONN_MAX_AGE connection is tied to a thread that ends with the
     # request, is never reused, and they pile up to max_connections under load (found by
     # bench/api_throughput.py). The pool bounds them and hands them from thread to thread.
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    # Django's backend with a pool that replaces every dead connection at the first one found and
+    # reconnects at a short fixed interval (resilience/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "resilience.postgresql"
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            # Server-side limits, so neither a runaway query nor a transaction its thread
+            # abandoned (a hung outside call, a killed worker) holds locks and a connection.
+            "options": (
+                f"-c statement_timeout={_milliseconds(DATABASE_STATEMENT_TIMEOUT)} "
+                "-c idle_in_transaction_session_timeout="
+                f"{_milliseconds(DATABASE_IDLE_IN_TRANSACTION_TIMEOUT)}"
+            ),
+            # Client-side: a server that stops acknowledging (frozen host, network partition)
+            # fails the connection after this instead of the kernel's ~15 minutes of retries,
+            # and keepalives find a dead peer on an idle connection.
+            "tcp_user_timeout": _milliseconds(DATABASE_TCP_USER_TIMEOUT),
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "connect_timeout": 5,
+        }
+    )
+    DATABASES["default"]["OPTIONS"]["pool"] = {
         # Connections per process (daphne, each Celery child, the dispatcher); size it so that
         # processes x max_size stays under PostgreSQL's max_connections.
         "min_size": env_int("CRYPTOPAY_DB_POOL_MIN", 1),
         "max_size": env_int("CRYPTOPAY_DB_POOL_MAX", 16),
         # How long a request waits for a free connection before failing (then a 503).
         "timeout": env_int("CRYPTOPAY_DB_POOL_TIMEOUT_SECONDS", 10),
+        "reconnect_interval": DATABASE_RECONNECT_INTERVAL.total_seconds(),
     }
     # With a pool, Django turns this into the pool's check: a connection broken by a database
     # restart or a network fault is replaced before a request gets it.

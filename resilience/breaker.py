@@ -17,8 +17,13 @@ Semantics (Polly v8 advanced breaker):
 * Isolated: held open by an operator until ``close()``; rejects with ``IsolatedCircuitError``.
 
 Sharing: the health window stays in each process (like Polly). What is shared through Redis is
-the open/isolated state (one key per breaker) and the half-open probe permit (``SET NX PX`` with a
-lease, so a hung probe cannot hold the circuit half-open). A process reads the shared state at
+the state (one key per breaker; a closed circuit keeps a "closed" record, so a missing key means
+lost data and never reads as closed: each process then keeps its own state and puts it back) and
+one half-open probe permit per break (``SET NX PX`` with a lease, so a hung probe cannot hold the
+circuit half-open; taken atomically with a read of the state, and left to expire, never deleted,
+so a process that missed the probe's success cannot probe the same break again). Isolates are
+also kept in PostgreSQL (``IsolationLedger``), read by each breaker at its first use, so an
+operator's decision survives Redis losing its data. A process reads the shared state at
 most every ``sync_interval`` (0.25 s by default), so when one process opens a breaker every other
 process fails fast within that interval, while a closed breaker costs no network round trip per
 call. When Redis is unreachable each process goes on with its own local state and retries Redis
@@ -36,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import redis
 from django.dispatch import Signal
@@ -163,58 +168,124 @@ class HealthWindow:
 @dataclass
 class SharedState:
     state: CircuitState
-    until: float  # epoch seconds the break ends (inf while isolated)
+    # Epoch seconds the break ends (inf while isolated). For a closed record: the latest break it
+    # closed (inf: an operator's close, which ends any break and an isolate).
+    until: float
+
+
+def _encode(shared: SharedState) -> str:
+    until = None if shared.until == float("inf") else shared.until
+    return json.dumps({"state": shared.state.value, "until": until})
+
+
+def _decode(raw: bytes | str | None) -> SharedState | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    until = float("inf") if data["until"] is None else float(data["until"])
+    return SharedState(state=CircuitState(data["state"]), until=until)
 
 
 class SharedStore:
-    """The fleet-wide part of a breaker in Redis: state key and probe permit."""
+    """The fleet-wide part of a breaker in Redis: its state key and one probe permit per break.
 
+    A closed circuit is a record too ("closed", with the break it closed), so that a *missing*
+    key means lost data (a Redis restart or flush, an expired record), never "closed". A probe
+    permit belongs to one break (its key carries the break's end) and is never deleted, only
+    left to expire: a process that missed the probe's success cannot take a second permit for
+    the same break, and the next break has a permit of its own.
+    """
+
+    # KEYS: state, permit; ARGV: the break's end, token, lease ms. Returns {1 = acquired,
+    # 0 = taken, -1 = the state is no longer that break (adopt it)} and the state's raw value.
+    _ACQUIRE_SCRIPT = """
+    local raw = redis.call('GET', KEYS[1])
+    if raw then
+      local s, u = cjson.decode(raw), tonumber(ARGV[1])
+      if s['state'] == 'isolated' then return {-1, raw} end
+      if s['state'] == 'open' and s['until'] ~= u then return {-1, raw} end
+      -- An older close does not concern this break (opened here while Redis was unreachable).
+      if s['state'] == 'closed' and (s['until'] == cjson.null or s['until'] >= u) then
+        return {-1, raw}
+      end
+    end
+    if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {1, raw or false} end
+    return {0, raw or false}
+    """
+    # KEYS: state; ARGV: the closed record, the closed break's end, keep ms, force. A probe's
+    # success closes only its own break or an older one: never an isolate, never a newer break.
     _CLOSE_SCRIPT = """
-    local v = redis.call('GET', KEYS[1])
-    if v and string.find(v, '"isolated"', 1, true) and ARGV[1] == '0' then return 0 end
-    redis.call('DEL', KEYS[1])
-    redis.call('DEL', KEYS[2])
+    local raw = redis.call('GET', KEYS[1])
+    if raw and ARGV[4] == '0' then
+      local s = cjson.decode(raw)
+      if s['state'] == 'isolated' then return 0 end
+      if s['state'] == 'open' and s['until'] > tonumber(ARGV[2]) then return 0 end
+    end
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
     return 1
     """
 
     def __init__(self, client: redis.Redis, prefix: str = "cryptopay:breaker") -> None:
         self._client = client
         self._prefix = prefix
+        self._acquire = client.register_script(self._ACQUIRE_SCRIPT)
         self._close = client.register_script(self._CLOSE_SCRIPT)
 
-    def _keys(self, name: str) -> tuple[str, str]:
-        return f"{self._prefix}:{name}:state", f"{self._prefix}:{name}:probe"
+    def _state_key(self, name: str) -> str:
+        return f"{self._prefix}:{name}:state"
+
+    def _permit_key(self, name: str, until: float) -> str:
+        return f"{self._prefix}:{name}:probe:{until!r}"
 
     def read(self, name: str) -> SharedState | None:
-        raw = self._client.get(self._keys(name)[0])
-        if raw is None:
-            return None
-        data = json.loads(raw)
-        until = float("inf") if data["until"] is None else float(data["until"])
-        return SharedState(state=CircuitState(data["state"]), until=until)
+        return _decode(self._client.get(self._state_key(name)))
 
-    def write(self, name: str, shared: SharedState, keep_for: float) -> None:
-        until = None if shared.until == float("inf") else shared.until
-        payload = json.dumps({"state": shared.state.value, "until": until})
-        state_key, probe_key = self._keys(name)
-        pipe = self._client.pipeline()
-        if shared.state is CircuitState.ISOLATED:
-            pipe.set(state_key, payload)
-        else:
-            pipe.set(state_key, payload, px=int(keep_for * 1000))
-        pipe.delete(probe_key)
-        pipe.execute()
+    def write(
+        self, name: str, shared: SharedState, keep_for: float, *, only_if_missing=False
+    ) -> bool:
+        """Publish ``shared``; ``only_if_missing`` restores a lost key without overwriting a
+        newer one. Returns whether it was written."""
+        px = None if shared.state is CircuitState.ISOLATED else int(keep_for * 1000)
+        return bool(
+            self._client.set(self._state_key(name), _encode(shared), px=px, nx=only_if_missing)
+        )
 
-    def acquire_probe(self, name: str, token: str, lease: float) -> bool:
-        return bool(self._client.set(self._keys(name)[1], token, nx=True, px=int(lease * 1000)))
+    def acquire_probe(
+        self, name: str, until: float, token: str, lease: float
+    ) -> tuple[bool, SharedState | None, bool]:
+        """Try to take the probe permit of the break ending at ``until``, atomically with a read
+        of the state. Returns (acquired, the state read, whether that is still this break)."""
+        code, raw = self._acquire(
+            keys=[self._state_key(name), self._permit_key(name, until)],
+            args=[repr(until), token, int(lease * 1000)],
+        )
+        return code == 1, _decode(raw or None), code != -1
 
-    def probe_lease_left(self, name: str) -> float:
-        ttl = self._client.pttl(self._keys(name)[1])
+    def probe_lease_left(self, name: str, until: float) -> float:
+        ttl = self._client.pttl(self._permit_key(name, until))
         return max(0.0, ttl / 1000) if ttl and ttl > 0 else 0.0
 
-    def clear(self, name: str, *, force: bool) -> bool:
-        """Delete the state (closing the circuit everywhere); an isolate survives unless forced."""
-        return bool(self._close(keys=list(self._keys(name)), args=["1" if force else "0"]))
+    def clear(self, name: str, *, until: float, keep_for: float, force: bool) -> bool:
+        """Record the circuit closed after the break ending at ``until`` (everywhere); an isolate
+        or a newer break survives unless forced. Returns whether it was recorded."""
+        record = _encode(SharedState(CircuitState.CLOSED, until))
+        return bool(
+            self._close(
+                keys=[self._state_key(name)],
+                args=[record, repr(until), int(keep_for * 1000), "1" if force else "0"],
+            )
+        )
+
+
+class IsolationLedger(Protocol):
+    """Where isolates are kept durably (PostgreSQL): an isolate is an operator's decision, and
+    Redis may lose it (a restart without persistence, a flush, a failover to an empty replica)."""
+
+    def is_isolated(self, name: str) -> bool: ...
+
+    def record(self, name: str) -> None: ...
+
+    def remove(self, name: str) -> None: ...
 
 
 class CircuitBreaker:
@@ -226,11 +297,17 @@ class CircuitBreaker:
         options: BreakerOptions | None = None,
         *,
         store: SharedStore | None = None,
+        ledger: IsolationLedger | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.options = options or BreakerOptions()
         self._store = store
+        self._ledger = ledger
+        # The ledger is read once, at first use (then Redis carries the state); until it has been
+        # read, calls take the locked path.
+        self._ledger_read = ledger is None
+        self._ledger_retry_at = float("-inf")
         self._clock = clock
         self._lock = threading.Lock()
         self._window = HealthWindow(self.options.sampling_duration)
@@ -282,14 +359,20 @@ class CircuitBreaker:
         self._after_call(token, None)
 
     def isolate(self) -> None:
-        """Hold the circuit open (everywhere) until ``close()``."""
+        """Hold the circuit open (everywhere, and across Redis data loss) until ``close()``."""
         with self._lock:
+            self._ledger_write(lambda ledger: ledger.record(self.name))
             self._transition(CircuitState.ISOLATED, until=float("inf"), publish=True)
 
     def close(self) -> None:
         """Close the circuit (everywhere) and reset its statistics; ends an isolate."""
         with self._lock:
-            self._shared(lambda store: store.clear(self.name, force=True))
+            self._ledger_write(lambda ledger: ledger.remove(self.name))
+            self._shared(
+                lambda store: store.clear(
+                    self.name, until=float("inf"), keep_for=self._keep_for, force=True
+                )
+            )
             self._window.reset()
             self._transition(CircuitState.CLOSED, until=0.0, publish=False)
 
@@ -312,8 +395,10 @@ class CircuitBreaker:
     def _before_call(self) -> str | None:
         """Admit or reject a call. Returns a probe token when this call is the half-open probe."""
         now = self._clock()
-        if self._state is CircuitState.CLOSED and (
-            self._store is None or now - self._synced_at < self.options.sync_interval
+        if (
+            self._state is CircuitState.CLOSED
+            and self._ledger_read
+            and (self._store is None or now - self._synced_at < self.options.sync_interval)
         ):
             # Fast path without the lock: reading one attribute is atomic, and a call admitted
             # just as another thread opens the circuit is what any breaker allows.
@@ -321,34 +406,46 @@ class CircuitBreaker:
         with self._lock:
             now = self._clock()
             self._sync(now, force=False)
-            if self._state is CircuitState.CLOSED:
-                return None
-            if self._state is CircuitState.ISOLATED:
-                REJECTIONS.labels(self.name).inc()
-                raise IsolatedCircuitError(self.name, float("inf"), CircuitState.ISOLATED)
-            if self._state is CircuitState.OPEN and now < self._until:
-                REJECTIONS.labels(self.name).inc()
-                raise BrokenCircuitError(self.name, self._until - now, CircuitState.OPEN)
-            if self._probe_token is not None:  # this process already probes
-                REJECTIONS.labels(self.name).inc()
-                raise BrokenCircuitError(
-                    self.name, self.options.sync_interval, CircuitState.HALF_OPEN
-                )
-            self._probe_seq += 1
-            token = f"{id(self)}:{self._probe_seq}:{now}"
-            acquired = self._shared(
-                lambda store: store.acquire_probe(self.name, token, self.options.probe_lease),
-                default=True,
+            return self._admit(now, adoptions_left=1)
+
+    def _admit(self, now: float, *, adoptions_left: int) -> str | None:
+        if self._state is CircuitState.CLOSED:
+            return None
+        if self._state is CircuitState.ISOLATED:
+            REJECTIONS.labels(self.name).inc()
+            raise IsolatedCircuitError(self.name, float("inf"), CircuitState.ISOLATED)
+        if self._state is CircuitState.OPEN and now < self._until:
+            REJECTIONS.labels(self.name).inc()
+            raise BrokenCircuitError(self.name, self._until - now, CircuitState.OPEN)
+        if self._probe_token is not None:  # this process already probes
+            REJECTIONS.labels(self.name).inc()
+            raise BrokenCircuitError(self.name, self.options.sync_interval, CircuitState.HALF_OPEN)
+        self._probe_seq += 1
+        token = f"{id(self)}:{self._probe_seq}:{now}"
+        until = self._until
+        # The permit is taken atomically with a fresh read of the state: a process that has not
+        # synced since another one's probe closed (or reopened) the circuit adopts that instead
+        # of probing a break that is already over.
+        acquired, shared, same_break = self._shared(
+            lambda store: store.acquire_probe(self.name, until, token, self.options.probe_lease),
+            default=(True, None, True),
+        )
+        if not same_break:
+            self._synced_at = now
+            self._adopt(shared)
+            if adoptions_left:
+                return self._admit(now, adoptions_left=adoptions_left - 1)
+            REJECTIONS.labels(self.name).inc()
+            raise BrokenCircuitError(self.name, self.options.sync_interval, self._state)
+        if not acquired:
+            left = self._shared(lambda store: store.probe_lease_left(self.name, until), default=0.0)
+            REJECTIONS.labels(self.name).inc()
+            raise BrokenCircuitError(
+                self.name, left or self.options.sync_interval, CircuitState.HALF_OPEN
             )
-            if not acquired:
-                left = self._shared(lambda store: store.probe_lease_left(self.name), default=0.0)
-                REJECTIONS.labels(self.name).inc()
-                raise BrokenCircuitError(
-                    self.name, left or self.options.sync_interval, CircuitState.HALF_OPEN
-                )
-            self._probe_token = token
-            self._transition(CircuitState.HALF_OPEN, until=self._until, publish=False)
-            return token
+        self._probe_token = token
+        self._transition(CircuitState.HALF_OPEN, until=self._until, publish=False)
+        return token
 
     def _after_call(self, token: str | None, exc: BaseException | None) -> None:
         failure = exc is not None and self.options.is_failure(exc)
@@ -363,7 +460,12 @@ class CircuitBreaker:
                 if failure:
                     self._open(now)
                 else:
-                    self._shared(lambda store: store.clear(self.name, force=False))
+                    until = self._until
+                    self._shared(
+                        lambda store: store.clear(
+                            self.name, until=until, keep_for=self._keep_for, force=False
+                        )
+                    )
                     self._window.reset()
                     self._transition(CircuitState.CLOSED, until=0.0, publish=False)
                 return
@@ -393,9 +495,8 @@ class CircuitBreaker:
         if to_state in (CircuitState.CLOSED, CircuitState.ISOLATED):
             self._probe_token = None
         if publish:
-            keep_for = max(self.options.break_duration, 1.0) + 24 * 3600
             shared = SharedState(state=to_state, until=until)
-            self._shared(lambda store: store.write(self.name, shared, keep_for))
+            self._shared(lambda store: store.write(self.name, shared, self._keep_for))
             self._synced_at = now
         if from_state is to_state:
             return
@@ -422,8 +523,15 @@ class CircuitBreaker:
             adopted=adopted,
         )
 
+    @property
+    def _keep_for(self) -> float:
+        """How long a published open or closed record outlives its break in Redis."""
+        return max(self.options.break_duration, 1.0) + 24 * 3600
+
     def _sync(self, now: float, *, force: bool) -> None:
         """Adopt the fleet's state, at most every sync_interval."""
+        if not self._ledger_read and now >= self._ledger_retry_at:
+            self._ledger_load(now)
         if self._store is None or (
             not force and now - self._synced_at < self.options.sync_interval
         ):
@@ -435,12 +543,30 @@ class CircuitBreaker:
         if shared is missing:
             return
         self._synced_at = now
+        self._adopt(shared)
+
+    def _adopt(self, shared: SharedState | None) -> None:
+        """Take over what the shared store says (just read), where it concerns this process."""
         if shared is None:
+            # Lost from Redis (restart, flush, expiry), which is not "closed": keep what this
+            # process knows (an open circuit stays open until its own break ends) and put it back
+            # for the others, unless someone else already did.
+            if self._state in (CircuitState.OPEN, CircuitState.ISOLATED):
+                restored = SharedState(state=self._state, until=self._until)
+                self._shared(
+                    lambda store: store.write(
+                        self.name, restored, self._keep_for, only_if_missing=True
+                    )
+                )
+            return
+        if shared.state is CircuitState.CLOSED:
+            # A close reaches the breaks it closed (an operator's: all, isolates too), not a
+            # break this process opened since.
             if (
                 self._state in (CircuitState.OPEN, CircuitState.ISOLATED)
                 and self._probe_token is None
+                and self._until <= shared.until
             ):
-                # Another process's probe succeeded, or an operator closed it.
                 self._window.reset()
                 self._transition(CircuitState.CLOSED, until=0.0, publish=False, adopted=True)
             return
@@ -450,6 +576,30 @@ class CircuitBreaker:
             if shared.state is CircuitState.ISOLATED:
                 self._probe_token = None
             self._transition(shared.state, until=shared.until, publish=False, adopted=True)
+
+    def _ledger_load(self, now: float) -> None:
+        assert self._ledger is not None
+        ledger = self._ledger
+        try:
+            isolated = ledger.is_isolated(self.name)
+        except Exception as exc:  # the database is down: Redis still carries isolates
+            self._ledger_retry_at = now + self.options.redis_retry_interval
+            logger.warning("circuit %s: isolation ledger unreadable (%s)", self.name, exc)
+            return
+        self._ledger_read = True
+        if isolated and self._state is not CircuitState.ISOLATED:
+            # The ledger is the truth about isolates: put it back in Redis too (it was lost there,
+            # or this process would have read it already).
+            self._transition(CircuitState.ISOLATED, until=float("inf"), publish=True, adopted=True)
+
+    def _ledger_write(self, operation: Callable[[IsolationLedger], None]) -> None:
+        if self._ledger is None:
+            return
+        try:
+            operation(self._ledger)
+        except Exception:
+            # Redis still carries it to every process; only a later Redis data loss would lose it.
+            logger.exception("circuit %s: isolation ledger not updated", self.name)
 
     def _shared(self, operation: Callable[[SharedStore], Any], default: Any = None) -> Any:
         if self._store is None:
@@ -476,10 +626,12 @@ class BreakerRegistry:
 
     store_factory: Callable[[], SharedStore | None]
     options_factory: Callable[[], BreakerOptions]
+    ledger_factory: Callable[[], IsolationLedger | None] = lambda: None
     clock: Callable[[], float] = time.time
     _breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _store: SharedStore | None = None
+    _ledger: IsolationLedger | None = None
     _store_made: bool = False
 
     def get(self, name: str, options: BreakerOptions | None = None) -> CircuitBreaker:
@@ -488,9 +640,14 @@ class BreakerRegistry:
             if breaker is None:
                 if not self._store_made:
                     self._store = self.store_factory()
+                    self._ledger = self.ledger_factory()
                     self._store_made = True
                 breaker = CircuitBreaker(
-                    name, options or self.options_factory(), store=self._store, clock=self.clock
+                    name,
+                    options or self.options_factory(),
+                    store=self._store,
+                    ledger=self._ledger,
+                    clock=self.clock,
                 )
                 self._breakers[name] = breaker
             return breaker
@@ -508,6 +665,7 @@ class BreakerRegistry:
         with self._lock:
             self._breakers.clear()
             self._store = None
+            self._ledger = None
             self._store_made = False
 
 
@@ -533,8 +691,16 @@ def _settings_store() -> SharedStore | None:
     return SharedStore(fast_fail_client(settings.REDIS_URL), prefix=settings.BREAKER_KEY_PREFIX)
 
 
+def _settings_ledger() -> IsolationLedger:
+    from resilience.isolation import DatabaseIsolationLedger
+
+    return DatabaseIsolationLedger()
+
+
 breakers = BreakerRegistry(
-    store_factory=_settings_store, options_factory=breaker_options_from_settings
+    store_factory=_settings_store,
+    options_factory=breaker_options_from_settings,
+    ledger_factory=_settings_ledger,
 )
 
 

@@ -4,8 +4,8 @@ circuit breakers across the fleet, idempotency figures and whether Redis answers
 Breakers shown are the union of the ones this process holds (``breakers.all()``), the ones the
 registered dependencies declare (built by their owners' factories, with the owners' options) and
 the ones only other processes use, found by scanning the shared state keys
-(``{BREAKER_KEY_PREFIX}:{name}:state``; a closed circuit has no key, so a breaker used only
-elsewhere shows once it is open or isolated). Window figures (failures, calls) are per process
+(``{BREAKER_KEY_PREFIX}:{name}:state``; a breaker used only elsewhere shows while it is open or
+isolated). Window figures (failures, calls) are per process
 (Polly semantics): for a breaker this process does not use there are none.
 """
 
@@ -134,7 +134,8 @@ def _glob_escape(text: str) -> str:
 
 
 def _fleet_states() -> dict[str, tuple[CircuitState, float]]:
-    """name -> (state, until) of every breaker with a shared state key. Raises RedisError."""
+    """name -> (state, until) of every breaker open or isolated in the shared store (a closed one
+    keeps a record there too, and is left out). Raises RedisError."""
     client = _redis()
     if client is None:
         return {}
@@ -146,7 +147,7 @@ def _fleet_states() -> dict[str, tuple[CircuitState, float]]:
         key = raw.decode()
         name = key[len(head) : -len(tail)]
         shared = store.read(name)
-        if shared is not None:
+        if shared is not None and shared.state is not CircuitState.CLOSED:
             states[name] = (shared.state, shared.until)
         if len(states) >= MAX_DISCOVERED:
             break
@@ -213,7 +214,12 @@ def _breaker_for_action(name: str) -> CircuitBreaker:
         raise UnknownBreaker(name)
     # Used only by other processes: act on the shared state through a breaker of our own that
     # does not join this process's registry (its owner's options would be lost there).
-    return CircuitBreaker(name, breaker_options_from_settings(), store=breakers.store_factory())
+    return CircuitBreaker(
+        name,
+        breaker_options_from_settings(),
+        store=breakers.store_factory(),
+        ledger=breakers.ledger_factory(),
+    )
 
 
 def breaker_isolate(*, name: str) -> bool:

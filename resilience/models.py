@@ -73,3 +73,16 @@ class DependencyState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.level}"
+
+
+class BreakerIsolation(models.Model):
+    """A circuit breaker held open (isolated) by an operator or by recovery, until closed.
+
+    Redis shares the state with every process; this row is what survives Redis losing it.
+    """
+
+    name = models.CharField(max_length=300, unique=True)
+    isolated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} isolated since {self.isolated_at}"

@@ -30,3 +30,7 @@ os.environ.setdefault("CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE", "1")
 os.environ.setdefault("CRYPTOPAY_RATE_PROVIDERS", "")
 # The foundation tests price payments from the static rates; policy tests turn this off.
 os.environ.setdefault("CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK", "1")
+# pytest-django holds each non-transactional test in one transaction, idle while the test waits on
+# servers and subprocesses; the production 60 s would end it mid-test. The idle-transaction test
+# sets its own (tests/resilience/test_database_recovery.py).
+os.environ.setdefault("CRYPTOPAY_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", "600")

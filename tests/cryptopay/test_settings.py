@@ -142,7 +142,7 @@ def production_env(**given: str) -> dict[str, str]:
 
 def require_services_mode() -> None:
     """The in-process tests below are about services mode; say so plainly when it is not."""
-    assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql", (
+    assert settings.DATABASES["default"]["ENGINE"] == "resilience.postgresql", (
         "this test process runs in embedded mode (SQLite); services-mode tests need "
         "DATABASE_URL/REDIS_URL/SECRET_KEY set before Django reads its settings"
     )

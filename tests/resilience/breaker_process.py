@@ -2,12 +2,17 @@
 
     python -m tests.resilience.breaker_process <mode> <redis url> <prefix> [args]
 
-Prints one JSON line with what it saw.
+Prints one JSON line with what it saw, except in mode ``steps``: there it reads one JSON command
+per line from stdin and answers each with one JSON line, on a clock the test sets, so a test
+interleaves two processes step by step. Commands: ``{"at": t, "call": "ok" | "fail"}``,
+``{"at": t, "do": "state" | "isolate" | "close"}``. With ``BREAKER_PROCESS_DJANGO=1`` in the
+environment the breaker keeps isolates in the database (settings from the environment).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -35,8 +40,47 @@ def call(breaker: CircuitBreaker, fn) -> str:
         return "rejected"
 
 
+class SetClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def steps(url: str, prefix: str) -> None:
+    ledger = None
+    if os.environ.get("BREAKER_PROCESS_DJANGO") == "1":
+        import django
+
+        django.setup()
+        from resilience.isolation import DatabaseIsolationLedger
+
+        ledger = DatabaseIsolationLedger()
+    clock = SetClock()
+    store = SharedStore(fast_fail_client(url), prefix)
+    with_ledger = {"ledger": ledger} if ledger is not None else {}
+    breaker = CircuitBreaker("dep", OPTIONS, store=store, clock=clock, **with_ledger)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        clock.now = float(command["at"])
+        answer: dict = {}
+        if "call" in command:
+            answer["result"] = call(breaker, fail if command["call"] == "fail" else lambda: None)
+        elif command["do"] == "isolate":
+            breaker.isolate()
+        elif command["do"] == "close":
+            breaker.close()
+        answer["state"] = breaker.state.value
+        print(json.dumps(answer), flush=True)
+
+
 def main() -> None:
     mode, url, prefix = sys.argv[1:4]
+    if mode == "steps":
+        steps(url, prefix)
+        return
     breaker = CircuitBreaker("dep", OPTIONS, store=SharedStore(fast_fail_client(url), prefix))
     if mode == "open":
         results = [call(breaker, fail) for _ in range(5)]

@@ -322,3 +322,19 @@ def test_with_redis_unreachable_the_breaker_works_on_local_state(clock):
 
     assert breaker.state is CircuitState.CLOSED
     assert breaker.snapshot()["shared"] is False
+
+
+def test_given_a_shared_close_older_than_the_local_break_when_the_break_ends_then_this_process_probes(
+    shared_store, clock
+):
+    # Given: this process opened a break that the store never saw (Redis was unreachable), and
+    # the store holds the close of an earlier break.
+    store = shared_store()
+    breaker = CircuitBreaker("shared", OPTIONS, store=store, clock=clock)
+    open_breaker(breaker)
+    store.clear("shared", until=clock.now - 10, keep_for=60, force=True)
+
+    # When: its break ends. Then: it probes, and its success closes the circuit.
+    clock.advance(60)
+    assert outcome(breaker, ok) == "ok"
+    assert breaker.state is CircuitState.CLOSED

@@ -1,0 +1,92 @@
+"""Django's PostgreSQL backend with a pool that recovers from a lost database at once.
+
+psycopg_pool's own behaviour after a failover or a restart (every pooled connection dead):
+
+* a request checks pooled connections one by one, sleeping 1, 2, 4... s between failed checks
+  (the pool's backoff), so with a few dead connections it waits out its whole timeout (10 s) and
+  the next request does the same;
+* reconnection attempts back off exponentially up to minutes, so a database that is back may wait
+  for the next attempt.
+
+Here the first failed check resets the whole pool (``drain``: idle connections closed, fresh ones
+opened by the pool's workers; connections in use are replaced when returned) and reconnection is
+retried at a fixed short interval (``reconnect_interval``, settings ``DATABASE_RECONNECT_INTERVAL``).
+Everything else is Django's backend. Engine: ``resilience.postgresql``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.postgresql import base
+from psycopg_pool import ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
+
+
+class _ShortBackoff(AttemptWithBackoff):
+    """psycopg_pool's reconnection attempt with its delay capped."""
+
+    def __init__(self, *, timeout: float, cap: float) -> None:
+        super().__init__(timeout=timeout)
+        self.cap = cap
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, self.cap)
+
+
+class ResilientConnectionPool(ConnectionPool):
+    def __init__(self, *args: Any, reconnect_interval: float = 0.2, **kwargs: Any) -> None:
+        checked = kwargs.pop("check", None) is not None
+        self.reconnect_interval = reconnect_interval
+        self._drain_lock = threading.Lock()
+        self._last_drain = float("-inf")
+        super().__init__(*args, check=self._check_or_drain if checked else None, **kwargs)
+
+    def _check_or_drain(self, conn: Any) -> None:
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            # One dead connection in a pool almost always means they all are (the server
+            # restarted or failed over): replace them all now rather than one per request.
+            with self._drain_lock:
+                # Requests failing together drain once; the fresh connections are kept.
+                if time.monotonic() - self._last_drain >= self.reconnect_interval:
+                    self._last_drain = time.monotonic()
+                    self.drain()
+            raise
+
+    # psycopg-pool is pinned (requirements.txt): this overrides one of its internals, the only
+    # place its reconnection backoff can be set.
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        if attempt is None:
+            attempt = _ShortBackoff(timeout=self.reconnect_timeout, cap=self.reconnect_interval)
+        super()._add_connection(attempt, growing=growing)
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    @property
+    def pool(self) -> ConnectionPool | None:
+        pool_options = self.settings_dict["OPTIONS"].get("pool")
+        if self.alias == base.NO_DB_ALIAS or not pool_options:
+            return None
+        if self.alias not in self._connection_pools:
+            if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+                raise ImproperlyConfigured("Pooling doesn't support persistent connections.")
+            connect_kwargs = self.get_connection_params()
+            # As Django's: autocommit until Django sets it, its configure function, its checks.
+            connect_kwargs["autocommit"] = True
+            pool = ResilientConnectionPool(
+                kwargs=connect_kwargs,
+                open=False,
+                configure=self._configure_connection,
+                check=ConnectionPool.check_connection
+                if self.settings_dict["CONN_HEALTH_CHECKS"]
+                else None,
+                **({} if pool_options is True else pool_options),
+            )
+            self._connection_pools.setdefault(self.alias, pool)
+        return self._connection_pools[self.alias]
