@@ -377,6 +377,9 @@ SPECTACULAR_SETTINGS = {
 # Bodies larger than this under /api/ get 413: a payment request is a few hundred bytes.
 API_MAX_BODY_BYTES = env_int("CRYPTOPAY_API_MAX_BODY_BYTES", 64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+# Deeper JSON bodies are a 400 json_too_deep: our payloads nest 2 levels, and Python's recursion
+# limit (~1,000) would otherwise turn a deep body into a 500.
+API_JSON_MAX_DEPTH = env_int("CRYPTOPAY_API_JSON_MAX_DEPTH", 32)
 # Failed API key attempts one client IP may make per window before it gets 429 with Retry-After:
 # a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
 API_AUTH_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", 20)
