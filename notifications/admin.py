@@ -112,7 +112,10 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         }
         return _no_store(TemplateResponse(request, CREATED_TEMPLATE, context))
 
-    @admin.action(description="Rotate the signing secret (the old one stays valid 24 h)")
+    @admin.action(
+        description="Rotate the signing secret (the old one stays valid 24 h)",
+        permissions=["change"],
+    )
     def rotate_secret(self, request: HttpRequest, queryset) -> HttpResponse:  # type: ignore[no-untyped-def]
         rotated = [
             (endpoint, services.webhook_endpoint_rotate_secret(endpoint=endpoint))
@@ -200,7 +203,12 @@ class WebhookDeliveryAdmin(_ReadOnlyAdmin):
     def endpoint_id_(self, delivery: WebhookDelivery) -> str:
         return delivery.endpoint.public_id
 
-    @admin.action(description="Redeliver selected")
+    def has_redeliver_permission(self, request: HttpRequest) -> bool:
+        # Deliveries are read-only rows (has_change_permission is False for everyone), so the
+        # action checks the model permission itself rather than the admin's change flag.
+        return request.user.has_perm("notifications.change_webhookdelivery")
+
+    @admin.action(description="Redeliver selected", permissions=["redeliver"])
     def redeliver(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
         selected = list(queryset.order_by("pk")[: REDELIVER_MAX + 1])
         if len(selected) > REDELIVER_MAX:
