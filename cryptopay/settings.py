@@ -106,6 +106,9 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = _embedded_secret_key()
+# Previous SECRET_KEYs, comma-separated: rotating SECRET_KEY keeps sessions valid and webhook
+# secrets encrypted under an old key readable until `manage.py rotate_encryption_key` has run.
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS", "")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
@@ -444,7 +447,12 @@ FALLBACK_RATES: dict[str, Decimal] = {
 }
 
 # --- Notifications ------------------------------------------------------------------------------
-# Key for encrypting webhook secrets at rest; defaults to SECRET_KEY (rotate both together).
+# Keys encrypting webhook secrets at rest, newest first (the first encrypts, all decrypt;
+# notifications/secrets.py): a key of its own lets SECRET_KEY rotate without touching webhook
+# signing. Empty: SECRET_KEY (and SECRET_KEY_FALLBACKS) do it.
+ENCRYPTION_KEYS = env_list("CRYPTOPAY_ENCRYPTION_KEYS", "")
+# Legacy single key (before CRYPTOPAY_ENCRYPTION_KEYS): still encrypts when that is empty, and
+# always decrypts, so installs that set it keep working.
 WEBHOOK_SECRETS_KEY = env_str("CRYPTOPAY_WEBHOOK_SECRETS_KEY")
 # Webhook URLs resolving to private, loopback or link-local addresses are refused (SSRF) unless on.
 WEBHOOK_ALLOW_PRIVATE_DESTINATIONS = env_bool("CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE", False)
