@@ -14,6 +14,7 @@ beside it says why it exists.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -118,6 +119,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "django.contrib.admin",
     "django.contrib.auth",
+    "axes",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
@@ -150,6 +152,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, as django-axes requires: it turns a locked-out admin login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "cryptopay.urls"
@@ -310,6 +314,20 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- Auth, i18n, static -------------------------------------------------------------------------
+# django-axes first: it refuses a locked-out login before a password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Admin login brute force (django-axes, failures in the database, so embedded mode has it too):
+# this many failed logins of one username from one client IP lock that pair out...
+AXES_FAILURE_LIMIT = env_int("CRYPTOPAY_ADMIN_LOGIN_FAILURES", 5)
+# ...for this long; per (username, IP), so a stranger cannot lock an operator out everywhere.
+AXES_COOLOFF_TIME = env_seconds("CRYPTOPAY_ADMIN_LOGIN_LOCKOUT_SECONDS", 15 * 60)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The same client address as the API key throttle (CRYPTOPAY_TRUSTED_PROXIES).
+AXES_CLIENT_IP_CALLABLE = "payments.auth_throttle.client_ip_address"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -383,9 +401,22 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
 # Deeper JSON bodies are a 400 json_too_deep: our payloads nest 2 levels, and Python's recursion
 # limit (~1,000) would otherwise turn a deep body into a 500.
 API_JSON_MAX_DEPTH = env_int("CRYPTOPAY_API_JSON_MAX_DEPTH", 32)
-# Failed API key attempts one client IP may make per window before it gets 429 with Retry-After:
-# a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
+# Failed attempts with one key prefix from one client IP per window before that prefix gets 429
+# there: a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
 API_AUTH_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", 20)
+# Failed attempts of any keys from one client IP per window before its failures get 429 instead of
+# 401; valid keys from that IP are still served (behind a NAT or proxy many clients share it).
+API_AUTH_IP_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_IP_FAILURES_PER_WINDOW", 100)
+# Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For names the client, for the
+# API key throttle and admin login lockout; empty = the peer address is the client.
+TRUSTED_PROXIES = env_list("CRYPTOPAY_TRUSTED_PROXIES", "")
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"CRYPTOPAY_TRUSTED_PROXIES: {_proxy!r} is no IP or CIDR"
+        ) from exc
 API_AUTH_FAILURE_WINDOW = env_seconds("CRYPTOPAY_AUTH_FAILURE_WINDOW_SECONDS", 60)
 API_AUTH_THROTTLE_REDIS_PREFIX = env_str(
     "CRYPTOPAY_AUTH_THROTTLE_REDIS_PREFIX", "cryptopay:authfail"

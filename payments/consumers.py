@@ -82,6 +82,8 @@ class MerchantStreamConsumer(EventStreamConsumer):
         request.META["HTTP_AUTHORIZATION"] = self.header(b"authorization") or ""
         client_address = self.scope.get("client") or ("", 0)
         request.META["REMOTE_ADDR"] = client_address[0] or ""
+        # The throttle's client address behind CRYPTOPAY_TRUSTED_PROXIES, as for HTTP requests.
+        request.META["HTTP_X_FORWARDED_FOR"] = self.header(b"x-forwarded-for") or ""
         try:
             result = ApiKeyAuthentication().authenticate(Request(request))
         except exceptions.APIException as failed:
