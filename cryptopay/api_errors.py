@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -74,16 +75,47 @@ def error_response(
 
 
 class DecimalJSONParser(JSONParser):
-    """JSON parser that reads numbers with a fraction as ``Decimal``: no float touches an amount."""
+    """JSON parser that reads numbers with a fraction as ``Decimal``: no float touches an amount.
+
+    Nesting deeper than API_JSON_MAX_DEPTH is refused before parsing: the decoder (and every
+    recursive walk after it: validation, canonical bodies, rendering) would otherwise hit Python's
+    recursion limit at ~1,000 levels and answer 500."""
 
     def parse(self, stream, media_type=None, parser_context=None):  # type: ignore[override]
         parser_context = parser_context or {}
         encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
         try:
             text = stream.read().decode(encoding) if stream is not None else ""
+            _check_depth(text, settings.API_JSON_MAX_DEPTH)
             return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise exceptions.ParseError(f"Malformed JSON: {exc}") from exc
+        except RecursionError as exc:  # a limit set above what this interpreter's stack allows
+            raise exceptions.ParseError(_too_deep_message(), code=TOO_DEEP) from exc
+
+
+TOO_DEEP = "json_too_deep"
+# Strings first (their brackets are text, and an escaped quote does not end them), then brackets;
+# a lone quote is an unterminated string. Possessive, so no input makes the scan backtrack.
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}"]')
+
+
+def _check_depth(text: str, limit: int) -> None:
+    depth = 0
+    for match in _JSON_TOKENS.finditer(text):
+        lexeme = match.group()
+        if lexeme in "[{":
+            depth += 1
+            if depth > limit:
+                raise exceptions.ParseError(_too_deep_message(), code=TOO_DEEP)
+        elif lexeme in "]}":
+            depth -= 1  # unbalanced input is the decoder's to reject
+        elif lexeme == '"':
+            return  # unterminated string: malformed, the decoder says so (and scanning on is O(n²))
+
+
+def _too_deep_message() -> str:
+    return f"JSON nested deeper than {settings.API_JSON_MAX_DEPTH} levels."
 
 
 def _reject_constant(name: str) -> None:
@@ -191,7 +223,8 @@ def _classify(exc: exceptions.APIException) -> tuple[str, str]:
     if isinstance(exc, exceptions.NotAcceptable):
         return INVALID_REQUEST, "not_acceptable"
     if isinstance(exc, exceptions.ParseError):
-        return INVALID_REQUEST, "malformed_json"
+        code = exc.get_codes()
+        return INVALID_REQUEST, code if code == TOO_DEEP else "malformed_json"
     if isinstance(exc, exceptions.Throttled):
         return RATE_LIMIT, "rate_limited"
     if exc.status_code >= 500:

@@ -8,7 +8,8 @@ database down) is shown as unavailable with the reason, and the page still answe
 Isolate and close act on the breaker's shared state in Redis, so every process (web, Celery,
 dispatcher) follows within the breaker's sync interval; without Redis only this process does, and
 the message says so. Both views are wrapped with ``admin.site.admin_view`` in ``cryptopay.urls``
-(staff only, the admin's login redirect, CSRF-protected).
+(staff only, the admin's login redirect, CSRF-protected); staff status alone is not enough: reading
+needs VIEW_PERMISSION, isolate and close need BREAKER_PERMISSION (403 otherwise).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth.decorators import permission_required
 from django.db import close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect
@@ -40,6 +42,9 @@ from resilience.selectors import dependency_list, operation_chain_list
 logger = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 10
+# The dashboard shows the dependencies' levels and more; whoever may view those may view it.
+VIEW_PERMISSION = "resilience.view_dependencystate"
+BREAKER_PERMISSION = "resilience.change_breaker"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ def _read(read: Callable[[], Any], *, redis_down: str = "") -> Part:
         return Part(error=f"{type(exc).__name__}: {exc}"[:300])
 
 
+@permission_required(VIEW_PERMISSION, raise_exception=True)
 def dashboard(request: HttpRequest) -> HttpResponse:
     redis = redis_status()
     redis_down = redis.error if redis.configured and not redis.reachable else ""
@@ -76,6 +82,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "backlog": _read(webhook_backlog),
         "rates": _read(rate_age_list),
         "watchers": _read(watcher_lag_list),
+        "can_change_breakers": request.user.has_perm(BREAKER_PERMISSION),
     }
     return TemplateResponse(request, "cryptopay/dashboard.html", context)
 
@@ -84,6 +91,7 @@ ACTIONS = {"isolate": breaker_isolate, "close": breaker_close}
 
 
 @require_POST
+@permission_required(BREAKER_PERMISSION, raise_exception=True)
 def breaker_action(request: HttpRequest) -> HttpResponse:
     name, action = request.POST.get("name", ""), request.POST.get("action", "")
     if action not in ACTIONS:

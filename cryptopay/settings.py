@@ -14,6 +14,7 @@ beside it says why it exists.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -106,6 +107,9 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = _embedded_secret_key()
+# Previous SECRET_KEYs, comma-separated: rotating SECRET_KEY keeps sessions valid and webhook
+# secrets encrypted under an old key readable until `manage.py rotate_encryption_key` has run.
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS", "")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
@@ -115,6 +119,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "django.contrib.admin",
     "django.contrib.auth",
+    "axes",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
@@ -147,6 +152,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, as django-axes requires: it turns a locked-out admin login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "cryptopay.urls"
@@ -349,6 +356,20 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- Auth, i18n, static -------------------------------------------------------------------------
+# django-axes first: it refuses a locked-out login before a password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Admin login brute force (django-axes, failures in the database, so embedded mode has it too):
+# this many failed logins of one username from one client IP lock that pair out...
+AXES_FAILURE_LIMIT = env_int("CRYPTOPAY_ADMIN_LOGIN_FAILURES", 5)
+# ...for this long; per (username, IP), so a stranger cannot lock an operator out everywhere.
+AXES_COOLOFF_TIME = env_seconds("CRYPTOPAY_ADMIN_LOGIN_LOCKOUT_SECONDS", 15 * 60)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The same client address as the API key throttle (CRYPTOPAY_TRUSTED_PROXIES).
+AXES_CLIENT_IP_CALLABLE = "payments.auth_throttle.client_ip_address"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -419,9 +440,25 @@ SPECTACULAR_SETTINGS = {
 # Bodies larger than this under /api/ get 413: a payment request is a few hundred bytes.
 API_MAX_BODY_BYTES = env_int("CRYPTOPAY_API_MAX_BODY_BYTES", 64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
-# Failed API key attempts one client IP may make per window before it gets 429 with Retry-After:
-# a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
+# Deeper JSON bodies are a 400 json_too_deep: our payloads nest 2 levels, and Python's recursion
+# limit (~1,000) would otherwise turn a deep body into a 500.
+API_JSON_MAX_DEPTH = env_int("CRYPTOPAY_API_JSON_MAX_DEPTH", 32)
+# Failed attempts with one key prefix from one client IP per window before that prefix gets 429
+# there: a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
 API_AUTH_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", 20)
+# Failed attempts of any keys from one client IP per window before its failures get 429 instead of
+# 401; valid keys from that IP are still served (behind a NAT or proxy many clients share it).
+API_AUTH_IP_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_IP_FAILURES_PER_WINDOW", 100)
+# Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For names the client, for the
+# API key throttle and admin login lockout; empty = the peer address is the client.
+TRUSTED_PROXIES = env_list("CRYPTOPAY_TRUSTED_PROXIES", "")
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"CRYPTOPAY_TRUSTED_PROXIES: {_proxy!r} is no IP or CIDR"
+        ) from exc
 API_AUTH_FAILURE_WINDOW = env_seconds("CRYPTOPAY_AUTH_FAILURE_WINDOW_SECONDS", 60)
 API_AUTH_THROTTLE_REDIS_PREFIX = env_str(
     "CRYPTOPAY_AUTH_THROTTLE_REDIS_PREFIX", "cryptopay:authfail"
@@ -483,7 +520,12 @@ FALLBACK_RATES: dict[str, Decimal] = {
 }
 
 # --- Notifications ------------------------------------------------------------------------------
-# Key for encrypting webhook secrets at rest; defaults to SECRET_KEY (rotate both together).
+# Keys encrypting webhook secrets at rest, newest first (the first encrypts, all decrypt;
+# notifications/secrets.py): a key of its own lets SECRET_KEY rotate without touching webhook
+# signing. Empty: SECRET_KEY (and SECRET_KEY_FALLBACKS) do it.
+ENCRYPTION_KEYS = env_list("CRYPTOPAY_ENCRYPTION_KEYS", "")
+# Legacy single key (before CRYPTOPAY_ENCRYPTION_KEYS): still encrypts when that is empty, and
+# always decrypts, so installs that set it keep working.
 WEBHOOK_SECRETS_KEY = env_str("CRYPTOPAY_WEBHOOK_SECRETS_KEY")
 # Webhook URLs resolving to private, loopback or link-local addresses are refused (SSRF) unless on.
 WEBHOOK_ALLOW_PRIVATE_DESTINATIONS = env_bool("CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE", False)

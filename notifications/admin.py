@@ -8,12 +8,16 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from notifications import services
+from notifications import secrets, services
 from notifications.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 CREATED_TEMPLATE = "admin/notifications/webhookendpoint/created.html"
 # Each redelivery is a synchronous HTTP attempt (up to WEBHOOK_TIMEOUT): keep the request short.
 REDELIVER_MAX = 25
+UNREADABLE_WARNING = (
+    "⚠ unreadable: no configured key decrypts it; deliveries fail. Restore the old key "
+    "(CRYPTOPAY_ENCRYPTION_KEYS / SECRET_KEY_FALLBACKS) or rotate the secret."
+)
 
 
 def _no_store(response: HttpResponse) -> HttpResponse:
@@ -52,7 +56,7 @@ class WebhookEndpointForm(forms.ModelForm):
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
     form = WebhookEndpointForm
-    list_display = ["public_id", "owner", "url", "enabled", "types", "created_at"]
+    list_display = ["public_id", "owner", "url", "enabled", "types", "signing_secret", "created_at"]
     list_filter = ["enabled"]
     search_fields = ["public_id", "owner", "url"]
     actions = ["rotate_secret"]
@@ -62,18 +66,26 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             return ["owner", "url", "description", "event_types", "enabled"]
         return [
             "public_id", "owner", "url", "description", "event_types", "enabled", "created_at",
-            "previous_secret_expires_at",
+            "signing_secret", "previous_secret_expires_at",
         ]  # fmt: skip
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is None:
             return []
         # The owner never changes: the endpoint would start receiving another merchant's events.
-        return ["public_id", "owner", "created_at", "previous_secret_expires_at"]
+        return [
+            "public_id", "owner", "created_at", "signing_secret", "previous_secret_expires_at",
+        ]  # fmt: skip
 
     @admin.display(description="Event types")
     def types(self, endpoint: WebhookEndpoint) -> str:
         return ", ".join(endpoint.event_types) or "all"
+
+    @admin.display(description="Signing secret")
+    def signing_secret(self, endpoint: WebhookEndpoint) -> str:
+        if secrets.readable(endpoint.secret_encrypted):
+            return "ok"
+        return UNREADABLE_WARNING
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         if change:
@@ -112,7 +124,10 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         }
         return _no_store(TemplateResponse(request, CREATED_TEMPLATE, context))
 
-    @admin.action(description="Rotate the signing secret (the old one stays valid 24 h)")
+    @admin.action(
+        description="Rotate the signing secret (the old one stays valid 24 h)",
+        permissions=["change"],
+    )
     def rotate_secret(self, request: HttpRequest, queryset) -> HttpResponse:  # type: ignore[no-untyped-def]
         rotated = [
             (endpoint, services.webhook_endpoint_rotate_secret(endpoint=endpoint))
@@ -200,7 +215,12 @@ class WebhookDeliveryAdmin(_ReadOnlyAdmin):
     def endpoint_id_(self, delivery: WebhookDelivery) -> str:
         return delivery.endpoint.public_id
 
-    @admin.action(description="Redeliver selected")
+    def has_redeliver_permission(self, request: HttpRequest) -> bool:
+        # Deliveries are read-only rows (has_change_permission is False for everyone), so the
+        # action checks the model permission itself rather than the admin's change flag.
+        return request.user.has_perm("notifications.change_webhookdelivery")
+
+    @admin.action(description="Redeliver selected", permissions=["redeliver"])
     def redeliver(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
         selected = list(queryset.order_by("pk")[: REDELIVER_MAX + 1])
         if len(selected) > REDELIVER_MAX:

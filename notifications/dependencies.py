@@ -4,6 +4,9 @@
 * ``webhooks:backlog``: webhook deliveries due and not yet sent. Degraded when more are due than
   the high-load threshold, or when the oldest has waited longer than BACKLOG_STUCK_AFTER (the
   retry sweep is not running or cannot keep up); deliveries are durable, so never Critical.
+* ``webhooks:secrets``: degraded while an enabled endpoint's signing secret cannot be decrypted
+  with any configured key (a key was rotated away): its deliveries fail until an operator restores
+  the key or rotates the secret (notifications/secrets.py).
 """
 
 from __future__ import annotations
@@ -46,6 +49,30 @@ def webhook_backlog_probe() -> Probe:
     return Probe.ok(**diagnostics)
 
 
+def webhook_secrets_probe() -> Probe:
+    from notifications import secrets
+    from notifications.models import WebhookEndpoint
+
+    endpoints = WebhookEndpoint.objects.filter(enabled=True).values_list(
+        "public_id", "owner", "secret_encrypted"
+    )
+    checked, unreadable = 0, []
+    for public_id, owner, token in endpoints.iterator():
+        checked += 1
+        if not secrets.readable(token):
+            unreadable.append(f"{public_id} (merchant {owner})")
+    if not unreadable:
+        return Probe.ok(endpoints=checked)
+    return Probe.degraded(
+        f"{len(unreadable)} webhook endpoint(s) with a signing secret no configured key decrypts: "
+        + ", ".join(unreadable[:10])
+        + ". Their deliveries fail: put the old key back in CRYPTOPAY_ENCRYPTION_KEYS or "
+        "SECRET_KEY_FALLBACKS, or rotate their secrets.",
+        endpoints=checked,
+        unreadable=len(unreadable),
+    )
+
+
 def notification_dependencies() -> list[Dependency]:
     return [
         Dependency(
@@ -60,6 +87,14 @@ def notification_dependencies() -> list[Dependency]:
             kind="webhooks",
             description="webhook deliveries due and not yet sent",
             probe=webhook_backlog_probe,
+            tags=frozenset({"external"}),
+            uses_database=True,
+        ),
+        Dependency(
+            name="webhooks:secrets",
+            kind="webhooks",
+            description="webhook signing secrets readable with the configured keys",
+            probe=webhook_secrets_probe,
             tags=frozenset({"external"}),
             uses_database=True,
         ),

@@ -239,9 +239,13 @@ class Sender:
         except self.refused as exc:
             return AttemptResult(None, str(exc)[:500], 0, clock.now(), final=True)
         if not claim.target.secrets:
-            # Retried: the operator restores the secrets key, and the next attempt is signed.
-            error = "webhook secret cannot be decrypted (was the secrets key changed?)"
-            return AttemptResult(None, error, 0, clock.now())
+            # No configured key decrypts the secret: final, an operator restores the key (or
+            # rotates the secret) and redelivers; nothing unsigned is ever sent.
+            error = (
+                "webhook secret cannot be decrypted: restore its key in "
+                "CRYPTOPAY_ENCRYPTION_KEYS or SECRET_KEY_FALLBACKS, or rotate the secret"
+            )
+            return AttemptResult(None, error, 0, clock.now(), final=True)
         try:
             return await breaker.call_async(self._post, lane, claim)
         except (ReceiverFailed, ReceiverSlow) as exc:

@@ -127,7 +127,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Revoke selected API keys")
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
         revoked = sum(services.api_key_revoke(api_key=api_key) for api_key in queryset)
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
@@ -222,11 +222,11 @@ class PaymentAdmin(admin.ModelAdmin):
         for line in refused:
             self.message_user(request, line, messages.WARNING)
 
-    @admin.action(description="Mark selected payments settled")
+    @admin.action(description="Mark selected payments settled", permissions=["change"])
     def mark_settled(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
         self._mark(request, queryset, PaymentStatus.SETTLED)
 
-    @admin.action(description="Mark selected payments invalid")
+    @admin.action(description="Mark selected payments invalid", permissions=["change"])
     def mark_invalid(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
         self._mark(request, queryset, PaymentStatus.INVALID)
 

@@ -47,16 +47,32 @@ class ApiKeyAuthentication(BaseAuthentication):
         if not header:
             return None
         django_request = getattr(request, "_request", request)
-        wait = auth_throttle.retry_after(django_request)
+        prefix = self._presented_prefix(header)
+        # Only this key's own failures hold it back: another key's never refuse a valid one.
+        wait = auth_throttle.retry_after(django_request, prefix)
         if wait is not None:
             raise exceptions.Throttled(
-                wait=wait, detail="Too many failed API key attempts from this address."
+                wait=wait, detail="Too many failed attempts with this API key from this address."
             )
         try:
             return self._check(header)
         except exceptions.AuthenticationFailed:
-            auth_throttle.record_failure(django_request)
+            auth_throttle.record_failure(django_request, prefix)
+            wait = auth_throttle.ip_retry_after(django_request)
+            if wait is not None:
+                raise exceptions.Throttled(
+                    wait=wait, detail="Too many failed API key attempts from this address."
+                ) from None
             raise
+
+    def _presented_prefix(self, header: list[bytes]) -> str:
+        """The key prefix the request presents ("" when it presents no well-formed key)."""
+        if header[0].lower() != self.keyword or len(header) != 2:
+            return ""
+        try:
+            return api_key_split(header[1].decode("ascii")) or ""
+        except UnicodeDecodeError:
+            return ""
 
     def _check(self, header: list[bytes]) -> tuple[ApiClient, ApiKey]:
         if header[0].lower() != self.keyword or len(header) != 2:

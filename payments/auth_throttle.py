@@ -1,14 +1,23 @@
-"""Failed API key attempts, counted per client IP: past the limit, that IP gets 429 with
-Retry-After until its window ends, whatever key it sends (a 200 for the right key would tell a
-guesser it found one).
+"""Failed API key attempts, counted twice: per (client IP, presented key prefix) and per client IP.
 
-Counts live in Redis (one fixed window per IP, shared by every process) and fall back to this
+* Past API_AUTH_FAILURE_LIMIT failures of one key prefix from one IP, that IP gets 429 with
+  Retry-After for that prefix until its window ends, even with the right secret (a 200 would tell
+  a guesser it found it). Malformed keys share one pseudo-prefix.
+* Past API_AUTH_IP_FAILURE_LIMIT failures of any keys from one IP, its *failed* attempts get 429
+  instead of 401 (a signal to back off); a valid key is still served, so one client behind a shared
+  address (a proxy, a NAT) cannot lock the others out by sending bad keys.
+
+The client IP is the peer address, or behind CRYPTOPAY_TRUSTED_PROXIES the first address in
+X-Forwarded-For, read from the right, that is not one of those proxies.
+
+Counts live in Redis (one fixed window per bucket, shared by every process) and fall back to this
 process's memory while Redis is unreachable, so an outage does not open the door.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import math
 import threading
@@ -23,6 +32,8 @@ from resilience.redis_client import fast_fail_client
 logger = logging.getLogger(__name__)
 
 _COUNTED = "_cryptopay_auth_failure_counted"
+# The bucket of keys that are not even well-formed (no prefix to tell them apart).
+MALFORMED = "-"
 
 
 def _redis() -> redis.Redis | None:
@@ -37,10 +48,51 @@ def _client(url: str) -> redis.Redis:
 _local: dict[tuple[str, int], int] = {}
 _local_lock = threading.Lock()
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.cache
+def _networks(trusted: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted)
+
+
+def _trusted(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in _networks(tuple(settings.TRUSTED_PROXIES)))
+
 
 def client_ip(request: HttpRequest) -> str:
-    """The peer address. Behind a proxy, run daphne with --proxy-headers so this is the client."""
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    """The client's address: the peer, or behind trusted proxies the address the nearest of them
+    was connected from. Only hops appended by trusted proxies are believed; whatever a client
+    writes into X-Forwarded-For itself sits to the left of them and is never reached."""
+    peer = request.META.get("REMOTE_ADDR") or "unknown"
+    if not settings.TRUSTED_PROXIES or not _trusted(peer):
+        return peer
+    hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    for hop in reversed(hops):
+        if not hop:
+            break
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break  # garbage in the chain: nothing left of it can be trusted
+        if not _trusted(hop):
+            return hop
+    return peer
+
+
+def client_ip_address(request: HttpRequest) -> str | None:
+    """``client_ip`` for django-axes (AXES_CLIENT_IP_CALLABLE), which wants an address or None
+    (a request built by ``Client.force_login`` has no peer)."""
+    ip = client_ip(request)
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    return ip
 
 
 def _window() -> tuple[int, float]:
@@ -51,43 +103,61 @@ def _window() -> tuple[int, float]:
     return number, (number + 1) * length - now
 
 
-def _key(ip: str, window: int) -> str:
-    return f"{settings.API_AUTH_THROTTLE_REDIS_PREFIX}:{ip}:{window}"
+def _buckets(ip: str, prefix: str) -> tuple[str, str]:
+    """(the key prefix's bucket from this IP, the IP's bucket)."""
+    return f"key:{ip}:{prefix or MALFORMED}", f"ip:{ip}"
 
 
-def _count(ip: str, window: int) -> int:
+def _key(bucket: str, window: int) -> str:
+    return f"{settings.API_AUTH_THROTTLE_REDIS_PREFIX}:{bucket}:{window}"
+
+
+def _count(bucket: str, window: int) -> int:
     client = _redis()
     if client is not None:
         try:
-            return int(client.get(_key(ip, window)) or 0)
+            return int(client.get(_key(bucket, window)) or 0)
         except redis.RedisError:
             pass
     with _local_lock:
-        return _local.get((ip, window), 0)
+        return _local.get((bucket, window), 0)
 
 
-def retry_after(request: HttpRequest) -> int | None:
-    """Seconds this request's IP must wait, or None when it may try a key."""
+def _wait(bucket: str, limit: int) -> int | None:
     window, left = _window()
-    if _count(client_ip(request), window) < settings.API_AUTH_FAILURE_LIMIT:
+    if _count(bucket, window) < limit:
         return None
     return max(1, math.ceil(left))
 
 
-def record_failure(request: HttpRequest) -> None:
-    """Count one failed attempt (once per request, however often it is authenticated)."""
+def retry_after(request: HttpRequest, prefix: str) -> int | None:
+    """Seconds this IP must wait before presenting this key prefix again, or None."""
+    key_bucket, _ = _buckets(client_ip(request), prefix)
+    return _wait(key_bucket, settings.API_AUTH_FAILURE_LIMIT)
+
+
+def ip_retry_after(request: HttpRequest) -> int | None:
+    """Seconds this IP's failed attempts are answered 429 for, or None."""
+    _, ip_bucket = _buckets(client_ip(request), "")
+    return _wait(ip_bucket, settings.API_AUTH_IP_FAILURE_LIMIT)
+
+
+def record_failure(request: HttpRequest, prefix: str) -> None:
+    """Count one failed attempt in both buckets (once per request, however often it is
+    authenticated)."""
     if getattr(request, _COUNTED, False):
         return
     setattr(request, _COUNTED, True)
-    ip = client_ip(request)
+    buckets = _buckets(client_ip(request), prefix)
     window, left = _window()
     client = _redis()
     if client is not None:
         try:
-            key = _key(ip, window)
             pipe = client.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, math.ceil(left) + 1)
+            for bucket in buckets:
+                key = _key(bucket, window)
+                pipe.incr(key)
+                pipe.expire(key, math.ceil(left) + 1)
             pipe.execute()
             return
         except redis.RedisError:
@@ -95,4 +165,5 @@ def record_failure(request: HttpRequest) -> None:
     with _local_lock:
         for stale in [k for k in _local if k[1] < window]:
             del _local[stale]
-        _local[(ip, window)] = _local.get((ip, window), 0) + 1
+        for bucket in buckets:
+            _local[(bucket, window)] = _local.get((bucket, window), 0) + 1

@@ -53,8 +53,12 @@ class MerchantStreamConsumer(EventStreamConsumer):
     """``/ws/merchant/``: every event of a merchant.
 
     With ``Authorization: Bearer <api key>`` (a key with ``payments:read``) it is the key's
-    merchant; with an admin session (staff) it is the merchant named by ``?merchant=mer_…``.
+    merchant; with an admin session (staff holding STAFF_PERMISSION) it is the merchant named by
+    ``?merchant=mer_…``.
     """
+
+    # What the stream shows is events, which the admin shows only to holders of this permission.
+    STAFF_PERMISSION = "notifications.view_event"
 
     stream_kind = "merchant"
 
@@ -78,6 +82,8 @@ class MerchantStreamConsumer(EventStreamConsumer):
         request.META["HTTP_AUTHORIZATION"] = self.header(b"authorization") or ""
         client_address = self.scope.get("client") or ("", 0)
         request.META["REMOTE_ADDR"] = client_address[0] or ""
+        # The throttle's client address behind CRYPTOPAY_TRUSTED_PROXIES, as for HTTP requests.
+        request.META["HTTP_X_FORWARDED_FOR"] = self.header(b"x-forwarded-for") or ""
         try:
             result = ApiKeyAuthentication().authenticate(Request(request))
         except exceptions.APIException as failed:
@@ -100,6 +106,8 @@ class MerchantStreamConsumer(EventStreamConsumer):
             )
         if not (user.is_active and user.is_staff):
             raise StreamDenied(CLOSE_FORBIDDEN, "forbidden: staff only")
+        if not user.has_perm(self.STAFF_PERMISSION):
+            raise StreamDenied(CLOSE_FORBIDDEN, f"forbidden: needs {self.STAFF_PERMISSION}")
         merchant_id = self.query_param("merchant") or ""
         merchant = Merchant.objects.filter(public_id=merchant_id).first()
         if merchant is None:

@@ -644,7 +644,7 @@ class IdempotencyMiddleware:
             return self.get_response(request)
         try:
             body = canonical_body(json.loads(request.body or b"null"))
-        except ValueError:
+        except (ValueError, RecursionError):  # too deep: the view's parser answers 400
             body = request.body  # not JSON: the raw bytes are the canonical form
         return _gate_request(
             request, owner=owner, body=body, required=False,

@@ -71,6 +71,10 @@ class DependencyState(models.Model):
     last_recovery_outcome = models.CharField(max_length=20, blank=True)
     last_recovery_detail = models.CharField(max_length=500, blank=True)
 
+    class Meta:
+        # Breakers have no table; their operator actions hang off the dependencies they protect.
+        permissions = [("change_breaker", "Can isolate and close circuit breakers")]
+
     def __str__(self) -> str:
         return f"{self.name}: {self.level}"
 

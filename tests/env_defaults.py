@@ -22,6 +22,7 @@ os.environ.setdefault("CRYPTOPAY_AUTH_THROTTLE_REDIS_PREFIX", f"cryptopay-test-{
 # Every test client is 127.0.0.1 and many tests send wrong keys on purpose (the fuzzer thousands):
 # the throttle's own tests set the production limit (tests/security/test_auth_throttle.py).
 os.environ.setdefault("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", "1000000")
+os.environ.setdefault("CRYPTOPAY_AUTH_IP_FAILURES_PER_WINDOW", "1000000")
 os.environ.setdefault("CRYPTOPAY_WS_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:ws")
 os.environ.setdefault("CRYPTOPAY_CHANNELS_PREFIX", f"cryptopay-test-{os.getpid()}:asgi")
 # Webhook receivers in the tests listen on 127.0.0.1.

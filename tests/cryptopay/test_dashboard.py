@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
@@ -68,6 +69,10 @@ def prefix(settings) -> str:
 @pytest.fixture
 def staff(django_user_model, prefix) -> Client:
     user = django_user_model.objects.create_user("operator", password=None, is_staff=True)
+    user.user_permissions.add(
+        Permission.objects.get(codename="view_dependencystate"),
+        Permission.objects.get(codename="change_breaker"),
+    )  # staff status alone opens nothing (tests/security/test_staff_permissions.py)
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)
     return client

@@ -156,10 +156,13 @@ def test_given_a_key_without_payments_read_when_opening_merchant_stream_then_for
 
 def _session_cookie(*, staff: bool) -> bytes:
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
 
     user = get_user_model().objects.create_user(
         username=f"user{staff}", password="x" * 12, is_staff=staff
     )
+    # What a staff member needs to read merchants' streams (tests/security/test_staff_permissions.py)
+    user.user_permissions.add(Permission.objects.get(codename="view_event"))
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}".encode()
