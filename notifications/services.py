@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import random
-import socket
 import ssl
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -20,7 +17,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from prometheus_client import Counter
 
-from notifications import queues, secrets, signing
+from notifications import destinations, queues, secrets, signing
+from notifications.destinations import DestinationRefused
 from notifications.models import (
     Event,
     Priority,
@@ -97,33 +95,10 @@ def events_requeue_lost() -> int:
 # --- webhook endpoints --------------------------------------------------------------------------
 
 
-class DestinationRefused(ValueError):
-    pass
-
-
 def webhook_url_check(url: str) -> None:
-    """Refuse URLs that are not http(s) or that resolve to private, loopback, link-local or
+    """Refuse URLs that are not valid http(s) or that resolve to private, loopback, link-local or
     reserved addresses (SSRF), unless WEBHOOK_ALLOW_PRIVATE_DESTINATIONS."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DestinationRefused("The URL must be http(s)://host/…")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise DestinationRefused("The URL's port must be 1-65535.") from exc
-    if settings.WEBHOOK_ALLOW_PRIVATE_DESTINATIONS:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port or 443, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise DestinationRefused(f"The host {parts.hostname!r} does not resolve.") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global or address.is_multicast:
-            raise DestinationRefused(
-                f"{parts.hostname} resolves to {address}, a private or reserved address; "
-                "webhooks go to public addresses only."
-            )
+    destinations.destination_check(url=url)
 
 
 def webhook_endpoint_create(
@@ -242,7 +217,8 @@ def _tls() -> ssl.SSLContext:
 
 
 def _post(endpoint: WebhookEndpoint, body: bytes, event: Event) -> AttemptResult:
-    webhook_url_check(endpoint.url)  # again at send time: DNS may have changed (rebinding)
+    # Checked again at send time, and sent to the address checked: DNS may have changed (rebinding).
+    destination = destinations.destination_resolve(url=endpoint.url)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "cryptopay-webhooks/1.0",
@@ -253,12 +229,11 @@ def _post(endpoint: WebhookEndpoint, body: bytes, event: Event) -> AttemptResult
     }
     started = time.perf_counter()
     try:
-        response = httpx.post(
-            endpoint.url,
+        response = destinations.pinned_post(
+            destination=destination,
             content=body,
             headers=headers,
             timeout=settings.WEBHOOK_TIMEOUT.total_seconds(),
-            follow_redirects=False,
             verify=_tls(),
         )
     except httpx.HTTPError as exc:
