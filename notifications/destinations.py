@@ -34,7 +34,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_ASCII_HOST = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
+_ASCII_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"  # no hyphen first or last, 63 at most
+_ASCII_HOST = re.compile(rf"{_ASCII_LABEL}(\.{_ASCII_LABEL})*\.?")
 # Prefixes that carry an IPv4 address inside an IPv6 one: a packet to them reaches that IPv4
 # address through a translator or tunnel, so they are as private as what they carry.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
