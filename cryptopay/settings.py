@@ -620,6 +620,10 @@ WEBSOCKET_MAX_CONNECTIONS_PER_USER = env_int("CRYPTOPAY_WS_MAX_CONNECTIONS_PER_U
 WEBSOCKET_HEARTBEAT = env_seconds("CRYPTOPAY_WS_HEARTBEAT_SECONDS", 30)
 # A connection not refreshed for this long belongs to a dead process: three missed heartbeats.
 WEBSOCKET_CONNECTION_TTL = env_seconds("CRYPTOPAY_WS_CONNECTION_TTL_SECONDS", 90)
+# Each server process beats this often on its own (one Redis write), whatever its connections do.
+WEBSOCKET_PROCESS_HEARTBEAT = env_seconds("CRYPTOPAY_WS_PROCESS_HEARTBEAT_SECONDS", 5)
+# A process silent this long died (SIGKILL, OOM): its connections stop counting against the cap.
+WEBSOCKET_PROCESS_TTL = env_seconds("CRYPTOPAY_WS_PROCESS_TTL_SECONDS", 15)
 WEBSOCKET_REDIS_PREFIX = env_str("CRYPTOPAY_WS_REDIS_PREFIX", "cryptopay:ws")
 # A reconnecting client missing more events than this is told to refetch over REST instead.
 WEBSOCKET_REPLAY_LIMIT = env_int("CRYPTOPAY_WS_REPLAY_LIMIT", 200)

@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from notifications import secrets, services
+from notifications.destinations import DestinationRefused
 from notifications.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 CREATED_TEMPLATE = "admin/notifications/webhookendpoint/created.html"
@@ -44,7 +45,7 @@ class WebhookEndpointForm(forms.ModelForm):
         url = self.cleaned_data["url"]
         try:
             services.webhook_url_check(url)
-        except (services.DestinationRefused, ValueError) as exc:
+        except (DestinationRefused, ValueError) as exc:
             # ValueError: urlsplit refuses the port (e.g. 99999).
             raise forms.ValidationError(str(exc), code="url_not_allowed")
         return url

@@ -276,8 +276,6 @@ class DeliveryLoop:
         self._room.set()
         self.sender = Sender(
             on_outcome=self._taken,
-            check_destination=services.webhook_url_check,
-            refused=services.DestinationRefused,
         )
         self._unrecorded = 0
         self._recorded = threading.Condition()

@@ -8,6 +8,13 @@ many, the *oldest* is evicted, never the newest, so a user whose old tabs died s
 locked out. Registration, pruning and eviction are one Lua script, so two processes accepting the
 same user's connections at once cannot both stay under the cap.
 
+Each connection also names its server process, and each process beats a short heartbeat of its
+own (``WEBSOCKET_PROCESS_HEARTBEAT``, in a thread, so a busy event loop cannot stall it). A process
+killed outright stops beating: within ``WEBSOCKET_PROCESS_TTL`` its connections are dropped before
+anything is counted or evicted, so a user whose tabs lived on that process is neither refused nor
+has a live connection elsewhere closed with 4509 on their account. The per-connection expiry stays
+as the backstop (and covers entries written before connections named their process).
+
 Redis is the shared view; each process also keeps its own connections locally. When Redis cannot
 be reached the process enforces the cap over its own connections alone, and its heartbeats put
 them back into Redis once it answers again.
@@ -19,7 +26,10 @@ the Centrifugo model is thirty lines of Lua on the Redis we already run.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 
 import redis
@@ -45,16 +55,42 @@ EVICTIONS = Counter(
     ["enforced_by"],
 )
 
-_REGISTER = """
--- KEYS: opened zset, expiry zset, users set, evictions hash
--- ARGV: connection, opened_at, expires_at, now, limit, user
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
-for _, member in ipairs(stale) do
+# Shared by both scripts. KEYS: opened zset, expiry zset, users set, evictions hash, process-of
+# hash (connection -> process), processes zset (process -> heartbeat expiry).
+_FORGET_DEAD = """
+local function forget(member)
   redis.call('ZREM', KEYS[1], member)
   redis.call('ZREM', KEYS[2], member)
+  redis.call('HDEL', KEYS[5], member)
 end
+local function forget_dead(now)
+  local removed = 0
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+    forget(member)
+    removed = removed + 1
+  end
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local process = redis.call('HGET', KEYS[5], member)
+    -- No process recorded: an entry from before processes beat; its own expiry governs it.
+    if process and not redis.call('ZSCORE', KEYS[6], process) then
+      forget(member)
+      removed = removed + 1
+    end
+  end
+  return removed
+end
+"""
+
+_REGISTER = (
+    _FORGET_DEAD
+    + """
+-- ARGV: connection, opened_at, expires_at, now, limit, user, process, process_expires_at
+redis.call('ZADD', KEYS[6], ARGV[8], ARGV[7])
+forget_dead(ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[7])
 redis.call('SADD', KEYS[3], ARGV[6])
 local limit = tonumber(ARGV[5])
 local evicted = {}
@@ -63,8 +99,7 @@ if limit > 0 and excess > 0 then
   for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     if excess <= 0 then break end
     if member ~= ARGV[1] then
-      redis.call('ZREM', KEYS[1], member)
-      redis.call('ZREM', KEYS[2], member)
+      forget(member)
       table.insert(evicted, member)
       excess = excess - 1
     end
@@ -74,18 +109,18 @@ if limit > 0 and excess > 0 then
 end
 return evicted
 """
+)
 
-_PRUNE = """
--- KEYS: opened zset, expiry zset, users set; ARGV: now, user
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-for _, member in ipairs(stale) do
-  redis.call('ZREM', KEYS[1], member)
-  redis.call('ZREM', KEYS[2], member)
-end
+_PRUNE = (
+    _FORGET_DEAD
+    + """
+-- ARGV: now, user
+local removed = forget_dead(ARGV[1])
 local left = redis.call('ZCARD', KEYS[1])
 if left == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
-return {#stale, left}
+return {removed, left}
 """
+)
 
 
 @dataclass(frozen=True)
@@ -100,9 +135,16 @@ class ConnectionStats:
 
 
 class ConnectionRegistry:
-    def __init__(self, *, redis_url: str = "", prefix: str | None = None) -> None:
+    def __init__(
+        self, *, redis_url: str = "", prefix: str | None = None, process_heartbeat: bool = False
+    ) -> None:
+        """``process_heartbeat``: beat this process's heartbeat from a thread once it registers a
+        connection (the server's registry); off, it beats only when called (tests drive it)."""
         self.redis_url = redis_url
         self.prefix = prefix or settings.WEBSOCKET_REDIS_PREFIX
+        self.process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.process_heartbeat = process_heartbeat
+        self._beating: threading.Thread | None = None
         self._client: redis.Redis | None = None
         self._scripts: dict[str, object] = {}
         self._local: dict[str, dict[str, float]] = {}
@@ -116,6 +158,8 @@ class ConnectionRegistry:
             f"{self.prefix}:expires:{user}",
             f"{self.prefix}:users",
             f"{self.prefix}:evictions",
+            f"{self.prefix}:process-of:{user}",
+            f"{self.prefix}:processes",
         ]
 
     def _redis(self) -> redis.Redis | None:
@@ -143,12 +187,14 @@ class ConnectionRegistry:
             self._local.setdefault(user, {})[connection] = now
         script = self._script("register", _REGISTER)
         if script is not None:
+            self._start_process_heartbeat()
             try:
                 expires = now + settings.WEBSOCKET_CONNECTION_TTL.total_seconds()
                 evicted = script(
                     keys=self._keys(user),
-                    args=[connection, repr(now), repr(expires), repr(now), limit, user],
-                )
+                    args=[connection, repr(now), repr(expires), repr(now), limit, user,
+                          self.process, repr(self._process_expiry(now))],
+                )  # fmt: skip
             except redis.RedisError as exc:
                 logger.warning(
                     "connection registry: Redis unavailable (%s); cap enforced locally", exc
@@ -191,12 +237,15 @@ class ConnectionRegistry:
         client = self._redis()
         if client is None:
             return True
-        expires = clock.now().timestamp() + settings.WEBSOCKET_CONNECTION_TTL.total_seconds()
-        opened_key, expires_key, users_key, _ = self._keys(user)
+        now = clock.now().timestamp()
+        expires = now + settings.WEBSOCKET_CONNECTION_TTL.total_seconds()
+        opened_key, expires_key, users_key, _, process_of_key, processes_key = self._keys(user)
         try:
             pipe = client.pipeline(transaction=True)
+            pipe.zadd(processes_key, {self.process: self._process_expiry(now)})
             pipe.zadd(opened_key, {connection: opened})
             pipe.zadd(expires_key, {connection: expires})
+            pipe.hset(process_of_key, connection, self.process)
             pipe.sadd(users_key, user)
             pipe.execute()
         except redis.RedisError as exc:
@@ -212,14 +261,50 @@ class ConnectionRegistry:
         client = self._redis()
         if client is None:
             return
-        opened_key, expires_key, _, _ = self._keys(user)
+        opened_key, expires_key, _, _, process_of_key, _ = self._keys(user)
         try:
             pipe = client.pipeline(transaction=True)
             pipe.zrem(opened_key, connection)
             pipe.zrem(expires_key, connection)
+            pipe.hdel(process_of_key, connection)
             pipe.execute()
         except redis.RedisError as exc:
             logger.info("connection registry: disconnect not recorded (%s)", exc)
+
+    # --- this process's heartbeat --------------------------------------------------------------
+
+    def _process_expiry(self, now: float) -> float:
+        return now + settings.WEBSOCKET_PROCESS_TTL.total_seconds()
+
+    def process_beat(self) -> bool:
+        """Tell the other processes this one is alive; False if Redis did not hear it."""
+        client = self._redis()
+        if client is None:
+            return False
+        expires = self._process_expiry(clock.now().timestamp())
+        try:
+            client.zadd(f"{self.prefix}:processes", {self.process: expires})
+        except redis.RedisError as exc:
+            logger.info("connection registry: process heartbeat not recorded (%s)", exc)
+            return False
+        return True
+
+    def _start_process_heartbeat(self) -> None:
+        if not self.process_heartbeat:
+            return
+        with self._lock:
+            if self._beating is not None:
+                return
+            self._beating = threading.Thread(
+                target=self._beat_forever, name="ws-process-heartbeat", daemon=True
+            )
+        self._beating.start()
+
+    def _beat_forever(self) -> None:
+        interval = settings.WEBSOCKET_PROCESS_HEARTBEAT.total_seconds()
+        stopped = threading.Event()  # never set: the thread lives as long as the process
+        while not stopped.wait(interval):
+            self.process_beat()
 
     def is_local(self, *, user: str, connection: str) -> bool:
         with self._lock:
@@ -229,14 +314,11 @@ class ConnectionRegistry:
 
     def _prune(self, client: redis.Redis, user: str) -> tuple[int, int]:
         script = self._script("prune", _PRUNE)
-        opened_key, expires_key, users_key, _ = self._keys(user)
-        removed, left = script(
-            keys=[opened_key, expires_key, users_key], args=[repr(clock.now().timestamp()), user]
-        )
+        removed, left = script(keys=self._keys(user), args=[repr(clock.now().timestamp()), user])
         return int(removed), int(left)
 
     def cleanup(self) -> int:
-        """Drop connections whose process stopped heartbeating; returns how many."""
+        """Drop connections whose process (or own heartbeat) stopped; returns how many."""
         client = self._redis()
         if client is None:
             return 0
@@ -286,5 +368,5 @@ def connection_registry() -> ConnectionRegistry:
     global _registry
     with _registry_guard:
         if _registry is None:
-            _registry = ConnectionRegistry(redis_url=settings.REDIS_URL)
+            _registry = ConnectionRegistry(redis_url=settings.REDIS_URL, process_heartbeat=True)
         return _registry

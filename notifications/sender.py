@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import statistics
 import time
 from collections import deque
@@ -24,9 +25,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from django.conf import settings
 
 from notifications import signing
+from notifications.destinations import Destination, DestinationRefused, destination_resolve
 from resilience import clock
 from resilience.breaker import BrokenCircuitError, breaker_options_from_settings, get_breaker
 
@@ -35,6 +38,10 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "cryptopay-webhooks/1.0"
 # Answers kept per endpoint for its median latency.
 LATENCY_WINDOW = 20
+
+
+def resolve_url(url: str) -> Destination:
+    return destination_resolve(url=url)
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,32 @@ class Lane:
         return statistics.median(self.latencies) > settings.WEBHOOK_SLOW.total_seconds()
 
 
+class PinnedResolver(AbstractResolver):
+    """Answers a host name with the address the destination check last approved for it, and
+    nothing else: the connection goes where the check looked, never through a second lookup that
+    could answer differently (DNS rebinding). A name never checked does not resolve."""
+
+    def __init__(self) -> None:
+        self.pins: dict[str, str] = {}
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        address = self.pins.get(host.rstrip(".").lower())
+        if address is None:
+            raise OSError(f"{host} was not checked before connecting")
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [
+            ResolveResult(
+                hostname=host, host=address, port=port, family=family, proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+        ]  # fmt: skip
+
+    async def close(self) -> None:
+        pass
+
+
 class Sender:
     """Runs inside one event loop; ``submit`` must be called on that loop."""
 
@@ -130,12 +163,11 @@ class Sender:
         self,
         *,
         on_outcome: Callable[[Outcome], None],
-        check_destination: Callable[[str], None],
-        refused: type[Exception],
+        resolve_destination: Callable[[str], Destination] = resolve_url,
     ) -> None:
         self.on_outcome = on_outcome
-        self.check_destination = check_destination
-        self.refused = refused
+        self.resolve_destination = resolve_destination
+        self._resolver = PinnedResolver()
         self.concurrency = max(1, settings.WEBHOOK_ENDPOINT_CONCURRENCY)
         self.backlog = settings.WEBHOOK_ENDPOINT_BACKLOG
         self.timeout = settings.WEBHOOK_TIMEOUT.total_seconds()
@@ -151,7 +183,9 @@ class Sender:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 # Lanes bound the requests per endpoint; a shared cap would couple endpoints.
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+                connector=aiohttp.TCPConnector(
+                    limit=0, resolver=self._resolver, use_dns_cache=False
+                ),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
                 skip_auto_headers=("Accept-Encoding",),
@@ -231,13 +265,12 @@ class Sender:
             breaker_options_from_settings(is_failure=_breaker_failure),
         )
         try:
-            if settings.WEBHOOK_ALLOW_PRIVATE_DESTINATIONS:
-                self.check_destination(claim.target.url)  # no lookup: answers at once
-            else:
-                # Again at send time (DNS may have changed); the lookup blocks, so off the loop.
-                await asyncio.to_thread(self.check_destination, claim.target.url)
-        except self.refused as exc:
+            # Again at send time (DNS may have changed), and the connection is pinned to the
+            # address checked. The lookup blocks, so off the loop.
+            destination = await asyncio.to_thread(self.resolve_destination, claim.target.url)
+        except DestinationRefused as exc:
             return AttemptResult(None, str(exc)[:500], 0, clock.now(), final=True)
+        self._resolver.pins[destination.host.rstrip(".").lower()] = destination.address
         if not claim.target.secrets:
             # No configured key decrypts the secret: final, an operator restores the key (or
             # rotates the secret) and redelivers; nothing unsigned is ever sent.
@@ -285,9 +318,7 @@ class Sender:
         return result
 
 
-def deliver_now(
-    claims: list[Claim], *, check_destination: Callable[[str], None], refused: type[Exception]
-) -> list[Outcome]:
+def deliver_now(claims: list[Claim]) -> list[Outcome]:
     """Send these claims on a loop of their own and return what happened (the sweep, manual
     redelivery, embedded mode): lanes per endpoint as in the dispatcher."""
     if not claims:
@@ -295,9 +326,7 @@ def deliver_now(
 
     async def run() -> list[Outcome]:
         outcomes: list[Outcome] = []
-        sender = Sender(
-            on_outcome=outcomes.append, check_destination=check_destination, refused=refused
-        )
+        sender = Sender(on_outcome=outcomes.append)
         try:
             sender.submit(claims)
             await sender.wait_idle()

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
-import socket
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from prometheus_client import Counter
 
-from notifications import queues, secrets
+from notifications import destinations, queues, secrets
 from notifications.models import (
     PRIORITY_RANK,
     Event,
@@ -101,33 +98,10 @@ def events_requeue_lost() -> int:
 # --- webhook endpoints --------------------------------------------------------------------------
 
 
-class DestinationRefused(ValueError):
-    pass
-
-
 def webhook_url_check(url: str) -> None:
-    """Refuse URLs that are not http(s) or that resolve to private, loopback, link-local or
+    """Refuse URLs that are not valid http(s) or that resolve to private, loopback, link-local or
     reserved addresses (SSRF), unless WEBHOOK_ALLOW_PRIVATE_DESTINATIONS."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DestinationRefused("The URL must be http(s)://host/…")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise DestinationRefused("The URL's port must be 1-65535.") from exc
-    if settings.WEBHOOK_ALLOW_PRIVATE_DESTINATIONS:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port or 443, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise DestinationRefused(f"The host {parts.hostname!r} does not resolve.") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global or address.is_multicast:
-            raise DestinationRefused(
-                f"{parts.hostname} resolves to {address}, a private or reserved address; "
-                "webhooks go to public addresses only."
-            )
+    destinations.destination_check(url=url)
 
 
 def webhook_endpoint_create(
@@ -495,8 +469,6 @@ def claims_send(*, claims: list[Claim]) -> None:
     ]
     outcomes = deliver_now(
         [claim for claim in claims if claim.target.enabled],
-        check_destination=webhook_url_check,
-        refused=DestinationRefused,
     )
     attempts_record(outcomes=disabled + outcomes)
 

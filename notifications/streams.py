@@ -17,10 +17,12 @@ Protocol (JSON text frames):
   ``{"type": "subscribed", "stream": …, "position": P}`` once authorized; P is the stream's latest
   position, or the one the client resumed from. Then replayed and live events, each
   ``{"type": "event", "position": P, "event": {…envelope…}}``, in order, without gaps or repeats.
-  ``{"type": "refetch", "reason": "gap_too_large" | "history_expired", "position": P, "url": …}``
-  when the gap cannot be replayed: read the current state over REST, then carry on from P.
+  ``{"type": "refetch", "reason": "gap_too_large" | "history_expired" | "beyond_end",
+  "position": P, "url": …}`` when the gap cannot be replayed (or the client resumed from a
+  position the stream never reached): read the current state over REST, then carry on from P.
 * client → server
-  ``{"type": "resume", "after": P}`` (or ``?after=P`` on the URL) replays what came after P;
+  ``{"type": "resume", "after": P}`` (or ``?after=P`` on the URL) replays what came after P, an
+  integer from 0 to ``MAX_POSITION``;
   ``{"type": "ping"}`` is answered with ``{"type": "pong"}``.
 
 Close codes, after the handshake is accepted so browsers can read them (REFERENCE.md §6: Centrifugo
@@ -63,6 +65,10 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4501
 CLOSE_FORBIDDEN = 4503
 CLOSE_CONNECTION_LIMIT = 4509
+
+# The largest resume position accepted: JavaScript's Number.MAX_SAFE_INTEGER, the largest a browser
+# holds exactly. Bigger values are not positions, and would overflow the database's integers.
+MAX_POSITION = 2**53 - 1
 
 
 class StreamDenied(Exception):
@@ -118,6 +124,15 @@ def stream_latest_position(*, stream: Stream) -> int:
     return latest or 0
 
 
+def stream_position_parse(raw: str) -> int | None:
+    """A resume position from the URL, or None when it is not one. ASCII digits only: ``isdigit``
+    alone accepts superscripts (which ``int`` refuses) and Arabic-Indic digits (which it reads)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_POSITION)):
+        return None
+    position = int(raw)
+    return position if position <= MAX_POSITION else None
+
+
 def stream_replay(
     *, stream: Stream, after: int, upto: int | None = None, limit: int | None = None
 ) -> Replay:
@@ -129,6 +144,10 @@ def stream_replay(
         events = events.filter(**{f"{field}__lt": upto})
     rows = list(events.order_by(field)[: limit + 1])
     latest = stream_latest_position(stream=stream)
+    if after > latest:
+        # A position this stream never reached (another database, a client bug): waiting for it
+        # would be silence until the stream caught up, so the client starts over from here.
+        return Replay(events=[], latest=latest, refetch="beyond_end")
     if len(rows) > limit:
         return Replay(events=[], latest=latest, refetch="gap_too_large")
     window: timedelta = settings.WEBSOCKET_REPLAY_WINDOW
@@ -140,7 +159,9 @@ def stream_replay(
 
 
 def _query_param(scope: dict[str, Any], name: str) -> str | None:
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    # Blank values kept: "?after=" is a malformed position, not an absent one.
+    query = scope.get("query_string", b"").decode("latin-1")
+    values = parse_qs(query, keep_blank_values=True).get(name)
     return values[0] if values else None
 
 
@@ -188,9 +209,14 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         await self.accept()
-        after = self.query_param("after")
-        if after is not None and not after.isdigit():
-            await self.close(code=CLOSE_BAD_REQUEST, reason="after must be a stream position")
+        raw_after = self.query_param("after")
+        after = None if raw_after is None else stream_position_parse(raw_after)
+        if raw_after is not None and after is None:
+            # Refused before it is counted against the user's cap: nothing to release.
+            await self.close(
+                code=CLOSE_BAD_REQUEST,
+                reason=f"bad_request: after must be a stream position from 0 to {MAX_POSITION}",
+            )
             return
         try:
             access = await database_sync_to_async(self.authorize)()
@@ -206,11 +232,18 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         )
         CONNECTIONS.labels(stream=self.stream_kind).inc()
         _live[self.channel_name] = self
-        for name in evicted:
-            await self._evict(name)
-        await self.channel_layer.group_add(access.stream.group, self.channel_name)
-        self.heartbeat = asyncio.create_task(self._heartbeat())
-        await self._subscribe(after=int(after) if after is not None else None)
+        try:
+            for name in evicted:
+                await self._evict(name)
+            await self.channel_layer.group_add(access.stream.group, self.channel_name)
+            self.heartbeat = asyncio.create_task(self._heartbeat())
+            await self._subscribe(after=after)
+        except BaseException:
+            # A consumer that fails here never gets websocket.disconnect: give its slot back
+            # (and stop its heartbeat, which would keep counting it) before the crash goes on.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
+            raise
 
     async def disconnect(self, code: int) -> None:
         if self.access is None:
@@ -358,10 +391,15 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "pong"})
         elif kind == "resume":
             after = content.get("after")
-            if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            if (
+                not isinstance(after, int)
+                or isinstance(after, bool)
+                or not 0 <= after <= MAX_POSITION
+            ):
                 await self.send_json(
-                    {"type": "error", "code": "bad_request", "message": "after must be a position"}
-                )
+                    {"type": "error", "code": "bad_request",
+                     "message": f"after must be a stream position from 0 to {MAX_POSITION}"}
+                )  # fmt: skip
                 return
             self.position = after
             await self._subscribe(after=after)

@@ -40,6 +40,7 @@ from notifications.api.serializers import (
     WebhookEndpointUpdateSerializer,
     WebhookEndpointWithSecretSerializer,
 )
+from notifications.destinations import DestinationRefused
 from notifications.models import WebhookEndpoint
 from resilience.idempotency import HEADER as IDEMPOTENCY_HEADER
 from resilience.idempotency import idempotent
@@ -162,7 +163,7 @@ class WebhookEndpointListCreateView(APIView):
                     event_types=data["event_types"],
                     description=data["description"],
                 )
-            except services.DestinationRefused:
+            except DestinationRefused:
                 raise _url_refused()
             if not data["enabled"]:
                 endpoint.enabled = False
@@ -204,7 +205,7 @@ class WebhookEndpointDetailView(APIView):
         if "url" in data:
             try:
                 services.webhook_url_check(data["url"])
-            except services.DestinationRefused:
+            except DestinationRefused:
                 raise _url_refused()
         if "event_types" in data:
             data["event_types"] = sorted(set(data["event_types"]))

@@ -17,6 +17,7 @@ raw body, arrival time) and answers from a script:
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import deque
@@ -44,10 +45,22 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, *, default_status: int = 200, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        default_status: int = 200,
+        delay: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``host``: another loopback address (127.0.0.2) tells which address a sender reached;
+        ``tls``: a server context, to serve HTTPS."""
         self.default_status = default_status
         self.delay = delay
-        self.port = 0
+        self.host = host
+        self.port = port
+        self.tls = tls
         self._lock = threading.Lock()
         self._statuses: deque[int] = deque()
         self._requests: list[Received] = []
@@ -66,8 +79,10 @@ class Receiver:
         """Listen (again, on the same port once it had one)."""
         if self._server is not None:
             return
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        server = ThreadingHTTPServer((self.host, self.port), self._handler())
         server.daemon_threads = True
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
@@ -97,7 +112,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/hooks"
 
     # --- script -------------------------------------------------------------------------------
 

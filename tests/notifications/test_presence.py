@@ -17,6 +17,12 @@ def registry(settings) -> ConnectionRegistry:
     )
 
 
+def processes(settings, count: int) -> list[ConnectionRegistry]:
+    """Registries of ``count`` server processes sharing one Redis prefix."""
+    prefix = f"{settings.WEBSOCKET_REDIS_PREFIX}:{uuid.uuid4().hex}"
+    return [ConnectionRegistry(redis_url=settings.REDIS_URL, prefix=prefix) for _ in range(count)]
+
+
 def test_given_the_cap_reached_when_another_connects_then_the_oldest_is_evicted(
     registry, frozen_clock
 ):
@@ -99,3 +105,46 @@ def test_given_redis_restarted_empty_when_connections_heartbeat_then_they_count_
 
     assert registry.refresh(user="u", connection="c")
     assert registry.stats().per_user == {"u": 1}
+
+
+def test_given_a_process_whose_heartbeat_stopped_when_its_user_connects_elsewhere_then_its_connections_do_not_count_and_no_live_one_is_evicted(
+    settings, frozen_clock
+):
+    killed, alive = processes(settings, 2)
+    alive.register(user="u", connection="live", limit=3)
+    frozen_clock.advance(timedelta(seconds=1))
+    for n in range(2):
+        killed.register(user="u", connection=f"dead{n}", limit=3)
+    # The killed process beats no more; the live one does. Connection entries are still fresh.
+    frozen_clock.advance(settings.WEBSOCKET_PROCESS_TTL)
+    assert settings.WEBSOCKET_PROCESS_TTL + timedelta(seconds=1) < settings.WEBSOCKET_CONNECTION_TTL
+    assert alive.process_beat()
+
+    assert alive.register(user="u", connection="new", limit=3) == []
+    assert alive.register(user="u", connection="newer", limit=3) == []
+
+    stats = alive.stats()
+    assert stats.per_user == {"u": 3}
+    assert stats.evictions_total == 0
+
+
+def test_given_a_process_still_beating_when_its_user_goes_over_the_cap_then_its_oldest_connection_is_evicted(
+    settings, frozen_clock
+):
+    quiet, other = processes(settings, 2)
+    quiet.register(user="u", connection="oldest", limit=2)
+    frozen_clock.advance(settings.WEBSOCKET_PROCESS_TTL - timedelta(seconds=1))
+    other.register(user="u", connection="middle", limit=2)
+
+    assert other.register(user="u", connection="newest", limit=2) == ["oldest"]
+
+
+def test_given_a_dead_process_when_stats_are_read_then_its_connections_are_gone(
+    settings, frozen_clock
+):
+    killed, reader = processes(settings, 2)
+    killed.register(user="u", connection="dead", limit=5)
+    frozen_clock.advance(settings.WEBSOCKET_PROCESS_TTL + timedelta(seconds=1))
+
+    assert reader.stats().per_user == {}
+    assert reader.cleanup() == 0  # already pruned on read

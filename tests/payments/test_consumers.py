@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -26,6 +27,7 @@ from notifications.streams import (
     CLOSE_CONNECTION_LIMIT,
     CLOSE_FORBIDDEN,
     CLOSE_UNAUTHENTICATED,
+    MAX_POSITION,
 )
 from payments.models import ApiKeyScope, Payment
 from payments.services import payment_transition
@@ -115,12 +117,81 @@ def test_given_a_wrong_token_or_unknown_payment_when_connecting_then_closed_forb
     run(scenario())
 
 
-def test_given_a_malformed_resume_position_when_connecting_then_closed_bad_request():
+MALFORMED_POSITIONS = [
+    "x", "", "-1", "+1", " 1", "1.5", "1e3", "0x10",
+    "\u00b2", "\u0661\u0662", "\uff11\uff12",  # digits to str.isdigit, not to a client
+    str(MAX_POSITION + 1), "9" * 5000,  # past the database's integers; past int()'s digit limit
+]  # fmt: skip
+
+
+def test_given_malformed_resume_positions_when_connecting_then_each_is_closed_bad_request_and_holds_no_slot(
+    settings,
+):
+    settings.WEBSOCKET_MAX_CONNECTIONS_PER_USER = 2
+    payment = make_payment()
+    user = f"payment:{payment.public_id}"
+
+    async def scenario():
+        for after in MALFORMED_POSITIONS:
+            socket = await open_socket(checkout_path(payment, after=quote(after)))
+            code, reason = await closed_with(socket)
+            assert (code, reason.split(":")[0]) == (CLOSE_BAD_REQUEST, "bad_request"), after
+        stats = await sync_to_async(connection_registry().stats)()
+        assert user not in stats.per_user
+
+        # The cap is whole: two connections fit without evicting each other.
+        first = await open_socket(checkout_path(payment, after=str(MAX_POSITION)))
+        second = await open_socket(checkout_path(payment, after="1"))
+        for socket in (first, second):
+            assert (await socket.receive_json_from(timeout=5))["type"] == "subscribed"
+        assert (await first.receive_json_from(timeout=5))["reason"] == "beyond_end"
+        for socket in (first, second):
+            await socket.send_json_to({"type": "ping"})
+            assert (await socket.receive_json_from(timeout=5)) == {"type": "pong"}
+            await socket.disconnect()
+
+    run(scenario())
+
+
+def test_given_a_resume_position_beyond_the_end_of_the_stream_when_connecting_then_refetch_then_live_events():
+    payment = make_payment()  # its stream holds position 1 (payment.created)
+
+    async def scenario():
+        socket = await open_socket(checkout_path(payment, after=50))
+        assert (await socket.receive_json_from(timeout=5))["type"] == "subscribed"
+        assert await socket.receive_json_from(timeout=5) == {
+            "type": "refetch",
+            "reason": "beyond_end",
+            "position": 1,
+            "url": f"/pay/{payment.public_id}/status",
+        }
+        event = await change_status(payment, "processing")
+        await dispatch(event)
+
+        message = await socket.receive_json_from(timeout=5)
+        assert (message["position"], message["event"]["id"]) == (2, event.public_id)
+        await socket.disconnect()
+
+    run(scenario())
+
+
+def test_given_a_resume_message_beyond_the_end_of_the_stream_then_refetch_then_live_events():
     payment = make_payment()
 
     async def scenario():
-        socket = await open_socket(checkout_path(payment, after="x"))
-        assert (await closed_with(socket))[0] == CLOSE_BAD_REQUEST
+        socket = await open_socket(checkout_path(payment))
+        assert (await socket.receive_json_from(timeout=5))["position"] == 1
+        await socket.send_json_to({"type": "resume", "after": 7})
+        assert (await socket.receive_json_from(timeout=5))["type"] == "subscribed"
+        refetch = await socket.receive_json_from(timeout=5)
+        assert (refetch["reason"], refetch["position"]) == ("beyond_end", 1)
+        event = await change_status(payment, "processing")
+        await dispatch(event)
+
+        assert (await socket.receive_json_from(timeout=5))["position"] == 2
+        await socket.send_json_to({"type": "resume", "after": MAX_POSITION + 1})
+        assert (await socket.receive_json_from(timeout=5))["code"] == "bad_request"
+        await socket.disconnect()
 
     run(scenario())
 

@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from notifications.dispatcher import dispatch_events
 from notifications.models import Event
+from notifications.presence import ConnectionRegistry
 from payments.models import Payment
 from payments.services import payment_transition
 from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
@@ -61,6 +62,58 @@ def test_given_five_connections_on_process_a_when_the_sixth_opens_on_process_b_t
 
         asyncio.run(scenario())
         assert "Traceback" not in a.output() + b.output()
+
+
+def test_given_a_process_sigkilled_holding_a_users_connections_when_the_user_connects_again_then_it_is_accepted_and_no_live_connection_is_closed(
+    tmp_path, settings
+):
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    auth = {"Authorization": f"Bearer {secret}"}
+    user = f"merchant:{merchant.public_id}"
+    # Processes beat fast so the dead one is noticed within the test; the cap is small.
+    env = {
+        "CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER": "3",
+        "CRYPTOPAY_WS_PROCESS_HEARTBEAT_SECONDS": "0.2",
+        "CRYPTOPAY_WS_PROCESS_TTL_SECONDS": "1",
+    }
+    registry = ConnectionRegistry(redis_url=settings.REDIS_URL)
+
+    def counted() -> int:
+        return registry.stats().per_user.get(user, 0)
+
+    def evictions() -> int:
+        return registry.stats().evictions_per_user.get(user, 0)
+
+    with asgi_server(tmp_path, env=env) as killed, asgi_server(tmp_path, env=env) as survivor:
+
+        async def scenario() -> None:
+            live = await open_stream(f"{survivor.ws_url}/ws/merchant/", auth)  # the oldest
+            on_killed = [await open_stream(f"{killed.ws_url}/ws/merchant/", auth) for _ in range(2)]
+            assert (counted(), evictions()) == (3, 0)
+
+            killed.process.kill()
+            killed.process.wait(timeout=10)
+            deadline = time.monotonic() + 15
+            while counted() != 1:  # the dead process's two stop counting once its beat lapses
+                assert time.monotonic() < deadline, f"still counted: {counted()}"
+                await asyncio.sleep(0.05)
+
+            fresh = [await open_stream(f"{survivor.ws_url}/ws/merchant/", auth) for _ in range(2)]
+
+            for socket in [live, *fresh]:
+                await socket.send(json.dumps({"type": "ping"}))
+                assert json.loads(await asyncio.wait_for(socket.recv(), timeout=10)) == {
+                    "type": "pong"
+                }
+            assert (counted(), evictions()) == (3, 0)
+            for socket in [live, *fresh]:
+                await socket.close()
+            for socket in on_killed:
+                socket.transport.abort()  # its server is gone; no closing handshake to wait for
+
+        asyncio.run(scenario())
+        assert "Traceback" not in survivor.output()
 
 
 def test_given_a_connection_idle_longer_than_10_s_when_an_event_is_dispatched_then_it_arrives(

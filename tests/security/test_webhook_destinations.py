@@ -4,10 +4,28 @@ The suite allows private destinations (its receivers listen on 127.0.0.1); these
 
 from __future__ import annotations
 
-import pytest
+import ipaddress
+import ssl
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from notifications.destinations import (
+    DestinationRefused,
+    address_public,
+    destination_parse,
+    destination_resolve,
+    pinned_post,
+)
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from notifications.services import deliveries_create, webhook_deliver, webhook_endpoint_create
+from tests.conftest import api_client_for
 from tests.factories import make_payment
 from tests.notifications.receivers import Receiver
 
@@ -26,6 +44,13 @@ PRIVATE = [
     "http://[::ffff:127.0.0.1]/hooks",  # IPv4-mapped loopback
     "http://[fd00::1]/hooks",
     "https://224.0.0.1/hooks",  # multicast
+    "http://[64:ff9b::7f00:1]/hooks",  # NAT64 of 127.0.0.1
+    "http://[64:ff9b::a9fe:a9fe]/hooks",  # NAT64 of 169.254.169.254
+    "http://[64:ff9b:1::a00:1]/hooks",  # a site's own NAT64 prefix
+    "http://[2002:a00:1::1]/hooks",  # 6to4 of 10.0.0.1
+    "http://[2002:7f00:1::]/hooks",  # 6to4 of 127.0.0.1
+    "http://[::7f00:1]/hooks",  # IPv4-compatible 127.0.0.1
+    "http://[::a9fe:a9fe]/hooks",  # IPv4-compatible 169.254.169.254
 ]
 
 
@@ -77,3 +102,173 @@ def test_given_an_endpoint_that_became_private_when_a_delivery_is_sent_then_noth
     assert status == WebhookDelivery.Status.FAILED
     delivery.refresh_from_db()
     assert "private" in delivery.last_error
+
+
+# --- IPv6 forms of IPv4 addresses ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::5db8:d70e", "2002:5db8:d70e::1", "::ffff:93.184.215.14", "2606:2800:21f:cb07::1"],
+)
+def test_given_ipv6_forms_of_a_public_address_then_they_pass_the_filter(address):
+    assert address_public(ipaddress.ip_address(address))
+
+
+def test_given_a_name_resolving_to_a_nat64_private_address_when_checked_then_it_is_refused():
+    with pytest.raises(DestinationRefused, match="private"):
+        destination_resolve(
+            url="https://hooks.example/h", resolver=lambda host, port: ["64:ff9b::a9fe:a9fe"]
+        )
+
+
+# --- pinning: the address checked is the address connected to -----------------------------------
+
+
+class RecordingResolver:
+    """A DNS that answers from a script, one answer per lookup: a rebinding name."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[str, int]] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append((host, port))
+        return self.answers[min(len(self.asked), len(self.answers)) - 1]
+
+
+def _post(destination, verify=None):  # type: ignore[no-untyped-def]
+    return pinned_post(
+        destination=destination,
+        content=b"{}",
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+        verify=verify or ssl.create_default_context(),
+    )
+
+
+def test_given_a_name_that_rebinds_to_another_address_when_sent_then_the_checked_address_receives_it():
+    with Receiver() as checked, Receiver(host="127.0.0.2", port=checked.port) as rebound:
+        resolver = RecordingResolver(["127.0.0.1"], ["127.0.0.2"])
+        destination = destination_resolve(
+            url=f"http://rebind.test:{checked.port}/hooks", resolver=resolver, allow_private=True
+        )
+
+        response = _post(destination)
+
+        assert response.status_code == 200
+        assert resolver.asked == [("rebind.test", checked.port)]  # one lookup, none at send time
+        (request,) = checked.requests
+        assert request.headers["host"] == f"rebind.test:{checked.port}"
+        assert rebound.requests == []
+
+
+def _certificate_authority(name: str) -> tuple[ssl.SSLContext, ssl.SSLContext, list[str]]:
+    """(server context for ``name``, client context trusting only its CA, SNI names seen)."""
+    now = datetime.now(UTC)
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(2)
+        .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    seen: list[str] = []
+    server.sni_callback = lambda sock, server_name, context: seen.append(server_name)
+    pem = leaf.public_bytes(serialization.Encoding.PEM)
+    key = leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "leaf.pem").write_bytes(pem + key)
+        server.load_cert_chain(Path(directory) / "leaf.pem")
+    client = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
+    return server, client, seen
+
+
+def test_given_an_idn_https_host_when_sent_pinned_then_sni_host_and_certificate_use_its_ascii_name():
+    ascii_name = "xn--bcher-kva.example.test"
+    server_tls, client_tls, sni_seen = _certificate_authority(ascii_name)
+    with Receiver(tls=server_tls) as receiver:
+        resolver = RecordingResolver(["127.0.0.1"])
+        destination = destination_resolve(
+            url=f"https://B\u00fccher.Example.test:{receiver.port}/hooks",
+            resolver=resolver,
+            allow_private=True,
+        )
+
+        response = _post(destination, verify=client_tls)
+
+        assert response.status_code == 200
+        assert resolver.asked == [(ascii_name, receiver.port)]
+        assert sni_seen == [ascii_name]  # the certificate was checked against the name too
+        assert receiver.requests[0].headers["host"] == f"{ascii_name}:{receiver.port}"
+
+
+def test_given_an_idn_host_resolving_to_a_private_address_then_it_is_refused_after_normalising():
+    resolver = RecordingResolver(["10.0.0.1"])
+
+    with pytest.raises(DestinationRefused, match="private"):
+        destination_resolve(url="https://b\u00fccher.example/h", resolver=resolver)
+
+    assert resolver.asked == [("xn--bcher-kva.example", 443)]
+
+
+# --- invalid URLs: a failed delivery, never a 500 or a delivery left pending --------------------
+
+INVALID = [
+    "http://exa mple.com/hooks",
+    "http://[::1/hooks",
+    "https://\u2603.example/hooks",  # a symbol IDNA does not allow
+    "http://xn--zz-.example/hooks",  # not valid punycode
+    "http://-bad-.example/hooks",
+    "http://example.com:0/hooks",
+    "http://example.com:99999/hooks",
+    "http://exa\tmple.com/hooks",  # urlsplit drops tabs; the URL is refused for having one
+    "http://example.com\x7f.evil/hooks",
+    "ftp://example.com/hooks",
+]
+
+
+@pytest.mark.parametrize("url", INVALID)
+def test_given_an_invalid_url_when_parsed_then_it_is_refused_with_a_reason(url):
+    with pytest.raises(DestinationRefused) as refused:
+        destination_parse(url)
+    assert str(refused.value)
+
+
+@pytest.mark.parametrize("allow_private", [True, False])
+@pytest.mark.parametrize("url", INVALID)
+def test_given_an_endpoint_with_an_invalid_url_when_delivered_or_redelivered_then_the_delivery_fails_with_a_reason(
+    merchant, settings, url, allow_private
+):
+    settings.WEBHOOK_ALLOW_PRIVATE_DESTINATIONS = True
+    endpoint, _ = webhook_endpoint_create(owner=merchant.public_id, url="http://127.0.0.1:9/h")
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(url=url)  # e.g. saved by an older check
+    settings.WEBHOOK_ALLOW_PRIVATE_DESTINATIONS = allow_private
+    event = Event.objects.get(
+        subject=make_payment(merchant=merchant).public_id, type="payment.created"
+    )
+    (delivery,) = deliveries_create(event=event)
+
+    assert webhook_deliver(delivery_id=delivery.pk) == WebhookDelivery.Status.FAILED
+    delivery.refresh_from_db()
+    assert (delivery.attempts, delivery.next_attempt_at) == (1, None)
+    assert "URL" in delivery.last_error or "host" in delivery.last_error
+
+    response = api_client_for(merchant).post(f"/api/v1/events/{event.public_id}/redeliver")
+    assert response.status_code == 200, response.content
+    assert response.json()["data"][0]["status"] == "failed"
