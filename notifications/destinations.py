@@ -6,12 +6,10 @@ connects to that address, keeping the URL's host for the Host header and the TLS
 private one a moment later (DNS rebinding) therefore never reaches the private one: there is no
 second lookup.
 
-``destination_resolve`` is client-neutral (a ``Destination`` with the pinned ``address``), so an
-httpx.AsyncClient or aiohttp sender can pin the same way; ``pinned_post`` is the adapter for the
-current synchronous httpx sender. httpx 0.28 / httpcore 1.0 pin with public API only: the request
-goes to ``scheme://<address>:<port>/…`` with an explicit ``Host`` header, and httpcore's
-``sni_hostname`` request extension sets the TLS server name, which the certificate is verified
-against.
+``destination_resolve`` is client-neutral (a ``Destination`` with the pinned ``address``); the
+webhook sender (notifications/sender.py) pins its aiohttp connections with a resolver that only
+answers the addresses checked here, so the URL, Host header, SNI and certificate check keep the
+name while the socket goes to the checked address.
 """
 
 from __future__ import annotations
@@ -19,12 +17,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
 import idna
 from django.conf import settings
 
@@ -174,50 +170,3 @@ def destination_check(*, url: str, resolver: Resolver = system_resolve) -> None:
         destination_parse(url)
         return
     destination_resolve(url=url, resolver=resolver, allow_private=False)
-
-
-# --- the httpx adapter ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PinnedRequest:
-    url: httpx.URL
-    headers: dict[str, str]
-    extensions: dict[str, str]
-
-
-def pinned_request(destination: Destination) -> PinnedRequest:
-    """The URL, headers and extensions that make httpx connect to ``destination.address``."""
-    try:
-        url = httpx.URL(destination.url)
-    except httpx.InvalidURL as exc:
-        raise DestinationRefused(f"The URL is not valid: {exc}.") from exc
-    if _ip_literal(destination.host) is not None:
-        return PinnedRequest(url=url, headers={}, extensions={})
-    return PinnedRequest(
-        url=url.copy_with(host=destination.address),
-        headers={"Host": destination.host_header},
-        extensions={"sni_hostname": destination.host} if destination.scheme == "https" else {},
-    )
-
-
-def pinned_post(
-    *,
-    destination: Destination,
-    content: bytes,
-    headers: dict[str, str],
-    timeout: float,
-    verify: ssl.SSLContext,
-) -> httpx.Response:
-    """POST to the checked address. No proxy from the environment: a proxy would resolve the
-    name again, which is what pinning rules out (and httpcore's tunnel ignores sni_hostname)."""
-    pinned = pinned_request(destination)
-    with httpx.Client(
-        verify=verify, timeout=timeout, follow_redirects=False, trust_env=False
-    ) as client:
-        return client.post(
-            pinned.url,
-            content=content,
-            headers={**headers, **pinned.headers},
-            extensions=pinned.extensions,
-        )

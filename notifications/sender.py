@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
 import statistics
 import time
 from collections import deque
@@ -164,9 +165,12 @@ class Sender:
         *,
         on_outcome: Callable[[Outcome], None],
         resolve_destination: Callable[[str], Destination] = resolve_url,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.on_outcome = on_outcome
         self.resolve_destination = resolve_destination
+        # None: the system's trust store; a context for receivers behind a private CA.
+        self.tls = tls
         self._resolver = PinnedResolver()
         self.concurrency = max(1, settings.WEBHOOK_ENDPOINT_CONCURRENCY)
         self.backlog = settings.WEBHOOK_ENDPOINT_BACKLOG
@@ -184,8 +188,13 @@ class Sender:
             self._session = aiohttp.ClientSession(
                 # Lanes bound the requests per endpoint; a shared cap would couple endpoints.
                 connector=aiohttp.TCPConnector(
-                    limit=0, resolver=self._resolver, use_dns_cache=False
+                    limit=0,
+                    resolver=self._resolver,
+                    use_dns_cache=False,
+                    ssl=self.tls if self.tls is not None else True,
                 ),
+                # A proxy from the environment would resolve the name again: never used.
+                trust_env=False,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
                 skip_auto_headers=("Accept-Encoding",),

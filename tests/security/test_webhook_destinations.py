@@ -4,6 +4,7 @@ The suite allows private destinations (its receivers listen on 127.0.0.1); these
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import ssl
 import tempfile
@@ -21,10 +22,11 @@ from notifications.destinations import (
     address_public,
     destination_parse,
     destination_resolve,
-    pinned_post,
 )
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
+from notifications.sender import Claim, Outcome, Sender, Target
 from notifications.services import deliveries_create, webhook_deliver, webhook_endpoint_create
+from resilience import clock
 from tests.conftest import api_client_for
 from tests.factories import make_payment
 from tests.notifications.receivers import Receiver
@@ -137,26 +139,41 @@ class RecordingResolver:
         return self.answers[min(len(self.asked), len(self.answers)) - 1]
 
 
-def _post(destination, verify=None):  # type: ignore[no-untyped-def]
-    return pinned_post(
-        destination=destination,
-        content=b"{}",
-        headers={"Content-Type": "application/json"},
-        timeout=5,
-        verify=verify or ssl.create_default_context(),
-    )
+def _send(url: str, resolver: RecordingResolver, tls: ssl.SSLContext | None = None) -> Outcome:
+    """One delivery attempt through the webhook sender itself, resolving with ``resolver``."""
+    claim = Claim(
+        delivery_id=1, token=1, until=clock.now() + timedelta(minutes=5), priority=0,
+        target=Target(public_id="we_pinning", url=url, secrets=("whsec_pinning",)),
+        webhook_id="evt_pinning", body=b"{}",
+    )  # fmt: skip
+
+    async def run() -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        sender = Sender(
+            on_outcome=outcomes.append,
+            resolve_destination=lambda u: destination_resolve(
+                url=u, resolver=resolver, allow_private=True
+            ),
+            tls=tls,
+        )
+        try:
+            sender.submit([claim])
+            await sender.wait_idle()
+        finally:
+            await sender.close()
+        return outcomes
+
+    (outcome,) = asyncio.run(run())
+    return outcome
 
 
 def test_given_a_name_that_rebinds_to_another_address_when_sent_then_the_checked_address_receives_it():
     with Receiver() as checked, Receiver(host="127.0.0.2", port=checked.port) as rebound:
         resolver = RecordingResolver(["127.0.0.1"], ["127.0.0.2"])
-        destination = destination_resolve(
-            url=f"http://rebind.test:{checked.port}/hooks", resolver=resolver, allow_private=True
-        )
 
-        response = _post(destination)
+        outcome = _send(f"http://rebind.test:{checked.port}/hooks", resolver)
 
-        assert response.status_code == 200
+        assert [a.status_code for a in outcome.attempts] == [200]
         assert resolver.asked == [("rebind.test", checked.port)]  # one lookup, none at send time
         (request,) = checked.requests
         assert request.headers["host"] == f"rebind.test:{checked.port}"
@@ -204,15 +221,12 @@ def test_given_an_idn_https_host_when_sent_pinned_then_sni_host_and_certificate_
     server_tls, client_tls, sni_seen = _certificate_authority(ascii_name)
     with Receiver(tls=server_tls) as receiver:
         resolver = RecordingResolver(["127.0.0.1"])
-        destination = destination_resolve(
-            url=f"https://B\u00fccher.Example.test:{receiver.port}/hooks",
-            resolver=resolver,
-            allow_private=True,
+
+        outcome = _send(
+            f"https://B\u00fccher.Example.test:{receiver.port}/hooks", resolver, tls=client_tls
         )
 
-        response = _post(destination, verify=client_tls)
-
-        assert response.status_code == 200
+        assert [a.status_code for a in outcome.attempts] == [200]
         assert resolver.asked == [(ascii_name, receiver.port)]
         assert sni_seen == [ascii_name]  # the certificate was checked against the name too
         assert receiver.requests[0].headers["host"] == f"{ascii_name}:{receiver.port}"
