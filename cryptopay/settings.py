@@ -503,8 +503,11 @@ RATE_CACHE_TTL = env_seconds("CRYPTOPAY_RATE_CACHE_SECONDS", 5 * 60)
 RATE_EMERGENCY_CACHE_MAX_AGE = env_seconds("CRYPTOPAY_RATE_EMERGENCY_MAX_AGE_SECONDS", 2 * 3600)
 # Retries of a failing outside call before giving up on it.
 OUTSIDE_CALL_MAX_RETRIES = env_int("CRYPTOPAY_MAX_RETRIES", 3)
-# How long a stored idempotent response is replayed.
-IDEMPOTENCY_EXPIRY = env_seconds("CRYPTOPAY_IDEMPOTENCY_EXPIRY_SECONDS", 3600)
+# How long a stored idempotent response is replayed, from its completion: Stripe's 24 hours.
+IDEMPOTENCY_EXPIRY = env_seconds("CRYPTOPAY_IDEMPOTENCY_EXPIRY_SECONDS", 24 * 3600)
+# Without an Idempotency-Key, only a body naming its business object by this field gets a key
+# derived from the body; identical bodies without it are different customers. Empty: never.
+IDEMPOTENCY_AUTOMATIC_KEY_FIELD = env_str("CRYPTOPAY_IDEMPOTENCY_AUTOMATIC_KEY_FIELD", "order_id")
 # Wait before re-checking a key whose first request is still executing.
 IDEMPOTENCY_CONFLICT_RETRY_DELAY = env_seconds("CRYPTOPAY_IDEMPOTENCY_CONFLICT_RETRY_SECONDS", 0.1)
 # A claimed key whose request has not finished after this long is taken over (its process died).

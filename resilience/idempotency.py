@@ -4,7 +4,10 @@ Semantics follow the IETF draft (draft-ietf-httpapi-idempotency-key-header) and 
 
 * ``Idempotency-Key`` (a structured-field string ``"..."`` or bare, at most 255 printable ASCII
   characters) scoped by owner (the merchant). Without it, a key is derived from SHA-256 over
-  owner, method, path and the canonical body, so an identical retry is still recognised.
+  owner, method, path and the canonical body ONLY when the body names its business object
+  (IDEMPOTENCY_AUTOMATIC_KEY_FIELD, ``order_id``): two customers ordering the same thing send
+  identical bodies, and merging them would hand the second the first's payment. Without a key
+  and without that field, every request executes.
 * The first execution's status, body and selected headers are stored and replayed with
   ``Idempotent-Replayed: true``. Same key, different payload (method, path, body) -> 422
   ``idempotency_key_reused``. Same key while the first is still running -> wait the conflict
@@ -544,15 +547,24 @@ def _bad_key(message: str, code: str = "invalid_idempotency_key") -> HttpRespons
     )
 
 
+def names_its_object(data: Any) -> bool:
+    """Does the body carry the field that identifies the business object (``order_id``)?"""
+    field = settings.IDEMPOTENCY_AUTOMATIC_KEY_FIELD
+    return bool(field) and isinstance(data, dict) and data.get(field) not in (None, "")
+
+
 def _key_for(
-    request: HttpRequest, *, owner: str, body: bytes, required: bool
-) -> tuple[str, bool] | HttpResponse:
+    request: HttpRequest, *, owner: str, data: Any, body: bytes, required: bool
+) -> tuple[str, bool] | HttpResponse | None:
+    """(key, automatic), an error answer, or None: no key, so the request simply executes."""
     raw = request.headers.get(HEADER)
     if raw is None:
         if required:
             return _bad_key(
                 f"This endpoint requires an {HEADER} header.", "idempotency_key_required"
             )
+        if not names_its_object(data):
+            return None
         return automatic_key(
             owner=owner, method=request.method or "", path=request.path, body=body
         ), True
@@ -566,18 +578,21 @@ def _gate_request(
     request: Any,
     *,
     owner: str,
+    data: Any,
     body: bytes,
     required: bool,
     execute: Callable[[], HttpResponse],
     should_store: Callable[[int], bool],
 ) -> HttpResponse:
     """Key the request (header or automatic), mark it handled, and run it through the gate."""
-    key = _key_for(request, owner=owner, body=body, required=required)
+    key = _key_for(request, owner=owner, data=data, body=body, required=required)
     if isinstance(key, HttpResponse):
         return key
-    key_value, automatic = key
     django_request = getattr(request, "_request", request)  # DRF wraps Django's request
     django_request._idempotency_applied = True
+    if key is None:
+        return execute()
+    key_value, automatic = key
     method = request.method or ""
     return default_gate().run(
         owner=owner, key=key_value, automatic=automatic, method=method, path=request.path,
@@ -598,7 +613,8 @@ def idempotent(
             owner = getattr(request.user, "idempotency_scope", None)
             if owner is None or getattr(request._request, "_idempotency_applied", False):
                 return handler(view, request, *args, **kwargs)
-            body = canonical_body(request.data)  # a parse error here is DRF's 400, not stored
+            data = request.data  # a parse error here is DRF's 400, not stored
+            body = canonical_body(data)
 
             def execute() -> HttpResponse:
                 try:
@@ -610,7 +626,7 @@ def idempotent(
                 return response
 
             return _gate_request(
-                request, owner=owner, body=body, required=required, execute=execute,
+                request, owner=owner, data=data, body=body, required=required, execute=execute,
                 should_store=should_store,
             )  # fmt: skip
 
@@ -643,11 +659,12 @@ class IdempotencyMiddleware:
         if owner is None:
             return self.get_response(request)
         try:
-            body = canonical_body(json.loads(request.body or b"null"))
+            data = json.loads(request.body or b"null")
+            body = canonical_body(data)
         except ValueError:
-            body = request.body  # not JSON: the raw bytes are the canonical form
+            data, body = None, request.body  # not JSON: the raw bytes are the canonical form
         return _gate_request(
-            request, owner=owner, body=body, required=False,
+            request, owner=owner, data=data, body=body, required=False,
             execute=lambda: self.get_response(request), should_store=default_should_store,
         )  # fmt: skip
 
