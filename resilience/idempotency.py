@@ -40,7 +40,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -284,19 +283,23 @@ class IdempotencyGate:
                 OUTCOMES.labels("released").inc()
                 return response
             stored = StoredResponse.of(response)
+            # Both stores count the window from this one moment, so Redis can neither replay an
+            # answer the database has expired nor forget one it still holds.
+            completed_at = clock.now()
+            expires_at = completed_at + self.expiry
             IdempotencyKey.objects.filter(pk=outcome.pk, version=outcome.version).update(
                 status=IdempotencyKey.Status.COMPLETED,
                 response_status=stored.status,
                 response_headers=stored.headers,
                 response_body=stored.body,
-                completed_at=clock.now(),
+                completed_at=completed_at,
+                expires_at=expires_at,
                 locked_at=None,
                 # Completing bumps the fencing token: a take-over that read the row before can
                 # no longer match it.
                 version=outcome.version + 1,
             )
             OUTCOMES.labels("executed").inc()
-            expires_at = clock.now() + self.expiry
             transaction.on_commit(
                 lambda: self._cache_put(owner, key, request_fingerprint, stored, expires_at)
             )
@@ -504,8 +507,8 @@ class IdempotencyGate:
     ) -> None:
         if self._redis is None:
             return
-        ttl = math.floor((expires_at - clock.now()).total_seconds())
-        if ttl <= 0:
+        ttl_ms = (expires_at - clock.now()) // timedelta(milliseconds=1)
+        if ttl_ms <= 0:
             return
         payload = json.dumps(
             {
@@ -516,7 +519,7 @@ class IdempotencyGate:
             }
         )
         try:
-            self._redis.set(self._redis_key("response", owner, key), payload, ex=ttl)
+            self._redis.set(self._redis_key("response", owner, key), payload, px=ttl_ms)
         except redis.RedisError:
             pass
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import transaction
+from django.http import HttpResponse
 from django.test import Client
 from django.urls import path
 from hypothesis import given
@@ -420,3 +421,25 @@ def test_keys_are_written_in_the_same_transaction_as_the_payment(api, merchant):
 
     assert not IdempotencyKey.objects.filter(key="key-1", status="completed").exists()
     assert Payment.objects.count() == 0
+
+
+def test_given_a_slow_request_when_it_completes_then_the_row_and_the_redis_copy_expire_together(
+    frozen_clock, settings, django_capture_on_commit_callbacks
+):
+    gate = idempotency.default_gate()
+
+    def slow_execute() -> HttpResponse:
+        frozen_clock.advance(timedelta(minutes=10))  # the request took ten minutes
+        return HttpResponse(b"made", status=201)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        gate.run(
+            owner="o", key="slow", automatic=False, method="POST", path="/x",
+            request_fingerprint="fp", execute=slow_execute,
+        )  # fmt: skip
+
+    row = IdempotencyKey.objects.get(owner="o", key="slow")
+    assert row.expires_at == row.completed_at + settings.IDEMPOTENCY_EXPIRY
+    window_ms = settings.IDEMPOTENCY_EXPIRY // timedelta(milliseconds=1)
+    redis_ms = gate._redis.pttl(gate._redis_key("response", "o", "slow"))
+    assert window_ms - 1000 < redis_ms <= window_ms
