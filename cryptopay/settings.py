@@ -501,6 +501,9 @@ RATES_IN_USE_WINDOW = env_seconds("CRYPTOPAY_RATES_IN_USE_SECONDS", 3600)
 RATE_CACHE_TTL = env_seconds("CRYPTOPAY_RATE_CACHE_SECONDS", 5 * 60)
 # Stale rates may still be served this long when every provider is down.
 RATE_EMERGENCY_CACHE_MAX_AGE = env_seconds("CRYPTOPAY_RATE_EMERGENCY_MAX_AGE_SECONDS", 2 * 3600)
+# The single-flight refresh lease, renewed every third of it while the refresh runs: a process
+# killed mid-refresh blocks other refreshers for this long, not for the provider budget.
+RATE_REFRESH_LEASE = env_seconds("CRYPTOPAY_RATE_REFRESH_LEASE_SECONDS", 3)
 # Retries of a failing outside call before giving up on it.
 OUTSIDE_CALL_MAX_RETRIES = env_int("CRYPTOPAY_MAX_RETRIES", 3)
 # How long a stored idempotent response is replayed, from its completion: Stripe's 24 hours.

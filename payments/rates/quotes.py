@@ -68,7 +68,9 @@ def rate_cache() -> TieredCache[LiveRate]:
         namespace="rates",
         ttl=settings.RATE_CACHE_TTL.total_seconds(),
         emergency_max_age=settings.RATE_EMERGENCY_CACHE_MAX_AGE.total_seconds(),
-        lock_lease=settings.RATE_PROVIDER_BUDGET.total_seconds() + 2,
+        lock_lease=settings.RATE_REFRESH_LEASE.total_seconds(),
+        # A cold pair's callers wait for the one refresh rather than answer 503 at once.
+        wait_timeout=settings.RATE_PROVIDER_BUDGET.total_seconds(),
         clock=lambda: clock.now().timestamp(),
     )
 

@@ -1,0 +1,175 @@
+"""Rates across real OS processes (two daphne servers, plain Python processes) sharing Redis and
+PostgreSQL, priced from the fake exchanges on 127.0.0.1 with injected faults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from django.core.cache import cache
+from django_redis import get_redis_connection
+
+from payments.models import Payment
+from resilience.breaker import breakers
+from tests.factories import ApiKeyFactory, MerchantFactory
+from tests.servers import asgi_server, server_environment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+PROVIDERS = ("kraken", "coinbase", "bitstamp")
+LEASE = 1.0  # seconds: short, so a dead leader's lease lapses quickly in the tests
+SOFA = {"amount": "25.00", "crypto_currency": "BTC", "description": "one sofa"}
+
+
+@pytest.fixture
+def cold_rates(fake_exchanges):
+    """No quote anywhere: every process starts cold; providers are the fakes."""
+    cache.delete_pattern("rates:*")
+    breakers.forget(close=True)
+    yield fake_exchanges
+    fake_exchanges.reset()
+    cache.delete_pattern("rates:*")
+    breakers.forget(close=True)
+
+
+def rate_env(fake) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {
+        "CRYPTOPAY_RATE_PROVIDERS": ",".join(PROVIDERS),
+        **{f"CRYPTOPAY_RATE_{name.upper()}_URL": fake.base_url for name in PROVIDERS},
+        "CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK": "0",
+        # The held fetch must outlast no timeout: the test decides when the exchanges answer.
+        "CRYPTOPAY_RATE_PROVIDER_TIMEOUT_SECONDS": "20",
+        "CRYPTOPAY_RATE_PROVIDER_BUDGET_SECONDS": "20",
+        "CRYPTOPAY_RATE_REFRESH_LEASE_SECONDS": str(LEASE),
+        "CRYPTOPAY_DEV_CHAIN": "1",
+    }
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        threading.Event().wait(0.01)
+
+
+def waiting_for_refresh(pair: str) -> int:
+    """How many processes are subscribed, waiting for the pair's refresh to land."""
+    channel = cache.make_key(f"rates:{pair}:refreshed")
+    return dict(get_redis_connection().pubsub_numsub(channel)).get(channel.encode(), 0)
+
+
+def refresh_lock_held(pair: str) -> bool:
+    return bool(get_redis_connection().exists(cache.make_key(f"rates:{pair}:refreshing")))
+
+
+def let_the_exchanges_answer(fake) -> None:  # type: ignore[no-untyped-def]
+    for name in PROVIDERS:
+        fake.set_fault(name, None)
+    fake.release_blocked()
+
+
+def test_given_a_cold_cache_when_20_first_payments_race_on_two_processes_then_all_are_priced_by_one_refresh(
+    tmp_path, cold_rates
+):
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    for name in PROVIDERS:
+        cold_rates.set_fault(name, "hold")
+    answers: list[httpx.Response | BaseException | None] = [None] * 20
+
+    with (
+        asgi_server(tmp_path, env=rate_env(cold_rates)) as a,
+        asgi_server(tmp_path, env=rate_env(cold_rates)) as b,
+    ):
+        clients = [
+            httpx.Client(
+                base_url=(a if i % 2 else b).base_url,
+                timeout=60,
+                headers={"Authorization": f"Bearer {secret}"},
+            )
+            for i in range(20)
+        ]
+        barrier = threading.Barrier(20)
+
+        def send(i: int) -> None:
+            barrier.wait(timeout=30)
+            try:
+                answers[i] = clients[i].post("/api/v1/payments", json=SOFA)
+            except BaseException as exc:  # asserted on below
+                answers[i] = exc
+            finally:
+                clients[i].close()
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        # One process leads the refresh (the exchanges hold it), the other waits for it.
+        wait_until(lambda: cold_rates.requests("kraken") >= 1 and waiting_for_refresh("BTC-USD"))
+        first_seen = time.monotonic()
+        # The leader renews its lease: still held after several leases, nobody took over.
+        wait_until(lambda: time.monotonic() - first_seen > 3 * LEASE)
+        assert refresh_lock_held("BTC-USD")
+        let_the_exchanges_answer(cold_rates)
+        for thread in threads:
+            thread.join(timeout=60)
+
+    statuses = [a.status_code if isinstance(a, httpx.Response) else a for a in answers]
+    assert statuses == [201] * 20, [getattr(a, "text", a) for a in answers]
+    assert {a.json()["quote"]["source"] for a in answers} <= {"live", "cache"}  # type: ignore[union-attr]
+    assert [cold_rates.requests(name) for name in PROVIDERS] == [1, 1, 1]  # one refresh for all
+    assert Payment.objects.filter(merchant=merchant).count() == 20
+
+
+def spawn_rate_client(env: dict[str, str]) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.payments.rate_client", "BTC", "USD"],
+        cwd=ROOT,
+        env=server_environment(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert json.loads(process.stdout.readline()) == {"ready": True}
+    return process
+
+
+def ask(process: subprocess.Popen) -> None:
+    process.stdin.write("go\n")
+    process.stdin.flush()
+
+
+def test_given_the_refreshing_process_is_killed_then_a_waiting_process_refreshes_within_a_lease(
+    cold_rates,
+):
+    for name in PROVIDERS:
+        cold_rates.set_fault(name, "hold")
+    env = rate_env(cold_rates)
+    leader, follower = spawn_rate_client(env), spawn_rate_client(env)
+    try:
+        ask(leader)
+        wait_until(lambda: cold_rates.requests("kraken") >= 1 and refresh_lock_held("BTC-USD"))
+        ask(follower)
+        wait_until(lambda: waiting_for_refresh("BTC-USD") >= 1)
+
+        leader.kill()  # mid-refresh, holding the lease
+        leader.wait(timeout=10)
+        killed_at = time.monotonic()
+        let_the_exchanges_answer(cold_rates)
+        answer = json.loads(follower.communicate(timeout=30)[0])
+        took = time.monotonic() - killed_at
+    finally:
+        for process in (leader, follower):
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+    assert answer["source"] == "live"
+    assert took < 10  # the former lease, the budget plus 2 s, that blocked every process
