@@ -492,6 +492,9 @@ RATE_RETRY_WAIT_MAX = env_seconds("CRYPTOPAY_RATE_RETRY_WAIT_MAX_SECONDS", 2)
 RATES_ALLOW_STATIC_FALLBACK = env_bool("CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK", EMBEDDED)
 # Oldest quote a payment may be priced from (default: the emergency cache's bound).
 RATES_MAX_QUOTE_AGE = env_seconds("CRYPTOPAY_RATES_MAX_QUOTE_AGE_SECONDS", 2 * 3600)
+# Retry-After of a 503 rate_unavailable: about when the next refresh (periodic or a retried
+# provider) may have a rate again, without a client hammering a gateway that has none.
+RATES_RETRY_AFTER = env_seconds("CRYPTOPAY_RATES_RETRY_AFTER_SECONDS", 10)
 # How long after its last payment a pair still counts as in use for the periodic refresh.
 RATES_IN_USE_WINDOW = env_seconds("CRYPTOPAY_RATES_IN_USE_SECONDS", 3600)
 

@@ -173,3 +173,29 @@ def test_given_the_refreshing_process_is_killed_then_a_waiting_process_refreshes
 
     assert answer["source"] == "live"
     assert took < 10  # the former lease, the budget plus 2 s, that blocked every process
+
+
+def test_given_every_provider_fails_when_a_payment_is_created_then_the_503_says_when_to_retry(
+    tmp_path, cold_rates
+):
+    _, secret = ApiKeyFactory.create_with_secret(merchant=MerchantFactory())
+    for name in PROVIDERS:
+        cold_rates.set_fault(name, "503")
+    env = {
+        **rate_env(cold_rates),
+        "CRYPTOPAY_RATE_RETRY_WAIT_INITIAL_SECONDS": "0.01",
+        "CRYPTOPAY_RATE_RETRY_WAIT_MAX_SECONDS": "0.05",
+        "CRYPTOPAY_RATES_RETRY_AFTER_SECONDS": "7",
+    }
+
+    with asgi_server(tmp_path, env=env) as server:
+        refused = httpx.post(
+            f"{server.base_url}/api/v1/payments",
+            json=SOFA,
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=60,
+        )
+
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "rate_unavailable"
+    assert refused.headers["Retry-After"] == "7"
