@@ -519,6 +519,8 @@ IDEMPOTENCY_CONFLICT_RETRY_DELAY = env_seconds("CRYPTOPAY_IDEMPOTENCY_CONFLICT_R
 # A claimed key whose request has not finished after this long is taken over (its process died).
 IDEMPOTENCY_LEASE = env_seconds("CRYPTOPAY_IDEMPOTENCY_LEASE_SECONDS", 90)
 IDEMPOTENCY_REDIS_PREFIX = env_str("CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX", "cryptopay:idempotency")
+# Key material for stored answers that carry a secret (sealed at rest); empty = SECRET_KEY.
+IDEMPOTENCY_SEALING_KEY = env_str("CRYPTOPAY_IDEMPOTENCY_SEALING_KEY")
 # Extra paths (regexes) the middleware makes idempotent; the API's write views carry the decorator.
 IDEMPOTENCY_MIDDLEWARE_PATHS = env_list("CRYPTOPAY_IDEMPOTENCY_PATHS", "")
 # Who a request belongs to, for the middleware (keys are scoped by it).

@@ -4,12 +4,12 @@ recoverable to sign deliveries, so they are encrypted rather than hashed."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import secrets
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
+
+from cryptopay.sealing import fernet
 
 PREFIX = "whsec_"
 
@@ -19,9 +19,8 @@ def new_secret() -> str:
 
 
 def _fernet() -> Fernet:
-    material = (settings.WEBHOOK_SECRETS_KEY or settings.SECRET_KEY).encode()
-    key = hashlib.sha256(b"cryptopay webhook secrets\0" + material).digest()
-    return Fernet(base64.urlsafe_b64encode(key))
+    material = settings.WEBHOOK_SECRETS_KEY or settings.SECRET_KEY
+    return fernet(purpose=b"cryptopay webhook secrets", material=material)
 
 
 def encrypt(secret: str) -> str:

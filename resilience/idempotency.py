@@ -14,6 +14,9 @@ Semantics follow the IETF draft (draft-ietf-httpapi-idempotency-key-header) and 
   retry delay once, then 409 ``idempotency_key_in_use`` with ``Retry-After``.
 * Requests rejected before execution (400 validation, 404) are not stored; a 5xx rolls its
   transaction back and releases the key so a retry can execute.
+* An answer that carries a secret (``@idempotent(response_has_secret=True)``: a webhook signing
+  secret) is stored sealed (Fernet under IDEMPOTENCY_SEALING_KEY, default SECRET_KEY) in
+  PostgreSQL and Redis alike, and opened only to replay it; the admin shows that it is sealed.
 
 Where correctness lives: PostgreSQL. The ``IdempotencyKey`` row is unique on (owner, key) and is
 inserted, the request executed and the row completed in ONE transaction with the request's own
@@ -48,6 +51,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
+from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
@@ -56,6 +60,7 @@ from django.utils.module_loading import import_string
 from prometheus_client import Counter
 
 from cryptopay.api_errors import INVALID_REQUEST, error_response
+from cryptopay.sealing import fernet
 from resilience import clock
 from resilience.models import IdempotencyKey
 from resilience.redis_client import fast_fail_client
@@ -124,11 +129,26 @@ def automatic_key(*, owner: str, method: str, path: str, body: bytes) -> str:
     return "auto-" + fingerprint(method=method, path=f"{owner} {path}", body=body)
 
 
+def _sealer() -> Fernet:
+    material = settings.IDEMPOTENCY_SEALING_KEY or settings.SECRET_KEY
+    return fernet(purpose=b"cryptopay idempotent responses", material=material)
+
+
 @dataclass(frozen=True)
 class StoredResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+    sealed: bool = False  # body is a Fernet token: the answer carries a secret
+
+    def seal(self) -> StoredResponse:
+        return StoredResponse(self.status, self.headers, _sealer().encrypt(self.body), True)
+
+    def opened(self) -> StoredResponse:
+        """The answer to replay; raises ``InvalidToken`` when the sealing key has changed."""
+        if not self.sealed:
+            return self
+        return StoredResponse(self.status, self.headers, _sealer().decrypt(self.body))
 
     def to_http(self) -> HttpResponse:
         response = HttpResponse(self.body, status=self.status)
@@ -203,6 +223,7 @@ class IdempotencyGate:
         request_fingerprint: str,
         execute: Callable[[], HttpResponse],
         should_store: Callable[[int], bool] = default_should_store,
+        response_has_secret: bool = False,
     ) -> HttpResponse:
         cached = self._replay_from_cache(owner, key, request_fingerprint)
         if cached is not None:
@@ -219,7 +240,7 @@ class IdempotencyGate:
             return self._run_in_transaction(
                 owner=owner, key=key, automatic=automatic, method=method, path=path,
                 request_fingerprint=request_fingerprint, execute=execute,
-                should_store=should_store,
+                should_store=should_store, response_has_secret=response_has_secret,
             )  # fmt: skip
         finally:
             if lock:
@@ -232,9 +253,13 @@ class IdempotencyGate:
         cached_fingerprint, stored = cached
         if cached_fingerprint != fp:
             return self._mismatch(owner, key)
+        try:
+            opened = stored.opened()
+        except InvalidToken:
+            return None  # sealed under another key: the database answers
         # The fast path stays free of database writes: counted in Prometheus only.
         OUTCOMES.labels("replayed").inc()
-        return stored.to_http()
+        return opened.to_http()
 
     # --- database: the arbiter ------------------------------------------------------------------
 
@@ -249,6 +274,7 @@ class IdempotencyGate:
         request_fingerprint: str,
         execute: Callable[[], HttpResponse],
         should_store: Callable[[int], bool],
+        response_has_secret: bool,
     ) -> HttpResponse:
         """Claim the key, run the request and complete the key in ONE transaction.
 
@@ -265,8 +291,12 @@ class IdempotencyGate:
                 request_fingerprint=request_fingerprint,
             )  # fmt: skip
             if isinstance(outcome, _Replay):
+                try:
+                    opened = outcome.stored.opened()
+                except InvalidToken:
+                    return self._unreadable()
                 OUTCOMES.labels("replayed").inc()
-                return outcome.stored.to_http()
+                return opened.to_http()
             if isinstance(outcome, _Mismatch):
                 return self._mismatch(owner, key)
             if isinstance(outcome, _InProgress):
@@ -283,6 +313,8 @@ class IdempotencyGate:
                 OUTCOMES.labels("released").inc()
                 return response
             stored = StoredResponse.of(response)
+            if response_has_secret:
+                stored = stored.seal()
             # Both stores count the window from this one moment, so Redis can neither replay an
             # answer the database has expired nor forget one it still holds.
             completed_at = clock.now()
@@ -292,6 +324,7 @@ class IdempotencyGate:
                 response_status=stored.status,
                 response_headers=stored.headers,
                 response_body=stored.body,
+                response_sealed=stored.sealed,
                 completed_at=completed_at,
                 expires_at=expires_at,
                 locked_at=None,
@@ -361,6 +394,7 @@ class IdempotencyGate:
                 "response_status": None,
                 "response_headers": {},
                 "response_body": None,
+                "response_sealed": False,
                 "created_at": now,
                 "completed_at": None,
                 "expires_at": now + self.expiry,
@@ -403,6 +437,7 @@ class IdempotencyGate:
                     status=row.response_status or 500,
                     headers=row.response_headers,
                     body=bytes(row.response_body or b""),
+                    sealed=row.response_sealed,
                 )
                 self._cache_put(owner, key, row.fingerprint, stored, row.expires_at)
                 return _Replay(stored)
@@ -444,6 +479,19 @@ class IdempotencyGate:
             ),
             param=HEADER,
         )
+
+    def _unreadable(self) -> HttpResponse:
+        response = error_response(
+            status_code=409,
+            error_type=INVALID_REQUEST,
+            code="idempotency_response_unavailable",
+            message=(
+                "This request was executed, but its answer carried a secret that can no longer "
+                "be decrypted (the sealing key changed). Fetch the object instead."
+            ),
+            param=HEADER,
+        )
+        return response
 
     def _in_use(self) -> HttpResponse:
         response = error_response(
@@ -498,6 +546,7 @@ class IdempotencyGate:
                 status=int(data["status"]),
                 headers=dict(data["headers"]),
                 body=base64.b64decode(data["body"]),
+                sealed=bool(data.get("sealed", False)),
             )
         except (ValueError, KeyError, TypeError):
             return None  # undecodable: the database has the truth
@@ -516,6 +565,7 @@ class IdempotencyGate:
                 "status": stored.status,
                 "headers": stored.headers,
                 "body": base64.b64encode(stored.body).decode(),
+                "sealed": stored.sealed,
             }
         )
         try:
@@ -586,6 +636,7 @@ def _gate_request(
     required: bool,
     execute: Callable[[], HttpResponse],
     should_store: Callable[[int], bool],
+    response_has_secret: bool = False,
 ) -> HttpResponse:
     """Key the request (header or automatic), mark it handled, and run it through the gate."""
     key = _key_for(request, owner=owner, data=data, body=body, required=required)
@@ -599,16 +650,20 @@ def _gate_request(
     method = request.method or ""
     return default_gate().run(
         owner=owner, key=key_value, automatic=automatic, method=method, path=request.path,
-        execute=execute, should_store=should_store,
+        execute=execute, should_store=should_store, response_has_secret=response_has_secret,
         request_fingerprint=fingerprint(method=method, path=request.path, body=body),
     )  # fmt: skip
 
 
 def idempotent(
-    *, required: bool = False, should_store: Callable[[int], bool] = default_should_store
+    *,
+    required: bool = False,
+    should_store: Callable[[int], bool] = default_should_store,
+    response_has_secret: bool = False,
 ) -> Callable:
     """Make a DRF view method idempotent. The caller's ``request.user.idempotency_scope`` is the
-    owner that keys are scoped by; authentication has run before the method is called."""
+    owner that keys are scoped by; authentication has run before the method is called.
+    ``response_has_secret``: the answer carries a secret, so it is stored sealed."""
 
     def decorate(handler: Callable) -> Callable:
         @functools.wraps(handler)
@@ -630,7 +685,7 @@ def idempotent(
 
             return _gate_request(
                 request, owner=owner, data=data, body=body, required=required, execute=execute,
-                should_store=should_store,
+                should_store=should_store, response_has_secret=response_has_secret,
             )  # fmt: skip
 
         return wrapper

@@ -12,8 +12,10 @@ import threading
 
 import httpx
 import pytest
+from django.test import Client
 
 from payments.models import Payment
+from resilience import idempotency
 from resilience.models import IdempotencyKey
 from tests.conftest import ALL_SCOPES
 from tests.factories import ApiKeyFactory, MerchantFactory
@@ -144,3 +146,47 @@ def test_given_a_webhook_endpoint_deleted_when_it_is_created_again_without_a_key
     assert again.json()["secret"] != created.json()["secret"]
     assert [e["id"] for e in listed["data"]] == [again.json()["id"]]
     assert json.loads(again.content)["url"] == body["url"]
+
+
+def test_given_a_keyed_webhook_endpoint_creation_and_rotation_when_retried_on_another_process_then_the_replay_carries_the_secret_that_is_never_stored_in_the_clear(
+    tmp_path, django_user_model
+):
+    merchant, secret = merchant_secret()
+    auth = {"Authorization": f"Bearer {secret}"}
+    body = {"url": "http://127.0.0.1:9/hook", "event_types": ["payment.created"]}
+
+    with asgi_server(tmp_path, env=SERVER_ENV) as a, asgi_server(tmp_path, env=SERVER_ENV) as b:
+        on_a = httpx.Client(base_url=a.base_url, timeout=30, headers=auth)
+        on_b = httpx.Client(base_url=b.base_url, timeout=30, headers=auth)
+        with on_a, on_b:
+            created = on_a.post(
+                "/api/v1/webhook-endpoints", json=body, headers={"Idempotency-Key": "ep-1"}
+            )
+            created_again = on_b.post(
+                "/api/v1/webhook-endpoints", json=body, headers={"Idempotency-Key": "ep-1"}
+            )
+            rotate = f"/api/v1/webhook-endpoints/{created.json()['id']}/rotate-secret"
+            rotated = on_a.post(rotate, headers={"Idempotency-Key": "rot-1"})
+            rotated_again = on_b.post(rotate, headers={"Idempotency-Key": "rot-1"})
+
+    assert (created.status_code, rotated.status_code) == (201, 200)
+    assert created_again.headers.get("Idempotent-Replayed") == "true"
+    assert rotated_again.headers.get("Idempotent-Replayed") == "true"
+    assert created_again.content == created.content
+    assert rotated_again.content == rotated.content
+    secrets = [created.json()["secret"], rotated.json()["secret"]]
+    assert secrets[0] != secrets[1]
+
+    gate = idempotency.default_gate()
+    admin = Client()
+    admin.force_login(django_user_model.objects.create_superuser("ops", "ops@example.com", None))
+    for key, shown in zip(["ep-1", "rot-1"], secrets, strict=True):
+        row = IdempotencyKey.objects.get(owner=merchant.public_id, key=key)
+        cached = gate._redis.get(gate._redis_key("response", merchant.public_id, key))
+        page = admin.get(f"/admin/resilience/idempotencykey/{row.pk}/change/")
+        assert row.response_sealed
+        assert shown.encode() not in bytes(row.response_body)
+        assert cached is not None and shown.encode() not in cached
+        assert page.status_code == 200
+        assert shown not in page.content.decode()
+        assert "sealed" in page.content.decode()
