@@ -14,10 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 from django.core.cache import cache
+from django.db import connection
 from django_redis import get_redis_connection
 
-from payments.models import Payment
+from notifications.models import Event
+from payments.models import ExchangeRateEvent, Payment
+from resilience import idempotency
 from resilience.breaker import breakers
+from resilience.models import IdempotencyKey
 from tests.factories import ApiKeyFactory, MerchantFactory
 from tests.servers import asgi_server, server_environment
 
@@ -199,3 +203,87 @@ def test_given_every_provider_fails_when_a_payment_is_created_then_the_503_says_
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "rate_unavailable"
     assert refused.headers["Retry-After"] == "7"
+
+
+@pytest.fixture
+def payment_inserts_fail():
+    """PostgreSQL refuses every payment insert: the request fails after it was priced."""
+    table = Payment._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE OR REPLACE FUNCTION test_refuse_payment() RETURNS trigger AS $$ "
+            "BEGIN RAISE EXCEPTION 'payment insert refused by the test'; END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER test_refuse_payment BEFORE INSERT ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse_payment()"
+        )
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TRIGGER IF EXISTS test_refuse_payment ON {table}")
+        cursor.execute("DROP FUNCTION IF EXISTS test_refuse_payment()")
+
+
+def test_given_a_payment_request_fails_after_pricing_then_the_rate_change_and_its_event_are_still_recorded(
+    tmp_path, cold_rates, payment_inserts_fail
+):
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+
+    with asgi_server(tmp_path, env=rate_env(cold_rates)) as server:
+        failed = httpx.post(
+            f"{server.base_url}/api/v1/payments",
+            json=SOFA,
+            headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": "k-1"},
+            timeout=60,
+        )
+
+    assert failed.status_code == 500, failed.text
+    assert not Payment.objects.exists()
+    assert not IdempotencyKey.objects.filter(owner=merchant.public_id).exists()  # rolled back
+    recorded = ExchangeRateEvent.objects.get(pair="BTC-USD")
+    assert recorded.previous_rate is None
+    assert Event.objects.filter(type=ExchangeRateEvent.type, subject="BTC-USD").count() == 1
+
+
+def test_given_a_slow_provider_while_a_keyed_payment_is_priced_then_no_transaction_or_key_lock_is_held(
+    tmp_path, cold_rates
+):
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    for name in PROVIDERS:
+        cold_rates.set_fault(name, "hold")
+    answer: list[httpx.Response] = []
+    gate = idempotency.default_gate()
+
+    with asgi_server(tmp_path, env=rate_env(cold_rates)) as server:
+        sender = threading.Thread(
+            target=lambda: answer.append(
+                httpx.post(
+                    f"{server.base_url}/api/v1/payments",
+                    json=SOFA,
+                    headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": "k-2"},
+                    timeout=60,
+                )
+            )
+        )
+        sender.start()
+        try:
+            wait_until(lambda: cold_rates.requests("kraken") >= 1)  # the fetch is under way
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%%'"
+                )
+                open_transactions = cursor.fetchone()[0]
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+                advisory_locks = cursor.fetchone()[0]
+            key_rows = IdempotencyKey.objects.filter(owner=merchant.public_id).count()
+            redis_lock = gate._redis.exists(gate._redis_key("lock", merchant.public_id, "k-2"))
+        finally:
+            let_the_exchanges_answer(cold_rates)
+            sender.join(timeout=60)
+
+    assert (open_transactions, advisory_locks, key_rows, redis_lock) == (0, 0, 0, 0)
+    assert answer[0].status_code == 201, answer[0].text
+    assert IdempotencyKey.objects.get(owner=merchant.public_id, key="k-2").status == "completed"
