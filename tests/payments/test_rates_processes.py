@@ -74,6 +74,17 @@ def refresh_lock_held(pair: str) -> bool:
     return bool(get_redis_connection().exists(cache.make_key(f"rates:{pair}:refreshing")))
 
 
+def hold_the_exchanges(fake) -> None:  # type: ignore[no-untyped-def]
+    for name in PROVIDERS:
+        fake.set_fault(name, "hold")
+
+
+def merchant_secret() -> tuple[object, str]:
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    return merchant, secret
+
+
 def let_the_exchanges_answer(fake) -> None:  # type: ignore[no-untyped-def]
     for name in PROVIDERS:
         fake.set_fault(name, None)
@@ -83,10 +94,8 @@ def let_the_exchanges_answer(fake) -> None:  # type: ignore[no-untyped-def]
 def test_given_a_cold_cache_when_20_first_payments_race_on_two_processes_then_all_are_priced_by_one_refresh(
     tmp_path, cold_rates
 ):
-    merchant = MerchantFactory()
-    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
-    for name in PROVIDERS:
-        cold_rates.set_fault(name, "hold")
+    merchant, secret = merchant_secret()
+    hold_the_exchanges(cold_rates)
     answers: list[httpx.Response | BaseException | None] = [None] * 20
 
     with (
@@ -153,8 +162,7 @@ def ask(process: subprocess.Popen) -> None:
 def test_given_the_refreshing_process_is_killed_then_a_waiting_process_refreshes_within_a_lease(
     cold_rates,
 ):
-    for name in PROVIDERS:
-        cold_rates.set_fault(name, "hold")
+    hold_the_exchanges(cold_rates)
     env = rate_env(cold_rates)
     leader, follower = spawn_rate_client(env), spawn_rate_client(env)
     try:
@@ -227,8 +235,7 @@ def payment_inserts_fail():
 def test_given_a_payment_request_fails_after_pricing_then_the_rate_change_and_its_event_are_still_recorded(
     tmp_path, cold_rates, payment_inserts_fail
 ):
-    merchant = MerchantFactory()
-    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    merchant, secret = merchant_secret()
 
     with asgi_server(tmp_path, env=rate_env(cold_rates)) as server:
         failed = httpx.post(
@@ -249,10 +256,8 @@ def test_given_a_payment_request_fails_after_pricing_then_the_rate_change_and_it
 def test_given_a_slow_provider_while_a_keyed_payment_is_priced_then_no_transaction_or_key_lock_is_held(
     tmp_path, cold_rates
 ):
-    merchant = MerchantFactory()
-    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
-    for name in PROVIDERS:
-        cold_rates.set_fault(name, "hold")
+    merchant, secret = merchant_secret()
+    hold_the_exchanges(cold_rates)
     answer: list[httpx.Response] = []
     gate = idempotency.default_gate()
 
