@@ -8,7 +8,7 @@ keys under a per-run prefix that are deleted at the end. One process, in-process
 the whole Django stack (middleware, DRF authentication, parsing, serialization) with DRF's
 APIClient; the only difference between the first two variants is the ``@idempotent()`` decorator:
 
-  without        a view whose ``post`` is ``PaymentListCreateView.post.__wrapped__``
+  without        a view whose ``_create`` is ``PaymentListCreateView._create.__wrapped__``
   with           the real view, a fresh Idempotency-Key per request (it executes: the price a
                  merchant pays on every create)
   replay-redis   the same key and body again: answered from the Redis response cache
@@ -49,11 +49,12 @@ def install_urlconf() -> None:
 
     from payments.api.views import PaymentListCreateView
 
-    undecorated = PaymentListCreateView.post.__wrapped__
-    assert undecorated is not PaymentListCreateView.post
+    # ``post`` prices the payment, then calls the gated ``_create``: only that is undecorated.
+    undecorated = PaymentListCreateView._create.__wrapped__
+    assert undecorated is not PaymentListCreateView._create
 
     class PaymentCreateWithoutIdempotency(PaymentListCreateView):
-        post = undecorated
+        _create = undecorated
 
     module = types.ModuleType(URLCONF)
     module.urlpatterns = [

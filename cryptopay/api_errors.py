@@ -39,6 +39,8 @@ class ApiError(Exception):
     status_code: int = status.HTTP_400_BAD_REQUEST
     error_type: str = INVALID_REQUEST
     code: str = "invalid_request"
+    # Seconds for the Retry-After header; every 503 carries one (1 s unless the error knows better).
+    retry_after: int | None = None
 
     def __init__(
         self,
@@ -144,11 +146,15 @@ def _flatten_validation(detail: Any, prefix: str = "") -> list[tuple[str | None,
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, ApiError):
+        retry_after = exc.retry_after
+        if retry_after is None and exc.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+            retry_after = 1
         return Response(
             error_body(
                 error_type=exc.error_type, code=exc.code, message=exc.message, param=exc.param
             ),
             status=exc.status_code,
+            headers={} if retry_after is None else {"Retry-After": str(retry_after)},
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
@@ -272,7 +278,9 @@ class ApiErrorMiddleware:
             return too_large
         response = self.get_response(request)
         if response.status_code >= 400 and not _is_json(response):
-            return self._reshape(response)
+            response = self._reshape(response)
+        if response.status_code == 503 and not response.has_header("Retry-After"):
+            response["Retry-After"] = "1"  # a 503 the code did not time: retry soon
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

@@ -585,6 +585,9 @@ RATE_RETRY_WAIT_MAX = env_seconds("CRYPTOPAY_RATE_RETRY_WAIT_MAX_SECONDS", 2)
 RATES_ALLOW_STATIC_FALLBACK = env_bool("CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK", EMBEDDED)
 # Oldest quote a payment may be priced from (default: the emergency cache's bound).
 RATES_MAX_QUOTE_AGE = env_seconds("CRYPTOPAY_RATES_MAX_QUOTE_AGE_SECONDS", 2 * 3600)
+# Retry-After of a 503 rate_unavailable: about when the next refresh (periodic or a retried
+# provider) may have a rate again, without a client hammering a gateway that has none.
+RATES_RETRY_AFTER = env_seconds("CRYPTOPAY_RATES_RETRY_AFTER_SECONDS", 10)
 # How long after its last payment a pair still counts as in use for the periodic refresh.
 RATES_IN_USE_WINDOW = env_seconds("CRYPTOPAY_RATES_IN_USE_SECONDS", 3600)
 
@@ -594,15 +597,23 @@ RATES_IN_USE_WINDOW = env_seconds("CRYPTOPAY_RATES_IN_USE_SECONDS", 3600)
 RATE_CACHE_TTL = env_seconds("CRYPTOPAY_RATE_CACHE_SECONDS", 5 * 60)
 # Stale rates may still be served this long when every provider is down.
 RATE_EMERGENCY_CACHE_MAX_AGE = env_seconds("CRYPTOPAY_RATE_EMERGENCY_MAX_AGE_SECONDS", 2 * 3600)
+# The single-flight refresh lease, renewed every third of it while the refresh runs: a process
+# killed mid-refresh blocks other refreshers for this long, not for the provider budget.
+RATE_REFRESH_LEASE = env_seconds("CRYPTOPAY_RATE_REFRESH_LEASE_SECONDS", 3)
 # Retries of a failing outside call before giving up on it.
 OUTSIDE_CALL_MAX_RETRIES = env_int("CRYPTOPAY_MAX_RETRIES", 3)
-# How long a stored idempotent response is replayed.
-IDEMPOTENCY_EXPIRY = env_seconds("CRYPTOPAY_IDEMPOTENCY_EXPIRY_SECONDS", 3600)
+# How long a stored idempotent response is replayed, from its completion: Stripe's 24 hours.
+IDEMPOTENCY_EXPIRY = env_seconds("CRYPTOPAY_IDEMPOTENCY_EXPIRY_SECONDS", 24 * 3600)
+# Without an Idempotency-Key, only a body naming its business object by this field gets a key
+# derived from the body; identical bodies without it are different customers. Empty: never.
+IDEMPOTENCY_AUTOMATIC_KEY_FIELD = env_str("CRYPTOPAY_IDEMPOTENCY_AUTOMATIC_KEY_FIELD", "order_id")
 # Wait before re-checking a key whose first request is still executing.
 IDEMPOTENCY_CONFLICT_RETRY_DELAY = env_seconds("CRYPTOPAY_IDEMPOTENCY_CONFLICT_RETRY_SECONDS", 0.1)
 # A claimed key whose request has not finished after this long is taken over (its process died).
 IDEMPOTENCY_LEASE = env_seconds("CRYPTOPAY_IDEMPOTENCY_LEASE_SECONDS", 90)
 IDEMPOTENCY_REDIS_PREFIX = env_str("CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX", "cryptopay:idempotency")
+# Key material for stored answers that carry a secret (sealed at rest); empty = SECRET_KEY.
+IDEMPOTENCY_SEALING_KEY = env_str("CRYPTOPAY_IDEMPOTENCY_SEALING_KEY")
 # Extra paths (regexes) the middleware makes idempotent; the API's write views carry the decorator.
 IDEMPOTENCY_MIDDLEWARE_PATHS = env_list("CRYPTOPAY_IDEMPOTENCY_PATHS", "")
 # Who a request belongs to, for the middleware (keys are scoped by it).

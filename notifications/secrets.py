@@ -17,12 +17,12 @@ passphrase, a ``Fernet.generate_key()`` output and SECRET_KEY all work the same 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import secrets
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+
+from cryptopay.sealing import fernet
 
 PREFIX = "whsec_"
 
@@ -37,8 +37,7 @@ def new_secret() -> str:
 
 
 def _key(material: str) -> Fernet:
-    digest = hashlib.sha256(b"cryptopay webhook secrets\0" + material.encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(digest))
+    return fernet(purpose=b"cryptopay webhook secrets", material=material)
 
 
 def key_materials() -> list[str]:

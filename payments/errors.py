@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+from django.conf import settings
 from rest_framework import status
 
 from cryptopay.api_errors import API, ApiError
@@ -22,6 +25,10 @@ class RateUnavailable(ApiError):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     error_type = API
     code = "rate_unavailable"
+
+    @property
+    def retry_after(self) -> int:  # type: ignore[override]
+        return max(1, math.ceil(settings.RATES_RETRY_AFTER.total_seconds()))
 
 
 class AddressUnavailable(ApiError):

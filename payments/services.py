@@ -36,7 +36,7 @@ from payments.models import (
     random_token,
 )
 from payments.money import fiat_to_base_units, format_base_units, format_fiat
-from payments.rates import rate_quote_for_payment
+from payments.rates import Quote, rate_quote, rate_quote_admissible, rate_quote_for_payment
 from payments.states import PaymentStatus, PaymentSubStatus
 from resilience import clock
 
@@ -160,6 +160,13 @@ def _event_append(
     return event
 
 
+def payment_price(*, crypto_currency: str, fiat_currency: str) -> Quote:
+    """The quote a new payment would be priced from, fetched now: before the caller opens a
+    transaction or holds an idempotency key, so a slow provider holds neither and the rate's
+    change record outlives a request that fails later. The policy is applied at creation."""
+    return rate_quote(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
+
+
 def payment_create(
     *,
     merchant: Merchant,
@@ -169,8 +176,14 @@ def payment_create(
     order_id: str | None = None,
     description: str = "",
     metadata: dict[str, Any] | None = None,
+    quote: Quote | None = None,
 ) -> Payment:
-    quote = rate_quote_for_payment(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
+    """``quote``: fetched beforehand (``payment_price``) by a caller about to open a transaction
+    or hold an idempotency key; without it the rate is fetched here."""
+    if quote is None:
+        quote = rate_quote_for_payment(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
+    else:
+        quote = rate_quote_admissible(quote=quote)
     crypto_amount = fiat_to_base_units(
         fiat_amount=fiat_amount, rate=quote.value, currency=crypto(crypto_currency)
     )

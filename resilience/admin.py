@@ -23,6 +23,8 @@ class IdempotencyKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="Response body")
     def response_text(self, obj: IdempotencyKey) -> str:
+        if obj.response_sealed:
+            return "(sealed: the answer carries a secret and is never shown)"
         return bytes(obj.response_body or b"").decode("utf-8", errors="replace")
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]

@@ -13,9 +13,13 @@ Beyond that the caller decides (payments uses its static fallback rates).
 Why our own: django-redis and cachetools give one level each; none combines stale-if-error
 levels, single-flight refresh across processes and XFetch early refresh (REFERENCE.md §4).
 
-* Single flight: one refresher per key across processes (a Redis lock, ``cache.add`` with a short
-  lease; it only saves work, it never guards correctness) and per process (a thread lock when
-  Redis is down). Callers that lose the race get the previous value.
+* Single flight: one refresher per key across processes (a token-checked Redis lock with a short
+  lease that the refresher renews while it works, so a refresher killed mid-flight holds the key
+  for one short lease, not for its whole budget; it only saves work, it never guards
+  correctness) and per process (a thread lock). Callers that lose the race get the previous
+  value; with no previous value at all (a cold cache) they wait, up to ``wait_timeout``, for the
+  leader's result: a Redis message when it is stored, or the lease lapsing (then one of them
+  leads). Without Redis, threads of one process wait on the thread lock.
 * Early refresh (XFetch, VLDB 2015): a caller refreshes ahead of expiry with a probability that
   rises as expiry nears, so expiry never makes every caller hit the source at once.
 * Sliding expiration: a read re-arms the shared key's lifetime, so a value in use stays
@@ -32,8 +36,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+import redis
 from django.core.cache import caches
 
 logger = logging.getLogger(__name__)
@@ -41,6 +46,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LIVE, CACHE, EMERGENCY = "live", "cache", "emergency"
+
+_AGAIN = object()  # a waiter's turn to try leading the refresh
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,8 @@ class TieredCache(Generic[T]):
         ttl: float,
         emergency_max_age: float,
         cache_alias: str = "default",
-        lock_lease: float = 10.0,
+        lock_lease: float = 3.0,
+        wait_timeout: float = 0.0,
         beta: float = 1.0,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
@@ -117,6 +125,7 @@ class TieredCache(Generic[T]):
         self.namespace = namespace
         self.ttl = ttl
         self.lock_lease = lock_lease
+        self.wait_timeout = wait_timeout
         self.beta = beta
         self._cache_alias = cache_alias
         self._clock = clock
@@ -147,7 +156,9 @@ class TieredCache(Generic[T]):
         ):
             return self._answer(shared, CACHE, now)
 
-        refreshed = self._refresh(key, compute)
+        # A cold key has nothing to serve a caller who loses the refresh race: it waits instead.
+        cold = self.emergency.get(key) is None
+        refreshed = self._refresh(key, compute, wait=cold and not force_refresh)
         if refreshed is not None:
             return self._answer(refreshed, LIVE, self._clock())
         now = self._clock()
@@ -220,37 +231,149 @@ class TieredCache(Generic[T]):
         with self._local_locks_guard:
             return self._local_locks.setdefault(key, threading.Lock())
 
-    def _refresh(self, key: str, compute: Callable[[], T]) -> Entry[T] | None:
+    def _redis(self) -> redis.Redis | None:
+        """The shared cache's own Redis client (django-redis), None for other backends."""
+        client = getattr(caches[self._cache_alias], "client", None)
+        get_client = getattr(client, "get_client", None)
+        return get_client(write=True) if get_client is not None else None
+
+    def _fresh(self, key: str) -> Entry[T] | None:
+        """A result someone else just stored (shared or, from this process, in memory)."""
+        now = self._clock()
+        for entry in (self._read_shared(key, slide=False), self.emergency.get(key)):
+            if entry is not None and now - entry.stored_at <= self.ttl:
+                return entry
+        return None
+
+    def _refresh(self, key: str, compute: Callable[[], T], *, wait: bool) -> Entry[T] | None:
+        deadline = time.monotonic() + (self.wait_timeout if wait else 0.0)
         local = self._local_lock(key)
-        if not local.acquire(blocking=False):
+        # Threads of this process queue here behind the one that leads (or waits for) the refresh.
+        if not local.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return None
         try:
-            lock_key = self._key(f"{key}:refreshing")
-            cache = caches[self._cache_alias]
-            try:
-                if not cache.add(lock_key, "1", self.lock_lease):
-                    return None  # another process is refreshing
-                shared_lock = True
-            except Exception as exc:
-                logger.warning("cache %s: refresh lock unavailable: %s", self.namespace, exc)
-                shared_lock = False
-            try:
-                started = self._clock()
-                try:
-                    value = compute()
-                except Exception as exc:
-                    logger.warning("cache %s: refreshing %s failed: %s", self.namespace, key, exc)
-                    return None
-                finished = self._clock()
-                entry = Entry(value=value, stored_at=finished, compute_seconds=finished - started)
-                self.emergency.put(key, entry)
-                self._write_shared(key, entry)
-                return entry
-            finally:
-                if shared_lock:
-                    try:
-                        cache.delete(lock_key)
-                    except Exception:  # noqa: S110 - the lease expires on its own
-                        pass
+            if wait:
+                entry = self._fresh(key)
+                if entry is not None:
+                    return entry  # another thread of this process just refreshed it
+            return self._refresh_shared(key, compute, deadline=deadline)
         finally:
             local.release()
+
+    def _refresh_shared(
+        self, key: str, compute: Callable[[], T], *, deadline: float
+    ) -> Entry[T] | None:
+        channel = self._key(f"{key}:refreshed")
+        try:
+            client = self._redis()
+        except Exception as exc:
+            logger.warning("cache %s: refresh lock unavailable: %s", self.namespace, exc)
+            client = None
+        if client is None:
+            return self._compute(key, compute, lock=None, client=None, channel=channel)
+        lock_name = caches[self._cache_alias].make_key(self._key(f"{key}:refreshing"))
+        while True:
+            # Not thread-local: the renewal thread must see the token the leader holds.
+            lock = client.lock(lock_name, timeout=self.lock_lease, thread_local=False)
+            try:
+                acquired = lock.acquire(blocking=False)
+            except redis.RedisError as exc:
+                logger.warning("cache %s: refresh lock unavailable: %s", self.namespace, exc)
+                return self._compute(key, compute, lock=None, client=None, channel=channel)
+            if acquired:
+                return self._compute(key, compute, lock=lock, client=client, channel=channel)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None  # another process is refreshing and the caller has a value
+            outcome = self._await_leader(client, key, channel, timeout=remaining)
+            if outcome is not _AGAIN:
+                return outcome  # type: ignore[return-value]
+
+    def _await_leader(
+        self, client: redis.Redis, key: str, channel: str, *, timeout: float
+    ) -> Entry[T] | object | None:
+        """The leader's entry; None when it failed or Redis did; ``_AGAIN`` when a whole lease
+        passed without a word (its process may have died: the caller tries to lead)."""
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(caches[self._cache_alias].make_key(channel))
+            # Subscribed before looking: a result stored in between is seen here, not missed.
+            entry = self._fresh(key)
+            if entry is not None:
+                return entry
+            # One lease at most: a live leader renews it and answers; a dead one lets it lapse.
+            end = time.monotonic() + min(timeout, self.lock_lease)
+            message = None
+            while message is None and (left := end - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=left)  # the subscribe reply is skipped
+        except redis.RedisError as exc:
+            logger.warning("cache %s: waiting for the refresh failed: %s", self.namespace, exc)
+            return None
+        finally:
+            try:
+                pubsub.close()
+            except redis.RedisError:
+                pass
+        entry = self._fresh(key)
+        if entry is not None or message is not None:
+            return entry
+        return _AGAIN
+
+    def _compute(
+        self,
+        key: str,
+        compute: Callable[[], T],
+        *,
+        lock: Any,
+        client: redis.Redis | None,
+        channel: str,
+    ) -> Entry[T] | None:
+        renewing = _LeaseRenewal(lock, self.lock_lease) if lock is not None else None
+        entry: Entry[T] | None = None
+        try:
+            started = self._clock()
+            try:
+                value = compute()
+            except Exception as exc:
+                logger.warning("cache %s: refreshing %s failed: %s", self.namespace, key, exc)
+                return None
+            finished = self._clock()
+            entry = Entry(value=value, stored_at=finished, compute_seconds=finished - started)
+            self.emergency.put(key, entry)
+            self._write_shared(key, entry)
+            return entry
+        finally:
+            if renewing is not None:
+                renewing.stop()
+            if client is not None:
+                try:
+                    client.publish(
+                        caches[self._cache_alias].make_key(channel),
+                        "stored" if entry is not None else "failed",
+                    )
+                    lock.release()
+                except (redis.RedisError, redis.exceptions.LockError):
+                    pass  # the lease expires on its own
+
+
+class _LeaseRenewal:
+    """Renews a Redis lock's lease every third of it while the holder works."""
+
+    def __init__(self, lock: Any, lease: float) -> None:
+        self._lock = lock
+        self._lease = lease
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="lease-renewal")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._lease / 3):
+            try:
+                self._lock.reacquire()
+            except (redis.RedisError, redis.exceptions.LockError) as exc:
+                logger.warning("refresh lease renewal failed: %s", exc)
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=self._lease)

@@ -4,13 +4,19 @@ Semantics follow the IETF draft (draft-ietf-httpapi-idempotency-key-header) and 
 
 * ``Idempotency-Key`` (a structured-field string ``"..."`` or bare, at most 255 printable ASCII
   characters) scoped by owner (the merchant). Without it, a key is derived from SHA-256 over
-  owner, method, path and the canonical body, so an identical retry is still recognised.
+  owner, method, path and the canonical body ONLY when the body names its business object
+  (IDEMPOTENCY_AUTOMATIC_KEY_FIELD, ``order_id``): two customers ordering the same thing send
+  identical bodies, and merging them would hand the second the first's payment. Without a key
+  and without that field, every request executes.
 * The first execution's status, body and selected headers are stored and replayed with
   ``Idempotent-Replayed: true``. Same key, different payload (method, path, body) -> 422
   ``idempotency_key_reused``. Same key while the first is still running -> wait the conflict
   retry delay once, then 409 ``idempotency_key_in_use`` with ``Retry-After``.
 * Requests rejected before execution (400 validation, 404) are not stored; a 5xx rolls its
   transaction back and releases the key so a retry can execute.
+* An answer that carries a secret (``@idempotent(response_has_secret=True)``: a webhook signing
+  secret) is stored sealed (Fernet under IDEMPOTENCY_SEALING_KEY, default SECRET_KEY) in
+  PostgreSQL and Redis alike, and opened only to replay it; the admin shows that it is sealed.
 
 Where correctness lives: PostgreSQL. The ``IdempotencyKey`` row is unique on (owner, key) and is
 inserted, the request executed and the row completed in ONE transaction with the request's own
@@ -37,7 +43,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +51,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
+from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
@@ -54,6 +60,7 @@ from django.utils.module_loading import import_string
 from prometheus_client import Counter
 
 from cryptopay.api_errors import INVALID_REQUEST, error_response
+from cryptopay.sealing import fernet
 from resilience import clock
 from resilience.models import IdempotencyKey
 from resilience.redis_client import fast_fail_client
@@ -122,11 +129,26 @@ def automatic_key(*, owner: str, method: str, path: str, body: bytes) -> str:
     return "auto-" + fingerprint(method=method, path=f"{owner} {path}", body=body)
 
 
+def _sealer() -> Fernet:
+    material = settings.IDEMPOTENCY_SEALING_KEY or settings.SECRET_KEY
+    return fernet(purpose=b"cryptopay idempotent responses", material=material)
+
+
 @dataclass(frozen=True)
 class StoredResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+    sealed: bool = False  # body is a Fernet token: the answer carries a secret
+
+    def seal(self) -> StoredResponse:
+        return StoredResponse(self.status, self.headers, _sealer().encrypt(self.body), True)
+
+    def opened(self) -> StoredResponse:
+        """The answer to replay; raises ``InvalidToken`` when the sealing key has changed."""
+        if not self.sealed:
+            return self
+        return StoredResponse(self.status, self.headers, _sealer().decrypt(self.body))
 
     def to_http(self) -> HttpResponse:
         response = HttpResponse(self.body, status=self.status)
@@ -201,6 +223,7 @@ class IdempotencyGate:
         request_fingerprint: str,
         execute: Callable[[], HttpResponse],
         should_store: Callable[[int], bool] = default_should_store,
+        response_has_secret: bool = False,
     ) -> HttpResponse:
         cached = self._replay_from_cache(owner, key, request_fingerprint)
         if cached is not None:
@@ -217,7 +240,7 @@ class IdempotencyGate:
             return self._run_in_transaction(
                 owner=owner, key=key, automatic=automatic, method=method, path=path,
                 request_fingerprint=request_fingerprint, execute=execute,
-                should_store=should_store,
+                should_store=should_store, response_has_secret=response_has_secret,
             )  # fmt: skip
         finally:
             if lock:
@@ -230,9 +253,13 @@ class IdempotencyGate:
         cached_fingerprint, stored = cached
         if cached_fingerprint != fp:
             return self._mismatch(owner, key)
+        try:
+            opened = stored.opened()
+        except InvalidToken:
+            return None  # sealed under another key: the database answers
         # The fast path stays free of database writes: counted in Prometheus only.
         OUTCOMES.labels("replayed").inc()
-        return stored.to_http()
+        return opened.to_http()
 
     # --- database: the arbiter ------------------------------------------------------------------
 
@@ -247,6 +274,7 @@ class IdempotencyGate:
         request_fingerprint: str,
         execute: Callable[[], HttpResponse],
         should_store: Callable[[int], bool],
+        response_has_secret: bool,
     ) -> HttpResponse:
         """Claim the key, run the request and complete the key in ONE transaction.
 
@@ -263,8 +291,12 @@ class IdempotencyGate:
                 request_fingerprint=request_fingerprint,
             )  # fmt: skip
             if isinstance(outcome, _Replay):
+                try:
+                    opened = outcome.stored.opened()
+                except InvalidToken:
+                    return self._unreadable()
                 OUTCOMES.labels("replayed").inc()
-                return outcome.stored.to_http()
+                return opened.to_http()
             if isinstance(outcome, _Mismatch):
                 return self._mismatch(owner, key)
             if isinstance(outcome, _InProgress):
@@ -281,19 +313,26 @@ class IdempotencyGate:
                 OUTCOMES.labels("released").inc()
                 return response
             stored = StoredResponse.of(response)
+            if response_has_secret:
+                stored = stored.seal()
+            # Both stores count the window from this one moment, so Redis can neither replay an
+            # answer the database has expired nor forget one it still holds.
+            completed_at = clock.now()
+            expires_at = completed_at + self.expiry
             IdempotencyKey.objects.filter(pk=outcome.pk, version=outcome.version).update(
                 status=IdempotencyKey.Status.COMPLETED,
                 response_status=stored.status,
                 response_headers=stored.headers,
                 response_body=stored.body,
-                completed_at=clock.now(),
+                response_sealed=stored.sealed,
+                completed_at=completed_at,
+                expires_at=expires_at,
                 locked_at=None,
                 # Completing bumps the fencing token: a take-over that read the row before can
                 # no longer match it.
                 version=outcome.version + 1,
             )
             OUTCOMES.labels("executed").inc()
-            expires_at = clock.now() + self.expiry
             transaction.on_commit(
                 lambda: self._cache_put(owner, key, request_fingerprint, stored, expires_at)
             )
@@ -355,6 +394,7 @@ class IdempotencyGate:
                 "response_status": None,
                 "response_headers": {},
                 "response_body": None,
+                "response_sealed": False,
                 "created_at": now,
                 "completed_at": None,
                 "expires_at": now + self.expiry,
@@ -397,6 +437,7 @@ class IdempotencyGate:
                     status=row.response_status or 500,
                     headers=row.response_headers,
                     body=bytes(row.response_body or b""),
+                    sealed=row.response_sealed,
                 )
                 self._cache_put(owner, key, row.fingerprint, stored, row.expires_at)
                 return _Replay(stored)
@@ -438,6 +479,19 @@ class IdempotencyGate:
             ),
             param=HEADER,
         )
+
+    def _unreadable(self) -> HttpResponse:
+        response = error_response(
+            status_code=409,
+            error_type=INVALID_REQUEST,
+            code="idempotency_response_unavailable",
+            message=(
+                "This request was executed, but its answer carried a secret that can no longer "
+                "be decrypted (the sealing key changed). Fetch the object instead."
+            ),
+            param=HEADER,
+        )
+        return response
 
     def _in_use(self) -> HttpResponse:
         response = error_response(
@@ -492,6 +546,7 @@ class IdempotencyGate:
                 status=int(data["status"]),
                 headers=dict(data["headers"]),
                 body=base64.b64decode(data["body"]),
+                sealed=bool(data.get("sealed", False)),
             )
         except (ValueError, KeyError, TypeError):
             return None  # undecodable: the database has the truth
@@ -501,8 +556,8 @@ class IdempotencyGate:
     ) -> None:
         if self._redis is None:
             return
-        ttl = math.floor((expires_at - clock.now()).total_seconds())
-        if ttl <= 0:
+        ttl_ms = (expires_at - clock.now()) // timedelta(milliseconds=1)
+        if ttl_ms <= 0:
             return
         payload = json.dumps(
             {
@@ -510,10 +565,11 @@ class IdempotencyGate:
                 "status": stored.status,
                 "headers": stored.headers,
                 "body": base64.b64encode(stored.body).decode(),
+                "sealed": stored.sealed,
             }
         )
         try:
-            self._redis.set(self._redis_key("response", owner, key), payload, ex=ttl)
+            self._redis.set(self._redis_key("response", owner, key), payload, px=ttl_ms)
         except redis.RedisError:
             pass
 
@@ -544,15 +600,24 @@ def _bad_key(message: str, code: str = "invalid_idempotency_key") -> HttpRespons
     )
 
 
+def names_its_object(data: Any) -> bool:
+    """Does the body carry the field that identifies the business object (``order_id``)?"""
+    field = settings.IDEMPOTENCY_AUTOMATIC_KEY_FIELD
+    return bool(field) and isinstance(data, dict) and data.get(field) not in (None, "")
+
+
 def _key_for(
-    request: HttpRequest, *, owner: str, body: bytes, required: bool
-) -> tuple[str, bool] | HttpResponse:
+    request: HttpRequest, *, owner: str, data: Any, body: bytes, required: bool
+) -> tuple[str, bool] | HttpResponse | None:
+    """(key, automatic), an error answer, or None: no key, so the request simply executes."""
     raw = request.headers.get(HEADER)
     if raw is None:
         if required:
             return _bad_key(
                 f"This endpoint requires an {HEADER} header.", "idempotency_key_required"
             )
+        if not names_its_object(data):
+            return None
         return automatic_key(
             owner=owner, method=request.method or "", path=request.path, body=body
         ), True
@@ -566,31 +631,39 @@ def _gate_request(
     request: Any,
     *,
     owner: str,
+    data: Any,
     body: bytes,
     required: bool,
     execute: Callable[[], HttpResponse],
     should_store: Callable[[int], bool],
+    response_has_secret: bool = False,
 ) -> HttpResponse:
     """Key the request (header or automatic), mark it handled, and run it through the gate."""
-    key = _key_for(request, owner=owner, body=body, required=required)
+    key = _key_for(request, owner=owner, data=data, body=body, required=required)
     if isinstance(key, HttpResponse):
         return key
-    key_value, automatic = key
     django_request = getattr(request, "_request", request)  # DRF wraps Django's request
     django_request._idempotency_applied = True
+    if key is None:
+        return execute()
+    key_value, automatic = key
     method = request.method or ""
     return default_gate().run(
         owner=owner, key=key_value, automatic=automatic, method=method, path=request.path,
-        execute=execute, should_store=should_store,
+        execute=execute, should_store=should_store, response_has_secret=response_has_secret,
         request_fingerprint=fingerprint(method=method, path=request.path, body=body),
     )  # fmt: skip
 
 
 def idempotent(
-    *, required: bool = False, should_store: Callable[[int], bool] = default_should_store
+    *,
+    required: bool = False,
+    should_store: Callable[[int], bool] = default_should_store,
+    response_has_secret: bool = False,
 ) -> Callable:
     """Make a DRF view method idempotent. The caller's ``request.user.idempotency_scope`` is the
-    owner that keys are scoped by; authentication has run before the method is called."""
+    owner that keys are scoped by; authentication has run before the method is called.
+    ``response_has_secret``: the answer carries a secret, so it is stored sealed."""
 
     def decorate(handler: Callable) -> Callable:
         @functools.wraps(handler)
@@ -598,7 +671,8 @@ def idempotent(
             owner = getattr(request.user, "idempotency_scope", None)
             if owner is None or getattr(request._request, "_idempotency_applied", False):
                 return handler(view, request, *args, **kwargs)
-            body = canonical_body(request.data)  # a parse error here is DRF's 400, not stored
+            data = request.data  # a parse error here is DRF's 400, not stored
+            body = canonical_body(data)
 
             def execute() -> HttpResponse:
                 try:
@@ -610,8 +684,8 @@ def idempotent(
                 return response
 
             return _gate_request(
-                request, owner=owner, body=body, required=required, execute=execute,
-                should_store=should_store,
+                request, owner=owner, data=data, body=body, required=required, execute=execute,
+                should_store=should_store, response_has_secret=response_has_secret,
             )  # fmt: skip
 
         return wrapper
@@ -643,11 +717,12 @@ class IdempotencyMiddleware:
         if owner is None:
             return self.get_response(request)
         try:
-            body = canonical_body(json.loads(request.body or b"null"))
+            data = json.loads(request.body or b"null")
+            body = canonical_body(data)
         except (ValueError, RecursionError):  # too deep: the view's parser answers 400
-            body = request.body  # not JSON: the raw bytes are the canonical form
+            data, body = None, request.body  # not JSON: the raw bytes are the canonical form
         return _gate_request(
-            request, owner=owner, body=body, required=False,
+            request, owner=owner, data=data, body=body, required=False,
             execute=lambda: self.get_response(request), should_store=default_should_store,
         )  # fmt: skip
 

@@ -26,6 +26,9 @@ class IdempotencyKey(models.Model):
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     response_headers = models.JSONField(default=dict, blank=True)
     response_body = models.BinaryField(null=True, blank=True)
+    response_sealed = models.BooleanField(
+        default=False, help_text="The body is encrypted: the answer carries a secret."
+    )
     replays = models.PositiveIntegerField(default=0)
     conflicts = models.PositiveIntegerField(default=0)
     mismatches = models.PositiveIntegerField(default=0)

@@ -86,7 +86,7 @@ def _url_refused() -> UrlNotAllowed:
     )
 
 
-def idempotent_when_keyed() -> Callable:
+def idempotent_when_keyed(*, response_has_secret: bool = False) -> Callable:
     """``@idempotent()`` for a request that sends an Idempotency-Key; without one, it just runs.
 
     For writes a client may repeat on purpose with the same body: rotating a secret again,
@@ -96,7 +96,7 @@ def idempotent_when_keyed() -> Callable:
     """
 
     def decorate(handler: Callable) -> Callable:
-        gated = idempotent()(handler)
+        gated = idempotent(response_has_secret=response_has_secret)(handler)
 
         @functools.wraps(handler)
         def wrapper(view: Any, request: Request, *args: Any, **kwargs: Any) -> Any:
@@ -150,7 +150,7 @@ class WebhookEndpointListCreateView(APIView):
         "once: events are signed with it (header `Cryptopay-Signature: t=…,v1=…`). A URL "
         "that is not http(s) or resolves to a private address is refused (`url_not_allowed`).",
     )
-    @idempotent()
+    @idempotent(response_has_secret=True)
     def post(self, request: Request) -> Response:
         serializer = WebhookEndpointCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -244,7 +244,7 @@ class WebhookEndpointRotateSecretView(APIView):
         "two `v1` signatures, one per secret, so the receiver can switch without losing "
         "events. Rotating again within those 24 hours ends the oldest secret's overlap.",
     )
-    @idempotent_when_keyed()
+    @idempotent_when_keyed(response_has_secret=True)
     def post(self, request: Request, public_id: str) -> Response:
         refuse_body_parameters(request)
         endpoint = selectors.webhook_endpoint_get(

@@ -21,7 +21,7 @@ from payments.api.serializers import (
 )
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS
 from payments.models import ApiKeyScope
-from payments.rates import rate_quote
+from payments.rates import Quote, rate_quote
 from payments.states import PaymentStatus
 from resilience.idempotency import idempotent
 
@@ -93,14 +93,29 @@ class PaymentListCreateView(APIView):
             **ERRORS,
         },
     )
-    @idempotent()
     def post(self, request: Request) -> Response:
+        # Priced before the idempotency gate: the provider fetch runs outside the request's
+        # transaction and the key's lock (a replay does not use the quote). An invalid body is
+        # not priced; the gate still judges it first (a reused key is a 422, not a 400).
+        merchant = request.user.merchant
+        serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
+        quote = None
+        if serializer.is_valid():
+            quote = services.payment_price(
+                crypto_currency=serializer.validated_data["crypto_currency"],
+                fiat_currency=serializer.validated_data["currency"],
+            )
+        return self._create(request, quote=quote)
+
+    @idempotent()
+    def _create(self, request: Request, *, quote: Quote | None) -> Response:
         merchant = request.user.merchant
         serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         payment = services.payment_create(
             merchant=merchant,
+            quote=quote,
             fiat_amount=data["amount"],
             fiat_currency=data["currency"],
             crypto_currency=data["crypto_currency"],

@@ -18,7 +18,7 @@ from decimal import Decimal
 from functools import cache
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from prometheus_client import Counter
 
 from payments.errors import RateUnavailable
@@ -68,7 +68,9 @@ def rate_cache() -> TieredCache[LiveRate]:
         namespace="rates",
         ttl=settings.RATE_CACHE_TTL.total_seconds(),
         emergency_max_age=settings.RATE_EMERGENCY_CACHE_MAX_AGE.total_seconds(),
-        lock_lease=settings.RATE_PROVIDER_BUDGET.total_seconds() + 2,
+        lock_lease=settings.RATE_REFRESH_LEASE.total_seconds(),
+        # A cold pair's callers wait for the one refresh rather than answer 503 at once.
+        wait_timeout=settings.RATE_PROVIDER_BUDGET.total_seconds(),
         clock=lambda: clock.now().timestamp(),
     )
 
@@ -81,7 +83,11 @@ def _refresh(pair: str) -> LiveRate:
     previous = rate_cache().peek(pair)
     live = rate_fetch_live(pair=pair)
     try:
-        exchange_rate_record(live=live, previous=None if previous is None else previous.value)
+        # Its own transaction: the change happened whatever becomes of the request that asked.
+        # (Callers fetch before opening theirs; inside one this is a savepoint, so a failed
+        # record never poisons the caller's transaction.)
+        with transaction.atomic():
+            exchange_rate_record(live=live, previous=None if previous is None else previous.value)
     except DatabaseError:
         # The quote matters more than its change record; the next change is recorded again.
         logger.exception("could not record the %s rate change", pair)
@@ -124,7 +130,13 @@ def rate_quote(*, crypto_currency: str, fiat_currency: str, force_refresh: bool 
 
 def rate_quote_for_payment(*, crypto_currency: str, fiat_currency: str) -> Quote:
     """A quote a payment may be priced from, under the configured policy."""
-    quote = rate_quote(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
+    return rate_quote_admissible(
+        quote=rate_quote(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
+    )
+
+
+def rate_quote_admissible(*, quote: Quote) -> Quote:
+    """``quote`` if the policy lets a payment be priced from it; ``RateUnavailable`` if not."""
     if quote.source == FALLBACK and not settings.RATES_ALLOW_STATIC_FALLBACK:
         raise RateUnavailable(
             f"No current exchange rate is available for {quote.pair}; try again shortly.",
@@ -148,5 +160,6 @@ __all__ = [
     "RatesUnavailable",
     "rate_cache",
     "rate_quote",
+    "rate_quote_admissible",
     "rate_quote_for_payment",
 ]

@@ -12,7 +12,8 @@ adapters' symbol maps, so a wrong map shows up as the exchange's own "unknown pa
 
 Faults (``set_fault``): None, a numeric HTTP status ("500", "503", "408", "404", "302", ...;
 "429" and "418" carry ``Retry-After``), "timeout" (the handler blocks on an event released by
-``reset``/``stop``), "drop" (close without answering), "trickle" (valid headers, then the body a
+``reset``/``stop``), "hold" (the same wait, then the normal answer: a slow exchange the test
+decides when to let answer), "drop" (close without answering), "trickle" (valid headers, then the body a
 byte at a time), "malformed" (invalid JSON), "zero", "negative", "nan" (every price field "0",
 "-1.5" or "NaN"), "number" (prices as JSON numbers, not strings), "missing" (the price field
 left out), "shape" (a JSON array instead of an object), "api_error" (the exchange's own error
@@ -118,7 +119,7 @@ PRICE_FIELD = {
 }
 FAULT_VALUES = {"zero": "0", "negative": "-1.5", "nan": "NaN"}
 KNOWN_FAULTS = frozenset(
-    {"timeout", "drop", "trickle", "malformed", "number", "missing", "shape", "api_error"}
+    {"timeout", "hold", "drop", "trickle", "malformed", "number", "missing", "shape", "api_error"}
     | set(FAULT_VALUES)
 )
 TRICKLE_INTERVAL = 0.05  # seconds between bytes: below any read timeout, so only a deadline helps
@@ -361,6 +362,9 @@ class FakeExchanges:
         if fault == "drop":
             handler.close_connection = True
             return
+        if fault == "hold":
+            release.wait()
+            fault = None
         if fault is not None and fault.isdigit():
             self._answer_status(handler, provider, int(fault), retry_after)
             return

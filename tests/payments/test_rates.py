@@ -167,6 +167,7 @@ def test_production_policy_refuses_payments_from_fallback_rates_with_a_503(live_
 
     assert created.status_code == 503
     assert created.json()["error"]["code"] == "rate_unavailable"
+    assert created["Retry-After"] == "10"
     assert Payment.objects.count() == 0
     assert shown.status_code == 200
     assert shown.json()["source"] == "fallback"

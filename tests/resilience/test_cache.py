@@ -111,6 +111,41 @@ def test_only_one_caller_refreshes_at_a_time_and_the_others_get_the_previous_val
     assert tiered.get("k", source).value == 99
 
 
+def test_given_a_cold_key_when_20_threads_race_then_all_wait_for_the_one_refresh(clock):
+    tiered = TieredCache(
+        namespace=f"test-cache-{uuid.uuid4().hex}",
+        ttl=300,
+        emergency_max_age=7200,
+        clock=clock,
+        rand=lambda: 1.0,
+        wait_timeout=10,
+    )
+    entered, release = threading.Event(), threading.Event()
+    calls = []
+
+    def slow_source() -> int:
+        calls.append(1)
+        entered.set()
+        release.wait(10)
+        return 7
+
+    answers: list = [None] * 20
+    threads = [
+        threading.Thread(target=lambda i=i: answers.__setitem__(i, tiered.get("k", slow_source)))
+        for i in range(20)
+    ]
+    for thread in threads:
+        thread.start()
+    assert entered.wait(10)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert len(calls) == 1
+    assert None not in answers
+    assert {(a.value, a.age) for a in answers} == {(7, 0)}  # the one refresh's value, for all
+
+
 def test_xfetch_refreshes_early_only_near_expiry(clock):
     draws = iter([0.5, 1e-20])
     tiered = TieredCache(

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import transaction
+from django.http import HttpResponse
 from django.test import Client
 from django.urls import path
 from hypothesis import given
@@ -161,9 +162,9 @@ def test_two_merchants_may_use_the_same_key_independently(db):
     assert not b.has_header("Idempotent-Replayed")
 
 
-def test_an_expired_key_executes_again(api, merchant, frozen_clock):
+def test_an_expired_key_executes_again(api, merchant, frozen_clock, settings):
     post(api, {**BODY, "order_id": "one"})
-    frozen_clock.advance(timedelta(hours=1, seconds=1))
+    frozen_clock.advance(settings.IDEMPOTENCY_EXPIRY + timedelta(seconds=1))
 
     again = post(api, {**BODY, "order_id": "one"})
 
@@ -172,15 +173,29 @@ def test_an_expired_key_executes_again(api, merchant, frozen_clock):
     assert not again.has_header("Idempotent-Replayed")
 
 
-def test_without_a_header_identical_bodies_make_one_payment(api, merchant):
+def test_given_no_key_and_no_order_id_when_identical_bodies_arrive_then_each_executes(
+    api, merchant
+):
     first = post(api, key=None)
     second = post(api, key=None)
-    other = post(api, {**BODY, "amount": "12.00"}, key=None)
+
+    assert first.status_code == second.status_code == 201
+    assert not second.has_header("Idempotent-Replayed")
+    assert first.json()["deposit_address"] != second.json()["deposit_address"]
+    assert Payment.objects.filter(merchant=merchant).count() == 2
+    assert not IdempotencyKey.objects.exists()
+
+
+def test_given_no_key_but_an_order_id_when_the_body_is_retried_then_it_replays(api, merchant):
+    first = post(api, {**BODY, "order_id": "A-1"}, key=None)
+    second = post(api, {**BODY, "order_id": "A-1"}, key=None)
+    other = post(api, {**BODY, "order_id": "A-2"}, key=None)
 
     assert second["Idempotent-Replayed"] == "true"
     assert second.content == first.content
     assert other.status_code == 201 and not other.has_header("Idempotent-Replayed")
     assert Payment.objects.filter(merchant=merchant).count() == 2
+    assert list(IdempotencyKey.objects.values_list("automatic", flat=True)) == [True, True]
 
 
 def test_a_key_still_in_progress_gets_a_409_with_retry_after(api, merchant, frozen_clock):
@@ -340,14 +355,14 @@ def test_cancellation_is_idempotent_too(api, merchant):
 
 
 def test_cleanup_removes_expired_keys_from_both_stores(
-    api, merchant, frozen_clock, django_capture_on_commit_callbacks
+    api, merchant, frozen_clock, django_capture_on_commit_callbacks, settings
 ):
     with django_capture_on_commit_callbacks(execute=True):
         post(api)
     row = IdempotencyKey.objects.get(key="key-1")
     gate = idempotency.default_gate()
     assert gate._cache_get(row.owner, "key-1") is not None
-    frozen_clock.advance(timedelta(hours=2))
+    frozen_clock.advance(settings.IDEMPOTENCY_EXPIRY + timedelta(hours=1))
 
     deleted = idempotency_keys_cleanup()
 
@@ -406,3 +421,25 @@ def test_keys_are_written_in_the_same_transaction_as_the_payment(api, merchant):
 
     assert not IdempotencyKey.objects.filter(key="key-1", status="completed").exists()
     assert Payment.objects.count() == 0
+
+
+def test_given_a_slow_request_when_it_completes_then_the_row_and_the_redis_copy_expire_together(
+    frozen_clock, settings, django_capture_on_commit_callbacks
+):
+    gate = idempotency.default_gate()
+
+    def slow_execute() -> HttpResponse:
+        frozen_clock.advance(timedelta(minutes=10))  # the request took ten minutes
+        return HttpResponse(b"made", status=201)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        gate.run(
+            owner="o", key="slow", automatic=False, method="POST", path="/x",
+            request_fingerprint="fp", execute=slow_execute,
+        )  # fmt: skip
+
+    row = IdempotencyKey.objects.get(owner="o", key="slow")
+    assert row.expires_at == row.completed_at + settings.IDEMPOTENCY_EXPIRY
+    window_ms = settings.IDEMPOTENCY_EXPIRY // timedelta(milliseconds=1)
+    redis_ms = gate._redis.pttl(gate._redis_key("response", "o", "slow"))
+    assert window_ms - 1000 < redis_ms <= window_ms
