@@ -330,7 +330,11 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 
 # --- Security (production mode passes `manage.py check --deploy`) -------------------------------
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Addresses of the reverse proxies whose X-Forwarded-For/-Proto are believed ("*": any);
+# empty: no proxy, headers of that name are the client's own words and are ignored.
+TRUSTED_PROXIES = env_str("CRYPTOPAY_TRUSTED_PROXIES")
+# Without a proxy, a client sending X-Forwarded-Proto: https would pass for a TLS connection.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXIES else None
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
@@ -377,6 +381,19 @@ SPECTACULAR_SETTINGS = {
 # Bodies larger than this under /api/ get 413: a payment request is a few hundred bytes.
 API_MAX_BODY_BYTES = env_int("CRYPTOPAY_API_MAX_BODY_BYTES", 64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+# --- HTTP server (manage.py serve: uvicorn, cryptopay/server.py) --------------------------------
+# Web worker processes; above 1, set PROMETHEUS_MULTIPROC_DIR so /metrics sees every worker.
+# Embedded mode always runs one (in-memory channel layer, in-process schedule).
+SERVER_WORKERS = env_int("CRYPTOPAY_WEB_WORKERS", 1)
+# A client must send a request's line and headers within this (slowloris holds sockets forever).
+SERVER_HEADER_TIMEOUT = env_seconds("CRYPTOPAY_SERVER_HEADER_TIMEOUT_SECONDS", 10)
+# Request line plus headers; larger gets 400 (h11's default, nginx allows 4 x 8 KiB).
+SERVER_MAX_HEADER_BYTES = env_int("CRYPTOPAY_SERVER_MAX_HEADER_BYTES", 16 * 1024)
+# An idle keep-alive connection is closed after this; behind a proxy keep it above the proxy's.
+SERVER_KEEP_ALIVE = env_seconds("CRYPTOPAY_SERVER_KEEP_ALIVE_SECONDS", 5)
+# On shutdown, requests in flight get this long to finish before connections are cut.
+SERVER_GRACEFUL_SHUTDOWN = env_seconds("CRYPTOPAY_SERVER_GRACEFUL_SHUTDOWN_SECONDS", 20)
+
 # Failed API key attempts one client IP may make per window before it gets 429 with Retry-After:
 # a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
 API_AUTH_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", 20)
