@@ -9,95 +9,20 @@ import asyncio
 import json
 import selectors
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import httpx
 import pytest
 import websockets
 
+from tests.attacks import MIB, multipart_flood, probing
 from tests.factories import make_payment
 from tests.servers import Server, asgi_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MIB = 1024 * 1024
 HEADER_TIMEOUT = 2.0  # seconds, for the server under test (production default: 10)
-
-
-def multipart_flood(port: int, path: str, size: int, *, chunked: bool = False) -> str:
-    """POST ``size`` bytes of one multipart field; the server's status line, or how it hung up."""
-    boundary = b"flood"
-    head = b'--flood\r\nContent-Disposition: form-data; name="f"\r\n\r\n'
-    tail = b"\r\n--flood--\r\n"
-    framing = (
-        b"Transfer-Encoding: chunked\r\n"
-        if chunked
-        else b"Content-Length: %d\r\n" % (len(head) + size + len(tail))
-    )
-    block = b"a" * MIB
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        try:
-            sock.sendall(
-                b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n" + framing
-                + b"\r\n"
-            )  # fmt: skip
-            for piece in [head, *([block] * (size // MIB)), tail]:
-                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-            if chunked:
-                sock.sendall(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server stopped reading: its answer (if any) is what counts
-        try:
-            return sock.recv(4096).split(b"\r\n", 1)[0].decode() or "closed"
-        except ConnectionResetError:
-            return "reset"
-
-
-class Prober:
-    """Another client asking /health/live over and over, on its own thread: its latencies."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self.answered = threading.Condition()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.server.base_url, timeout=10) as client:
-            while not self.done.is_set():
-                started = time.perf_counter()
-                try:
-                    status = client.get("/health/live").status_code
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                with self.answered:
-                    self.latencies.append(time.perf_counter() - started)
-                    self.answered.notify_all()
-                if status != 200:
-                    self.failures.append(f"status {status}")
-
-    def wait_for_answers(self, count: int, timeout: float = 30) -> None:
-        with self.answered:
-            assert self.answered.wait_for(lambda: len(self.latencies) >= count, timeout)
-
-
-@contextmanager
-def probing(server: Server) -> Iterator[Prober]:
-    prober = Prober(server)
-    thread = threading.Thread(target=prober.run, daemon=True)
-    thread.start()
-    try:
-        yield prober
-    finally:
-        prober.done.set()
-        thread.join(timeout=15)
-    assert not prober.failures, prober.failures[:5]
 
 
 def error_of(response: httpx.Response) -> dict:
@@ -110,7 +35,7 @@ def test_given_the_server_when_one_300_mib_multipart_post_hits_health_live_then_
 ):
     with asgi_server(tmp_path) as server:
         baseline = server.peak_rss_bytes()
-        with probing(server) as prober:
+        with probing(server.base_url) as prober:
             with_length = multipart_flood(server.port, "/health/live", 300 * MIB)
             chunked = multipart_flood(server.port, "/health/live", 300 * MIB, chunked=True)
             # The API takes bodies: a chunked one is counted as it arrives and cut at the cap.
@@ -141,7 +66,7 @@ def test_given_100_sockets_sending_headers_slowly_when_others_connect_then_they_
             sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             selector.register(sock, selectors.EVENT_READ, number)
         closed_after: dict[int, float] = {}
-        with probing(server) as prober:
+        with probing(server.base_url) as prober:
             # Each slow socket sends one more header line every 0.5 s, never the blank line.
             next_trickle = time.monotonic()
             while len(closed_after) < 100 and time.monotonic() - opened < HEADER_TIMEOUT + 10:
