@@ -136,6 +136,8 @@ MIDDLEWARE = [
     # (also redirects and errors) carries its correlation id.
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "cryptopay.correlation.CorrelationIdMiddleware",
+    # Before anything asks for the host: a wrong Host must not reach Django's debug page.
+    "cryptopay.api_errors.DisallowedHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "cryptopay.api_errors.ApiErrorMiddleware",
@@ -564,6 +566,9 @@ HEALTH_PROBE_TIMEOUT = env_seconds("CRYPTOPAY_HEALTH_PROBE_TIMEOUT_SECONDS", 5)
 DEGRADATION_ERROR_RATIO = env_decimal("CRYPTOPAY_DEGRADATION_ERROR_RATIO", "0.1")
 # Keys one Redis recovery scans for corrupted values; bounds the work on a large Redis.
 RECOVERY_SCAN_LIMIT = env_int("CRYPTOPAY_RECOVERY_SCAN_LIMIT", 10_000)
+# Bearer token monitoring sends for /health, /health/external and the checks' details (versions,
+# error messages); empty: a staff session only. /health/live and /health/ready stay open.
+HEALTH_TOKEN = env_str("CRYPTOPAY_HEALTH_TOKEN")
 # Load balancers probe /health/* over plain HTTP inside the network.
 SECURE_REDIRECT_EXEMPT = [r"^health(/|$)"]
 
