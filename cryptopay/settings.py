@@ -139,6 +139,7 @@ MIDDLEWARE = [
     # Before anything asks for the host: a wrong Host must not reach Django's debug page.
     "cryptopay.api_errors.DisallowedHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "cryptopay.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "cryptopay.api_errors.ApiErrorMiddleware",
     "resilience.idempotency.IdempotencyMiddleware",
@@ -344,6 +345,8 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Django's default, said out loud: full URLs (checkout tokens) never leave for other sites.
+SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # Paths answered over plain HTTP even with SECURE_SSL_REDIRECT on; sections below append theirs.
 SECURE_REDIRECT_EXEMPT: list[str] = []
