@@ -193,7 +193,9 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
             except httpx.HTTPError:
                 return False
 
-        _wait_until(web_up, seconds=60, worker=web, log=logs["web"], what="the web server to answer")
+        _wait_until(
+            web_up, seconds=60, worker=web, log=logs["web"], what="the web server to answer"
+        )
 
         # --- the scenario, over HTTP (HTTPS as a proxy would say: the API redirects plain HTTP)
         api = httpx.Client(
