@@ -9,4 +9,5 @@ RUN SECRET_KEY=collectstatic-only DEBUG=0 python manage.py collectstatic --noinp
 RUN useradd --system --uid 1000 cryptopay && chown -R cryptopay /app
 USER cryptopay
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "cryptopay.asgi:application"]
+# uvicorn with the body, header and timeout limits (cryptopay/server.py); CRYPTOPAY_WEB_WORKERS.
+CMD ["python", "manage.py", "serve", "--host", "0.0.0.0", "--port", "8000"]

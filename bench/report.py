@@ -107,6 +107,13 @@ BENCHES = (
         ("--quick",),
         "payments created/s and p50/p99 over HTTP, with and without the resilience layers",
     ),
+    Bench(
+        "body_flood",
+        (),
+        ("--size-mib", "20"),
+        "one 300 MiB multipart POST to /health/live: peak RSS and other clients' latency, "
+        "daphne vs the gateway (manage.py serve)",
+    ),
 )
 
 # Seed claims with a figure in these benches: (claim, bench, with, without, goal in ms).

@@ -16,7 +16,7 @@ from typing import Any
 
 from django import db
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import DisallowedHost, PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.parsers import JSONParser
@@ -331,6 +331,28 @@ class ApiErrorMiddleware:
         if response.has_header("Allow"):
             reshaped["Allow"] = response["Allow"]
         return reshaped
+
+
+class DisallowedHostMiddleware:
+    """A Host header outside ALLOWED_HOSTS gets 400 in the error shape, on every path. Left to
+    Django, it is a SuspiciousOperation whose answer with DEBUG on (embedded mode) is the debug
+    page: settings, installed apps and the request, to anyone who sends a wrong Host."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            request.get_host()
+        except DisallowedHost:
+            logger.warning("refused a request for a host not in ALLOWED_HOSTS: %s", request.path)
+            return error_response(
+                status_code=400,
+                error_type=INVALID_REQUEST,
+                code="bad_host",
+                message="The Host header names no site served here.",
+            )
+        return self.get_response(request)
 
 
 def _kw(status_code: int) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels (served by daphne)."""
+"""ASGI entry point: HTTP through Django, WebSockets through Channels (served by uvicorn, see
+``manage.py serve``), behind the body limits of ``cryptopay.server.BodyLimitMiddleware``."""
 
 import os
 
@@ -14,6 +15,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from cryptopay.server import BodyLimitMiddleware  # noqa: E402
 from payments.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -33,11 +35,13 @@ def _allowed_origins() -> list[str]:
     return hosts
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": BrowserOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns)), _allowed_origins()
-        ),
-    }
+application = BodyLimitMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": BrowserOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns)), _allowed_origins()
+            ),
+        }
+    )
 )

@@ -16,7 +16,8 @@ Redaction (``RedactSecretsFilter``) rewrites the message, its arguments, extra s
 the formatted traceback before any handler sees them: merchant API keys (``cpk_…`` past the
 12-character prefix the admin shows), webhook
 signing secrets (``whsec_…``), the value of ``Authorization``/``Cookie``/``X-Api-Key`` headers and
-bearer tokens anywhere, and passwords in URLs (``http://user:secret@node``).
+bearer tokens anywhere, passwords in URLs (``http://user:secret@node``) and ``token=`` values of
+query strings (the buyer's checkout token).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bwhsec_[A-Za-z0-9_+/=-]+"), f"whsec_{REDACTED}"),
     # URL userinfo: keep the user, drop the password.
     (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), rf"\g<1>{REDACTED}@"),
+    # A token in a query string: the buyer's checkout token (?token=) rides in every checkout URL,
+    # so in access lines and in the request Django attaches to its 4xx/5xx records.
+    (re.compile(r"(?i)\b([a-z_]*token=)(?!\[REDACTED\])[^&\s\"'#<>]+"), rf"\g<1>{REDACTED}"),
 )
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
@@ -72,7 +76,11 @@ def _redact_value(value: Any) -> Any:
         return redact(value)
     if isinstance(value, dict | list | tuple):
         return json.loads(redact(json.dumps(value, default=str)))
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Any other object is written as its str() (JsonFormatter's default=str): Django's
+    # ``extra={"request": request}`` repr holds the full path, query string included.
+    return redact(str(value))
 
 
 class RedactSecretsFilter(logging.Filter):

@@ -141,7 +141,10 @@ MIDDLEWARE = [
     # (also redirects and errors) carries its correlation id.
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "cryptopay.correlation.CorrelationIdMiddleware",
+    # Before anything asks for the host: a wrong Host must not reach Django's debug page.
+    "cryptopay.api_errors.DisallowedHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "cryptopay.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "cryptopay.api_errors.ApiErrorMiddleware",
     "resilience.idempotency.IdempotencyMiddleware",
@@ -393,7 +396,19 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 
 # --- Security (production mode passes `manage.py check --deploy`) -------------------------------
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For/-Proto are believed: the
+# client address of the server's access log, the API key throttle and the admin login lockout.
+# Empty: no proxy; headers of that name are the client's own words and are ignored.
+TRUSTED_PROXIES = env_list("CRYPTOPAY_TRUSTED_PROXIES", "")
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"CRYPTOPAY_TRUSTED_PROXIES: {_proxy!r} is no IP or CIDR"
+        ) from exc
+# Without a proxy, a client sending X-Forwarded-Proto: https would pass for a TLS connection.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXIES else None
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
@@ -401,6 +416,8 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Django's default, said out loud: full URLs (checkout tokens) never leave for other sites.
+SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # Paths answered over plain HTTP even with SECURE_SSL_REDIRECT on; sections below append theirs.
 SECURE_REDIRECT_EXEMPT: list[str] = []
@@ -445,20 +462,25 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
 API_JSON_MAX_DEPTH = env_int("CRYPTOPAY_API_JSON_MAX_DEPTH", 32)
 # Failed attempts with one key prefix from one client IP per window before that prefix gets 429
 # there: a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
+# --- HTTP server (manage.py serve: uvicorn, cryptopay/server.py) --------------------------------
+# Web worker processes; above 1, set PROMETHEUS_MULTIPROC_DIR so /metrics sees every worker.
+# Embedded mode always runs one (in-memory channel layer, in-process schedule).
+SERVER_WORKERS = env_int("CRYPTOPAY_WEB_WORKERS", 1)
+# A client must send a request's line and headers within this (slowloris holds sockets forever).
+SERVER_HEADER_TIMEOUT = env_seconds("CRYPTOPAY_SERVER_HEADER_TIMEOUT_SECONDS", 10)
+# Request line plus headers; larger gets 400 (h11's default, nginx allows 4 x 8 KiB).
+SERVER_MAX_HEADER_BYTES = env_int("CRYPTOPAY_SERVER_MAX_HEADER_BYTES", 16 * 1024)
+# An idle keep-alive connection is closed after this; behind a proxy keep it above the proxy's.
+SERVER_KEEP_ALIVE = env_seconds("CRYPTOPAY_SERVER_KEEP_ALIVE_SECONDS", 5)
+# On shutdown, requests in flight get this long to finish before connections are cut.
+SERVER_GRACEFUL_SHUTDOWN = env_seconds("CRYPTOPAY_SERVER_GRACEFUL_SHUTDOWN_SECONDS", 20)
+
+# Failed API key attempts one client IP may make per window before it gets 429 with Retry-After:
+# a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
 API_AUTH_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", 20)
 # Failed attempts of any keys from one client IP per window before its failures get 429 instead of
 # 401; valid keys from that IP are still served (behind a NAT or proxy many clients share it).
 API_AUTH_IP_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_IP_FAILURES_PER_WINDOW", 100)
-# Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For names the client, for the
-# API key throttle and admin login lockout; empty = the peer address is the client.
-TRUSTED_PROXIES = env_list("CRYPTOPAY_TRUSTED_PROXIES", "")
-for _proxy in TRUSTED_PROXIES:
-    try:
-        ipaddress.ip_network(_proxy, strict=False)
-    except ValueError as exc:
-        raise ImproperlyConfigured(
-            f"CRYPTOPAY_TRUSTED_PROXIES: {_proxy!r} is no IP or CIDR"
-        ) from exc
 API_AUTH_FAILURE_WINDOW = env_seconds("CRYPTOPAY_AUTH_FAILURE_WINDOW_SECONDS", 60)
 API_AUTH_THROTTLE_REDIS_PREFIX = env_str(
     "CRYPTOPAY_AUTH_THROTTLE_REDIS_PREFIX", "cryptopay:authfail"
@@ -655,6 +677,9 @@ HEALTH_PROBE_TIMEOUT = env_seconds("CRYPTOPAY_HEALTH_PROBE_TIMEOUT_SECONDS", 5)
 DEGRADATION_ERROR_RATIO = env_decimal("CRYPTOPAY_DEGRADATION_ERROR_RATIO", "0.1")
 # Keys one Redis recovery scans for corrupted values; bounds the work on a large Redis.
 RECOVERY_SCAN_LIMIT = env_int("CRYPTOPAY_RECOVERY_SCAN_LIMIT", 10_000)
+# Bearer token monitoring sends for /health, /health/external and the checks' details (versions,
+# error messages); empty: a staff session only. /health/live and /health/ready stay open.
+HEALTH_TOKEN = env_str("CRYPTOPAY_HEALTH_TOKEN")
 # Load balancers probe /health/* over plain HTTP inside the network.
 SECURE_REDIRECT_EXEMPT = [r"^health(/|$)"]
 

@@ -31,9 +31,15 @@ urlpatterns = [
     path("api/v1/", include("notifications.api.urls")),
     path("health", HealthView.as_view(checks=DependencyChecks()), name="health"),
     path(
-        "health/live", HealthView.as_view(checks=[LiveCheck], with_levels=False), name="health-live"
+        "health/live",
+        HealthView.as_view(checks=[LiveCheck], with_levels=False, open_to_all=True),
+        name="health-live",
     ),
-    path("health/ready", HealthView.as_view(checks=DependencyChecks("ready")), name="health-ready"),
+    path(
+        "health/ready",
+        HealthView.as_view(checks=DependencyChecks("ready"), open_to_all=True),
+        name="health-ready",
+    ),
     path(
         "health/external",
         HealthView.as_view(checks=DependencyChecks("external")),

@@ -14,6 +14,11 @@ same probe the monitoring task runs. JSON (``?format=json`` or ``Accept: applica
                              "time_ms": 3, "message": "...", "diagnostics": {...},
                              "level": "healthy", "level_since": ...}, ...}}
 
+Disclosure: ``/health/live`` and ``/health/ready`` answer anyone, with ``{"status": ...}`` only
+(what a load balancer needs); the checks and their diagnostics (versions, connection counts, error
+messages), and ``/health`` and ``/health/external`` at all, need ``Authorization: Bearer
+<CRYPTOPAY_HEALTH_TOKEN>`` or a staff session (401 in the API's error shape otherwise).
+
 An unavailable check makes the answer 503 (django-health-check itself says 500); a degraded one
 (``ServiceWarning``) keeps 200 with ``"status": "degraded"``: a load balancer should keep sending
 traffic to a node that still serves. ``level`` is the last level the monitoring task recorded.
@@ -36,9 +41,11 @@ from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 from health_check.views import HealthCheckView
 
+from cryptopay.api_errors import AUTHENTICATION, error_body
 from resilience import clock
 from resilience.degradation import Dependency, Probe, probe_run, registry, state_read_all
 from resilience.dependencies import uptime_seconds
+from resilience.metrics import bearer_token_matches
 
 
 @dataclasses.dataclass
@@ -106,15 +113,22 @@ class HealthView(HealthCheckView):
 
     # Show each check's last monitored level (one database read; /health/live turns it off).
     with_levels = True
+    # Answered to anyone (status only) rather than refused without credentials: live and ready.
+    open_to_all = False
 
     async def get(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+        detailed = await _may_see_details(request)
+        if not detailed and not self.open_to_all:
+            return _refusal()
         self.started = time.perf_counter()
         self.stored: dict[str, dict[str, Any]] = {}
-        if self.with_levels:
+        if self.with_levels and detailed:
             self.stored = await sync_to_async(_stored_levels, thread_sensitive=True)()
         response = await super().get(request, *args, **kwargs)
         if response.status_code == 500:  # django-health-check: any failed or warning check
             response.status_code = 503 if self._unhealthy() else 200
+        if not detailed:
+            return JsonResponse({"status": self.overall_status()}, status=response.status_code)
         return response
 
     def _unhealthy(self) -> bool:
@@ -159,6 +173,26 @@ class HealthView(HealthCheckView):
             },
             status=503 if unhealthy else 200,
         )
+
+
+async def _may_see_details(request) -> bool:  # type: ignore[no-untyped-def]
+    if bearer_token_matches(request, settings.HEALTH_TOKEN):
+        return True
+    user = await request.auser()
+    return bool(user.is_active and user.is_staff)
+
+
+def _refusal() -> JsonResponse:
+    response = JsonResponse(
+        error_body(
+            error_type=AUTHENTICATION,
+            code="authentication_required",
+            message="Health diagnostics need the health token (Bearer) or a staff session.",
+        ),
+        status=401,
+    )
+    response["WWW-Authenticate"] = 'Bearer realm="health"'
+    return response
 
 
 def _iso(value: datetime.datetime | None) -> str | None:

@@ -157,14 +157,21 @@ def _loopback(address: str) -> bool:
         return False
 
 
+def bearer_token_matches(request: HttpRequest, token: str) -> bool:
+    """``Authorization: Bearer <token>`` with this (non-empty) token, compared in constant time."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return (
+        bool(token)
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(given.strip().encode(), token.encode())
+    )
+
+
 def scrape_refusal(request: HttpRequest) -> HttpResponse | None:
     """Why this request may not read the metrics (a response), or None when it may."""
     token = settings.METRICS_TOKEN
     if token:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
+        if bearer_token_matches(request, token):
             return None
         response = HttpResponse(
             "metrics need a bearer token\n", status=401, content_type="text/plain"

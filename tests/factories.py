@@ -3,6 +3,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import factory
+from django.contrib.auth import get_user_model
+from django.test import Client
 
 from payments import services
 from payments.models import ApiKey, ApiKeyScope, Merchant, Payment
@@ -44,3 +46,11 @@ def make_payment(
         crypto_currency=crypto_currency,
         **fields,
     )
+
+
+def staff_client() -> Client:
+    """A browser with a staff session: what /health and /health/external show their details to."""
+    user, _ = get_user_model().objects.get_or_create(username="staff", defaults={"is_staff": True})
+    client = Client()
+    client.force_login(user)
+    return client

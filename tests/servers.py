@@ -1,5 +1,7 @@
-"""Real ASGI servers (daphne, uvicorn) running the gateway in their own processes, for tests that
-cross process boundaries: WebSocket caps shared through Redis, the browser end-to-end test.
+"""Real ASGI servers running the gateway in their own processes, for tests that cross process
+boundaries: WebSocket caps shared through Redis, the browser end-to-end test, the server's limits.
+``gateway`` is what production runs (``manage.py serve``: uvicorn with cryptopay/server.py);
+``daphne`` and bare ``uvicorn`` are kept for comparisons (bench/body_flood.py).
 
 The server gets this process's environment (Redis prefixes of the test run) pointed at the test
 database, so data the test commits is what the server reads.
@@ -43,6 +45,33 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def peak_rss_bytes(self) -> int:
+        """The high-water mark of resident memory, summed over the server and its workers."""
+        return sum(_proc_status_kib(pid, "VmHWM") for pid in process_tree(self.process.pid)) * 1024
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants, from /proc."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        with suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                queue.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _proc_status_kib(pid: int, field: str) -> int:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # exited meanwhile
+        return 0
+    for line in lines:
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
 
 def served_database_url() -> str:
     db = settings.DATABASES["default"]
@@ -50,6 +79,9 @@ def served_database_url() -> str:
 
 
 def server_command(kind: str, port: int) -> list[str]:
+    if kind == "gateway":
+        return [sys.executable, str(ROOT / "manage.py"), "serve", "--host", "127.0.0.1",
+                "--port", str(port)]  # fmt: skip
     if kind == "daphne":
         return [
             str(BIN / "daphne"),
@@ -100,7 +132,7 @@ def dispatcher(log_dir: Path, *, env: dict[str, str] | None = None) -> Iterator[
 
 @contextmanager
 def asgi_server(
-    log_dir: Path, *, kind: str = "daphne", env: dict[str, str] | None = None
+    log_dir: Path, *, kind: str = "gateway", env: dict[str, str] | None = None
 ) -> Iterator[Server]:
     """Start a server on a free port, wait until it answers HTTP, stop it afterwards."""
     port = free_port()

@@ -24,6 +24,7 @@ BENCHES = {
     "utxo_mempool",
     "notifications",
     "api_throughput",
+    "body_flood",
 }
 OPTIONAL = {"ws_fanout"}  # included when the checkout has it
 TIMEOUT_SECONDS = 240

@@ -16,8 +16,11 @@ JSON = {"HTTP_ACCEPT": "application/json"}
 
 
 @pytest.fixture
-def client() -> Client:
-    return Client()
+def client(settings) -> Client:
+    """Monitoring with the health token: every endpoint with its details (tests/security/
+    test_health_disclosure.py covers what everyone else sees)."""
+    settings.HEALTH_TOKEN = "health-token-of-the-tests"
+    return Client(headers={"Authorization": f"Bearer {settings.HEALTH_TOKEN}"})
 
 
 @pytest.fixture(autouse=True)

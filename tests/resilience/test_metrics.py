@@ -1,5 +1,5 @@
 """/metrics: who may read it, and what it shows after a short scenario run by two real processes
-(a daphne server and a Celery worker) sharing one PROMETHEUS_MULTIPROC_DIR."""
+(the web server of `manage.py serve` and a Celery worker) sharing one PROMETHEUS_MULTIPROC_DIR."""
 
 from __future__ import annotations
 
@@ -142,6 +142,8 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         # One live stream per user: a second connection evicts the first.
         CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER="1",
         CRYPTOPAY_DEV_CHAIN="1",
+        # The test speaks for a TLS-terminating proxy on loopback (X-Forwarded-Proto: https).
+        CRYPTOPAY_TRUSTED_PROXIES="127.0.0.1",
         CRYPTOPAY_RATE_PROVIDERS="kraken",
         CRYPTOPAY_RATE_KRAKEN_URL=fake_exchanges.base_url_for("kraken"),
         CRYPTOPAY_CHAINS=json.dumps(
@@ -179,8 +181,7 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
     with ExitStack() as stack:  # closed in reverse: streams, worker, web
         with logs["web"].open("wb") as out:
             web = subprocess.Popen(
-                [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                 "cryptopay.asgi:application"],
+                [PYTHON, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         stack.callback(_stop_group, web)
@@ -192,7 +193,9 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
             except httpx.HTTPError:
                 return False
 
-        _wait_until(web_up, seconds=60, worker=web, log=logs["web"], what="daphne to answer")
+        _wait_until(
+            web_up, seconds=60, worker=web, log=logs["web"], what="the web server to answer"
+        )
 
         # --- the scenario, over HTTP (HTTPS as a proxy would say: the API redirects plain HTTP)
         api = httpx.Client(

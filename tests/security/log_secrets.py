@@ -1,6 +1,7 @@
 """Secrets in log lines: a handler on the root logger that renders every record exactly as each of
 the application's own handlers would write it (their filters, among them the redaction, and
-their formatter) and keeps the lines that still hold a full API key or a webhook secret.
+their formatter) and keeps the lines that still hold a full API key, a webhook secret or a
+checkout token.
 
 ``tests/conftest.py`` attaches one for the whole test run and fails the run at its end if any
 line held a secret; ``tests/security/test_log_secrets.py`` runs a realistic flow under it.
@@ -11,8 +12,11 @@ from __future__ import annotations
 import logging
 import re
 
-# A whole API key (the 12-character prefix alone names a key and is no secret) or signing secret.
-SECRET = re.compile(r"\bcpk_[A-Za-z0-9]{44}\b|\bwhsec_[A-Za-z0-9_+/=-]{16,}")
+# A whole API key (the 12-character prefix alone names a key and is no secret), a signing secret,
+# or a buyer's checkout token (32 base62 characters) in a query string.
+SECRET = re.compile(
+    r"\bcpk_[A-Za-z0-9]{44}\b|\bwhsec_[A-Za-z0-9_+/=-]{16,}|(?i:token=)[A-Za-z0-9]{32}\b"
+)
 
 
 def app_handlers() -> list[logging.Handler]:

@@ -18,7 +18,7 @@ from payments.models import Payment, PaymentEvent, PaymentTransaction, Unmatched
 from payments.services import payment_snapshot
 from payments.states import PaymentStatus as S
 from payments.states import PaymentSubStatus
-from tests.factories import MerchantFactory, make_payment
+from tests.factories import MerchantFactory, make_payment, staff_client
 from tests.payments.chains.helpers import poll_chain, refresh, statuses
 
 pytestmark = pytest.mark.django_db
@@ -127,7 +127,7 @@ def test_a_token_whose_contract_disagrees_on_decimals_is_not_watched_and_reporte
         f"token USDC at {token.lower()} is configured with 18 decimals but its contract says 6"
     )
     assert [m for m in errors if expected in m] == [errors[0]] and len(errors) == 1, errors
-    response = Client().get("/health/external", **JSON)
+    response = staff_client().get("/health/external", **JSON)
     assert response.status_code == 503
     check = response.json()["checks"]["token:ethereum:USDC"]
     assert check["status"] == "unavailable"
@@ -138,7 +138,7 @@ def test_a_token_whose_contract_agrees_on_decimals_is_healthy(settings, anvil, w
     token = anvil.deploy_erc20(decimals=18, symbol="USDC")
     configure(settings, anvil, tokens={"USDC": (token, 18)})
 
-    check = Client().get("/health/external", **JSON).json()["checks"]["token:ethereum:USDC"]
+    check = staff_client().get("/health/external", **JSON).json()["checks"]["token:ethereum:USDC"]
 
     assert (check["status"], check["diagnostics"]["onchain"]) == ("ok", 18)
 

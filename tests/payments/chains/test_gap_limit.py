@@ -9,7 +9,7 @@ from django.test import Client
 
 from payments.chains.derivation import GAP_LIMIT
 from resilience import degradation
-from tests.factories import make_payment
+from tests.factories import make_payment, staff_client
 from tests.payments.chains.helpers import poll_chain, refresh
 
 pytestmark = pytest.mark.django_db
@@ -32,7 +32,7 @@ def operator(django_user_model) -> Client:
 
 
 def gap_check() -> dict:
-    return Client().get("/health/external", **JSON).json()["checks"]["wallets:gap-limit"]
+    return staff_client().get("/health/external", **JSON).json()["checks"]["wallets:gap-limit"]
 
 
 def test_unpaid_addresses_past_the_gap_limit_degrade_health_and_warn_until_one_is_paid(

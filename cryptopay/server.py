@@ -1,0 +1,243 @@
+"""What the HTTP server adds in front of Django: body limits enforced before anything reads a body,
+and a deadline on request headers (slowloris). ``manage.py serve`` runs uvicorn with both.
+
+Why uvicorn and this module rather than daphne: Twisted (under daphne) reads a whole request body,
+and parses a form body into memory, before the application sees the request and has no cap: one
+300 MiB multipart POST to ``/health/live`` took the process to 3.7 GiB (issue #16). uvicorn hands
+the body over in chunks with back-pressure, so nothing is read that the application does not ask
+for; it has no body cap of its own, hence ``BodyLimitMiddleware``. Its h11 protocol caps the size
+of the request line and headers (``h11_max_incomplete_event_size``) but starts its keep-alive timer
+only after a first response, and stops it at the first byte of the next request: a client that
+trickles a header line every few seconds keeps its socket forever, hence ``HeaderTimeoutH11Protocol``.
+
+``BodyLimitMiddleware`` rules, by path prefix (``BODY_RULES``): ``/api/`` takes JSON up to
+``API_MAX_BODY_BYTES``; ``/admin/`` and the checkout's forms (``/pay/``) take form bodies up to
+``DATA_UPLOAD_MAX_MEMORY_SIZE``; every other route is GET-only and takes no body. A request over
+its rule is answered (413, or 415 for a non-JSON body under ``/api/``) in the API's error shape,
+with ``Connection: close``, before Django reads a byte of it: from ``Content-Length`` up front, or
+by counting the chunks of a chunked body as Django reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from django.conf import settings
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from cryptopay.api_errors import INVALID_REQUEST, error_body
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BodyRule:
+    prefix: str
+    setting: str  # the settings name of the cap (read per request: tests override settings)
+    json_only: bool = False
+
+    @property
+    def max_bytes(self) -> int:
+        return int(getattr(settings, self.setting))
+
+
+BODY_RULES = (
+    BodyRule("/api/", "API_MAX_BODY_BYTES", json_only=True),
+    BodyRule("/admin/", "DATA_UPLOAD_MAX_MEMORY_SIZE"),
+    BodyRule("/pay/", "DATA_UPLOAD_MAX_MEMORY_SIZE"),
+)
+
+
+def body_rule(path: str) -> BodyRule | None:
+    """The rule of ``path``; None: the route takes no body."""
+    return next((rule for rule in BODY_RULES if path.startswith(rule.prefix)), None)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    media_type = (content_type or b"").split(b";", 1)[0].strip().lower()
+    return media_type == b"application/json" or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json")
+    )
+
+
+async def _reject(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps(error_body(error_type=INVALID_REQUEST, code=code, message=message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # The unread body is still on the wire: the connection cannot carry another request.
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: request bodies within their route's rule, or an error before Django reads."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_length = _header(scope, b"content-length")
+        chunked = _header(scope, b"transfer-encoding") is not None
+        try:
+            length = int(raw_length) if raw_length is not None else 0
+        except ValueError:
+            await _reject(send, 400, "bad_request", "Content-Length is not a number.")
+            return
+        if not chunked and length <= 0:
+            await self.app(scope, receive, send)
+            return
+        rule = body_rule(scope["path"])
+        if rule is None:
+            await _reject(send, 413, "payload_too_large", "This URL takes no request body.")
+            return
+        if rule.json_only and not _is_json(_header(scope, b"content-type")):
+            await _reject(
+                send, 415, "unsupported_media_type", "Request bodies must be application/json."
+            )
+            return
+        limit = rule.max_bytes
+        if length > limit:
+            await _reject(send, 413, "payload_too_large", f"Request body exceeds {limit} bytes.")
+            return
+        await self._counted(scope, receive, send, limit)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """A chunked body has no length up front: count it as Django reads it; past the cap, Django
+        is told the client left (it stops reading and answers nothing) and the 413 is ours."""
+        received = 0
+        over = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counting_receive, tracking_send)
+        if over and not started:
+            await _reject(send, 413, "payload_too_large", f"Request body exceeds {limit} bytes.")
+
+
+class HeaderTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request's line and headers, counted from the
+    connection's first byte of that request (or from the connection for the first one): a client
+    that has not sent complete headers by then is disconnected, however slowly it trickles."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = settings.SERVER_HEADER_TIMEOUT.total_seconds()
+        self.max_header_bytes = settings.SERVER_MAX_HEADER_BYTES
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes_fed = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        # Between requests the keep-alive timer runs; the next request's first byte stops it, and
+        # its headers are then on the clock.
+        if self._header_timer is None and self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()
+        # h11 checks its size cap only while the headers are incomplete: headers arriving complete
+        # in one read would pass whatever their size. Fed to it so that the cap plus one byte is
+        # one piece, oversized headers are always incomplete at that point, and refused (400).
+        while data and self.conn.their_state is h11.IDLE:
+            room = self.max_header_bytes + 1 - self._header_bytes_fed
+            if room <= 0:
+                break
+            piece, data = data[:room], data[room:]
+            self._header_bytes_fed += len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                data = b""  # refused, or upgraded to a WebSocket (whose client waits for the 101)
+        if data:
+            super().data_received(data)
+        # Headers complete, or the transport now belongs to a WebSocket: the deadline is met.
+        if self.conn.their_state is not h11.IDLE or self.transport.get_protocol() is not self:
+            self._disarm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_bytes_fed = 0
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            logger.info(
+                "closing a connection from %s: no complete request headers within %s s",
+                self.client[0] if self.client else "?",
+                self.header_timeout,
+            )
+            self.transport.close()
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """uvicorn's settings of the gateway (``manage.py serve``), from Django settings."""
+    trusted = settings.TRUSTED_PROXIES
+    return {
+        "http": "cryptopay.server:HeaderTimeoutH11Protocol",
+        "ws": "websockets",
+        "lifespan": "off",
+        # Django's LOGGING (redaction, JSON lines) applies to uvicorn's loggers too.
+        "log_config": None,
+        "h11_max_incomplete_event_size": settings.SERVER_MAX_HEADER_BYTES,
+        "timeout_keep_alive": int(settings.SERVER_KEEP_ALIVE.total_seconds()),
+        "timeout_graceful_shutdown": int(settings.SERVER_GRACEFUL_SHUTDOWN.total_seconds()),
+        # X-Forwarded-For/-Proto rewrite the client address only when they come from our proxy.
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": ",".join(trusted) or None,
+        "server_header": False,
+    }
