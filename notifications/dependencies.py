@@ -93,7 +93,7 @@ def notification_dependencies() -> list[Dependency]:
         Dependency(
             name="webhooks:secrets",
             kind="webhooks",
-            description="webhook signing secrets readable with the configured keys",
+            description="webhook signing keys decryptable with the configured encryption keys",
             probe=webhook_secrets_probe,
             tags=frozenset({"external"}),
             uses_database=True,

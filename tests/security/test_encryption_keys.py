@@ -23,7 +23,7 @@ from notifications.services import (
     webhook_endpoint_create,
     webhook_endpoint_rotate_secret,
 )
-from tests.factories import make_payment
+from tests.factories import make_payment, staff_client
 from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
@@ -127,7 +127,7 @@ def test_given_a_secret_no_key_decrypts_when_delivering_then_an_operator_is_told
     assert any(endpoint.public_id in line and merchant.public_id in line for line in errors)
     assert not any(secret in line or "whsec_" in line for line in errors)
     # /health/external: webhooks:secrets degraded, naming the endpoint.
-    check = Client().get("/health/external", HTTP_ACCEPT="application/json").json()["checks"]
+    check = staff_client().get("/health/external", HTTP_ACCEPT="application/json").json()["checks"]
     assert check["webhooks:secrets"]["status"] == "degraded"
     assert endpoint.public_id in check["webhooks:secrets"]["message"]
     # The admin flags it on the list and the endpoint's page.
@@ -150,7 +150,7 @@ def test_given_a_lost_key_when_the_webhook_secret_is_rotated_then_the_next_deliv
 
     assert delivery.status == WebhookDelivery.Status.SUCCEEDED  # not after the 24 h overlap
     assert_verifies(receiver, fresh, int(frozen_clock.now().timestamp()))
-    check = Client().get("/health/external", HTTP_ACCEPT="application/json").json()["checks"]
+    check = staff_client().get("/health/external", HTTP_ACCEPT="application/json").json()["checks"]
     assert check["webhooks:secrets"]["status"] == "ok"
 
 
