@@ -289,6 +289,10 @@ YIELD_EVERY = 50
 MAX_PENDING = 20_000
 # Outcomes recorded per transaction.
 RECORD_BATCH = 500
+# How long the recorder gathers outcomes before writing them: under load, a few large
+# transactions instead of one per handful of answers (each costs the same ~4 round trips and
+# competes with dispatching for the database and the GIL); a delivery's status lags this much.
+RECORD_LINGER = 0.1
 
 
 class DeliveryLoop:
@@ -372,9 +376,10 @@ class DeliveryLoop:
             first = self.outcomes.get()
             batch = [] if first is None else [first]
             done = first is None
-            while len(batch) < RECORD_BATCH:
+            until = time.monotonic() + RECORD_LINGER
+            while not done and len(batch) < RECORD_BATCH:
                 try:
-                    more = self.outcomes.get_nowait()
+                    more = self.outcomes.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:
