@@ -277,8 +277,10 @@ def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
         )
         if not events:
             return [], []
-        _positions_write(events)
         claims = services.deliveries_claim_new(events=events)
+        # Late in the transaction: the owners' stream rows stay locked until the commit, and
+        # every dispatcher with events of the same merchant waits for them.
+        _positions_write(events)
         Event.objects.filter(pk__in=[e.pk for e in events]).update(dispatched_at=clock.now())
     return events, claims
 

@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import random
 import socket
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -242,14 +243,79 @@ def deliveries_claim_new(*, events: list[Event]) -> list[Claim]:
     now = clock.now()
     wanted = endpoints_for(events=events)
     by_id = {event.pk: event for event in events}
-    with transaction.atomic():
-        _deliveries_insert(events, wanted, now=now)
-        claimable = WebhookDelivery.objects.filter(
-            event_id__in=by_id, status=WebhookDelivery.Status.PENDING, attempts=0
-        )
-        claims = _claim(claimable, now=now)
+    # No savepoint inside the dispatcher's transaction: two round trips per batch saved.
+    with transaction.atomic(savepoint=False):
+        if transaction.get_connection().vendor == "postgresql":
+            claims = _deliveries_insert_claimed(events, wanted, now=now)
+            inserted = {row[0] for row in claims}
+            if len(inserted) < sum(len(targets) for targets in wanted.values()):
+                # Some existed already (a re-dispatch): claim those the old way.
+                claims += _claim(_unattempted(by_id, now=now).exclude(pk__in=inserted), now=now)
+        else:
+            _deliveries_insert(events, wanted, now=now)
+            claims = _claim(_unattempted(by_id, now=now), now=now)
     endpoints = {endpoint.pk: endpoint for targets in wanted.values() for endpoint in targets}
     return _claims(claims, events=by_id, endpoints=endpoints)
+
+
+def _unattempted(event_ids: Iterable[int], *, now: datetime) -> models.QuerySet:
+    """The events' deliveries never attempted and held by no live claim."""
+    return WebhookDelivery.objects.filter(
+        models.Q(claimed_until__isnull=True) | models.Q(claimed_until__lte=now),
+        event_id__in=event_ids,
+        status=WebhookDelivery.Status.PENDING,
+        attempts=0,
+    )
+
+
+def _deliveries_insert_claimed(
+    events: list[Event], wanted: dict[int, list[WebhookEndpoint]], *, now: datetime
+) -> list[tuple]:
+    """Insert the deliveries already claimed (token 1), in one ``INSERT … ON CONFLICT DO NOTHING
+    RETURNING`` per 1,000 rows instead of an insert, a locking select and an update; a delivery
+    that already exists is left as it is and not returned. Rows as ``_claim`` returns them."""
+    until = now + settings.WEBHOOK_CLAIM
+    rows = [
+        WebhookDelivery(
+            endpoint=endpoint,
+            event=event,
+            next_attempt_at=now,
+            created_at=now,
+            priority=PRIORITY_RANK[event.priority],
+            claim=1,
+            claimed_until=until,
+        )
+        for event in events
+        for endpoint in wanted[event.pk]
+    ]
+    if not rows:
+        return []
+    connection = transaction.get_connection()
+    meta = WebhookDelivery._meta
+    fields = [field for field in meta.concrete_fields if not field.primary_key]
+    table = connection.ops.quote_name(meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    claimed = []
+    for start in range(0, len(rows), 1000):
+        chunk = rows[start : start + 1000]
+        params = [
+            field.get_db_prep_save(field.pre_save(row, add=True), connection)
+            for row in chunk
+            for field in fields
+        ]
+        # Identifiers come from the model's metadata, values are parameters.
+        sql = (
+            f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))} "  # noqa: S608
+            "ON CONFLICT DO NOTHING RETURNING id, claim, endpoint_id, event_id, priority"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            claimed += [
+                (pk, token, endpoint, event, rank, until)
+                for pk, token, endpoint, event, rank in cursor.fetchall()
+            ]
+    return claimed
 
 
 def deliveries_claim_due(*, limit: int) -> list[Claim]:

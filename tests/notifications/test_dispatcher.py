@@ -578,6 +578,25 @@ def test_a_claimed_delivery_is_not_swept_until_its_lease_has_passed(
     assert WebhookDelivery.objects.get().status == "succeeded"
 
 
+@pytest.mark.django_db
+def test_dispatching_an_event_claims_new_deliveries_and_existing_unattempted_ones_once(receiver):
+    webhook_endpoint_create(owner="mer_again", url=receiver.url)
+    (event,) = [event_publish(owner="mer_again", type="payment.created", data={})]
+    (existing,) = deliveries_create(event=event)  # e.g. created before its dispatcher died
+    webhook_endpoint_create(owner="mer_again", url=receiver.url + "?second")
+
+    claims = deliveries_claim_new(events=[event])
+
+    deliveries = {delivery.pk: delivery for delivery in WebhookDelivery.objects.all()}
+    assert len(deliveries) == 2
+    assert sorted((claim.delivery_id, claim.token) for claim in claims) == sorted(
+        (pk, 1) for pk in deliveries
+    )
+    assert all(delivery.claim == 1 and delivery.claimed_until for delivery in deliveries.values())
+    assert existing.pk in deliveries
+    assert deliveries_claim_new(events=[event]) == []  # claimed: nobody claims them again
+
+
 @pytest.mark.django_db(transaction=True)
 def test_given_redis_restarted_mid_delivery_then_every_event_arrives_once(receiver, settings):
     _, secret = webhook_endpoint_create(owner="mer_redis", url=receiver.url)
