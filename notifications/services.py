@@ -212,20 +212,26 @@ def _deliveries_insert(
 ) -> None:
     """Unclaimed deliveries due now; those that exist already stay as they are."""
     WebhookDelivery.objects.bulk_create(
-        [
-            WebhookDelivery(
-                endpoint=endpoint,
-                event=event,
-                next_attempt_at=now,
-                created_at=now,
-                priority=PRIORITY_RANK[event.priority],
-            )
-            for event in events
-            for endpoint in wanted[event.pk]
-        ],
-        ignore_conflicts=True,
-        batch_size=1000,
+        _deliveries_new(events, wanted, now=now), ignore_conflicts=True, batch_size=1000
     )
+
+
+def _deliveries_new(
+    events: list[Event], wanted: dict[int, list[WebhookEndpoint]], *, now: datetime, **claim: Any
+) -> list[WebhookDelivery]:
+    """One delivery (not saved) per event and endpoint that wants it, due now."""
+    return [
+        WebhookDelivery(
+            endpoint=endpoint,
+            event=event,
+            next_attempt_at=now,
+            created_at=now,
+            priority=PRIORITY_RANK[event.priority],
+            **claim,
+        )
+        for event in events
+        for endpoint in wanted[event.pk]
+    ]
 
 
 def deliveries_create(*, event: Event) -> list[WebhookDelivery]:
@@ -275,19 +281,7 @@ def _deliveries_insert_claimed(
     RETURNING`` per 1,000 rows instead of an insert, a locking select and an update; a delivery
     that already exists is left as it is and not returned. Rows as ``_claim`` returns them."""
     until = now + settings.WEBHOOK_CLAIM
-    rows = [
-        WebhookDelivery(
-            endpoint=endpoint,
-            event=event,
-            next_attempt_at=now,
-            created_at=now,
-            priority=PRIORITY_RANK[event.priority],
-            claim=1,
-            claimed_until=until,
-        )
-        for event in events
-        for endpoint in wanted[event.pk]
-    ]
+    rows = _deliveries_new(events, wanted, now=now, claim=1, claimed_until=until)
     if not rows:
         return []
     connection = transaction.get_connection()
