@@ -285,8 +285,10 @@ def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
     return events, claims
 
 
-# Chunk of a batch dispatched together before looking for newly arrived High events.
-YIELD_EVERY = 50
+# Chunk of a batch dispatched together (one transaction) before looking for newly arrived High
+# events. Each chunk pays ~8 round trips whatever its size, and a High event waits for at most
+# one chunk: 100 measured 1,280 -> 1,520 deliveries/s against 50, High p99 ~80 -> ~95 ms (goal 250).
+YIELD_EVERY = 100
 # Deliveries a dispatcher holds in memory before it stops taking new events (memory bound).
 MAX_PENDING = 20_000
 # Outcomes recorded per transaction.
