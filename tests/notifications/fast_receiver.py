@@ -8,7 +8,8 @@ measure itself rather than the sender.
 
 Run directly it serves ``python -m tests.notifications.fast_receiver PORT``: POST anything → 200,
 ``GET /counts`` → the requests per ``Webhook-Id`` so far, with the first and last arrival
-(``time.monotonic()``, comparable with the caller's on the same machine).
+(``time.monotonic()``, comparable with the caller's on the same machine); ``GET /received`` →
+how many distinct ids so far.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def serve(port: int) -> None:
     async def report(request: web.Request) -> web.Response:
         return web.Response(text=json.dumps({"counts": counts, "arrivals": arrivals, **span}))
 
+    async def received(request: web.Request) -> web.Response:
+        return web.Response(text=str(len(counts)))
+
     async def reset(request: web.Request) -> web.Response:
         counts.clear()
         arrivals.clear()
@@ -55,6 +59,7 @@ def serve(port: int) -> None:
     app = web.Application()
     app.router.add_post("/hooks", hook)
     app.router.add_get("/counts", report)
+    app.router.add_get("/received", received)
     app.router.add_post("/reset", reset)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
@@ -94,6 +99,10 @@ class FastReceiver:
 
     def counts(self) -> Counter[str]:
         return Counter(self.report()["counts"])
+
+    def received(self) -> int:
+        """How many distinct ids arrived: cheap to poll, unlike ``report`` whose size grows."""
+        return int(httpx.get(f"http://127.0.0.1:{self.port}/received", timeout=5).text)
 
     def reset(self) -> None:
         httpx.post(f"http://127.0.0.1:{self.port}/reset", timeout=5)

@@ -475,11 +475,6 @@ def test_given_hanging_slow_failing_and_refusing_endpoints_when_events_flow_then
             assert stripe_verified(received, other_secret)
 
 
-@pytest.mark.xfail(
-    reason="issue 14 item 2: High p99 is 300-500 ms behind a 1,000 Low webhook burst on this "
-    "2-core machine (goal 250 ms); order is right, the dispatcher's CPU is not there yet",
-    strict=False,
-)
 @pytest.mark.django_db(transaction=True)
 def test_given_1000_queued_low_webhooks_when_high_events_are_published_then_they_arrive_first():
     # The receiver in a process of its own: its work must not slow this one's publishing.
@@ -500,12 +495,16 @@ def test_given_1000_queued_low_webhooks_when_high_events_are_published_then_they
         dispatcher = _start_dispatcher()
         try:
             deadline = time.monotonic() + 20
-            while len(receiver.counts()) < 20:  # the Low burst is on
+            # Polled every 10 ms, not in a busy loop: the latencies are the receiver's arrival
+            # times, and a busy poll took CPU from the dispatcher on this 2-core machine.
+            while receiver.received() < 20:  # the Low burst is on
                 assert time.monotonic() < deadline
+                time.sleep(0.01)
             highs = _publish_paced(["mer_prio"], 20, gap=0.02, type="payment.status_changed")
             highs = highs["mer_prio"]
             while not set(highs) <= set(receiver.counts()):
                 assert time.monotonic() < deadline + 20
+                time.sleep(0.01)
             report = receiver.report()
         finally:
             _stop(dispatcher)
@@ -576,6 +575,25 @@ def test_a_claimed_delivery_is_not_swept_until_its_lease_has_passed(
     # The dead holder's late report (same token, a claim later) decides nothing.
     attempts_record(outcomes=[Outcome(claim, [AttemptResult(500, "", 1, frozen_clock.now())])])
     assert WebhookDelivery.objects.get().status == "succeeded"
+
+
+@pytest.mark.django_db
+def test_dispatching_an_event_claims_new_deliveries_and_existing_unattempted_ones_once(receiver):
+    webhook_endpoint_create(owner="mer_again", url=receiver.url)
+    (event,) = [event_publish(owner="mer_again", type="payment.created", data={})]
+    (existing,) = deliveries_create(event=event)  # e.g. created before its dispatcher died
+    webhook_endpoint_create(owner="mer_again", url=receiver.url + "?second")
+
+    claims = deliveries_claim_new(events=[event])
+
+    deliveries = {delivery.pk: delivery for delivery in WebhookDelivery.objects.all()}
+    assert len(deliveries) == 2
+    assert sorted((claim.delivery_id, claim.token) for claim in claims) == sorted(
+        (pk, 1) for pk in deliveries
+    )
+    assert all(delivery.claim == 1 and delivery.claimed_until for delivery in deliveries.values())
+    assert existing.pk in deliveries
+    assert deliveries_claim_new(events=[event]) == []  # claimed: nobody claims them again
 
 
 @pytest.mark.django_db(transaction=True)
