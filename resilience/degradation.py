@@ -53,6 +53,7 @@ from prometheus_client import Counter
 
 from resilience import clock
 from resilience.breaker import CircuitBreaker, CircuitState
+from resilience.threads import closing_connections
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ def probes_run(*, dependencies: list[Dependency]) -> dict[str, Probe]:
         max_workers=max(1, min(16, len(threaded))), thread_name_prefix="probe"
     )
     try:
-        futures = {d.name: pool.submit(probe_run, dependency=d) for d in threaded}
+        probe = closing_connections(probe_run)
+        futures = {d.name: pool.submit(probe, dependency=d) for d in threaded}
         for dependency in leaves:
             if dependency.uses_database:
                 results[dependency.name] = probe_run(dependency=dependency)

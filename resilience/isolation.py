@@ -23,15 +23,7 @@ def _sync_only(query: Callable[[], T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        if connection.in_atomic_block:
-            return query()  # the caller's transaction: its connection stays
-        # Breakers are used from short-lived worker threads (a rate quote asks its providers in a
-        # thread pool): a connection such a thread opens and never closes is never given back to
-        # the pool, which then runs dry and every later query waits out the pool timeout.
-        try:
-            return query()
-        finally:
-            connection.close()
+        return query()
 
     def in_thread() -> T:
         try:

@@ -40,6 +40,7 @@ from resilience.breaker import (
     breaker_options_from_settings,
     get_breaker,
 )
+from resilience.threads import closing_connections
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,8 @@ def rate_fetch_live(*, pair: str) -> LiveRate:
         def submit_next() -> None:
             if pending:
                 provider = pending.pop(0)
-                in_flight[pool.submit(provider_fetch, provider=provider, pair=pair)] = provider
+                fetch = closing_connections(provider_fetch)
+                in_flight[pool.submit(fetch, provider=provider, pair=pair)] = provider
 
         for _ in range(width):
             submit_next()
