@@ -33,7 +33,7 @@ same authentication, serializer and service code; one server process at a time):
             and bitstamp; the first quote is fetched live through each provider's retries and
             circuit breaker, later ones are Redis cache hits) under the production policy
             (RATES_ALLOW_STATIC_FALLBACK off).
-  without   POST /bench/v1/payments: the same view class with ``post`` replaced by the function
+  without   POST /api/bench/v1/payments: the same view class with ``post`` replaced by the function
             the ``@idempotent()`` decorator wraps (no gate: no Redis claim, no key row, no cached
             response), and no rate providers configured, so the quote is the static fallback rate
             straight from settings (no tiered cache, no breaker, no Redis read).
@@ -92,7 +92,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 SERVERS = ("daphne", "uvicorn")
 VARIANTS = ("without", "with")
-PATHS = {"with": "/api/v1/payments", "without": "/bench/v1/payments"}
+PATHS = {"with": "/api/v1/payments", "without": "/api/bench/v1/payments"}
 PROVIDERS = ("kraken", "coinbase", "bitstamp")
 WRK_THREADS = 2
 WRK_TIMEOUT = "10s"
