@@ -52,6 +52,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db.models import Max
 
 from cryptopay.correlation import bound_correlation_id, correlation_id_from_scope
 from notifications.models import Event
@@ -119,9 +120,10 @@ def _position_field(stream: Stream) -> str:
 
 
 def stream_latest_position(*, stream: Stream) -> int:
+    # Max ignores events not dispatched yet (no position): ordering by the position descending
+    # would put their NULLs first on PostgreSQL and answer 0 under any backlog.
     field = _position_field(stream)
-    latest = _events(stream).order_by(f"-{field}").values_list(field, flat=True).first()
-    return latest or 0
+    return _events(stream).aggregate(latest=Max(field))["latest"] or 0
 
 
 def stream_position_parse(raw: str) -> int | None:

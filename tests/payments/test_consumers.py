@@ -175,6 +175,32 @@ def test_given_a_resume_position_beyond_the_end_of_the_stream_when_connecting_th
     run(scenario())
 
 
+def test_given_undispatched_events_when_a_merchant_client_resumes_at_the_end_then_no_refetch():
+    """Events waiting for the dispatcher have no stream position yet: the end of the stream is
+    the highest position given, not 0 (found by the chaos run: every resume under a backlog got
+    ``beyond_end`` and started over)."""
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    auth = [(b"authorization", f"Bearer {secret}".encode())]
+    dispatched = make_payment(merchant=merchant)
+    dispatch_events(event_ids=[Event.objects.get(subject=dispatched.public_id).pk])
+    waiting = make_payment(merchant=merchant)  # its payment.created is not dispatched yet
+    waiting_event = Event.objects.get(subject=waiting.public_id)
+    assert waiting_event.stream_position is None
+
+    async def scenario():
+        socket = await open_socket("/ws/merchant/?after=1", auth)
+        assert (await socket.receive_json_from(timeout=5))["position"] == 1
+        await dispatch(waiting_event)
+
+        message = await socket.receive_json_from(timeout=5)
+        assert (message["type"], message["position"]) == ("event", 2)
+        assert message["event"]["id"] == waiting_event.public_id
+        await socket.disconnect()
+
+    run(scenario())
+
+
 def test_given_a_resume_message_beyond_the_end_of_the_stream_then_refetch_then_live_events():
     payment = make_payment()
 
