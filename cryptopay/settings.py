@@ -487,7 +487,7 @@ API_AUTH_THROTTLE_REDIS_PREFIX = env_str(
 )
 
 # --- Payments -----------------------------------------------------------------------------------
-# Merchant defaults (BTCPay's, REFERENCE.md §5); each merchant can change its own.
+# Merchant defaults (BTCPay Server's); each merchant can change its own.
 PAYMENT_EXPIRY_DEFAULT = env_seconds("CRYPTOPAY_PAYMENT_EXPIRY_SECONDS", 15 * 60)
 # How long after expiry a paid-but-unconfirmed payment is still watched before it is invalid.
 PAYMENT_MONITORING_WINDOW_DEFAULT = env_seconds("CRYPTOPAY_MONITORING_WINDOW_SECONDS", 24 * 3600)

@@ -1,6 +1,6 @@
 """Who holds which live WebSocket connection, across every server process: the per-user cap.
 
-Centrifugo's presence model (REFERENCE.md §6): per user, a Redis sorted set of connections scored
+Centrifugo's presence model: per user, a Redis sorted set of connections scored
 by when they expire, refreshed by each connection's heartbeat and pruned on every read, so a
 process that died without saying goodbye stops counting after ``WEBSOCKET_CONNECTION_TTL``. A
 second sorted set scores the same connections by when they opened: when a user opens one too

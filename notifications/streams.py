@@ -25,7 +25,7 @@ Protocol (JSON text frames):
   integer from 0 to ``MAX_POSITION``;
   ``{"type": "ping"}`` is answered with ``{"type": "pong"}``.
 
-Close codes, after the handshake is accepted so browsers can read them (REFERENCE.md §6: Centrifugo
+Close codes, after the handshake is accepted so browsers can read them (as Centrifugo does, which
 reserves 4000-4499 for "may reconnect" and 4500-4999 for "do not reconnect"):
 
 =====  ====================  =================================================================

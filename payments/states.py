@@ -1,6 +1,6 @@
 """The payment state machine, declared in one place.
 
-Statuses and transitions follow BTCPay Server's invoice model (REFERENCE.md §5), with
+Statuses and transitions follow BTCPay Server's invoice model, with
 ``cancelled`` added for merchants. Sub-statuses qualify a status without changing it.
 """
 

@@ -1,7 +1,7 @@
 """A ratio circuit breaker with Polly v8 semantics whose open state is shared across processes.
 
 Why our own: no Python library has a failure-ratio window with minimum throughput, one half-open
-probe across a fleet, a held isolate, or a retry-after (REFERENCE.md §1: pybreaker counts
+probe across a fleet, a held isolate, or a retry-after (pybreaker counts
 consecutive failures and locks around every call, purgatory lets every half-open call through,
 aiobreaker is unmaintained). Polly and resilience4j have the semantics but share nothing.
 

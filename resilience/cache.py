@@ -11,7 +11,7 @@ Levels, each answer labelled with the one it came from and its age:
 Beyond that the caller decides (payments uses its static fallback rates).
 
 Why our own: django-redis and cachetools give one level each; none combines stale-if-error
-levels, single-flight refresh across processes and XFetch early refresh (REFERENCE.md §4).
+levels, single-flight refresh across processes and XFetch early refresh.
 
 * Single flight: one refresher per key across processes (a token-checked Redis lock with a short
   lease that the refresher renews while it works, so a refresher killed mid-flight holds the key

@@ -32,8 +32,7 @@ to the database, and the stored response is cached for replays. A Redis error sk
 it is never taken as permission to execute.
 
 Why our own: django-idempotency-key locks only the lookup (concurrent duplicates both execute) and
-djangorestframework-idempotency-key runs before authentication, so keys are not scoped per client
-(REFERENCE.md §3).
+djangorestframework-idempotency-key runs before authentication, so keys are not scoped per client.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs one Debian package the tests or benches need, if its binary is missing, and prints the
 # binary's version: scripts/install_debian_tool.sh <package> <binary path>
-#   chromium /usr/bin/chromium  the browser the checkout end-to-end tests drive (REFERENCE.md §8:
-#                               Playwright's own `playwright install` cannot download browsers here)
+#   chromium /usr/bin/chromium  the browser the checkout end-to-end tests drive
+#                               (Playwright's own `playwright install` cannot download browsers here)
 #   wrk /usr/bin/wrk            the HTTP load generator of bench/api_throughput.py
 # Idempotent and quick when the binary is already there. Needs root (or sudo) for apt-get.
 set -euo pipefail

@@ -120,7 +120,7 @@ def test_given_a_connection_idle_longer_than_10_s_when_an_event_is_dispatched_th
     tmp_path,
 ):
     """channels-redis with redis-py 8: a socket timeout above the layer's 5 s blocking receive
-    keeps the idle receive alive (REFERENCE.md §6, channels_redis #422)."""
+    keeps the idle receive alive (channels_redis issue #422)."""
     payment = make_payment()
     url = f"/ws/payments/{payment.public_id}/?token={payment.checkout_token}"
 
