@@ -436,22 +436,6 @@ def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bo
     first_seen_at = min(now, output.seen_at) if output.seen_at else now
     with transaction.atomic():
         locked = _lock(payment.pk)
-        exists = PaymentTransaction.objects.filter(
-            chain=output.chain, txid=output.txid, kind=output.kind, output_index=output.output_index
-        ).exists()
-        replaced = [] if exists else _conflicting(output)
-        for old in replaced:
-            # A replacement (RBF fee bump) or double spend: the transaction it replaces stops
-            # counting in the same step, so the payment never counts both. The replacement
-            # inherits when the buyer first paid, for lateness.
-            first_seen_at = min(first_seen_at, old.first_seen_at)
-            _transaction_drop(
-                tx=old,
-                reason=f"replaced by {output.txid}",
-                at=now,
-                payment=locked if old.payment_id == locked.pk else None,
-                reevaluate=False,
-            )
         tx, created = PaymentTransaction.objects.select_for_update().get_or_create(
             chain=output.chain,
             txid=output.txid,
@@ -465,6 +449,24 @@ def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bo
                 **observed,
             },
         )
+        replaced = _conflicting(output) if created else []
+        for old in replaced:
+            # A replacement (RBF fee bump) or double spend: the transaction it replaces stops
+            # counting in the same step, so the payment never counts both.
+            _transaction_drop(
+                tx=old,
+                reason=f"replaced by {output.txid}",
+                at=now,
+                payment=locked if old.payment_id == locked.pk else None,
+                reevaluate=False,
+            )
+        if (
+            replaced
+            and (inherited := min(old.first_seen_at for old in replaced)) < tx.first_seen_at
+        ):
+            # The replacement inherits when the buyer first paid, for lateness.
+            tx.first_seen_at = inherited
+            tx.save(update_fields=["first_seen_at"])
         if tx.payment_id != locked.pk or tx.amount != output.amount:
             raise ValueError(f"output {tx} is already recorded with other details")
         if not tx.spends and output.spends:
