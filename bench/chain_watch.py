@@ -16,7 +16,10 @@ static rates; addresses are derived from a random BIP44 account xpub.
    cursor reaches the tip: blocks/s and transfers recorded/s, with a breakdown (block scanning vs
    re-counting recorded transactions, node calls by method, SQL queries). Baseline in the same
    run: the node calls alone that the same blocks need (``eth_getBlockByNumber`` full + a receipt
-   per matching transaction) over one kept httpx client, as ``payments/chains/rpc.py`` uses.
+   per matching transaction) over one kept httpx client, as ``payments/chains/rpc.py`` uses;
+   and the fewest node calls they need (each block in full + one ``eth_getBlockReceipts``).
+   SQL queries and this process's CPU time per transfer are printed too: unlike the rates, they
+   hardly depend on what else the machine is running.
 2. Mined-to-status latency. For ``--latency-samples`` payments, one at a time: send one transfer,
    ``anvil_mine`` one block, note the time right after it returns, then call ``chain_watch`` in a
    tight loop until the payment is ``processing`` (and, from its event, when the status change
@@ -257,6 +260,24 @@ def baseline(url: str, heights: list[int], watched: set[str]) -> tuple[float, in
         return time.perf_counter() - start, matched
 
 
+def baseline_block_receipts(url: str, heights: list[int]) -> float:
+    """Seconds for the fewest node calls the same blocks need: each block in full and all its
+    receipts in one ``eth_getBlockReceipts`` (what the watcher asks a node that has it)."""
+    import httpx
+
+    with httpx.Client(timeout=30.0) as client:
+
+        def call(method: str, *params: Any) -> Any:
+            body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+            return json.loads(client.post(url, json=body).text, parse_float=Decimal)["result"]
+
+        start = time.perf_counter()
+        for height in heights:
+            block = call("eth_getBlockByNumber", hex(height), True)
+            call("eth_getBlockReceipts", block["hash"])
+        return time.perf_counter() - start
+
+
 def node_call_ms(url: str, calls: int = 50) -> float:
     """Mean ms of one small call (eth_blockNumber) over a kept client."""
     import httpx
@@ -359,13 +380,14 @@ def run(anvil: Any, args: argparse.Namespace) -> None:
 
         polls: list[Any] = []
         with probe.active():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             while True:
                 result = poll()
                 polls.append(result)
                 if result.to_height >= tip:
                     break
             catch_up = time.perf_counter() - start
+            catch_up_cpu = time.process_time() - cpu_start
             catch_up_rpc, catch_up_queries = Counter(probe.rpc), probe.queries
             scan_s, recount_s = probe.scan_seconds, probe.recount_seconds
         recorded = sum(r.recorded for r in polls)
@@ -380,6 +402,7 @@ def run(anvil: Any, args: argparse.Namespace) -> None:
         watched = {p.deposit_address.lower() for p in payments}
         base_s, matched = baseline(anvil.url, heights, watched)
         assert matched == transfers, f"baseline found {matched} receipts, not {transfers}"
+        block_receipts_s = baseline_block_receipts(anvil.url, heights)
 
         probe.reset()
         with probe.active():
@@ -441,6 +464,8 @@ def run(anvil: Any, args: argparse.Namespace) -> None:
         stored=stored,
         by_status=by_status,
         catch_up=catch_up,
+        catch_up_cpu=catch_up_cpu,
+        block_receipts_s=block_receipts_s,
         scan_s=scan_s,
         recount_s=recount_s,
         catch_up_rpc=catch_up_rpc,
@@ -510,14 +535,26 @@ def report(**f: Any) -> None:
         f"    node calls {rpc_total} ({per_poll(f['catch_up_rpc'], 1)}); SQL queries "
         f"{f['catch_up_queries']} ({f['catch_up_queries'] / max(1, recorded):.1f} per transfer)"
     )
+    cpu = f["catch_up_cpu"]
+    print(
+        f"    CPU time of this process {cpu:.2f} s: {ms(cpu / max(1, recorded))} per transfer "
+        "(load-independent, unlike the wall times; the database's and the node's CPU not included)"
+    )
     print(
         f"  baseline           {base_s:7.2f} s: {blocks / base_s:7.2f} blocks/s  "
         f"{f['transfers'] / base_s:7.1f} transfers/s  (node calls alone: each block in full + "
         "a receipt per transfer, kept client)"
     )
+    receipts_s = f["block_receipts_s"]
     print(
-        f"  watcher / baseline: {catch_up / base_s:.1f}x overall, {scan_s / base_s:.1f}x for "
-        "the scanning alone"
+        f"  fewest node calls  {receipts_s:7.2f} s: {blocks / receipts_s:7.2f} blocks/s  "
+        f"{f['transfers'] / receipts_s:7.1f} transfers/s  (each block in full + "
+        "eth_getBlockReceipts)"
+    )
+    print(
+        f"  watcher throughput / baseline's: {base_s / catch_up:.2f}x overall, "
+        f"{base_s / scan_s:.2f}x for the scanning alone; / fewest node calls': "
+        f"{receipts_s / catch_up:.2f}x"
     )
     print(
         f"  outcome: {recorded} recorded, {stored} stored; payments by status: "
@@ -604,6 +641,25 @@ def report(**f: Any) -> None:
             better="higher",
         ),
         figure(call, f["call_ms"], "ms", baseline=None),
+        figure(
+            "watcher catch-up: SQL per transfer",
+            f["catch_up_queries"] / max(1, recorded),
+            "queries",
+            baseline=None,
+        ),
+        figure(
+            "watcher catch-up: CPU ms per transfer",
+            f["catch_up_cpu"] * 1000 / max(1, recorded),
+            "ms",
+            baseline=None,
+        ),
+        figure(
+            f"{node}, eth_getBlockReceipts: transfers/s",
+            f["transfers"] / f["block_receipts_s"],
+            "1/s",
+            baseline=None,
+            better="higher",
+        ),
     ]
     for label, (mean, _worst), _, _ in rows:
         figures.append(figure(f"idle poll, {label}: mean", mean, "ms", baseline=call))

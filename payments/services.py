@@ -10,7 +10,9 @@ import hashlib
 import hmac
 import logging
 import math
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
-from notifications.services import event_publish
+from notifications.models import Event
+from notifications.services import event_publish, events_publish
 from payments import states
 from payments.addresses import address_allocate
 from payments.chains.config import chain_for_currency
@@ -136,19 +139,63 @@ def payment_snapshot(payment: Payment) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Writes:
+    """Payment writes held back and made in bulk: a chain block changes many payments at once,
+    and one INSERT of all their events (and outbox rows) and one UPDATE of all the payments cost
+    what one payment's writes would, statement for statement."""
+
+    payments: dict[int, Payment] = field(default_factory=dict)
+    events: list[PaymentEvent] = field(default_factory=list)
+
+    def save(self, payment: Payment) -> None:
+        self.payments[payment.pk] = payment
+
+    def flush(self, *, at: datetime) -> None:
+        if self.payments:
+            for payment in self.payments.values():
+                payment.updated_at = at  # bulk_update skips auto_now
+            Payment.objects.bulk_update(
+                list(self.payments.values()),
+                ["event_sequence", "status", "sub_status", "amount_received", "amount_confirmed",
+                 "settled_at", "updated_at"],
+            )  # fmt: skip
+        if self.events:
+            PaymentEvent.objects.bulk_create(self.events)
+            events_publish(
+                events=[
+                    Event(owner=e.payment.merchant.public_id, type=e.type,
+                          subject=e.payment.public_id, sequence=e.sequence, data=e.data)
+                    for e in self.events
+                ]
+            )  # fmt: skip
+        self.payments, self.events = {}, []
+
+
 def _event_append(
-    *, payment: Payment, event_type: str, data: dict[str, Any], at: datetime
+    *,
+    payment: Payment,
+    event_type: str,
+    data: dict[str, Any],
+    at: datetime,
+    writes: _Writes | None = None,
 ) -> PaymentEvent:
-    """Append the next event; the caller holds the payment row lock."""
+    """Append the next event; the caller holds the payment row lock. With ``writes`` the rows are
+    written when it is flushed, in the same transaction."""
     payment.event_sequence += 1
-    Payment.objects.filter(pk=payment.pk).update(event_sequence=payment.event_sequence)
-    event = PaymentEvent.objects.create(
+    event = PaymentEvent(
         payment=payment,
         sequence=payment.event_sequence,
         type=event_type,
         data={**data, "payment": payment_snapshot(payment)},
         created_at=at,
     )
+    if writes is not None:
+        writes.save(payment)
+        writes.events.append(event)
+        return event
+    Payment.objects.filter(pk=payment.pk).update(event_sequence=payment.event_sequence)
+    event.save(force_insert=True)
     # The outbox row for browsers and webhooks, in the same transaction.
     event_publish(
         owner=payment.merchant.public_id,
@@ -272,6 +319,7 @@ def _transition(
     reason: str,
     operator: bool,
     at: datetime,
+    writes: _Writes | None = None,
 ) -> bool:
     """Move a locked payment. Returns False (and writes nothing) when nothing would change."""
     new_sub = payment.sub_status if sub_status is None else sub_status
@@ -295,7 +343,10 @@ def _transition(
     if to_status == PaymentStatus.SETTLED and from_status != to_status:
         payment.settled_at = at
         update_fields.append("settled_at")
-    payment.save(update_fields=update_fields)
+    if writes is not None:
+        writes.save(payment)
+    else:
+        payment.save(update_fields=update_fields)
     event_type = (
         PaymentEvent.Type.EXPIRED
         if to_status == PaymentStatus.EXPIRED and from_status != to_status
@@ -310,6 +361,7 @@ def _transition(
             "reason": reason,
         },
         at=at,
+        writes=writes,
     )
     logger.info(
         "payment %s: %s/%s -> %s/%s (%s)",
@@ -402,6 +454,11 @@ class ObservedOutput:
     seen_at: datetime | None = None
 
     @property
+    def key(self) -> tuple[str, str, str, int]:
+        """What it is recorded under (unique): chain, txid, kind, output index."""
+        return (self.chain, self.txid, self.kind, self.output_index)
+
+    @property
     def state(self) -> str:
         return (
             PaymentTransaction.State.CONFIRMED
@@ -425,14 +482,7 @@ def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bo
     if output.amount <= 0:
         raise ValueError("output amount must be positive")
     now = clock.now()
-    observed = {
-        "confirmations": output.confirmations,
-        "state": output.state,
-        "block_hash": output.block_hash,
-        "block_height": output.block_height,
-        "mined_at": output.mined_at,
-        "replaceable": output.replaceable,
-    }
+    observed = _observed_fields(output)
     first_seen_at = min(now, output.seen_at) if output.seen_at else now
     with transaction.atomic():
         locked = _lock(payment.pk)
@@ -486,17 +536,7 @@ def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bo
             _event_append(
                 payment=locked,
                 event_type=PaymentEvent.Type.TRANSACTION_DETECTED,
-                data={
-                    "chain": output.chain,
-                    "txid": output.txid,
-                    "output_index": output.output_index,
-                    "amount": format_base_units(
-                        amount=output.amount, currency=crypto(locked.crypto_currency)
-                    ),
-                    "confirmations": output.confirmations,
-                    "state": output.state,
-                    "block_height": output.block_height,
-                },
+                data=_detected_data(output, locked.crypto_currency),
                 at=now,
             )
         _payment_reevaluate(payment=locked, at=now)
@@ -504,6 +544,146 @@ def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bo
             _payment_reevaluate(payment=_lock(other), at=now)
     payment.refresh_from_db()
     return True
+
+
+def _observed_fields(output: ObservedOutput) -> dict[str, Any]:
+    return {
+        "confirmations": output.confirmations,
+        "state": output.state,
+        "block_hash": output.block_hash,
+        "block_height": output.block_height,
+        "mined_at": output.mined_at,
+        "replaceable": output.replaceable,
+    }
+
+
+def _detected_data(output: ObservedOutput, currency: str) -> dict[str, Any]:
+    return {
+        "chain": output.chain,
+        "txid": output.txid,
+        "output_index": output.output_index,
+        "amount": format_base_units(amount=output.amount, currency=crypto(currency)),
+        "confirmations": output.confirmations,
+        "state": output.state,
+        "block_height": output.block_height,
+    }
+
+
+def payment_transactions_apply(*, observations: Sequence[tuple[int, ObservedOutput]]) -> int:
+    """``payment_apply_transaction`` for many outputs at once (a block's, a poll's re-count), by
+    payment id, in one transaction (the caller's, if it has one): the payments are locked in one
+    statement, their transactions read in one, new ones inserted in one, and each payment is
+    re-evaluated once after all its outputs are in, its events and updates written in bulk.
+
+    The same observations again change nothing. A new output that replaces a recorded one (it
+    spends the same input: RBF, a double spend) takes the one-by-one path, which drops the
+    replaced transaction in the same step. Returns how many outputs were new or changed.
+    """
+    if not observations:
+        return 0
+    if any(output.amount <= 0 for _, output in observations):
+        raise ValueError("output amount must be positive")
+    now = clock.now()
+    payment_ids = sorted({payment_id for payment_id, _ in observations})
+    with transaction.atomic(savepoint=False):
+        locked = {
+            payment.pk: payment
+            for payment in Payment.objects.select_for_update(of=("self",))
+            .select_related("merchant")
+            .filter(pk__in=payment_ids)
+            .order_by("pk")
+        }
+        # Every transaction of these payments (for their totals) and any already recorded under
+        # an observed key (to update it, or to refuse an output claimed by another payment).
+        rows = PaymentTransaction.objects.select_for_update().filter(
+            Q(payment_id__in=payment_ids)
+            | Q(
+                chain__in={output.chain for _, output in observations},
+                txid__in={output.txid for _, output in observations},
+            )
+        )
+        recorded = {(tx.chain, tx.txid, tx.kind, tx.output_index): tx for tx in rows}
+        spending = [o for _, o in observations if o.spends]
+        replacing = _replacing_txids(spending, recorded) if spending else set()
+        writes, new, dirty, changed_fields = _Writes(), [], {}, set()
+        touched: set[int] = set()
+        one_by_one: list[tuple[int, ObservedOutput]] = []
+        count = 0
+        for payment_id, output in observations:
+            payment, key = locked[payment_id], output.key
+            observed = _observed_fields(output)
+            tx = recorded.get(key)
+            if tx is None and output.txid in replacing:
+                one_by_one.append((payment_id, output))
+                continue
+            if tx is None:
+                tx = PaymentTransaction(
+                    payment=payment, chain=output.chain, txid=output.txid, kind=output.kind,
+                    output_index=output.output_index, amount=output.amount,
+                    first_seen_at=min(now, output.seen_at) if output.seen_at else now,
+                    spends=list(output.spends), **observed,
+                )  # fmt: skip
+                recorded[key] = tx
+                new.append(tx)
+                state_changed = True
+            else:
+                if tx.payment_id != payment_id or tx.amount != output.amount:
+                    raise ValueError(f"output {tx} is already recorded with other details")
+                changes = {n: v for n, v in observed.items() if getattr(tx, n) != v}
+                if tx.mined_at is not None and output.mined_at is None:
+                    changes.pop("mined_at", None)  # keep when it was first mined, for lateness
+                if not tx.spends and output.spends:
+                    changes["spends"] = list(output.spends)
+                if not changes:
+                    continue
+                for name, value in changes.items():
+                    setattr(tx, name, value)
+                if tx.pk is not None:
+                    dirty[tx.pk] = tx
+                    changed_fields.update(changes)
+                state_changed = "state" in changes
+            count += 1
+            touched.add(payment_id)
+            if state_changed:
+                _event_append(
+                    payment=payment,
+                    event_type=PaymentEvent.Type.TRANSACTION_DETECTED,
+                    data=_detected_data(output, payment.crypto_currency),
+                    at=now,
+                    writes=writes,
+                )
+        PaymentTransaction.objects.bulk_create(new)
+        if dirty:
+            PaymentTransaction.objects.bulk_update(list(dirty.values()), sorted(changed_fields))
+        live: dict[int, list[PaymentTransaction]] = defaultdict(list)
+        for tx in recorded.values():
+            if tx.payment_id in locked and tx.state != PaymentTransaction.State.DROPPED:
+                live[tx.payment_id].append(tx)
+        for payment_id in sorted(touched):
+            _payment_reevaluate(
+                payment=locked[payment_id], at=now, writes=writes, live=live[payment_id]
+            )
+        writes.flush(at=now)
+        for payment_id, output in one_by_one:
+            count += int(payment_apply_transaction(payment=locked[payment_id], output=output))
+    return count
+
+
+def _replacing_txids(
+    outputs: list[ObservedOutput], recorded: dict[tuple[str, str, str, int], PaymentTransaction]
+) -> set[str]:
+    """Txids of new ``outputs`` that spend an input of a recorded unconfirmed transaction."""
+    new = [o for o in outputs if o.key not in recorded]
+    if not new:
+        return set()
+    pending = PaymentTransaction.objects.filter(
+        chain__in={o.chain for o in new}, state=PaymentTransaction.State.MEMPOOL
+    ).values_list("txid", "spends")
+    spent: dict[str, set[str]] = defaultdict(set)
+    for txid, spends in pending:
+        for outpoint in spends:
+            spent[outpoint].add(txid)
+    return {o.txid for o in new if any(spent[p] - {o.txid} for p in o.spends)}
 
 
 def _conflicting(output: ObservedOutput) -> list[PaymentTransaction]:
@@ -608,22 +788,47 @@ def payment_transaction_drop(*, transaction_id: int, reason: str) -> bool:
     return True
 
 
-def _payment_reevaluate(*, payment: Payment, at: datetime) -> None:
-    """Recompute received/confirmed totals and walk the state machine to where they lead."""
-    live = PaymentTransaction.objects.filter(payment=payment).exclude(
-        state=PaymentTransaction.State.DROPPED
+def _counts_confirmed(payment: Payment, tx: PaymentTransaction) -> bool:
+    """``_payment_reevaluate``'s confirmed filter, for a row in hand."""
+    required = payment.required_confirmations
+    return tx.confirmations >= max(required, 1) or (
+        tx.confirmations >= required and not tx.replaceable
     )
-    # 0-conf is never enough for a transaction that signals replace-by-fee.
-    confirmed_filter = Q(confirmations__gte=max(payment.required_confirmations, 1)) | Q(
-        confirmations__gte=payment.required_confirmations, replaceable=False
-    )
-    totals = live.aggregate(
-        received=BaseUnitsSum("amount"),
-        confirmed=BaseUnitsSum("amount", filter=confirmed_filter),
-    )
-    payment.amount_received = int(totals["received"] or 0)
-    payment.amount_confirmed = int(totals["confirmed"] or 0)
-    payment.save(update_fields=["amount_received", "amount_confirmed", "updated_at"])
+
+
+def _payment_reevaluate(
+    *,
+    payment: Payment,
+    at: datetime,
+    writes: _Writes | None = None,
+    live: list[PaymentTransaction] | None = None,
+) -> None:
+    """Recompute received/confirmed totals and walk the state machine to where they lead.
+
+    ``live``: the payment's transactions that are not dropped, when the caller has them all (a
+    batch read them under lock), which saves the aggregate query."""
+    if live is not None:
+        payment.amount_received = sum(tx.amount for tx in live)
+        payment.amount_confirmed = sum(tx.amount for tx in live if _counts_confirmed(payment, tx))
+    else:
+        # 0-conf is never enough for a transaction that signals replace-by-fee.
+        confirmed_filter = Q(confirmations__gte=max(payment.required_confirmations, 1)) | Q(
+            confirmations__gte=payment.required_confirmations, replaceable=False
+        )
+        totals = (
+            PaymentTransaction.objects.filter(payment=payment)
+            .exclude(state=PaymentTransaction.State.DROPPED)
+            .aggregate(
+                received=BaseUnitsSum("amount"),
+                confirmed=BaseUnitsSum("amount", filter=confirmed_filter),
+            )
+        )
+        payment.amount_received = int(totals["received"] or 0)
+        payment.amount_confirmed = int(totals["confirmed"] or 0)
+    if writes is not None:
+        writes.save(payment)
+    else:
+        payment.save(update_fields=["amount_received", "amount_confirmed", "updated_at"])
 
     threshold = _paid_threshold(payment)
     paid_in_full = payment.amount_received >= threshold
@@ -645,6 +850,7 @@ def _payment_reevaluate(*, payment: Payment, at: datetime) -> None:
             reason=reason,
             operator=False,
             at=at,
+            writes=writes,
         )
 
     if payment.sub_status == PaymentSubStatus.MARKED:

@@ -16,10 +16,13 @@ ETH that arrives through a contract (a Safe or another smart-contract wallet, an
 payout contract) is an internal call: no top-level transaction has the address as ``to``. Two ways
 to see it, in this order:
 
-1. Call traces (``debug_traceBlockByHash`` with the ``callTracer``: geth, Erigon, Reth,
-   Nethermind, anvil). Each value-moving sub-call that did not revert is one credit keyed by its
-   transaction hash and its position in the call tree, so it is exact, survives reorgs like any
+1. Call traces: ``trace_block`` (the ``trace`` namespace: Erigon, Reth, Nethermind, anvil), else
+   ``debug_traceBlockByHash`` with the ``callTracer`` (geth too). Each value-moving sub-call that
+   did not revert is one credit keyed by its transaction hash and its position in the call tree
+   (counted the same way from either answer), so it is exact, survives reorgs like any
    transaction (the same key when re-mined) and names the transaction to the merchant.
+   ``trace_block`` comes first because it is cheap where both exist: on anvil a block of 100
+   transfers takes ~5 ms against ~3.7 s with the ``callTracer``, which re-executes the block.
 2. Without traces (many hosted and pruned nodes disable the ``debug`` namespace), a balance check
    per scanned block: each watched address's balance at the block against its parent (by block
    hash, so a reorg mid-scan cannot mix blocks), minus what the block's top-level transfers
@@ -48,7 +51,7 @@ from payments.chains.config import Token
 from payments.chains.rpc import RpcError
 from payments.chains.watch import Watcher, block_time
 from payments.models import Payment, PaymentTransaction
-from payments.services import ObservedOutput, unmatched_transfer_record
+from payments.services import ObservedOutput
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +105,43 @@ def _report_token_problem(*, key: tuple[str, str], problem: str) -> None:
         _token_problems_reported[key] = (problem, now)
 
 
+def _trace_value_calls(traces: list[dict[str, Any]]) -> list[tuple[str, int, str, int]]:
+    """``_value_calls`` from ``trace_block``'s flat list (each transaction's calls in the same
+    depth-first order, each with its path in the tree): the same positions, so a credit has the
+    same key whichever way the node was asked."""
+    found = []
+    positions: dict[str, int] = defaultdict(int)
+    reverted: dict[str, list[tuple[int, ...]]] = defaultdict(list)
+    for trace in traces:
+        txid = trace.get("transactionHash")
+        if not txid:
+            continue  # a block reward
+        path = tuple(trace.get("traceAddress") or ())
+        if any(path[: len(failed)] == failed for failed in reverted[txid]):
+            continue  # under a reverted call (``_value_calls`` does not count these either)
+        position = positions[txid]
+        positions[txid] += 1
+        if trace.get("error"):
+            reverted[txid].append(path)
+            continue
+        action, kind = trace.get("action") or {}, trace.get("type")
+        if kind == "call" and action.get("callType") == "call":
+            to, value = action.get("to"), action.get("value")
+        elif kind == "create":
+            to, value = (trace.get("result") or {}).get("address"), action.get("value")
+        elif kind == "suicide":
+            to, value = action.get("refundAddress"), action.get("balance")
+        else:
+            continue  # delegatecall, staticcall, callcode: no value moves to another account
+        if path and to and _int(value or "0x0") > 0:
+            found.append((txid, position, to.lower(), _int(value)))
+    return found
+
+
+class BlockReplaced(Exception):
+    """A node answered about another block at the height being scanned (a reorg mid-scan)."""
+
+
 def _value_calls(
     frames: list[dict[str, Any]], transactions: list[Any]
 ) -> list[tuple[str, int, str, int]]:
@@ -131,7 +171,9 @@ class EvmWatcher(Watcher):
         super().__init__(*args, **kwargs)
         self._tokens: dict[str, Token] | None = None
         self._traces: bool | None = self.chain.traces
+        self._trace_block = True  # until the node says it has no trace_block
         self._balances: dict[tuple[str, str], int] = {}
+        self._block_receipts = True  # until the node says it has no eth_getBlockReceipts
 
     def address_key(self, address: str) -> str:
         return address.lower()
@@ -187,18 +229,24 @@ class EvmWatcher(Watcher):
             "chain": self.chain.name, "confirmations": tip - height + 1, "block_hash": block_hash,
             "block_height": height, "mined_at": block_time(_int(block["timestamp"])),
         }  # fmt: skip
-        calls = self._traced_calls(block)
+        try:
+            calls = self._traced_calls(block)
+        except BlockReplaced:
+            return block_hash, block["parentHash"], None  # the next poll finds the fork
         # Without traces, what the block's top-level transactions explain of each balance change.
         explained: dict[str, int] = defaultdict(int)
         count = 0
+        relevant = []
         for tx in block.get("transactions", []):
             to, sender = (tx.get("to") or "").lower(), tx["from"].lower()
             value = _int(tx.get("value", "0x0"))
             arriving = to in at and value > 0
             leaving = calls is None and sender in at
-            if not arriving and not leaving:
-                continue
-            receipt = self.client.call("eth_getTransactionReceipt", tx["hash"])
+            if arriving or leaving:
+                relevant.append((tx, to, sender, value, arriving, leaving))
+        receipts = self._receipts(block_hash, [tx["hash"] for tx, *_ in relevant])
+        for tx, to, sender, value, arriving, leaving in relevant:
+            receipt = receipts.get(tx["hash"])
             succeeded = receipt is not None and _int(receipt.get("status", "0x1")) == 1
             if leaving and receipt is not None:
                 fee = _int(receipt["gasUsed"]) * _int(
@@ -238,9 +286,30 @@ class EvmWatcher(Watcher):
             return self.record(payment, output)
         # Addresses are per payment; only payments from before that can share one: take the newest.
         hit = max(payments.values(), key=lambda p: p.pk)
-        return int(
-            unmatched_transfer_record(payment=hit, output=output, currency=currency, to_address=to)
-        )
+        return self.record_unmatched(hit, output, currency=currency, to_address=to)
+
+    def _receipts(self, block_hash: str, txids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Receipts of ``txids`` (transactions of the block ``block_hash``), by hash.
+
+        Two or more come from one ``eth_getBlockReceipts`` (geth, Erigon, Reth, Nethermind,
+        anvil): a catch-up block full of payments costs one call instead of one per payment. A
+        node without it (JSON-RPC error: method not found) is asked once a poll, then one
+        ``eth_getTransactionReceipt`` per transaction, as for a single one.
+        """
+        if len(txids) >= 2 and self._block_receipts:
+            try:
+                receipts = self.client.call("eth_getBlockReceipts", block_hash)
+            except RpcError as exc:
+                logger.info(
+                    "%s: no eth_getBlockReceipts from the node (%s); one receipt per transaction",
+                    self.chain.name, exc,
+                )  # fmt: skip
+                self._block_receipts = False
+            else:
+                if receipts is not None:  # None: the block left the chain meanwhile
+                    by_hash = {r["transactionHash"]: r for r in receipts}
+                    return {txid: by_hash.get(txid) for txid in txids}
+        return {txid: self.client.call("eth_getTransactionReceipt", txid) for txid in txids}
 
     def _scan_logs(self, block_hash: str, at: dict[str, dict[str, Payment]], found: dict) -> int:
         tokens = self.tokens()
@@ -278,6 +347,18 @@ class EvmWatcher(Watcher):
         node refuses them (then the balance check runs)."""
         if self._traces is False:
             return None
+        if self._trace_block:
+            try:
+                traces = self.client.call("trace_block", block["number"])
+            except RpcError:
+                self._trace_block = False  # no trace namespace: the debug one
+            else:
+                # By number (it takes no hash): make sure it is the block we are scanning.
+                if traces is None or any(
+                    t.get("blockHash", block["hash"]) != block["hash"] for t in traces
+                ):
+                    raise BlockReplaced(block["hash"])
+                return _trace_value_calls(traces)
         try:
             frames = self.client.call(
                 "debug_traceBlockByHash", block["hash"], {"tracer": "callTracer"}

@@ -45,13 +45,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 
 from payments.chains.config import ChainConfig, chains
 from payments.chains.rpc import NodeClient
 from payments.models import ChainBlock, ChainCursor, Payment, PaymentTransaction
-from payments.services import ObservedOutput, payment_apply_transaction, payment_transaction_drop
+from payments.services import (
+    ObservedOutput,
+    payment_transaction_drop,
+    payment_transactions_apply,
+    unmatched_transfer_record,
+)
 from resilience import clock
 
 logger = logging.getLogger(__name__)
@@ -61,6 +66,8 @@ logger = logging.getLogger(__name__)
 # it by about an hour, the median-time-past rule): start two hours early rather than one block
 # late. EVM block timestamps are set by the proposer within seconds of the slot time.
 START_MARGIN_SECONDS = {"utxo": 7200, "evm": 60}
+# Re-counted transactions written per transaction: bounds how long payment rows stay locked.
+RECOUNT_BATCH = 500
 
 
 @dataclass
@@ -118,6 +125,9 @@ class Watcher:
         self.client = client or NodeClient(chain)
         self.cursor: ChainCursor | None = None
         self._on_our_chain: bool | None = None  # asked at most once a poll
+        # What a scan found, written by ``_write_found`` in one transaction (a block's).
+        self._found: list[tuple[int, ObservedOutput]] = []
+        self._found_unmatched: list[tuple[Payment, ObservedOutput, str, str]] = []
 
     def _answering_node_on_our_chain(self) -> bool:
         if self._on_our_chain is None:
@@ -141,9 +151,10 @@ class Watcher:
         raise NotImplementedError
 
     def scan_block(
-        self, height: int, watched: dict[tuple[str, str], Payment]
-    ) -> tuple[str, str, int]:
-        """Record what pays ``watched`` in block ``height``; returns (hash, parent hash, count)."""
+        self, height: int, watched: dict[tuple[str, str], Payment], *, tip: int, parent: str
+    ) -> tuple[str, str, int | None]:
+        """Find what pays ``watched`` in block ``height`` (``record``: written with the block);
+        returns (hash, parent hash, 0), or None instead of 0 when its parent is not ``parent``."""
         raise NotImplementedError
 
     def scan_mempool(
@@ -234,7 +245,9 @@ class Watcher:
         # a tip read after the mempool are scanned.
         view_at = clock.now()
         if complete:
-            result.recorded += self.scan_mempool(watched, tip, deadline=deadline)
+            self.scan_mempool(watched, tip, deadline=deadline)
+            with transaction.atomic():
+                result.recorded += self._write_found()
             # A block that arrived during the poll holds what left the mempool meanwhile. The
             # watched set is read again after that tip: a payment created since the first read
             # may already be paid in one of those blocks.
@@ -280,17 +293,39 @@ class Watcher:
             )
             if count is None:
                 # The chain changed under us mid-poll: stop; the next poll finds the fork.
+                self._found, self._found_unmatched = [], []
                 result.notes.append(f"parent mismatch at {height}")
                 return False
-            ChainBlock.objects.update_or_create(
-                chain=self.chain.name,
-                height=height,
-                defaults={"block_hash": block_hash, "parent_hash": parent_hash},
-            )
+            # One transaction per block: what it paid, its hash and the cursor move together, so
+            # a poll cut off anywhere resumes at a block boundary.
+            with transaction.atomic():
+                count += self._write_found()
+                ChainBlock.objects.bulk_create(
+                    [ChainBlock(chain=self.chain.name, height=height, block_hash=block_hash,
+                                parent_hash=parent_hash)],
+                    update_conflicts=True, unique_fields=["chain", "height"],
+                    update_fields=["block_hash", "parent_hash"],
+                )  # fmt: skip
+                ChainCursor.objects.filter(pk=cursor.pk).update(
+                    height=height, block_hash=block_hash
+                )
             cursor.height, cursor.block_hash = height, block_hash
-            ChainCursor.objects.filter(pk=cursor.pk).update(height=height, block_hash=block_hash)
             result.recorded += count
         return True
+
+    def _write_found(self) -> int:
+        """Write what the last scan found (in the caller's transaction); returns how much of it
+        was new or changed."""
+        found, unmatched = self._found, self._found_unmatched
+        self._found, self._found_unmatched = [], []
+        count = payment_transactions_apply(observations=found)
+        for payment, output, currency, to in unmatched:
+            count += int(
+                unmatched_transfer_record(
+                    payment=payment, output=output, currency=currency, to_address=to
+                )
+            )
+        return count
 
     def _find_fork(self, cursor: ChainCursor) -> int | None:
         """Height of the last block we processed that is still on the node's chain, if ours diverged."""
@@ -328,15 +363,16 @@ class Watcher:
         orphaned = PaymentTransaction.objects.filter(
             chain=self.chain.name, block_height__gt=fork
         ).exclude(state=PaymentTransaction.State.DROPPED)
-        for tx in orphaned:
-            # Until found again (new chain or mempool) it has no confirmations.
-            payment_apply_transaction(
-                payment=tx.payment,
-                output=ObservedOutput(
+        # Until found again (new chain or mempool) they have no confirmations.
+        payment_transactions_apply(
+            observations=[
+                (tx.payment_id, ObservedOutput(
                     chain=tx.chain, txid=tx.txid, kind=tx.kind, output_index=tx.output_index,
                     amount=tx.amount, confirmations=0, replaceable=tx.replaceable,
-                ),
-            )  # fmt: skip
+                ))
+                for tx in orphaned
+            ]
+        )  # fmt: skip
         ChainBlock.objects.filter(chain=self.chain.name, height__gt=fork).delete()
         cursor.height = fork
         cursor.block_hash = ChainBlock.objects.filter(
@@ -354,6 +390,7 @@ class Watcher:
         unconfirmed. Only payments still short of their confirmations are touched.
         """
         dropped = 0
+        observations: list[tuple[int, ObservedOutput]] = []
         relevant = (
             PaymentTransaction.objects.filter(
                 chain=self.chain.name, payment__monitoring_until__gte=clock.now()
@@ -392,11 +429,24 @@ class Watcher:
                 ):
                     dropped += 1
                 continue
-            payment_apply_transaction(payment=tx.payment, output=observed)
+            observations.append((tx.payment_id, observed))
+        # Each payment is re-evaluated once for all its transactions.
+        for start in range(0, len(observations), RECOUNT_BATCH):
+            payment_transactions_apply(observations=observations[start : start + RECOUNT_BATCH])
         return dropped
 
     def record(self, payment: Payment, output: ObservedOutput) -> int:
-        return int(payment_apply_transaction(payment=payment, output=output))
+        """Note an output paying ``payment``; it is written with the rest of its block (or of
+        the mempool scan) by ``_write_found``, which counts it. Returns 0."""
+        self._found.append((payment.pk, output))
+        return 0
+
+    def record_unmatched(
+        self, payment: Payment, output: ObservedOutput, *, currency: str, to_address: str
+    ) -> int:
+        """Note a transfer of another asset to ``payment``'s address (see ``record``)."""
+        self._found_unmatched.append((payment, output, currency, to_address))
+        return 0
 
 
 def block_time(timestamp: int) -> datetime:

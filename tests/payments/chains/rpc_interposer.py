@@ -24,6 +24,11 @@ class Refused(Exception):
     """Raised by a hook: the call is answered 503 (a node failing) instead of forwarded."""
 
 
+class MethodNotFound(Exception):
+    """Raised by a hook: the call is answered with JSON-RPC error -32601, as a node that lacks
+    the method (an older or differently built client) answers."""
+
+
 class RpcInterposer:
     def __init__(self, node_url: str) -> None:
         parts = urlsplit(node_url)
@@ -46,6 +51,16 @@ class RpcInterposer:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                    return
+                except MethodNotFound:
+                    method = request.get("method")
+                    error = {"code": -32601, "message": f"the method {method} does not exist"}
+                    reply = json.dumps({"jsonrpc": "2.0", "id": request.get("id"), "error": error})
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply.encode())
                     return
                 answer = interposer._client.post(
                     interposer._target.rstrip("/") + self.path,

@@ -20,6 +20,7 @@ from payments.states import PaymentStatus as S
 from payments.states import PaymentSubStatus
 from tests.factories import MerchantFactory, make_payment, staff_client
 from tests.payments.chains.helpers import poll_chain, refresh, statuses
+from tests.payments.chains.rpc_interposer import MethodNotFound, interposed
 
 pytestmark = pytest.mark.django_db
 
@@ -297,6 +298,37 @@ def test_eth_forwarded_by_a_contract_settles_the_payment_counted_once(
     )  # fmt: skip
     expected = txid if traces is None else f"internal:{block}:{payment.deposit_address.lower()}"
     assert credit.txid == expected
+
+
+@pytest.mark.parametrize("trace_block", [True, False], ids=["trace_block", "debug-tracer"])
+def test_a_forwarded_credit_has_the_same_key_from_trace_block_or_the_debug_tracer(
+    settings, anvil, wallet_merchant, trace_block
+):
+    # Given a node that has trace_block (the cheap way), or one that lacks it (geth)
+    with interposed(anvil.url) as node:
+        if not trace_block:
+
+            def lacks_the_method(params: list) -> None:
+                raise MethodNotFound
+
+            node.before("trace_block", lacks_the_method, once=False)
+        node.CHAIN_ID = anvil.CHAIN_ID
+        configure(settings, node)
+        forwarder = anvil.deploy_forwarder()
+        payment = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="30.00")
+        poll()
+
+        # When a contract forwards the amount, after a sub-call that reverted in another tx
+        anvil.forward_eth(forwarder, payment.deposit_address, 1, revert=True)
+        txid = anvil.forward_eth(forwarder, payment.deposit_address, payment.crypto_amount)
+        anvil.mine(CONFIRMATIONS - 1)
+        poll()
+
+        # Then one credit, keyed by the transaction and its sub-call's place in the call tree
+        assert (node.calls["debug_traceBlockByHash"] > 0) is not trace_block
+    credit = PaymentTransaction.objects.get(payment=payment)
+    assert (credit.txid, credit.kind, credit.output_index) == (txid, "internal", 1)
+    assert refresh(payment).status == S.SETTLED
 
 
 @pytest.mark.parametrize("traces", [None, False], ids=["call-traces", "balance-check"])
