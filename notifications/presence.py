@@ -230,27 +230,38 @@ class ConnectionRegistry:
 
         Returns False if this connection is no longer counted (it was evicted meanwhile).
         """
+        return (user, connection) not in self.refresh_many([(user, connection)])
+
+    def refresh_many(self, connections: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """``refresh`` for many (user, connection) pairs in one Redis round trip (the process's
+        heartbeat of all its connections). Returns the pairs no longer counted (evicted)."""
+        gone, beating = set(), []
         with self._lock:
-            opened = self._local.get(user, {}).get(connection)
-        if opened is None:
-            return False
+            for user, connection in connections:
+                opened = self._local.get(user, {}).get(connection)
+                if opened is None:
+                    gone.add((user, connection))
+                else:
+                    beating.append((user, connection, opened))
         client = self._redis()
-        if client is None:
-            return True
+        if client is None or not beating:
+            return gone
         now = clock.now().timestamp()
         expires = now + settings.WEBSOCKET_CONNECTION_TTL.total_seconds()
-        opened_key, expires_key, users_key, _, process_of_key, processes_key = self._keys(user)
         try:
+            # One MULTI, as ``refresh``: a register script never sees a half-refreshed entry.
             pipe = client.pipeline(transaction=True)
-            pipe.zadd(processes_key, {self.process: self._process_expiry(now)})
-            pipe.zadd(opened_key, {connection: opened})
-            pipe.zadd(expires_key, {connection: expires})
-            pipe.hset(process_of_key, connection, self.process)
-            pipe.sadd(users_key, user)
+            pipe.zadd(f"{self.prefix}:processes", {self.process: self._process_expiry(now)})
+            for user, connection, opened in beating:
+                opened_key, expires_key, users_key, _, process_of_key, _ = self._keys(user)
+                pipe.zadd(opened_key, {connection: opened})
+                pipe.zadd(expires_key, {connection: expires})
+                pipe.hset(process_of_key, connection, self.process)
+                pipe.sadd(users_key, user)
             pipe.execute()
         except redis.RedisError as exc:
             logger.info("connection registry: heartbeat not recorded (%s)", exc)
-        return True
+        return gone
 
     def unregister(self, *, user: str, connection: str) -> None:
         with self._lock:

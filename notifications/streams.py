@@ -9,7 +9,13 @@ module does the rest.
 
 Every heartbeat a connection also rejoins its Channels group and replays from the outbox what came
 after its position: a Redis restart empties the groups, and a message the dispatcher could not
-hand to the channel layer is then delivered late rather than lost.
+hand to the channel layer is then delivered late rather than lost. The heartbeat is one task per
+process (per event loop) for all its connections, not one per connection: their registry entries
+are refreshed in one Redis round trip, and one query per heartbeat reads the latest position of
+every payment stream they follow (one per merchant stream), so only a connection that is behind
+reads the outbox, and the connections behind on one stream share one read. A thousand buyers
+watching one payment then cost one query a beat instead of two thousand, which would otherwise
+queue in the database thread in front of everything else the process does.
 
 Protocol (JSON text frames):
 
@@ -126,6 +132,26 @@ def stream_latest_position(*, stream: Stream) -> int:
     return _events(stream).aggregate(latest=Max(field))["latest"] or 0
 
 
+def streams_latest_positions(*, streams: set[Stream]) -> dict[Stream, int]:
+    """``stream_latest_position`` of many streams: one query for all the payment (subject)
+    streams, one per merchant stream (its unique (owner, position) index answers each)."""
+    latest: dict[Stream, int] = {}
+    by_subject = [stream for stream in streams if stream.by_sequence]
+    if by_subject:
+        rows = (
+            Event.objects.filter(subject__in={stream.subject for stream in by_subject})
+            .values("owner", "subject")
+            .annotate(latest=Max("sequence"))
+        )
+        found = {(row["owner"], row["subject"]): row["latest"] for row in rows}
+        for stream in by_subject:
+            latest[stream] = found.get((stream.owner, stream.subject)) or 0
+    for stream in streams:
+        if not stream.by_sequence:
+            latest[stream] = stream_latest_position(stream=stream)
+    return latest
+
+
 def stream_position_parse(raw: str) -> int | None:
     """A resume position from the URL, or None when it is not one. ASCII digits only: ``isdigit``
     alone accepts superscripts (which ``int`` refuses) and Arabic-Indic digits (which it reads)."""
@@ -233,12 +259,13 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
             user=access.user, connection=self.channel_name
         )
         CONNECTIONS.labels(stream=self.stream_kind).inc()
+        self.loop = asyncio.get_running_loop()
         _live[self.channel_name] = self
         try:
             for name in evicted:
                 await self._evict(name)
             await self.channel_layer.group_add(access.stream.group, self.channel_name)
-            self.heartbeat = asyncio.create_task(self._heartbeat())
+            _heartbeat_ensure(self.loop)
             await self._subscribe(after=after)
         except BaseException:
             # A consumer that fails here never gets websocket.disconnect: give its slot back
@@ -250,8 +277,6 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.access is None:
             return
-        if getattr(self, "heartbeat", None):
-            self.heartbeat.cancel()
         if _live.pop(self.channel_name, None) is not None:
             CONNECTIONS.labels(stream=self.stream_kind).dec()
         await sync_to_async(connection_registry().unregister, thread_sensitive=False)(
@@ -266,28 +291,18 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
             logger.info("websocket group_discard failed: %s", exc)
         self.access = None
 
-    async def _heartbeat(self) -> None:
-        registry = connection_registry()
-        interval = settings.WEBSOCKET_HEARTBEAT.total_seconds()
-        while True:
-            await asyncio.sleep(interval)
-            if self.access is None:
-                return
-            await sync_to_async(registry.refresh, thread_sensitive=False)(
-                user=self.access.user, connection=self.channel_name
+    async def _rejoin(self, timeout: float) -> None:
+        """Join the group again (a Redis restart emptied it); bounded: a channel-layer connection
+        can hang on a lost reply."""
+        if self.access is None:
+            return
+        try:
+            await asyncio.wait_for(
+                self.channel_layer.group_add(self.access.stream.group, self.channel_name),
+                timeout=timeout,
             )
-            try:
-                # Bounded: a channel-layer connection can hang on a lost reply.
-                await asyncio.wait_for(
-                    self.channel_layer.group_add(self.access.stream.group, self.channel_name),
-                    timeout=interval,
-                )
-            except Exception as exc:  # Redis is down: the outbox still works
-                logger.info("websocket group rejoin failed: %s", exc)
-            try:
-                await self._catch_up()
-            except Exception as exc:  # the database is down: next beat
-                logger.info("websocket catch-up skipped: %s", exc)
+        except Exception as exc:  # Redis is down: the outbox still works
+            logger.info("websocket group rejoin failed: %s", exc)
 
     async def _catch_up(self) -> None:
         """Send what the outbox has after our position (dispatched while we missed it)."""
@@ -422,3 +437,67 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
 # The consumers of this process by channel name: an eviction of one of them needs no channel layer
 # (which is Redis, and may be what is down).
 _live: dict[str, EventStreamConsumer] = {}
+
+# The heartbeat task of each event loop that has connections (a server has one loop).
+_beats: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+
+
+def _heartbeat_ensure(loop: asyncio.AbstractEventLoop) -> None:
+    task = _beats.get(loop)
+    if task is None or task.done():
+        _beats[loop] = loop.create_task(_heartbeat(loop))
+
+
+def _beating(loop: asyncio.AbstractEventLoop) -> list[EventStreamConsumer]:
+    return [c for c in _live.values() if c.access is not None and c.loop is loop]
+
+
+async def _heartbeat(loop: asyncio.AbstractEventLoop) -> None:
+    """Every WEBSOCKET_HEARTBEAT, for every connection of ``loop``: refresh its registry entry,
+    rejoin its group, and catch it up from the outbox if its stream moved past it. Ends when the
+    loop has no connection left (the next connect starts it again)."""
+    registry = connection_registry()
+    interval = settings.WEBSOCKET_HEARTBEAT.total_seconds()
+    while True:
+        await asyncio.sleep(interval)
+        consumers = _beating(loop)
+        if not consumers:
+            if not any(c.loop is loop for c in _live.values()):
+                _beats.pop(loop, None)  # no await since the check: a connect starts a new one
+                return
+            continue
+        try:
+            await sync_to_async(registry.refresh_many, thread_sensitive=False)(
+                [(c.access.user, c.channel_name) for c in consumers if c.access is not None]
+            )
+            await asyncio.gather(*(c._rejoin(interval) for c in consumers))
+        except Exception:  # whatever it was, the beat goes on for every connection
+            logger.exception("websocket heartbeat failed; next beat in %s s", interval)
+        try:
+            await _catch_up_behind(consumers)
+        except Exception as exc:  # the database is down: next beat
+            logger.info("websocket catch-up skipped: %s", exc)
+
+
+async def _catch_up_behind(consumers: list[EventStreamConsumer]) -> None:
+    """Send each connection what its stream has after its position: one query for where every
+    stream is, then one outbox read per stream for the connections behind on it (each skips what
+    it already has); a stream whose shared read cannot be replayed as a whole (too long, expired)
+    is read per connection, which refetches where its own gap requires it."""
+    followed = {c.access.stream: c for c in consumers if c.access is not None}
+    latest = await database_sync_to_async(streams_latest_positions)(streams=set(followed))
+    behind: dict[Stream, list[EventStreamConsumer]] = {}
+    for c in consumers:
+        if c.access is not None and c.position is not None:
+            if c.position < latest.get(c.access.stream, 0):
+                behind.setdefault(c.access.stream, []).append(c)
+    for stream, group in behind.items():
+        after = min(c.position or 0 for c in group)
+        replay = await database_sync_to_async(stream_replay)(stream=stream, after=after)
+        for c in group:
+            if replay.refetch:
+                await c._catch_up()
+                continue
+            for position, envelope in replay.events:
+                if c.access is not None:
+                    await c._send_event(position, envelope)
