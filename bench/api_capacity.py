@@ -246,11 +246,19 @@ def run_wrk(
 
 
 def check_creates(run: Run, clients: int) -> None:
+    from django.db import connection
+
     from payments.models import Payment
     from resilience.models import IdempotencyKey
 
-    stored = Payment.objects.filter(order_id__startswith=f"{run.prefix}-").count()
-    keys = IdempotencyKey.objects.filter(key__startswith=f"{run.prefix}-").count()
+    # One statement, one snapshot: requests still in flight when wrk stopped commit meanwhile.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT (SELECT count(*) FROM {Payment._meta.db_table} WHERE order_id LIKE %s), "  # noqa: S608
+            f"(SELECT count(*) FROM {IdempotencyKey._meta.db_table} WHERE key LIKE %s)",
+            [f"{run.prefix}-%", f"{run.prefix}-%"],
+        )
+        stored, keys = cursor.fetchone()
     if not run.answered <= stored <= run.answered + clients:
         run.problems.append(f"{stored} payments stored, {run.answered} answered 201")
     if keys != stored:
@@ -367,6 +375,7 @@ def server_env(exchange_url: str, metrics_dir: Path, workers: int) -> dict[str, 
         ),
         "CRYPTOPAY_DEV_CHAIN": "1",
         "WEB_CONCURRENCY": str(workers),
+        "CRYPTOPAY_WEB_WORKERS": str(workers),  # the name before WEB_CONCURRENCY
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "CRYPTOPAY_RATE_PROVIDERS": ",".join(PROVIDERS),
         "CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK": "0",
@@ -590,7 +599,12 @@ def main() -> None:
 
     with FakeExchanges() as exchange:
         extra = server_env(exchange.base_url, Path(tempfile.gettempdir()), 1)
-        for name in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH", "WEB_CONCURRENCY"):
+        for name in (
+            "DJANGO_SETTINGS_MODULE",
+            "PYTHONPATH",
+            "WEB_CONCURRENCY",
+            "CRYPTOPAY_WEB_WORKERS",
+        ):
             extra.pop(name)
         extra.pop("PROMETHEUS_MULTIPROC_DIR")
         with scratch_environment("apicapacity", extra), tempfile.TemporaryDirectory() as logs:
