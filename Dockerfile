@@ -9,5 +9,6 @@ RUN SECRET_KEY=collectstatic-only DEBUG=0 python manage.py collectstatic --noinp
 RUN useradd --system --uid 1000 cryptopay && chown -R cryptopay /app
 USER cryptopay
 EXPOSE 8000
-# uvicorn with the body, header and timeout limits (cryptopay/server.py); CRYPTOPAY_WEB_WORKERS.
+# uvicorn with the body, header and timeout limits (cryptopay/server.py); WEB_CONCURRENCY workers
+# (default: one per core).
 CMD ["python", "manage.py", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -108,6 +108,13 @@ BENCHES = (
         "payments created/s and p50/p99 over HTTP, with and without the resilience layers",
     ),
     Bench(
+        "api_capacity",
+        (),
+        ("--quick",),
+        "manage.py serve with 1 and 2 workers: payment creates and reads vs a minimal insert "
+        "endpoint; SQL statements and Redis round trips per create; peak RSS per worker",
+    ),
+    Bench(
         "body_flood",
         (),
         ("--size-mib", "20"),
@@ -159,6 +166,13 @@ GOALS = (
         "with: p99",
         "without: p99",
         5.0,
+    ),
+    (
+        "idempotency layer overhead, in process, p99 (the 2 ms goal)",
+        "idempotency_overhead",
+        "with: p99",
+        "without: p99",
+        2.0,
     ),
 )
 

@@ -115,7 +115,6 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]" if DEBUG e
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
-    "daphne",
     "django_prometheus",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -178,6 +177,28 @@ TEMPLATES = [
     },
 ]
 
+# --- Web workers and the database -------------------------------------------------------------
+# Web worker processes of ``manage.py serve``: one per core by default, as one Python process uses
+# about one core (the GIL). WEB_CONCURRENCY is the name uvicorn and gunicorn read;
+# CRYPTOPAY_WEB_WORKERS is the older one. Above 1, set PROMETHEUS_MULTIPROC_DIR so /metrics sees
+# every worker. Embedded mode always runs one (in-memory channel layer, in-process schedule).
+SERVER_WORKERS = max(
+    1, env_int("WEB_CONCURRENCY", env_int("CRYPTOPAY_WEB_WORKERS", os.cpu_count() or 1))
+)
+# PostgreSQL's max_connections (its default), and the connections kept out of the web workers'
+# share: Celery worker and beat, the dispatcher, migrations, an operator's psql, the server's
+# superuser_reserved_connections.
+DATABASE_MAX_CONNECTIONS = env_int("CRYPTOPAY_DB_MAX_CONNECTIONS", 100)
+DATABASE_RESERVED_CONNECTIONS = env_int("CRYPTOPAY_DB_RESERVED_CONNECTIONS", 30)
+
+
+def database_pool_max(*, workers: int, max_connections: int, reserved: int) -> int:
+    """Connections per process: the web workers share what the other processes leave,
+    ``(max_connections - reserved) // workers``, capped at 16 (more does not make one process,
+    bound by its core, faster) and at least 2 (a request and the health check)."""
+    return max(2, min(16, (max_connections - reserved) // max(1, workers)))
+
+
 # --- Database -----------------------------------------------------------------------------------
 # Longest statement the server runs for us; no request or task needs more (0 = no limit, e.g. for
 # a migration that rebuilds a large table).
@@ -227,10 +248,18 @@ if DATABASE_URL:
         }
     )
     DATABASES["default"]["OPTIONS"]["pool"] = {
-        # Connections per process (daphne, each Celery child, the dispatcher); size it so that
-        # processes x max_size stays under PostgreSQL's max_connections.
+        # Connections per process (each web worker, each Celery child, the dispatcher): by
+        # default sized so that web workers x max_size stays under PostgreSQL's max_connections
+        # minus the reserve for the other processes (database_pool_max above).
         "min_size": env_int("CRYPTOPAY_DB_POOL_MIN", 1),
-        "max_size": env_int("CRYPTOPAY_DB_POOL_MAX", 16),
+        "max_size": env_int(
+            "CRYPTOPAY_DB_POOL_MAX",
+            database_pool_max(
+                workers=SERVER_WORKERS,
+                max_connections=DATABASE_MAX_CONNECTIONS,
+                reserved=DATABASE_RESERVED_CONNECTIONS,
+            ),
+        ),
         # How long a request waits for a free connection before failing (then a 503).
         "timeout": env_int("CRYPTOPAY_DB_POOL_TIMEOUT_SECONDS", 10),
         "reconnect_interval": DATABASE_RECONNECT_INTERVAL.total_seconds(),
@@ -463,9 +492,7 @@ API_JSON_MAX_DEPTH = env_int("CRYPTOPAY_API_JSON_MAX_DEPTH", 32)
 # Failed attempts with one key prefix from one client IP per window before that prefix gets 429
 # there: a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
 # --- HTTP server (manage.py serve: uvicorn, cryptopay/server.py) --------------------------------
-# Web worker processes; above 1, set PROMETHEUS_MULTIPROC_DIR so /metrics sees every worker.
-# Embedded mode always runs one (in-memory channel layer, in-process schedule).
-SERVER_WORKERS = env_int("CRYPTOPAY_WEB_WORKERS", 1)
+# Worker processes: SERVER_WORKERS, with the database pool (it sizes the pool).
 # A client must send a request's line and headers within this (slowloris holds sockets forever).
 SERVER_HEADER_TIMEOUT = env_seconds("CRYPTOPAY_SERVER_HEADER_TIMEOUT_SECONDS", 10)
 # Request line plus headers; larger gets 400 (h11's default, nginx allows 4 x 8 KiB).

@@ -1,7 +1,7 @@
 """Deposit address allocation: one fresh address per payment, never reused.
 
-The derivation index is taken from a counter per merchant and wallet key (``key_space``) under a
-row lock in the caller's transaction, so concurrent creations never share an index. The counter is
+The derivation index is taken from a counter per merchant and wallet key (``key_space``) by one
+increment-and-return statement in the caller's transaction (its row lock lasts until that commit), so concurrent creations never share an index. The counter is
 per key, not per currency, because ETH and every ERC-20 of one chain are normally received on one
 BIP44 account key: a counter per currency would hand ETH payment #0 and USDC payment #0 the same
 address. A creation that rolls back gives its index back together with its payment, so no address
@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 
 from payments.chains.config import chain_for_currency
@@ -64,20 +64,41 @@ def wallet_key_space(wallet: MerchantWallet) -> str:
 
 
 def _next_index(*, merchant: Merchant, space: str) -> int:
-    counter, _ = AddressIndex.objects.select_for_update().get_or_create(
-        merchant=merchant, key_space=space
-    )
-    index = counter.next_index
-    counter.next_index = index + 1
-    counter.save(update_fields=["next_index"])
+    """Take the counter's next index in one statement (an upsert that increments and returns),
+    so the counter row is locked from here to the caller's commit only: callers allocate as late
+    in their transaction as they can. A concurrent allocation of the same counter waits for that
+    commit (or rollback, which gives the index back) and then reads the incremented value."""
+    if connection.vendor != "postgresql":
+        counter, _ = AddressIndex.objects.select_for_update().get_or_create(
+            merchant=merchant, key_space=space
+        )
+        index = counter.next_index
+        AddressIndex.objects.filter(pk=counter.pk).update(next_index=index + 1)
+        return index
+    table = connection.ops.quote_name(AddressIndex._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {table} (merchant_id, key_space, next_index) VALUES (%s, %s, 1)
+            ON CONFLICT (merchant_id, key_space)
+            DO UPDATE SET next_index = {table}.next_index + 1
+            RETURNING next_index - 1
+            """,  # noqa: S608 (the table name is ours; every value is a parameter)
+            [merchant.pk, space],
+        )
+        (index,) = cursor.fetchone()
     return index
 
 
 def address_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAddress:
-    wallet = MerchantWallet.objects.filter(
-        merchant=merchant, crypto_currency=crypto_currency
-    ).first()
     chain = chain_for_currency(crypto_currency)
+    # Without a chain for the currency a wallet cannot be used, and with the development chain
+    # on its absence does not matter either: no query.
+    wallet = (
+        MerchantWallet.objects.filter(merchant=merchant, crypto_currency=crypto_currency).first()
+        if chain is not None or not settings.DEV_CHAIN_ENABLED
+        else None
+    )
     if wallet is not None and chain is not None:
         space = wallet_key_space(wallet)
         with transaction.atomic():
@@ -116,12 +137,19 @@ def address_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAd
             f"Cannot accept {crypto_currency}: {reason}.", param="crypto_currency"
         )
     space = key_space(extended_public_key=None, crypto_currency=crypto_currency)
-    with transaction.atomic():
-        index = _next_index(merchant=merchant, space=space)
+    index = _next_index(merchant=merchant, space=space)  # one statement: no savepoint needed
     address = dev_chain_address(
         merchant_public_id=merchant.public_id, crypto_currency=crypto_currency, index=index
     )
     return AllocatedAddress(address=address, index=index, chain=DEV_CHAIN, key_space=space)
+
+
+def address_release(*, merchant: Merchant, allocated: AllocatedAddress) -> None:
+    """Give back an index allocated in this transaction whose payment was not made (its caller
+    still holds the counter's row lock, so the index is the last one handed out)."""
+    AddressIndex.objects.filter(
+        merchant=merchant, key_space=allocated.key_space, next_index=allocated.index + 1
+    ).update(next_index=allocated.index)
 
 
 @dataclass(frozen=True)

@@ -209,9 +209,16 @@ class TieredCache(Generic[T]):
     def _read_shared(self, key: str, *, slide: bool = True) -> Entry[T] | None:
         cache = caches[self._cache_alias]
         try:
-            entry = cache.get(self._key(key))
-            if entry is not None and slide:
-                cache.touch(self._key(key), self._shared_lifetime())
+            backend = getattr(cache, "client", None)
+            client = self._redis() if slide else None
+            if client is not None and hasattr(backend, "decode"):
+                # One round trip for a warm read: read and re-arm the lifetime together (GETEX).
+                raw = client.getex(backend.make_key(self._key(key)), ex=self._shared_lifetime())
+                entry = None if raw is None else backend.decode(raw)
+            else:
+                entry = cache.get(self._key(key))
+                if entry is not None and slide:
+                    cache.touch(self._key(key), self._shared_lifetime())
         except Exception as exc:
             logger.warning("cache %s: read %s failed: %s", self.namespace, key, exc)
             return None

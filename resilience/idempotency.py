@@ -19,17 +19,18 @@ Semantics follow the IETF draft (draft-ietf-httpapi-idempotency-key-header) and 
   PostgreSQL and Redis alike, and opened only to replay it; the admin shows that it is sealed.
 
 Where correctness lives: PostgreSQL. The ``IdempotencyKey`` row is unique on (owner, key) and is
-inserted, the request executed and the row completed in ONE transaction with the request's own
-writes (the payment), while a transaction-scoped advisory lock on the key is held. A duplicate
+inserted (in the same statement that takes a transaction-scoped advisory lock on the key), the
+request executed and the row completed in ONE transaction with the request's own writes (the
+payment), while that lock is held. A duplicate
 waits the conflict retry delay once for that lock, then replays the committed answer or gets a
 409. A crash rolls the payment and the key back together, so a retry simply executes. ``version``
 is a fencing token for taking a row over (an expired key, or an in-progress row whose ``locked_at``
 lease ran out, which only a crash between statements of a future multi-step endpoint could leave):
 the take-over is a compare-and-set on it, and completing bumps it.
 
-Redis is a fast path only: a token-checked redis-py ``Lock`` saves concurrent duplicates a trip
-to the database, and the stored response is cached for replays. A Redis error skips the fast path;
-it is never taken as permission to execute.
+Redis is a fast path only: a stored response is cached there by its first replay (from the
+row), so later replays skip the database; an execution costs it one read. A Redis error skips the
+fast path; it is never taken as permission to execute.
 
 Why our own: django-idempotency-key locks only the lookup (concurrent duplicates both execute) and
 djangorestframework-idempotency-key runs before authentication, so keys are not scoped per client.
@@ -227,23 +228,13 @@ class IdempotencyGate:
         cached = self._replay_from_cache(owner, key, request_fingerprint)
         if cached is not None:
             return cached
-        lock = self._lock(owner, key)
-        try:
-            if lock is False:
-                # Someone else runs this key right now: give them the conflict delay, then look
-                # for their answer. The database below still decides (a held lock may be stale).
-                time.sleep(self.conflict_retry_delay.total_seconds())
-                cached = self._replay_from_cache(owner, key, request_fingerprint)
-                if cached is not None:
-                    return cached
-            return self._run_in_transaction(
-                owner=owner, key=key, automatic=automatic, method=method, path=path,
-                request_fingerprint=request_fingerprint, execute=execute,
-                should_store=should_store, response_has_secret=response_has_secret,
-            )  # fmt: skip
-        finally:
-            if lock:
-                self._unlock(lock)
+        # No Redis lock around the execution: the database claim below decides on its own, and
+        # a lock would cost two more round trips on every request for the rare duplicate.
+        return self._run_in_transaction(
+            owner=owner, key=key, automatic=automatic, method=method, path=path,
+            request_fingerprint=request_fingerprint, execute=execute,
+            should_store=should_store, response_has_secret=response_has_secret,
+        )  # fmt: skip
 
     def _replay_from_cache(self, owner: str, key: str, fp: str) -> HttpResponse | None:
         cached = self._cache_get(owner, key)
@@ -332,9 +323,8 @@ class IdempotencyGate:
                 version=outcome.version + 1,
             )
             OUTCOMES.labels("executed").inc()
-            transaction.on_commit(
-                lambda: self._cache_put(owner, key, request_fingerprint, stored, expires_at)
-            )
+            # Not copied to Redis here: most answers are never asked for again, and the copy
+            # would cost every request a round trip. The first replay (from this row) caches it.
         return response
 
     @contextmanager
@@ -353,20 +343,56 @@ class IdempotencyGate:
                 with connection.cursor() as cursor:
                     cursor.execute("SET LOCAL lock_timeout = DEFAULT")
 
-    def _exclusive(self, owner: str, key: str) -> bool:
-        """Hold the key for this transaction (PostgreSQL advisory lock, released at commit or
-        rollback, or when a crashed process's connection drops). Waits the conflict retry delay
-        once if someone else holds it."""
+    def _claim_new(
+        self,
+        *,
+        owner: str,
+        key: str,
+        automatic: bool,
+        method: str,
+        path: str,
+        request_fingerprint: str,
+    ) -> _Claimed | _InProgress | None:
+        """Hold the key for this transaction and insert its row if it has none, in ONE statement
+        (PostgreSQL). ``_Claimed``: the row is ours; ``_InProgress``: another transaction holds
+        the key (its request still runs) after waiting the conflict retry delay once; None: we
+        hold the key and a row already exists (the caller judges it).
+
+        The hold is a transaction-scoped advisory lock tried without waiting (released at commit
+        or rollback, or when a crashed process's connection drops), taken in the same statement
+        as ``INSERT ... ON CONFLICT DO NOTHING``: a duplicate never waits on the unique index for
+        an unbounded time, and a claim costs one round trip, not a lock, a read and an insert.
+        """
         digest = hashlib.sha256(f"{owner}\0{key}".encode()).digest()
         lock_id = int.from_bytes(digest[:8], "big", signed=True)
+        now = clock.now()
+        table = connection.ops.quote_name(IdempotencyKey._meta.db_table)
+        sql = f"""
+            WITH held AS (SELECT pg_try_advisory_xact_lock(%s) AS ok),
+            inserted AS (
+                INSERT INTO {table} (owner, key, automatic, method, path, fingerprint, status,
+                    version, locked_at, response_headers, response_sealed, replays, conflicts,
+                    mismatches, created_at, expires_at)
+                SELECT %s, %s, %s, %s, %s, %s, %s, 1, %s, '{{}}'::jsonb, false, 0, 0, 0, %s, %s
+                FROM held WHERE held.ok
+                ON CONFLICT (owner, key) DO NOTHING
+                RETURNING id
+            )
+            SELECT held.ok, (SELECT id FROM inserted) FROM held
+        """  # noqa: S608 (the table name is ours; every value is a parameter)
+        params = [
+            lock_id, owner, key, automatic, method, path, request_fingerprint,
+            IdempotencyKey.Status.IN_PROGRESS, now, now, now + self.expiry,
+        ]  # fmt: skip
         for attempt in range(2):
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_id])
-                if cursor.fetchone()[0]:
-                    return True
+                cursor.execute(sql, params)
+                held, pk = cursor.fetchone()
+            if held:
+                return None if pk is None else _Claimed(pk=pk, version=1)
             if attempt == 0:
                 time.sleep(self.conflict_retry_delay.total_seconds())
-        return False
+        return _InProgress()
 
     def _claim(
         self,
@@ -379,8 +405,14 @@ class IdempotencyGate:
         request_fingerprint: str,
     ) -> _Claimed | _Replay | _Mismatch | _InProgress:
         postgres = connection.vendor == "postgresql"
-        if postgres and not self._exclusive(owner, key):
-            return _InProgress()  # its first request is still running
+        if postgres:
+            first = self._claim_new(
+                owner=owner, key=key, automatic=automatic, method=method, path=path,
+                request_fingerprint=request_fingerprint,
+            )  # fmt: skip
+            if first is not None:
+                return first  # claimed, or its first request is still running
+            # We hold the key and a row exists: judged below.
         for _ in range(3):  # a row may vanish or be taken over between our statements
             now = clock.now()
             fresh = {
@@ -508,34 +540,16 @@ class IdempotencyGate:
     def _redis_key(self, kind: str, owner: str, key: str) -> str:
         return f"{self._prefix}:{kind}:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
 
-    def _lock(self, owner: str, key: str) -> Any:
-        """A held Lock, False when another request holds it, None when Redis cannot tell."""
-        if self._redis is None:
-            return None
-        lock = self._redis.lock(
-            self._redis_key("lock", owner, key), timeout=self.lease.total_seconds()
-        )
-        try:
-            return lock if lock.acquire(blocking=False) else False
-        except redis.RedisError as exc:
-            now = time.monotonic()
-            if now >= self._next_redis_warning:  # one line per 10 s, not one per request
-                self._next_redis_warning = now + 10
-                logger.warning("idempotency lock unavailable (%s); the database decides", exc)
-            return None
-
-    def _unlock(self, lock: Any) -> None:
-        try:
-            lock.release()
-        except (redis.RedisError, redis.exceptions.LockError):
-            pass  # expired or Redis gone: its own timeout frees it
-
     def _cache_get(self, owner: str, key: str) -> tuple[str, StoredResponse] | None:
         if self._redis is None:
             return None
         try:
             raw = self._redis.get(self._redis_key("response", owner, key))
-        except redis.RedisError:
+        except redis.RedisError as exc:
+            now = time.monotonic()
+            if now >= self._next_redis_warning:  # one line per 10 s, not one per request
+                self._next_redis_warning = now + 10
+                logger.warning("idempotency cache unavailable (%s); the database decides", exc)
             return None
         if raw is None:
             return None

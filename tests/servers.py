@@ -101,6 +101,9 @@ def server_command(kind: str, port: int) -> list[str]:
 
 def server_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     return {
+        # One web worker unless a test asks for more (production runs one per core): a test's
+        # server is one process, whose pid, log and connections the test can follow.
+        "WEB_CONCURRENCY": "1",
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "cryptopay.settings",
         "DATABASE_URL": served_database_url(),
@@ -132,7 +135,11 @@ def dispatcher(log_dir: Path, *, env: dict[str, str] | None = None) -> Iterator[
 
 @contextmanager
 def asgi_server(
-    log_dir: Path, *, kind: str = "gateway", env: dict[str, str] | None = None
+    log_dir: Path,
+    *,
+    kind: str = "gateway",
+    env: dict[str, str] | None = None,
+    start_timeout: float = 30,
 ) -> Iterator[Server]:
     """Start a server on a free port, wait until it answers HTTP, stop it afterwards."""
     port = free_port()
@@ -140,7 +147,7 @@ def asgi_server(
     process = spawn(server_command(kind, port), log=log, env=server_environment(env))
     server = Server(process=process, port=port, log=log)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"{kind} exited with {process.returncode}:\n{server.output()}")
@@ -148,7 +155,9 @@ def asgi_server(
                 httpx.get(f"{server.base_url}/health/live", timeout=1)
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} did not answer within 30 s:\n{server.output()}")
+                raise RuntimeError(
+                    f"{kind} did not answer within {start_timeout:g} s:\n{server.output()}"
+                )
             time.sleep(0.1)
         yield server
     finally:

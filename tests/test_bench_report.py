@@ -24,6 +24,7 @@ BENCHES = {
     "utxo_mempool",
     "notifications",
     "api_throughput",
+    "api_capacity",
     "body_flood",
 }
 OPTIONAL = {"ws_fanout"}  # included when the checkout has it

@@ -105,13 +105,20 @@ class PaymentListCreateView(APIView):
                 crypto_currency=serializer.validated_data["crypto_currency"],
                 fiat_currency=serializer.validated_data["currency"],
             )
-        return self._create(request, quote=quote)
+        return self._create(request, quote=quote, serializer=serializer)
 
     @idempotent()
-    def _create(self, request: Request, *, quote: Quote | None) -> Response:
+    def _create(
+        self,
+        request: Request,
+        *,
+        quote: Quote | None,
+        serializer: PaymentCreateSerializer | None = None,
+    ) -> Response:
         merchant = request.user.merchant
-        serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
-        serializer.is_valid(raise_exception=True)
+        if serializer is None:
+            serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
+        serializer.is_valid(raise_exception=True)  # validated once: the result is kept
         data = serializer.validated_data
         payment = services.payment_create(
             merchant=merchant,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -12,6 +16,7 @@ from payments import services
 from payments.errors import DuplicateOrderId
 from payments.models import AddressIndex, Payment
 from tests.factories import MerchantFactory
+from tests.servers import server_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,3 +74,66 @@ def test_concurrent_creations_with_one_order_id_make_exactly_one_payment():
     assert len(created) == 1
     assert len(refused) == 5
     assert Payment.objects.filter(merchant=merchant, order_id="same-order").count() == 1
+
+
+def test_given_two_processes_allocating_at_once_then_no_index_is_handed_out_twice(settings):
+    merchant = MerchantFactory()
+    per_process = 40
+    clients = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.payments.address_client",
+                str(merchant.pk),
+                str(per_process),
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            env=server_environment({"CRYPTOPAY_DEV_CHAIN": "1"}),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for client in clients:
+            assert json.loads(client.stdout.readline()) == {"ready": True}
+        for client in clients:
+            client.stdin.write("go\n")
+            client.stdin.flush()
+        answers = [json.loads(client.stdout.readline())["indexes"] for client in clients]
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+
+    handed_out = answers[0] + answers[1]
+    assert sorted(handed_out) == list(range(2 * per_process))
+    assert AddressIndex.objects.get(merchant=merchant, key_space="dev:LTC").next_index == 80
+
+
+def test_a_create_costs_eight_statements_at_most(settings):
+    """The API's create path: authentication, then in one transaction the idempotency claim, the
+    address, the payment with its first event, the outbox event and the key's completion; BEGIN
+    and COMMIT are among the captured statements."""
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.test import APIClient
+
+    from tests.factories import ApiKeyFactory
+
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    body = {"amount": "10.00", "crypto_currency": "LTC", "order_id": "o-1"}
+    api.post("/api/v1/payments", {**body, "order_id": "o-0"}, format="json")  # warm: key used
+
+    with CaptureQueriesContext(connection) as queries:
+        answer = api.post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+
+    assert answer.status_code == 201, answer.content
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) <= 8, "\n".join(s[:100] for s in statements)
+    assert not any(s.startswith('UPDATE "payments_payment"') for s in statements)
+    assert sum(s.startswith("SAVEPOINT") for s in statements) <= 1

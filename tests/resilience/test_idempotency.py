@@ -311,11 +311,27 @@ def test_a_crash_after_the_insert_rolls_back_and_releases_the_key(halfway_urls):
     assert Payment.objects.count() == 1
 
 
+def test_given_an_executed_request_then_redis_holds_no_copy_until_its_first_replay(
+    api, merchant, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(api)
+    gate = idempotency.default_gate()
+    owner = IdempotencyKey.objects.get(key="key-1").owner
+    assert gate._cache_get(owner, "key-1") is None  # an execution costs Redis no write
+
+    replayed = post(api)  # from the row, which copies it to Redis
+
+    assert replayed.content == first.content
+    assert gate._cache_get(owner, "key-1") is not None
+
+
 def test_replays_come_from_redis_when_the_database_row_is_gone(
     api, merchant, django_capture_on_commit_callbacks
 ):
-    with django_capture_on_commit_callbacks(execute=True):  # the cache is written after commit
+    with django_capture_on_commit_callbacks(execute=True):
         first = post(api)
+    post(api)  # the first replay copies the answer to Redis
     IdempotencyKey.objects.all().delete()  # only the Redis copy is left
 
     second = post(api)
@@ -359,6 +375,7 @@ def test_cleanup_removes_expired_keys_from_both_stores(
 ):
     with django_capture_on_commit_callbacks(execute=True):
         post(api)
+    post(api)  # the first replay copies the answer to Redis
     row = IdempotencyKey.objects.get(key="key-1")
     gate = idempotency.default_gate()
     assert gate._cache_get(row.owner, "key-1") is not None
@@ -437,6 +454,15 @@ def test_given_a_slow_request_when_it_completes_then_the_row_and_the_redis_copy_
             owner="o", key="slow", automatic=False, method="POST", path="/x",
             request_fingerprint="fp", execute=slow_execute,
         )  # fmt: skip
+    gate.run(
+        owner="o",
+        key="slow",
+        automatic=False,
+        method="POST",
+        path="/x",
+        request_fingerprint="fp",
+        execute=slow_execute,
+    )  # fmt: skip  (a replay: it copies the answer to Redis with the row's expiry)
 
     row = IdempotencyKey.objects.get(owner="o", key="slow")
     assert row.expires_at == row.completed_at + settings.IDEMPOTENCY_EXPIRY

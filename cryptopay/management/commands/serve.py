@@ -4,12 +4,15 @@ docker-compose and the Dockerfile."""
 
 from __future__ import annotations
 
+import os
+
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from cryptopay.scheduler import EmbeddedScheduler
 from cryptopay.server import uvicorn_options
+from cryptopay.settings import database_pool_max
 
 
 class Command(BaseCommand):
@@ -27,7 +30,31 @@ class Command(BaseCommand):
             workers = 1
             EmbeddedScheduler().start()
             self.stdout.write("embedded mode: periodic tasks run in this process")
-        self.stdout.write(f"serving on http://{options['host']}:{options['port']}/", ending="\n")
+        # The workers size their database pools from the worker count (settings.py): a count
+        # given here must reach them.
+        os.environ["WEB_CONCURRENCY"] = str(workers)
+        pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+        if isinstance(pool, dict) and workers != settings.SERVER_WORKERS:
+            pool_max = database_pool_max(
+                workers=workers,
+                max_connections=settings.DATABASE_MAX_CONNECTIONS,
+                reserved=settings.DATABASE_RESERVED_CONNECTIONS,
+            )
+            if "CRYPTOPAY_DB_POOL_MAX" not in os.environ:
+                pool["max_size"] = pool_max
+        if isinstance(pool, dict):
+            budget = settings.DATABASE_MAX_CONNECTIONS - settings.DATABASE_RESERVED_CONNECTIONS
+            if workers * pool["max_size"] > budget:
+                self.stderr.write(
+                    f"warning: {workers} workers x {pool['max_size']} database connections "
+                    f"exceed the web workers' share of PostgreSQL's max_connections ({budget}); "
+                    "lower CRYPTOPAY_DB_POOL_MAX or WEB_CONCURRENCY, or raise "
+                    "CRYPTOPAY_DB_MAX_CONNECTIONS with the server's max_connections"
+                )
+        self.stdout.write(
+            f"serving on http://{options['host']}:{options['port']}/ with {workers} worker(s)",
+            ending="\n",
+        )
         self.stdout.flush()
         uvicorn.run(
             "cryptopay.asgi:application",
