@@ -131,7 +131,7 @@ def flood_low(count: int) -> list[int]:
 def publish(*, owner: str, type: str, n: int):
     from django.db import transaction
 
-    from notifications.services import event_publish
+    from notifications.outbox import event_publish
 
     with transaction.atomic():
         return event_publish(
@@ -317,8 +317,8 @@ def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
     import aiohttp
 
     from notifications import signing
+    from notifications.delivery import _json
     from notifications.models import Event
-    from notifications.services import _json
 
     reset_events()
     fast.reset()
@@ -360,7 +360,7 @@ def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
 
 
 def deliveries_section(args: argparse.Namespace, figures: list) -> None:
-    from notifications.services import webhook_endpoint_create
+    from notifications.endpoints import webhook_endpoint_create
     from tests.notifications.fast_receiver import FastReceiver
 
     with FastReceiver() as fast:
@@ -403,7 +403,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from notifications.services import webhook_endpoint_create
+    from notifications.endpoints import webhook_endpoint_create
     from tests.notifications.receivers import Receiver
 
     with Receiver() as receiver:

@@ -525,7 +525,7 @@ class Scenario:
     def merchant_setup(self) -> None:
         from bip_utils import Bip44, Bip44Coins, Bip84, Bip84Coins
 
-        from notifications.services import webhook_endpoint_create
+        from notifications.endpoints import webhook_endpoint_create
         from payments.models import ApiKeyScope, Merchant, MerchantWallet
         from payments.services import api_key_create
 

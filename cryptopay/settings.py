@@ -543,8 +543,8 @@ FALLBACK_RATES: dict[str, Decimal] = {
 
 # --- Notifications ------------------------------------------------------------------------------
 # Keys encrypting webhook secrets at rest, newest first (the first encrypts, all decrypt;
-# notifications/secrets.py): a key of its own lets SECRET_KEY rotate without touching webhook
-# signing. Empty: SECRET_KEY (and SECRET_KEY_FALLBACKS) do it.
+# notifications/endpoint_secrets.py): a key of its own lets SECRET_KEY rotate without touching
+# webhook signing. Empty: SECRET_KEY (and SECRET_KEY_FALLBACKS) do it.
 ENCRYPTION_KEYS = env_list("CRYPTOPAY_ENCRYPTION_KEYS", "")
 # Legacy single key (before CRYPTOPAY_ENCRYPTION_KEYS): still encrypts when that is empty, and
 # always decrypts, so installs that set it keep working.

@@ -8,8 +8,10 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from notifications import secrets, services
+from notifications import endpoint_secrets, endpoints
+from notifications.delivery import webhook_redeliver
 from notifications.destinations import DestinationRefused
+from notifications.event_types import event_type_choices
 from notifications.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 CREATED_TEMPLATE = "admin/notifications/webhookendpoint/created.html"
@@ -29,7 +31,7 @@ def _no_store(response: HttpResponse) -> HttpResponse:
 class WebhookEndpointForm(forms.ModelForm):
     url = forms.URLField(max_length=2000, assume_scheme="https")
     event_types = forms.MultipleChoiceField(
-        choices=[(t, t) for t in services.EVENT_TYPES],
+        choices=event_type_choices,
         widget=forms.CheckboxSelectMultiple,
         required=False,
         help_text="None ticked: every type of the owner's events (system-wide events such as "
@@ -44,7 +46,7 @@ class WebhookEndpointForm(forms.ModelForm):
     def clean_url(self) -> str:
         url = self.cleaned_data["url"]
         try:
-            services.webhook_url_check(url)
+            endpoints.webhook_url_check(url)
         except (DestinationRefused, ValueError) as exc:
             # ValueError: urlsplit refuses the port (e.g. 99999).
             raise forms.ValidationError(str(exc), code="url_not_allowed")
@@ -84,24 +86,28 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     @admin.display(description="Signing secret")
     def signing_secret(self, endpoint: WebhookEndpoint) -> str:
-        if secrets.readable(endpoint.secret_encrypted):
+        if endpoint_secrets.readable(endpoint.secret_encrypted):
             return "ok"
         return UNREADABLE_WARNING
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
-        if change:
-            obj.save(update_fields=["url", "description", "event_types", "enabled"])
-            return
         data = form.cleaned_data
-        endpoint, secret = services.webhook_endpoint_create(
+        if change:
+            endpoints.webhook_endpoint_update(
+                endpoint=obj,
+                url=data["url"],
+                description=data["description"],
+                event_types=data["event_types"],
+                enabled=data["enabled"],
+            )
+            return
+        endpoint, secret = endpoints.webhook_endpoint_create(
             owner=data["owner"],
             url=data["url"],
             event_types=data["event_types"],
             description=data["description"],
+            enabled=data["enabled"],
         )
-        if not data["enabled"]:
-            endpoint.enabled = False
-            endpoint.save(update_fields=["enabled"])
         # The admin logs and redirects with ``obj``: make it the endpoint the service created.
         obj.__dict__.update(
             {f.attname: getattr(endpoint, f.attname) for f in WebhookEndpoint._meta.fields}
@@ -109,6 +115,13 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         obj._state.adding = False
         # Kept on the request only long enough to render the one page that shows it.
         request._created_webhook_secrets = [(endpoint, secret)]
+
+    def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
+        endpoints.webhook_endpoint_delete(endpoint=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+        for endpoint in queryset:
+            endpoints.webhook_endpoint_delete(endpoint=endpoint)
 
     def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:  # type: ignore[no-untyped-def]
         return self._secrets_page(request, request._created_webhook_secrets, rotated=False)
@@ -131,7 +144,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     )
     def rotate_secret(self, request: HttpRequest, queryset) -> HttpResponse:  # type: ignore[no-untyped-def]
         rotated = [
-            (endpoint, services.webhook_endpoint_rotate_secret(endpoint=endpoint))
+            (endpoint, endpoints.webhook_endpoint_rotate_secret(endpoint=endpoint))
             for endpoint in queryset.order_by("pk")
         ]
         return self._secrets_page(request, rotated, rotated=True)
@@ -234,7 +247,7 @@ class WebhookDeliveryAdmin(_ReadOnlyAdmin):
             return
         outcomes: dict[str, int] = {}
         for delivery in selected:
-            status = services.webhook_redeliver(delivery=delivery).status
+            status = webhook_redeliver(delivery=delivery).status
             outcomes[status] = outcomes.get(status, 0) + 1
         summary = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items()))
         level = messages.SUCCESS if set(outcomes) == {"succeeded"} else messages.WARNING

@@ -1,4 +1,4 @@
-"""Reads for the admin resilience dashboard (``cryptopay.dashboard``): WebSocket connections,
+"""Reads for the admin resilience dashboard (``cryptopay.dashboard_views``): WebSocket connections,
 notification queue depths and the webhook backlog. The same sources as ``notifications.metrics``
 (which sets gauges from them at scrape time), returned as values.
 """

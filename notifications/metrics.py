@@ -3,7 +3,7 @@
 Queue sizes live in Redis and the webhook backlog in PostgreSQL, so no process can keep them up
 to date as it works; ``/metrics`` reads them just before it collects. Processing rates are the
 counters where the work happens: ``cryptopay_notifications_dispatched_total`` (dispatcher) and
-``cryptopay_webhook_delivery_attempts_total`` (``notifications.services``).
+``cryptopay_webhook_delivery_attempts_total`` (``notifications.delivery``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from django.db.models import Count, Min
 from prometheus_client import Gauge
 
 from notifications import queues
+from notifications.delivery import DELIVERY_ATTEMPTS, DELIVERY_OUTCOMES
 from notifications.dispatcher import DISPATCHED, QUEUE_SIZE
 from notifications.models import Priority, WebhookDelivery
-from notifications.services import DELIVERY_ATTEMPTS, DELIVERY_OUTCOMES
 from resilience import clock
 from resilience.metrics import prime, register_sampler
 

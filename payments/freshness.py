@@ -1,4 +1,4 @@
-"""Reads for the admin resilience dashboard (``cryptopay.dashboard``): rate age per pair in use and
+"""Reads for the admin resilience dashboard (``cryptopay.dashboard_views``): rate age per pair in use and
 watcher lag per chain. The same sources as ``payments.metrics`` (which sets gauges from them at
 scrape time), returned as values.
 """

@@ -18,7 +18,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
-from notifications.services import event_publish
+from notifications.outbox import event_publish
 from payments import states
 from payments.addresses import address_allocate
 from payments.chains.config import chain_for_currency
@@ -759,7 +759,7 @@ def payments_expire_due() -> dict[str, int]:
     Each payment moves in its own short transaction and rows another worker holds are skipped,
     so several sweepers can run at once. At most 1000 of each per run; the next run takes the rest.
     """
-    from payments.dependencies import expiry_held_currencies
+    from payments.probes import expiry_held_currencies
 
     now = clock.now()
     # Chain reads' last fallback: while no node of a chain answers, its payments do not expire

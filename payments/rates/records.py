@@ -10,7 +10,7 @@ import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from notifications.services import event_publish
+from notifications.outbox import event_publish
 from payments.models import ExchangeRateEvent
 from payments.rates.live import LiveRate
 

@@ -19,8 +19,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
-from notifications import queues, services
+from notifications import queues
+from notifications.delivery import deliveries_create
+from notifications.endpoints import webhook_endpoint_create
 from notifications.models import WebhookDelivery
+from notifications.outbox import event_publish
 from notifications.tasks import webhooks_deliver_due
 from payments.models import ChainCursor
 from resilience import clock
@@ -167,15 +170,15 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
     )  # fmt: skip
     # Five deliveries due now to an endpoint where nothing listens: the worker's sweep fails
     # each, and the endpoint's breaker opens.
-    endpoint, _ = services.webhook_endpoint_create(
+    endpoint, _ = webhook_endpoint_create(
         owner=merchant.public_id, url=f"http://127.0.0.1:{free_port()}/hook"
     )
     for number in range(5):
-        event = services.event_publish(
+        event = event_publish(
             owner=merchant.public_id, type="payment.created", subject=f"pay_m{number}",
             data={"n": number},
         )  # fmt: skip
-        services.deliveries_create(event=event)
+        deliveries_create(event=event)
 
     logs = {name: tmp_path / f"{name}.log" for name in ("web", "worker")}
     with ExitStack() as stack:  # closed in reverse: streams, worker, web
