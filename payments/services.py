@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -27,7 +26,6 @@ from payments.errors import DuplicateOrderId, InvalidTransition
 from payments.models import (
     ApiKey,
     ApiKeyScope,
-    BaseUnitsSum,
     Merchant,
     Payment,
     PaymentEvent,
@@ -410,12 +408,6 @@ class ObservedOutput:
         )
 
 
-def _paid_threshold(payment: Payment) -> int:
-    """Base units that count as paid in full under the payment's underpayment tolerance."""
-    tolerance = payment.underpayment_tolerance_percent
-    return math.ceil(payment.crypto_amount * (Decimal(100) - tolerance) / Decimal(100))
-
-
 def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bool:
     """Record (once) or update an output paying ``payment`` and move the payment accordingly.
 
@@ -609,99 +601,38 @@ def payment_transaction_drop(*, transaction_id: int, reason: str) -> bool:
 
 
 def _payment_reevaluate(*, payment: Payment, at: datetime) -> None:
-    """Recompute received/confirmed totals and walk the state machine to where they lead."""
-    live = PaymentTransaction.objects.filter(payment=payment).exclude(
-        state=PaymentTransaction.State.DROPPED
+    """Record the totals the live transactions add up to and apply the transitions they lead to
+    (``states.payment_evaluate`` computes both)."""
+    received = [
+        states.Received(*row)
+        for row in PaymentTransaction.objects.filter(payment=payment)
+        .exclude(state=PaymentTransaction.State.DROPPED)
+        .values_list("amount", "confirmations", "replaceable", "first_seen_at", "mined_at")
+    ]
+    evaluation = states.payment_evaluate(
+        status=payment.status,
+        sub_status=payment.sub_status,
+        received=received,
+        policy=states.Policy(
+            amount_due=payment.crypto_amount,
+            underpayment_tolerance_percent=payment.underpayment_tolerance_percent,
+            required_confirmations=payment.required_confirmations,
+            expires_at=payment.expires_at,
+        ),
+        at=at,
     )
-    # 0-conf is never enough for a transaction that signals replace-by-fee.
-    confirmed_filter = Q(confirmations__gte=max(payment.required_confirmations, 1)) | Q(
-        confirmations__gte=payment.required_confirmations, replaceable=False
-    )
-    totals = live.aggregate(
-        received=BaseUnitsSum("amount"),
-        confirmed=BaseUnitsSum("amount", filter=confirmed_filter),
-    )
-    payment.amount_received = int(totals["received"] or 0)
-    payment.amount_confirmed = int(totals["confirmed"] or 0)
+    payment.amount_received = evaluation.amount_received
+    payment.amount_confirmed = evaluation.amount_confirmed
     payment.save(update_fields=["amount_received", "amount_confirmed", "updated_at"])
-
-    threshold = _paid_threshold(payment)
-    paid_in_full = payment.amount_received >= threshold
-    confirmed_in_full = payment.amount_confirmed >= threshold
-    over = (
-        PaymentSubStatus.PAID_OVER
-        if payment.amount_received > payment.crypto_amount
-        else PaymentSubStatus.NONE
-    )
-    partial = (
-        PaymentSubStatus.PAID_PARTIAL if payment.amount_received > 0 else PaymentSubStatus.NONE
-    )
-
-    def move(to_status: str, sub_status: str, reason: str) -> None:
+    for step in evaluation.steps:
         _transition(
             payment=payment,
-            to_status=to_status,
-            sub_status=sub_status,
-            reason=reason,
+            to_status=step.status,
+            sub_status=step.sub_status,
+            reason=step.reason,
             operator=False,
             at=at,
         )
-
-    if payment.sub_status == PaymentSubStatus.MARKED:
-        return  # an operator decided; amounts are still recorded above
-    if (
-        payment.status == PaymentStatus.PENDING
-        and paid_in_full
-        and at > payment.expires_at
-        and not _paid_before(payment, threshold)
-    ):
-        # Paid after expiry by the chain's evidence (first seen and mined after it), whether or
-        # not the expiry sweep has run yet (it waits for the watcher to look past the expiry):
-        # the quote is not honoured; the merchant decides.
-        move(PaymentStatus.EXPIRED, PaymentSubStatus.PAID_LATE, "paid after expiry")
-        return
-    if (
-        payment.status == PaymentStatus.EXPIRED
-        and paid_in_full
-        and _paid_before(payment, threshold)
-    ):
-        # Paid before expiry but noticed after it (a node outage, a catch-up): on time.
-        move(PaymentStatus.PROCESSING, over, "paid before expiry, noticed after it")
-    if payment.status == PaymentStatus.SETTLED and not confirmed_in_full:
-        move(PaymentStatus.PROCESSING, over, "confirmations lost in a reorg")
-    status = payment.status
-    if status == PaymentStatus.PENDING:
-        if paid_in_full:
-            move(PaymentStatus.PROCESSING, over, "paid in full")
-        elif payment.amount_received > 0 or payment.sub_status:
-            move(PaymentStatus.PENDING, partial, "payment amount changed")
-    if payment.status == PaymentStatus.PROCESSING:
-        if not paid_in_full:
-            move(PaymentStatus.PENDING, partial, "underpaid again")
-        elif confirmed_in_full:
-            move(PaymentStatus.SETTLED, over, "confirmed")
-        else:
-            move(PaymentStatus.PROCESSING, over, "payment amount changed")
-    elif payment.status == PaymentStatus.SETTLED and status == PaymentStatus.SETTLED:
-        move(PaymentStatus.SETTLED, over, "payment amount changed")
-    elif payment.status in (PaymentStatus.EXPIRED, PaymentStatus.CANCELLED):
-        if payment.amount_received > 0:
-            late = PaymentSubStatus.PAID_LATE if paid_in_full else PaymentSubStatus.PAID_PARTIAL
-            move(payment.status, late, "paid after the payment closed")
-        else:
-            move(payment.status, PaymentSubStatus.NONE, "payment no longer counted")
-
-
-def _paid_before(payment: Payment, threshold: int) -> bool:
-    """Whether the payment was paid in full by transactions seen or mined before it expired."""
-    on_time = 0
-    for tx in PaymentTransaction.objects.filter(payment=payment).exclude(
-        state=PaymentTransaction.State.DROPPED
-    ):
-        paid_at = min(t for t in (tx.first_seen_at, tx.mined_at) if t is not None)
-        if paid_at <= payment.expires_at:
-            on_time += tx.amount
-    return on_time >= threshold
 
 
 def _sweep(*, due: Q, to_status: str, reason: str, at: datetime) -> int:
