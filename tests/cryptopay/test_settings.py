@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -46,7 +47,7 @@ MODE_VARS = (
     "DEBUG",
     "ALLOWED_HOSTS",
     "SECURE_SSL_REDIRECT",
-    "CACHE_KEY_PREFIX",
+    "CRYPTOPAY_REDIS_PREFIX",
 )
 # Tunables that change what the mode defaults would be; other CRYPTOPAY_* settings pass through.
 MODE_TUNABLES = ("CRYPTOPAY_STATE_DIR", "CRYPTOPAY_DEV_CHAIN")
@@ -410,3 +411,49 @@ def test_given_an_overdue_payment_when_a_celery_worker_runs_the_expiry_task_then
     assert expired.count() == 1
     assert expired.get().data["to"] == {"status": "expired", "sub_status": None}
     assert status() == PaymentStatus.EXPIRED
+
+
+REDIS_PREFIX_PROBE = """
+import json
+
+import django
+
+django.setup()
+
+from django.conf import settings
+
+print(json.dumps([
+    settings.CACHES["default"]["KEY_PREFIX"],
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
+    settings.API_AUTH_THROTTLE_REDIS_PREFIX,
+    settings.NOTIFY_REDIS_PREFIX,
+    settings.IDEMPOTENCY_REDIS_PREFIX,
+    settings.BREAKER_KEY_PREFIX,
+    settings.WEBSOCKET_REDIS_PREFIX,
+]))
+"""
+
+
+def test_given_one_redis_prefix_then_every_redis_key_prefix_starts_with_it():
+    env = production_env(CRYPTOPAY_REDIS_PREFIX="shop-b")
+    result = subprocess.run(
+        [PYTHON, "-c", REDIS_PREFIX_PROBE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    prefixes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert prefixes[0] == "shop-b"
+    assert all(prefix.startswith("shop-b:") for prefix in prefixes[1:])
+    assert len(set(prefixes)) == 7
+
+
+def test_settings_read_each_environment_variable_once():
+    source = (REPO / "cryptopay" / "settings.py").read_text()
+    names = re.findall(r'env_\w+\(\s*"([A-Z_0-9]+)"', source)
+    assert len(names) > 50
+    assert sorted({name for name in names if names.count(name) > 1}) == []

@@ -136,12 +136,7 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         DATABASE_URL=_test_database_url(),
         REDIS_URL=os.environ["REDIS_URL"],
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        CACHE_KEY_PREFIX=f"{prefix}:cache",
-        CRYPTOPAY_BREAKER_KEY_PREFIX=f"{prefix}:breaker",
-        CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX=f"{prefix}:idem",
-        CRYPTOPAY_NOTIFY_REDIS_PREFIX=f"{prefix}:notify",
-        CRYPTOPAY_WS_REDIS_PREFIX=f"{prefix}:ws",
-        CRYPTOPAY_CHANNELS_PREFIX=f"{prefix}:asgi",
+        CRYPTOPAY_REDIS_PREFIX=prefix,
         # One live stream per user: a second connection evicts the first.
         CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER="1",
         CRYPTOPAY_DEV_CHAIN="1",
