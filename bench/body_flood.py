@@ -1,4 +1,4 @@
-"""One 300 MiB multipart POST to /health/live, no credentials (issue #16, item 1): the server's
+"""One 300 MiB multipart POST to /health/live, no credentials: the server's
 peak memory and how long other clients wait meanwhile, for daphne (the old web command, the
 baseline) and the gateway (``manage.py serve``: uvicorn with cryptopay/server.py).
 

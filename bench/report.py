@@ -116,7 +116,7 @@ BENCHES = (
     ),
 )
 
-# Seed claims with a figure in these benches: (claim, bench, with, without, goal in ms).
+# The specification's claims with a figure in these benches: (claim, bench, with, without, goal in ms).
 GOALS = (
     (
         "resilience overhead per request, HTTP, daphne, 1 client, p50",
@@ -438,9 +438,9 @@ def write_markdown(
     if goals:
         lines += [
             "",
-            "## Seed goals",
+            "## Specification goals",
             "",
-            "The seed promises < 5 ms of resilience overhead. Overhead = the figure with the "
+            "The specification promises < 5 ms of resilience overhead. Overhead = the figure with the "
             "layer minus the same figure without it, same bench, same run.",
             "",
             "| claim | bench | overhead | goal | |",

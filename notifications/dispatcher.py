@@ -1,6 +1,6 @@
 """The dispatcher: drains the priority queues and fans events out to browsers and webhooks.
 
-Adaptive batching (the seed's numbers): the load is the mean number of queued events over the last
+Adaptive batching (NOTIFY_BATCHING, the specification's default): the load is the mean number of queued events over the last
 NOTIFY_LOAD_WINDOW samples; at or above NOTIFY_HIGH_LOAD_THRESHOLD it takes batches of 200 and
 waits at most 100 ms for work, below NOTIFY_LOW_LOAD_THRESHOLD batches of 10 and up to 5 s, in
 between 50 and 1 s. Waiting is a blocking pop, so a new event (High first) wakes it at once: the

@@ -68,7 +68,7 @@ def _test_redis_keys_removed():
 
 @pytest.fixture(autouse=True)
 def _dev_chain(settings) -> None:
-    # Payments need an address source; the development chain is the one this foundation has.
+    # Payments need an address source; the development chain needs no node.
     settings.DEV_CHAIN_ENABLED = True
 
 

@@ -24,7 +24,7 @@ os.environ.setdefault("CRYPTOPAY_AUTH_IP_FAILURES_PER_WINDOW", "1000000")
 os.environ.setdefault("CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE", "1")
 # No test may reach a real exchange: rate tests point providers at fakes on 127.0.0.1.
 os.environ.setdefault("CRYPTOPAY_RATE_PROVIDERS", "")
-# The foundation tests price payments from the static rates; policy tests turn this off.
+# Most tests price payments from the static rates; the rate policy tests turn this off.
 os.environ.setdefault("CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK", "1")
 # pytest-django holds each non-transactional test in one transaction, idle while the test waits on
 # servers and subprocesses; the production 60 s would end it mid-test. The idle-transaction test

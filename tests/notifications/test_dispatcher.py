@@ -402,7 +402,7 @@ def test_a_hanging_endpoint_delays_no_later_event_and_its_breaker_then_refuses_a
         assert "circuit open" in third_bad.last_error
 
 
-# --- issue 14: isolation, priority end to end, one POST per attempt ------------------------------
+# --- isolation, priority end to end, one POST per attempt ------------------------------
 
 
 def _latencies_ms(receiver: Receiver, published: dict[str, float]) -> list[float]:

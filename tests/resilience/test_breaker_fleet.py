@@ -1,4 +1,4 @@
-"""The shared breaker across OS processes, step by step (issue #15 items 1 and 2).
+"""The shared breaker across OS processes, step by step.
 
 Each process (tests/resilience/breaker_process.py, mode ``steps``) runs one breaker on real Redis
 with a clock the test sets on every command, and answers each command before the test sends the

@@ -1,4 +1,4 @@
-"""Recovery from a lost database (issue #15 item 6), over real HTTP, on real PostgreSQL.
+"""Recovery from a lost database, over real HTTP, on real PostgreSQL.
 
 daphne runs the gateway in its own process and reaches PostgreSQL through the fault proxy
 (tests/faultproxy.py). Its pool holds several connections when every one of them is killed

@@ -1,4 +1,4 @@
-"""Security headers (issue #16, item 7): a Content-Security-Policy on every page, inline scripts
+"""Security headers: a Content-Security-Policy on every page, inline scripts
 and styles only with the request's nonce; Referrer-Policy and Permissions-Policy; the proxy's
 X-Forwarded-Proto believed only with a trusted proxy configured; and docker-compose's defaults
 pass ``manage.py check --deploy --fail-level WARNING``. (That the pages still work under the

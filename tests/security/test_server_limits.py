@@ -1,7 +1,7 @@
 """The production web server (``manage.py serve``: uvicorn with cryptopay/server.py) under attacks
 that need no credentials: one huge body, slow headers, oversized headers, bodies where none belong.
 Each test starts the real server process and talks to it over real sockets; memory is read from
-/proc of the server and its workers (issue #16, item 1; the daphne figures: bench/body_flood.py)."""
+/proc of the server and its workers (the daphne figures: bench/body_flood.py)."""
 
 from __future__ import annotations
 
