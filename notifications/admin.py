@@ -68,17 +68,28 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         if obj is None:
             return ["owner", "url", "description", "event_types", "enabled"]
         return [
-            "public_id", "owner", "url", "description", "event_types", "enabled", "created_at",
-            "signing_secret", "previous_secret_expires_at",
-        ]  # fmt: skip
+            "public_id",
+            "owner",
+            "url",
+            "description",
+            "event_types",
+            "enabled",
+            "created_at",
+            "signing_secret",
+            "previous_secret_expires_at",
+        ]
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is None:
             return []
         # The owner never changes: the endpoint would start receiving another merchant's events.
         return [
-            "public_id", "owner", "created_at", "signing_secret", "previous_secret_expires_at",
-        ]  # fmt: skip
+            "public_id",
+            "owner",
+            "created_at",
+            "signing_secret",
+            "previous_secret_expires_at",
+        ]
 
     @admin.display(description="Event types")
     def types(self, endpoint: WebhookEndpoint) -> str:
@@ -165,9 +176,14 @@ class _ReadOnlyInline(admin.TabularInline):
 class WebhookDeliveryInline(_ReadOnlyInline):
     model = WebhookDelivery
     fields = [
-        "endpoint", "status", "attempts", "last_status_code", "last_error", "next_attempt_at",
+        "endpoint",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "next_attempt_at",
         "delivered_at",
-    ]  # fmt: skip
+    ]
     readonly_fields = fields
     show_change_link = True
 
@@ -196,9 +212,15 @@ class _ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Event)
 class EventAdmin(_ReadOnlyAdmin):
     list_display = [
-        "public_id", "type", "priority", "owner", "subject", "sequence", "created_at",
+        "public_id",
+        "type",
+        "priority",
+        "owner",
+        "subject",
+        "sequence",
+        "created_at",
         "dispatched_at",
-    ]  # fmt: skip
+    ]
     list_filter = ["type", "priority"]
     search_fields = ["public_id", "subject", "owner"]
     inlines = [WebhookDeliveryInline]
@@ -208,9 +230,15 @@ class EventAdmin(_ReadOnlyAdmin):
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(_ReadOnlyAdmin):
     list_display = [
-        "event_id_", "event_type", "endpoint_id_", "status", "attempts", "last_status_code",
-        "next_attempt_at", "delivered_at",
-    ]  # fmt: skip
+        "event_id_",
+        "event_type",
+        "endpoint_id_",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "delivered_at",
+    ]
     list_filter = ["status"]
     search_fields = ["event__public_id", "endpoint__public_id"]
     list_select_related = ["event", "endpoint"]

@@ -237,10 +237,16 @@ class IdempotencyGate:
                 if cached is not None:
                     return cached
             return self._run_in_transaction(
-                owner=owner, key=key, automatic=automatic, method=method, path=path,
-                request_fingerprint=request_fingerprint, execute=execute,
-                should_store=should_store, response_has_secret=response_has_secret,
-            )  # fmt: skip
+                owner=owner,
+                key=key,
+                automatic=automatic,
+                method=method,
+                path=path,
+                request_fingerprint=request_fingerprint,
+                execute=execute,
+                should_store=should_store,
+                response_has_secret=response_has_secret,
+            )
         finally:
             if lock:
                 self._unlock(lock)
@@ -286,9 +292,13 @@ class IdempotencyGate:
         stored: StoredResponse | None = None
         with transaction.atomic():
             outcome = self._claim(
-                owner=owner, key=key, automatic=automatic, method=method, path=path,
+                owner=owner,
+                key=key,
+                automatic=automatic,
+                method=method,
+                path=path,
                 request_fingerprint=request_fingerprint,
-            )  # fmt: skip
+            )
             if isinstance(outcome, _Replay):
                 try:
                     opened = outcome.stored.opened()
@@ -648,10 +658,16 @@ def _gate_request(
     key_value, automatic = key
     method = request.method or ""
     return default_gate().run(
-        owner=owner, key=key_value, automatic=automatic, method=method, path=request.path,
-        execute=execute, should_store=should_store, response_has_secret=response_has_secret,
+        owner=owner,
+        key=key_value,
+        automatic=automatic,
+        method=method,
+        path=request.path,
+        execute=execute,
+        should_store=should_store,
+        response_has_secret=response_has_secret,
         request_fingerprint=fingerprint(method=method, path=request.path, body=body),
-    )  # fmt: skip
+    )
 
 
 def idempotent(
@@ -683,9 +699,15 @@ def idempotent(
                 return response
 
             return _gate_request(
-                request, owner=owner, data=data, body=body, required=required, execute=execute,
-                should_store=should_store, response_has_secret=response_has_secret,
-            )  # fmt: skip
+                request,
+                owner=owner,
+                data=data,
+                body=body,
+                required=required,
+                execute=execute,
+                should_store=should_store,
+                response_has_secret=response_has_secret,
+            )
 
         return wrapper
 
@@ -721,9 +743,14 @@ class IdempotencyMiddleware:
         except (ValueError, RecursionError):  # too deep: the view's parser answers 400
             data, body = None, request.body  # not JSON: the raw bytes are the canonical form
         return _gate_request(
-            request, owner=owner, data=data, body=body, required=False,
-            execute=lambda: self.get_response(request), should_store=default_should_store,
-        )  # fmt: skip
+            request,
+            owner=owner,
+            data=data,
+            body=body,
+            required=False,
+            execute=lambda: self.get_response(request),
+            should_store=default_should_store,
+        )
 
 
 def idempotency_keys_cleanup(*, limit: int = 10_000) -> int:

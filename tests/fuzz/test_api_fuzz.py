@@ -94,8 +94,11 @@ class Caller:
             owner=self.merchant.public_id, url="http://127.0.0.1:9/hooks"
         )
         event = Event.objects.get(subject=payment.public_id, type="payment.created")
-        return {"payments": payment.public_id, "webhook-endpoints": endpoint.public_id,
-                "events": event.public_id}  # fmt: skip
+        return {
+            "payments": payment.public_id,
+            "webhook-endpoints": endpoint.public_id,
+            "events": event.public_id,
+        }
 
 
 @pytest.fixture

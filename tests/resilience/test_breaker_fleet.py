@@ -41,10 +41,20 @@ class Process:
                 "DATABASE_URL": served_database_url(),
             }
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.resilience.breaker_process", "steps",
-             settings.REDIS_URL, prefix],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "tests.resilience.breaker_process",
+                "steps",
+                settings.REDIS_URL,
+                prefix,
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert self._read() == {"ready": True}
 
     def _read(self) -> dict:

@@ -160,9 +160,12 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
     _, api_key = ApiKeyFactory.create_with_secret(merchant=merchant)
     # What the watcher would have recorded: 3 blocks behind, last poll 10 s ago.
     ChainCursor.objects.create(
-        chain="litecoin", height=100, tip_height=103, block_hash="00ab",
+        chain="litecoin",
+        height=100,
+        tip_height=103,
+        block_hash="00ab",
         polled_at=clock.now() - timedelta(seconds=10),
-    )  # fmt: skip
+    )
     # Five deliveries due now to an endpoint where nothing listens: the worker's sweep fails
     # each, and the endpoint's breaker opens.
     endpoint, _ = webhook_endpoint_create(
@@ -170,9 +173,11 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
     )
     for number in range(5):
         event = event_publish(
-            owner=merchant.public_id, type="payment.created", subject=f"pay_m{number}",
+            owner=merchant.public_id,
+            type="payment.created",
+            subject=f"pay_m{number}",
             data={"n": number},
-        )  # fmt: skip
+        )
         deliveries_create(event=event)
 
     logs = {name: tmp_path / f"{name}.log" for name in ("web", "worker")}
@@ -180,8 +185,12 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         with logs["web"].open("wb") as out:
             web = subprocess.Popen(
                 [PYTHON, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         stack.callback(_stop_group, web)
         worker = stack.enter_context(celery_worker(queue=queue, log=logs["worker"], env=env))
 
@@ -221,25 +230,35 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         sweep = webhooks_deliver_due.apply_async(queue=queue)
         _wait_until(
             lambda: f"[{sweep.id}] succeeded" in logs["worker"].read_text(),
-            seconds=60, worker=worker, log=logs["worker"], what="the webhook sweep",
-        )  # fmt: skip
+            seconds=60,
+            worker=worker,
+            log=logs["worker"],
+            what="the webhook sweep",
+        )
         # Monitoring finds the chain's only node unreachable; recovery tries it (worker).
         for task in (dependencies_monitor, dependencies_recover):
             done = task.apply_async(queue=queue)
             _wait_until(
                 lambda done=done: f"[{done.id}] succeeded" in logs["worker"].read_text(),
-                seconds=90, worker=worker, log=logs["worker"], what=task.name,
-            )  # fmt: skip
+                seconds=90,
+                worker=worker,
+                log=logs["worker"],
+                what=task.name,
+            )
         # Two live streams of one merchant (web): the second evicts the first.
         stream_url = f"ws://127.0.0.1:{port}/ws/merchant/"
         auth = {"Authorization": f"Bearer {api_key}"}
         for _ in range(2):
             stack.enter_context(ws_connect(stream_url, additional_headers=auth, open_timeout=10))
         _wait_until(
-            lambda: value_or_none(scrape(base), "cryptopay_websocket_evictions_total",
-                                  enforced_by="redis"),
-            seconds=20, worker=web, log=logs["web"], what="the eviction",
-        )  # fmt: skip
+            lambda: value_or_none(
+                scrape(base), "cryptopay_websocket_evictions_total", enforced_by="redis"
+            ),
+            seconds=20,
+            worker=web,
+            log=logs["web"],
+            what="the eviction",
+        )
 
         metrics = scrape(base)
         # The same answer through a proxy is refused.

@@ -143,10 +143,14 @@ class RecordingResolver:
 def _send(url: str, resolver: RecordingResolver, tls: ssl.SSLContext | None = None) -> Outcome:
     """One delivery attempt through the webhook sender itself, resolving with ``resolver``."""
     claim = Claim(
-        delivery_id=1, token=1, until=clock.now() + timedelta(minutes=5), priority=0,
+        delivery_id=1,
+        token=1,
+        until=clock.now() + timedelta(minutes=5),
+        priority=0,
         target=Target(public_id="we_pinning", url=url, secrets=("whsec_pinning",)),
-        webhook_id="evt_pinning", body=b"{}",
-    )  # fmt: skip
+        webhook_id="evt_pinning",
+        body=b"{}",
+    )
 
     async def run() -> list[Outcome]:
         outcomes: list[Outcome] = []
