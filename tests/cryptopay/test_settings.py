@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -115,9 +116,9 @@ def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def probe_settings(env: dict[str, str]) -> dict[str, object]:
+def probe_settings(env: dict[str, str], probe: str = PROBE) -> Any:
     result = subprocess.run(
-        [PYTHON, "-c", PROBE],
+        [PYTHON, "-c", probe],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -435,18 +436,9 @@ print(json.dumps([
 
 
 def test_given_one_redis_prefix_then_every_redis_key_prefix_starts_with_it():
-    env = production_env(CRYPTOPAY_REDIS_PREFIX="shop-b")
-    result = subprocess.run(
-        [PYTHON, "-c", REDIS_PREFIX_PROBE],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    prefixes = probe_settings(
+        production_env(CRYPTOPAY_REDIS_PREFIX="shop-b"), probe=REDIS_PREFIX_PROBE
     )
-    assert result.returncode == 0, result.stderr
-    prefixes = json.loads(result.stdout.strip().splitlines()[-1])
     assert prefixes[0] == "shop-b"
     assert all(prefix.startswith("shop-b:") for prefix in prefixes[1:])
     assert len(set(prefixes)) == 7
