@@ -63,8 +63,8 @@ Reading the figures: the server is one Python process (the GIL: about one core o
 machine), PostgreSQL and wrk share the other core. All payments belong to one merchant, so the
 per-merchant address index (a row lock held until commit) serializes their inserts, as it would for
 one busy shop. Under ``--clients`` concurrent clients latency is mostly queueing (clients /
-throughput); the unloaded run shows what one request costs end to end, where the seed's "< 5 ms
-resilience overhead" is judged.
+throughput); the unloaded run shows what one request costs end to end, where the specification's
+"< 5 ms resilience overhead" is judged.
 """
 
 from __future__ import annotations
@@ -482,7 +482,7 @@ def report(phases: list[Phase], args: argparse.Namespace, load_start: str) -> No
             f"  {server:8} {args.clients} clients: created/s {ratio(a.rate, b.rate)}, "
             f"p50 {ratio(a.p50_ms, b.p50_ms)}, p99 {ratio(a.p99_ms, b.p99_ms)}; "
             f"{args.latency_clients} client(s): overhead p50 {ua.p50_ms - ub.p50_ms:+.2f} ms, "
-            f"p99 {ua.p99_ms - ub.p99_ms:+.2f} ms (seed goal: < 5 ms)"
+            f"p99 {ua.p99_ms - ub.p99_ms:+.2f} ms (goal: < 5 ms)"
         )
     if all((s, v) in by for s in SERVERS for v in VARIANTS):
         print("uvicorn / daphne (same variant):")

@@ -1,4 +1,4 @@
-"""One 300 MiB multipart POST to /health/live, no credentials (issue #16, item 1): the server's
+"""One 300 MiB multipart POST to /health/live, no credentials: the server's
 peak memory and how long other clients wait meanwhile, for daphne (the old web command, the
 baseline) and the gateway (``manage.py serve``: uvicorn with cryptopay/server.py).
 
@@ -46,8 +46,9 @@ ENV = {
 
 def attack(kind: str, size: int, log_dir: Path) -> dict[str, float | str]:
     port = free_port()
-    process = spawn(server_command(kind, port), log=log_dir / f"{kind}.log",
-                    env={**os.environ, **ENV})  # fmt: skip
+    process = spawn(
+        server_command(kind, port), log=log_dir / f"{kind}.log", env={**os.environ, **ENV}
+    )
     server = Server(process=process, port=port, log=log_dir / f"{kind}.log")
     try:
         deadline = time.monotonic() + 60
@@ -92,17 +93,26 @@ def main() -> None:
         for kind in kinds:
             results[kind] = attack(kind, args.size_mib * MIB, Path(log_dir))
             r = results[kind]
-            print(f"{kind:8} {args.size_mib} MiB POST /health/live -> {r['answer']!r} after "
-                  f"{r['attack_s']:.1f} s; RSS {r['rss_before_mib']:.0f} -> peak "
-                  f"{r['peak_rss_mib']:.0f} MiB; other clients: {r['others_answered']} answered, "
-                  f"{r['others_failed']} failed, p50 {r['others_p50_ms']:.1f} ms, "
-                  f"max {r['others_max_ms']:.1f} ms", flush=True)  # fmt: skip
+            print(
+                f"{kind:8} {args.size_mib} MiB POST /health/live -> {r['answer']!r} after "
+                f"{r['attack_s']:.1f} s; RSS {r['rss_before_mib']:.0f} -> peak "
+                f"{r['peak_rss_mib']:.0f} MiB; other clients: {r['others_answered']} answered, "
+                f"{r['others_failed']} failed, p50 {r['others_p50_ms']:.1f} ms, "
+                f"max {r['others_max_ms']:.1f} ms",
+                flush=True,
+            )
     figures = []
     base = kinds[0]
     for kind in kinds:
         for name, unit in (("peak_rss_mib", "MiB"), ("others_max_ms", "ms")):
-            figures.append(figure(f"{kind}_{name}", float(results[kind][name]), unit,
-                                  baseline=None if kind == base else f"{base}_{name}"))  # fmt: skip
+            figures.append(
+                figure(
+                    f"{kind}_{name}",
+                    float(results[kind][name]),
+                    unit,
+                    baseline=None if kind == base else f"{base}_{name}",
+                )
+            )
     emit("body_flood", figures, size_mib=args.size_mib)
 
 

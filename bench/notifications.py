@@ -12,8 +12,8 @@ a real HTTP receiver on 127.0.0.1 (tests/notifications/receivers.py) that answer
    queued first; then, while the dispatcher drains them, a High event (payment.status_changed to
    a merchant with one endpoint) is published every ``--gap`` seconds. Latency is publish (before
    the committing transaction) to the receiver's arrival time; only High events published while
-   Low events were still queued count. Run once per batching policy: adaptive (the seed's levels)
-   and fixed ones (50 / 1 s is the seed's "normal" level held constant; 200 / 0.1 s and 10 / 5 s
+   Low events were still queued count. Run once per batching policy: adaptive (NOTIFY_BATCHING's
+   levels) and fixed ones (50 / 1 s is its "normal" level held constant; 200 / 0.1 s and 10 / 5 s
    its other two).
 2. Throughput: ``--events`` events already queued, drained by an adaptive dispatcher, in events/s:
    system events (no fan-out at all), merchant events with no webhook endpoint (browser groups
@@ -131,7 +131,7 @@ def flood_low(count: int) -> list[int]:
 def publish(*, owner: str, type: str, n: int):
     from django.db import transaction
 
-    from notifications.services import event_publish
+    from notifications.outbox import event_publish
 
     with transaction.atomic():
         return event_publish(
@@ -317,8 +317,8 @@ def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
     import aiohttp
 
     from notifications import signing
+    from notifications.delivery import _json
     from notifications.models import Event
-    from notifications.services import _json
 
     reset_events()
     fast.reset()
@@ -360,7 +360,7 @@ def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
 
 
 def deliveries_section(args: argparse.Namespace, figures: list) -> None:
-    from notifications.services import webhook_endpoint_create
+    from notifications.endpoints import webhook_endpoint_create
     from tests.notifications.fast_receiver import FastReceiver
 
     with FastReceiver() as fast:
@@ -403,7 +403,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from notifications.services import webhook_endpoint_create
+    from notifications.endpoints import webhook_endpoint_create
     from tests.notifications.receivers import Receiver
 
     with Receiver() as receiver:
@@ -421,13 +421,13 @@ def run(args: argparse.Namespace) -> None:
             f"{'Low/s':>6} {'Low left':>8}  batches per level"
         )
         policies = [
-            ("adaptive (seed)", None),
+            ("adaptive", None),
             ("fixed 50 / 1 s", fixed_batching(1.0, 50)),
             ("fixed 200 / 0.1 s", fixed_batching(0.1, 200)),
             ("fixed 10 / 5 s", fixed_batching(5.0, 10)),
         ]
         figures = []
-        # Baseline: the seed's "normal" level held constant (no adaptation).
+        # Baseline: the "normal" level held constant (no adaptation).
         fixed = "fixed 50 / 1 s"
         for label, batching in policies:
             result = high_latency_under_flood(

@@ -123,7 +123,7 @@ BENCHES = (
     ),
 )
 
-# Seed claims with a figure in these benches: (claim, bench, with, without, goal in ms).
+# The specification's claims with a figure in these benches: (claim, bench, with, without, goal in ms).
 GOALS = (
     (
         "resilience overhead per request, HTTP, daphne, 1 client, p50",
@@ -205,8 +205,7 @@ def bench_environment() -> dict[str, str]:
     # breaker_overhead.py sets Django up on these services without a scratch database: its cache
     # and breaker keys go under a prefix of this report run (deleted at the end).
     prefix = f"cryptopay-bench-report-{os.getpid()}"
-    env["CACHE_KEY_PREFIX"] = prefix
-    env["CRYPTOPAY_BREAKER_KEY_PREFIX"] = f"{prefix}:breaker"
+    env["CRYPTOPAY_REDIS_PREFIX"] = prefix
     env["LOG_LEVEL"] = "WARNING"
     env["PYTHONUNBUFFERED"] = "1"
     for name in ("DJANGO_SETTINGS_MODULE", "DEBUG", "CRYPTOPAY_STATE_DIR"):
@@ -341,7 +340,7 @@ def cleanup_redis(env: dict[str, str]) -> None:
         import redis
 
         client = redis.Redis.from_url(env["REDIS_URL"], socket_timeout=5)
-        stale = list(client.scan_iter(match=f"{env['CACHE_KEY_PREFIX']}*", count=1000))
+        stale = list(client.scan_iter(match=f"{env['CRYPTOPAY_REDIS_PREFIX']}*", count=1000))
         if stale:
             client.delete(*stale)
     except Exception as exc:
@@ -453,9 +452,9 @@ def write_markdown(
     if goals:
         lines += [
             "",
-            "## Seed goals",
+            "## Specification goals",
             "",
-            "The seed promises < 5 ms of resilience overhead. Overhead = the figure with the "
+            "The specification promises < 5 ms of resilience overhead. Overhead = the figure with the "
             "layer minus the same figure without it, same bench, same run.",
             "",
             "| claim | bench | overhead | goal | |",

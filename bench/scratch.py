@@ -52,13 +52,8 @@ def setup_django(
             "ALLOWED_HOSTS": "127.0.0.1",
             "SECURE_SSL_REDIRECT": "0",
             "LOG_LEVEL": "WARNING",
-            "CACHE_KEY_PREFIX": redis_prefix,
-            "CRYPTOPAY_BREAKER_KEY_PREFIX": f"{redis_prefix}:breaker",
-            "CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX": f"{redis_prefix}:idempotency",
-            "CRYPTOPAY_NOTIFY_REDIS_PREFIX": f"{redis_prefix}:notify",
-            # WebSocket connection registry and channel layer (groups, channels) of this run.
-            "CRYPTOPAY_WS_REDIS_PREFIX": f"{redis_prefix}:ws",
-            "CRYPTOPAY_CHANNELS_PREFIX": f"{redis_prefix}:asgi",
+            # Every Redis key of this run: cache, breakers, queues, WebSocket registry, channels.
+            "CRYPTOPAY_REDIS_PREFIX": redis_prefix,
             # Priced from the static rates, as in the tests: no exchange is asked.
             "CRYPTOPAY_RATE_PROVIDERS": "",
             "CRYPTOPAY_RATES_ALLOW_STATIC_FALLBACK": "1",

@@ -492,6 +492,7 @@ class Scenario:
             "CRYPTOPAY_WEBHOOK_RETRY_INITIAL_SECONDS": "1",
             "CRYPTOPAY_WEBHOOK_RETRY_MAX_SECONDS": "5",
             "CRYPTOPAY_NOTIFY_REQUEUE_SECONDS": "2",
+            "CRYPTOPAY_NOTIFY_REQUEUE_SWEEP_SECONDS": "2",
             "CRYPTOPAY_RECOVERY_SECONDS": "5",
             "CRYPTOPAY_HEALTH_MONITOR_SECONDS": "2",
             "CRYPTOPAY_DEV_CHAIN": "0",
@@ -525,7 +526,7 @@ class Scenario:
     def merchant_setup(self) -> None:
         from bip_utils import Bip44, Bip44Coins, Bip84, Bip84Coins
 
-        from notifications.services import webhook_endpoint_create
+        from notifications.endpoints import webhook_endpoint_create
         from payments.models import ApiKeyScope, Merchant, MerchantWallet
         from payments.services import api_key_create
 

@@ -16,7 +16,7 @@ from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from cryptopay.server import BodyLimitMiddleware  # noqa: E402
-from payments.routing import websocket_urlpatterns  # noqa: E402
+from payments.consumers import websocket_urlpatterns  # noqa: E402
 
 
 class BrowserOriginValidator(OriginValidator):

@@ -3,7 +3,7 @@ and a deadline on request headers (slowloris). ``manage.py serve`` runs uvicorn 
 
 Why uvicorn and this module rather than daphne: Twisted (under daphne) reads a whole request body,
 and parses a form body into memory, before the application sees the request and has no cap: one
-300 MiB multipart POST to ``/health/live`` took the process to 3.7 GiB (issue #16). uvicorn hands
+300 MiB multipart POST to ``/health/live`` took the process to 3.7 GiB (bench/body_flood.py). uvicorn hands
 the body over in chunks with back-pressure, so nothing is read that the application does not ask
 for; it has no body cap of its own, hence ``BodyLimitMiddleware``. Its h11 protocol caps the size
 of the request line and headers (``h11_max_incomplete_event_size``) but starts its keep-alive timer

@@ -8,8 +8,10 @@ Two shapes share the same code paths:
 * **Services** (``DATABASE_URL`` and ``REDIS_URL`` set): PostgreSQL through psycopg 3,
   django-redis, channels-redis and Celery on Redis.
 
-Every tunable takes its default from the original specification (``shared/seed``); the comment
-beside it says why it exists.
+Every tunable is read from one environment variable, has a default and a comment saying why it
+exists. A comment that says "the specification's default" marks a number taken from the
+gateway's original specification (intervals, retries, batching); the others say where theirs
+come from.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ def env_list(name: str, default: str) -> list[str]:
 
 DATABASE_URL = env_str("DATABASE_URL")
 REDIS_URL = env_str("REDIS_URL")
+# Every Redis key of ours starts with this (cache, channel layer, queues, breakers, idempotency,
+# throttle, connection registry); deployments, benches and test runs sharing a Redis need
+# distinct ones. The seven prefixes below are derived from it.
+REDIS_PREFIX = env_str("CRYPTOPAY_REDIS_PREFIX", "cryptopay")
 # Embedded mode is a local, single-process setup; it is what `make run` serves.
 EMBEDDED = not DATABASE_URL and not REDIS_URL
 if bool(DATABASE_URL) != bool(REDIS_URL):
@@ -292,7 +298,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "cryptopay"),
+            "KEY_PREFIX": REDIS_PREFIX,
             "OPTIONS": {
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 # Redis is an accelerator: fail in well under a second and let callers degrade,
@@ -319,8 +325,7 @@ if REDIS_URL:
                         "max_connections": env_int("CRYPTOPAY_CHANNELS_MAX_CONNECTIONS", 1000),
                     }
                 ],
-                # Deployments (and test runs) sharing a Redis need distinct prefixes.
-                "prefix": env_str("CRYPTOPAY_CHANNELS_PREFIX", "asgi"),
+                "prefix": f"{REDIS_PREFIX}:asgi",
             },
         }
     }
@@ -338,12 +343,17 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# The one beat schedule. Values are seconds.
+# How often the watchers poll their nodes; a block every ~2.5 min (LTC) or 12 s (ETH) needs no less.
+CHAIN_POLL_INTERVAL = env_seconds("CRYPTOPAY_CHAIN_POLL_SECONDS", 5)
+# Health monitoring (the specification's default: every 30 s) updates each dependency's level and
+# alerts on changes; a level older than three of these reads as Unknown.
+HEALTH_MONITOR_INTERVAL = env_seconds("CRYPTOPAY_HEALTH_MONITOR_SECONDS", 30)
+# The one beat schedule.
 CELERY_BEAT_SCHEDULE = {
     "chains-watch": {
         "task": "payments.tasks.chains_watch",
         # Each run polls every configured chain once; a lock keeps runs from overlapping.
-        "schedule": env_seconds("CRYPTOPAY_CHAIN_POLL_SECONDS", 5),
+        "schedule": CHAIN_POLL_INTERVAL,
     },
     "rates-refresh-in-use": {
         "task": "payments.tasks.rates_refresh_in_use",
@@ -357,17 +367,19 @@ CELERY_BEAT_SCHEDULE = {
     },
     "notifications-requeue-lost": {
         "task": "notifications.tasks.events_requeue_lost",
-        # Rebuilds the Redis queues from the outbox after Redis lost them.
-        "schedule": env_seconds("CRYPTOPAY_NOTIFY_REQUEUE_SECONDS", 30),
+        # Rebuilds the Redis queues from the outbox after Redis lost them (NOTIFY_REQUEUE_AFTER
+        # says which events count as lost; this, how often to look).
+        "schedule": env_seconds("CRYPTOPAY_NOTIFY_REQUEUE_SWEEP_SECONDS", 30),
     },
     "idempotency-keys-cleanup": {
         "task": "resilience.tasks.idempotency_keys_cleanup",
-        # Seed: background cleanup every 6 hours; replays are promised for IDEMPOTENCY_EXPIRY only.
+        # The specification's default, every 6 hours; replays are promised for IDEMPOTENCY_EXPIRY.
         "schedule": env_seconds("CRYPTOPAY_IDEMPOTENCY_CLEANUP_SECONDS", 6 * 3600),
     },
     "websocket-connections-cleanup": {
         "task": "notifications.tasks.websocket_connections_cleanup",
-        # Seed: every 5 minutes; drops connections of processes that died without disconnecting.
+        # Every 5 minutes (the specification's default): drops connections of processes that died
+        # without disconnecting.
         "schedule": env_seconds("CRYPTOPAY_WS_CLEANUP_SECONDS", 300),
     },
     "payments-expire-due": {
@@ -377,12 +389,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "dependencies-monitor": {
         "task": "resilience.tasks.dependencies_monitor",
-        # Seed: health monitoring every 30 s updates each dependency's level and alerts on changes.
-        "schedule": env_seconds("CRYPTOPAY_HEALTH_MONITOR_SECONDS", 30),
+        "schedule": HEALTH_MONITOR_INTERVAL,
     },
     "dependencies-recover": {
         "task": "resilience.tasks.dependencies_recover",
-        # Seed: recovery of degraded services every 2 minutes.
+        # Recovery of degraded services every 2 minutes (the specification's default).
         "schedule": env_seconds("CRYPTOPAY_RECOVERY_SECONDS", 120),
     },
 }
@@ -448,8 +459,10 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 # Django's default, said out loud: full URLs (checkout tokens) never leave for other sites.
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-# Paths answered over plain HTTP even with SECURE_SSL_REDIRECT on; sections below append theirs.
-SECURE_REDIRECT_EXEMPT: list[str] = []
+# Paths answered over plain HTTP even with SECURE_SSL_REDIRECT on: load balancers probe /health/*
+# inside the network, and Prometheus scrapes /metrics on loopback (or inside the network with
+# the token).
+SECURE_REDIRECT_EXEMPT = [r"^health(/|$)", r"^metrics$"]
 
 # --- REST API -----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -489,8 +502,6 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
 # Deeper JSON bodies are a 400 json_too_deep: our payloads nest 2 levels, and Python's recursion
 # limit (~1,000) would otherwise turn a deep body into a 500.
 API_JSON_MAX_DEPTH = env_int("CRYPTOPAY_API_JSON_MAX_DEPTH", 32)
-# Failed attempts with one key prefix from one client IP per window before that prefix gets 429
-# there: a key's 32 random characters cannot be guessed, but a leaked prefix or a reused key can.
 # --- HTTP server (manage.py serve: uvicorn, cryptopay/server.py) --------------------------------
 # Worker processes: SERVER_WORKERS, with the database pool (it sizes the pool).
 # A client must send a request's line and headers within this (slowloris holds sockets forever).
@@ -509,9 +520,7 @@ API_AUTH_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", 20)
 # 401; valid keys from that IP are still served (behind a NAT or proxy many clients share it).
 API_AUTH_IP_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_IP_FAILURES_PER_WINDOW", 100)
 API_AUTH_FAILURE_WINDOW = env_seconds("CRYPTOPAY_AUTH_FAILURE_WINDOW_SECONDS", 60)
-API_AUTH_THROTTLE_REDIS_PREFIX = env_str(
-    "CRYPTOPAY_AUTH_THROTTLE_REDIS_PREFIX", "cryptopay:authfail"
-)
+API_AUTH_THROTTLE_REDIS_PREFIX = f"{REDIS_PREFIX}:authfail"
 
 # --- Payments -----------------------------------------------------------------------------------
 # Merchant defaults (BTCPay Server's); each merchant can change its own.
@@ -531,8 +540,6 @@ PAYMENT_METADATA_MAX_BYTES = env_int("CRYPTOPAY_METADATA_MAX_BYTES", 8 * 1024)
 # Chains to watch and their nodes, in failover order (see payments/chains/config.py). Empty:
 # nothing is watched, and payments need the development chain.
 CHAINS: dict = json.loads(env_str("CRYPTOPAY_CHAINS", "{}"))
-# How often the watchers poll their nodes; a block every ~2.5 min (LTC) or 12 s (ETH) needs no less.
-CHAIN_POLL_INTERVAL = env_seconds("CRYPTOPAY_CHAIN_POLL_SECONDS", 5)
 # Per-attempt timeout of a node RPC call.
 CHAIN_RPC_TIMEOUT = env_seconds("CRYPTOPAY_CHAIN_RPC_TIMEOUT_SECONDS", 5)
 # How long one poll of one chain may scan before it saves its cursor and returns (the rest is
@@ -543,7 +550,7 @@ CHAIN_POLL_BUDGET = env_seconds("CRYPTOPAY_CHAIN_POLL_BUDGET_SECONDS", 30)
 # On in embedded mode only, so a real deployment never hands out an address nobody watches.
 DEV_CHAIN_ENABLED = env_bool("CRYPTOPAY_DEV_CHAIN", EMBEDDED)
 
-# The seed's last-resort level: conservative static rates (fiat per one coin), used when nothing
+# The last-resort level: conservative static rates (fiat per one coin), used when nothing
 # better is available and always marked `source: "fallback"`. Override with a JSON object.
 FALLBACK_RATES: dict[str, Decimal] = {
     pair: Decimal(value)
@@ -570,8 +577,8 @@ FALLBACK_RATES: dict[str, Decimal] = {
 
 # --- Notifications ------------------------------------------------------------------------------
 # Keys encrypting webhook secrets at rest, newest first (the first encrypts, all decrypt;
-# notifications/secrets.py): a key of its own lets SECRET_KEY rotate without touching webhook
-# signing. Empty: SECRET_KEY (and SECRET_KEY_FALLBACKS) do it.
+# notifications/endpoint_secrets.py): a key of its own lets SECRET_KEY rotate without touching
+# webhook signing. Empty: SECRET_KEY (and SECRET_KEY_FALLBACKS) do it.
 ENCRYPTION_KEYS = env_list("CRYPTOPAY_ENCRYPTION_KEYS", "")
 # Legacy single key (before CRYPTOPAY_ENCRYPTION_KEYS): still encrypts when that is empty, and
 # always decrypts, so installs that set it keep working.
@@ -594,13 +601,14 @@ WEBHOOK_SLOW = env_seconds("CRYPTOPAY_WEBHOOK_SLOW_SECONDS", 5)
 # A sender's claim on a delivery; one that died holding it is retried after this (must exceed
 # the timeout times the immediate retries: a sender never starts an attempt it cannot finish).
 WEBHOOK_CLAIM = env_seconds("CRYPTOPAY_WEBHOOK_CLAIM_SECONDS", 300)
-# Seed: High-priority deliveries are retried up to 3 times at once before the slow schedule.
+# High-priority deliveries are retried up to 3 times at once before the slow schedule (the
+# specification's default, as are the batching figures below).
 NOTIFY_HIGH_PRIORITY_RETRIES = env_int("CRYPTOPAY_NOTIFY_HIGH_RETRIES", 3)
-# Adaptive batching (seed): load = mean queued events over the last 10 samples.
+# Adaptive batching: load = mean queued events over the last 10 samples.
 NOTIFY_LOAD_WINDOW = env_int("CRYPTOPAY_NOTIFY_LOAD_WINDOW", 10)
 NOTIFY_HIGH_LOAD_THRESHOLD = env_int("CRYPTOPAY_NOTIFY_HIGH_LOAD", 1000)  # queued events
 NOTIFY_LOW_LOAD_THRESHOLD = env_int("CRYPTOPAY_NOTIFY_LOW_LOAD", 10)
-# (interval seconds, batch size) per load level, from the seed.
+# (interval seconds, batch size) per load level.
 NOTIFY_BATCHING = {
     "high": (0.1, 200),
     "normal": (1.0, 50),
@@ -608,11 +616,10 @@ NOTIFY_BATCHING = {
 }
 # Events still undispatched this long after creation are queued again (lost from Redis).
 NOTIFY_REQUEUE_AFTER = env_seconds("CRYPTOPAY_NOTIFY_REQUEUE_SECONDS", 30)
-NOTIFY_REDIS_PREFIX = env_str("CRYPTOPAY_NOTIFY_REDIS_PREFIX", "cryptopay:notify")
+NOTIFY_REDIS_PREFIX = f"{REDIS_PREFIX}:notify"
 
 # --- Exchange rates -----------------------------------------------------------------------------
-# Providers in order: the first answering ones are used, the rest are backups (seed: switch to the
-# backup API). Empty list = static fallback rates only (offline installs).
+# Providers in order: the first answering ones are used, the rest are backups. Empty list = static fallback rates only (offline installs).
 RATE_PROVIDER_ORDER = env_list("CRYPTOPAY_RATE_PROVIDERS", "kraken,coinbase,bitstamp,binance")
 # Base URL per provider (CRYPTOPAY_RATE_KRAKEN_URL...); empty = the exchange's public API.
 RATE_PROVIDER_URLS = {
@@ -640,8 +647,7 @@ RATES_RETRY_AFTER = env_seconds("CRYPTOPAY_RATES_RETRY_AFTER_SECONDS", 10)
 # How long after its last payment a pair still counts as in use for the periodic refresh.
 RATES_IN_USE_WINDOW = env_seconds("CRYPTOPAY_RATES_IN_USE_SECONDS", 3600)
 
-# --- Resilience tunables (seed defaults; used by the exchange-rate, idempotency and WebSocket
-# issues that build on this foundation) ---------------------------------------------------------
+# --- Resilience: rate cache, retries, idempotency, breakers, WebSocket connections ---------------
 # Fresh rates live this long in the shared cache before a provider is asked again.
 RATE_CACHE_TTL = env_seconds("CRYPTOPAY_RATE_CACHE_SECONDS", 5 * 60)
 # Stale rates may still be served this long when every provider is down.
@@ -660,7 +666,7 @@ IDEMPOTENCY_AUTOMATIC_KEY_FIELD = env_str("CRYPTOPAY_IDEMPOTENCY_AUTOMATIC_KEY_F
 IDEMPOTENCY_CONFLICT_RETRY_DELAY = env_seconds("CRYPTOPAY_IDEMPOTENCY_CONFLICT_RETRY_SECONDS", 0.1)
 # A claimed key whose request has not finished after this long is taken over (its process died).
 IDEMPOTENCY_LEASE = env_seconds("CRYPTOPAY_IDEMPOTENCY_LEASE_SECONDS", 90)
-IDEMPOTENCY_REDIS_PREFIX = env_str("CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX", "cryptopay:idempotency")
+IDEMPOTENCY_REDIS_PREFIX = f"{REDIS_PREFIX}:idempotency"
 # Key material for stored answers that carry a secret (sealed at rest); empty = SECRET_KEY.
 IDEMPOTENCY_SEALING_KEY = env_str("CRYPTOPAY_IDEMPOTENCY_SEALING_KEY")
 # Extra paths (regexes) the middleware makes idempotent; the API's write views carry the decorator.
@@ -672,8 +678,8 @@ BREAKER_FAILURE_RATIO = env_decimal("CRYPTOPAY_BREAKER_FAILURE_RATIO", "0.5")
 BREAKER_SAMPLING_DURATION = env_seconds("CRYPTOPAY_BREAKER_SAMPLING_SECONDS", 30)
 BREAKER_BREAK_DURATION = env_seconds("CRYPTOPAY_BREAKER_BREAK_SECONDS", 60)
 BREAKER_MINIMUM_THROUGHPUT = env_int("CRYPTOPAY_BREAKER_MINIMUM_THROUGHPUT", 5)
-# Redis key prefix of the shared breaker state; deployments sharing a Redis need distinct ones.
-BREAKER_KEY_PREFIX = env_str("CRYPTOPAY_BREAKER_KEY_PREFIX", "cryptopay:breaker")
+# Redis keys of the shared breaker state.
+BREAKER_KEY_PREFIX = f"{REDIS_PREFIX}:breaker"
 # Live WebSocket connections one user may hold across all processes; the oldest is evicted.
 WEBSOCKET_MAX_CONNECTIONS_PER_USER = env_int("CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER", 5)
 # Each connection refreshes its presence this often, so the cap counts live connections only.
@@ -684,19 +690,15 @@ WEBSOCKET_CONNECTION_TTL = env_seconds("CRYPTOPAY_WS_CONNECTION_TTL_SECONDS", 90
 WEBSOCKET_PROCESS_HEARTBEAT = env_seconds("CRYPTOPAY_WS_PROCESS_HEARTBEAT_SECONDS", 5)
 # A process silent this long died (SIGKILL, OOM): its connections stop counting against the cap.
 WEBSOCKET_PROCESS_TTL = env_seconds("CRYPTOPAY_WS_PROCESS_TTL_SECONDS", 15)
-WEBSOCKET_REDIS_PREFIX = env_str("CRYPTOPAY_WS_REDIS_PREFIX", "cryptopay:ws")
+WEBSOCKET_REDIS_PREFIX = f"{REDIS_PREFIX}:ws"
 # A reconnecting client missing more events than this is told to refetch over REST instead.
 WEBSOCKET_REPLAY_LIMIT = env_int("CRYPTOPAY_WS_REPLAY_LIMIT", 200)
 # ...or when what it missed is older than this (a stale tab should reload, not replay a day).
 WEBSOCKET_REPLAY_WINDOW = env_seconds("CRYPTOPAY_WS_REPLAY_WINDOW_SECONDS", 3600)
-# The checkout page polls this often when its WebSocket fails (the issue's 2 s).
+# The checkout page polls this often when its WebSocket fails.
 CHECKOUT_POLL_INTERVAL = env_seconds("CRYPTOPAY_CHECKOUT_POLL_SECONDS", 2)
 
 # --- Degradation, recovery and health (resilience/degradation.py, resilience/health.py) ---------
-# Seed: health monitoring every 30 s; a level older than three of these reads as Unknown.
-HEALTH_MONITOR_INTERVAL = env_seconds("CRYPTOPAY_HEALTH_MONITOR_SECONDS", 30)
-# Seed: recovery of degraded services every 2 minutes.
-RECOVERY_INTERVAL = env_seconds("CRYPTOPAY_RECOVERY_SECONDS", 120)
 # One health probe; a load balancer's probe (often 5 s) must get its answer before it gives up.
 HEALTH_PROBE_TIMEOUT = env_seconds("CRYPTOPAY_HEALTH_PROBE_TIMEOUT_SECONDS", 5)
 # Failed calls in a breaker's window at or above this ratio mark its dependency Degraded before the
@@ -707,8 +709,6 @@ RECOVERY_SCAN_LIMIT = env_int("CRYPTOPAY_RECOVERY_SCAN_LIMIT", 10_000)
 # Bearer token monitoring sends for /health, /health/external and the checks' details (versions,
 # error messages); empty: a staff session only. /health/live and /health/ready stay open.
 HEALTH_TOKEN = env_str("CRYPTOPAY_HEALTH_TOKEN")
-# Load balancers probe /health/* over plain HTTP inside the network.
-SECURE_REDIRECT_EXEMPT = [r"^health(/|$)"]
 
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
@@ -746,5 +746,3 @@ LOGGING = {
 # --- Metrics (resilience/metrics.py; PROMETHEUS_MULTIPROC_DIR: resilience/multiprocess.py) -------
 # Bearer token Prometheus must send to /metrics; empty = loopback clients without a proxy only.
 METRICS_TOKEN = env_str("CRYPTOPAY_METRICS_TOKEN")
-# Prometheus scrapes /metrics over plain HTTP on loopback (or inside the network with the token).
-SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^metrics$"]

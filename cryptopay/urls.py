@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
-from cryptopay import dashboard
+from cryptopay import dashboard_views
 from payments import checkout
 from resilience.health import DependencyChecks, HealthView, LiveCheck
 from resilience.metrics import metrics_view
@@ -14,12 +14,12 @@ urlpatterns = [
     # Before the admin's own URLs, whose catch-all would answer first.
     path(
         "admin/resilience/",
-        admin.site.admin_view(dashboard.dashboard),
+        admin.site.admin_view(dashboard_views.dashboard),
         name="admin-resilience",
     ),
     path(
         "admin/resilience/breaker",
-        admin.site.admin_view(dashboard.breaker_action),
+        admin.site.admin_view(dashboard_views.breaker_action),
         name="admin-resilience-breaker",
     ),
     path("admin/", admin.site.urls),

@@ -8,8 +8,10 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from notifications import secrets, services
+from notifications import endpoint_secrets, endpoints
+from notifications.delivery import webhook_redeliver
 from notifications.destinations import DestinationRefused
+from notifications.event_types import event_type_choices
 from notifications.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 CREATED_TEMPLATE = "admin/notifications/webhookendpoint/created.html"
@@ -29,7 +31,7 @@ def _no_store(response: HttpResponse) -> HttpResponse:
 class WebhookEndpointForm(forms.ModelForm):
     url = forms.URLField(max_length=2000, assume_scheme="https")
     event_types = forms.MultipleChoiceField(
-        choices=[(t, t) for t in services.EVENT_TYPES],
+        choices=event_type_choices,
         widget=forms.CheckboxSelectMultiple,
         required=False,
         help_text="None ticked: every type of the owner's events (system-wide events such as "
@@ -44,7 +46,7 @@ class WebhookEndpointForm(forms.ModelForm):
     def clean_url(self) -> str:
         url = self.cleaned_data["url"]
         try:
-            services.webhook_url_check(url)
+            endpoints.webhook_url_check(url)
         except (DestinationRefused, ValueError) as exc:
             # ValueError: urlsplit refuses the port (e.g. 99999).
             raise forms.ValidationError(str(exc), code="url_not_allowed")
@@ -66,17 +68,28 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         if obj is None:
             return ["owner", "url", "description", "event_types", "enabled"]
         return [
-            "public_id", "owner", "url", "description", "event_types", "enabled", "created_at",
-            "signing_secret", "previous_secret_expires_at",
-        ]  # fmt: skip
+            "public_id",
+            "owner",
+            "url",
+            "description",
+            "event_types",
+            "enabled",
+            "created_at",
+            "signing_secret",
+            "previous_secret_expires_at",
+        ]
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is None:
             return []
         # The owner never changes: the endpoint would start receiving another merchant's events.
         return [
-            "public_id", "owner", "created_at", "signing_secret", "previous_secret_expires_at",
-        ]  # fmt: skip
+            "public_id",
+            "owner",
+            "created_at",
+            "signing_secret",
+            "previous_secret_expires_at",
+        ]
 
     @admin.display(description="Event types")
     def types(self, endpoint: WebhookEndpoint) -> str:
@@ -84,24 +97,28 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     @admin.display(description="Signing secret")
     def signing_secret(self, endpoint: WebhookEndpoint) -> str:
-        if secrets.readable(endpoint.secret_encrypted):
+        if endpoint_secrets.readable(endpoint.secret_encrypted):
             return "ok"
         return UNREADABLE_WARNING
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
-        if change:
-            obj.save(update_fields=["url", "description", "event_types", "enabled"])
-            return
         data = form.cleaned_data
-        endpoint, secret = services.webhook_endpoint_create(
+        if change:
+            endpoints.webhook_endpoint_update(
+                endpoint=obj,
+                url=data["url"],
+                description=data["description"],
+                event_types=data["event_types"],
+                enabled=data["enabled"],
+            )
+            return
+        endpoint, secret = endpoints.webhook_endpoint_create(
             owner=data["owner"],
             url=data["url"],
             event_types=data["event_types"],
             description=data["description"],
+            enabled=data["enabled"],
         )
-        if not data["enabled"]:
-            endpoint.enabled = False
-            endpoint.save(update_fields=["enabled"])
         # The admin logs and redirects with ``obj``: make it the endpoint the service created.
         obj.__dict__.update(
             {f.attname: getattr(endpoint, f.attname) for f in WebhookEndpoint._meta.fields}
@@ -109,6 +126,13 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         obj._state.adding = False
         # Kept on the request only long enough to render the one page that shows it.
         request._created_webhook_secrets = [(endpoint, secret)]
+
+    def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
+        endpoints.webhook_endpoint_delete(endpoint=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+        for endpoint in queryset:
+            endpoints.webhook_endpoint_delete(endpoint=endpoint)
 
     def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:  # type: ignore[no-untyped-def]
         return self._secrets_page(request, request._created_webhook_secrets, rotated=False)
@@ -131,7 +155,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     )
     def rotate_secret(self, request: HttpRequest, queryset) -> HttpResponse:  # type: ignore[no-untyped-def]
         rotated = [
-            (endpoint, services.webhook_endpoint_rotate_secret(endpoint=endpoint))
+            (endpoint, endpoints.webhook_endpoint_rotate_secret(endpoint=endpoint))
             for endpoint in queryset.order_by("pk")
         ]
         return self._secrets_page(request, rotated, rotated=True)
@@ -152,9 +176,14 @@ class _ReadOnlyInline(admin.TabularInline):
 class WebhookDeliveryInline(_ReadOnlyInline):
     model = WebhookDelivery
     fields = [
-        "endpoint", "status", "attempts", "last_status_code", "last_error", "next_attempt_at",
+        "endpoint",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "next_attempt_at",
         "delivered_at",
-    ]  # fmt: skip
+    ]
     readonly_fields = fields
     show_change_link = True
 
@@ -183,9 +212,15 @@ class _ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Event)
 class EventAdmin(_ReadOnlyAdmin):
     list_display = [
-        "public_id", "type", "priority", "owner", "subject", "sequence", "created_at",
+        "public_id",
+        "type",
+        "priority",
+        "owner",
+        "subject",
+        "sequence",
+        "created_at",
         "dispatched_at",
-    ]  # fmt: skip
+    ]
     list_filter = ["type", "priority"]
     search_fields = ["public_id", "subject", "owner"]
     inlines = [WebhookDeliveryInline]
@@ -195,9 +230,15 @@ class EventAdmin(_ReadOnlyAdmin):
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(_ReadOnlyAdmin):
     list_display = [
-        "event_id_", "event_type", "endpoint_id_", "status", "attempts", "last_status_code",
-        "next_attempt_at", "delivered_at",
-    ]  # fmt: skip
+        "event_id_",
+        "event_type",
+        "endpoint_id_",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "delivered_at",
+    ]
     list_filter = ["status"]
     search_fields = ["event__public_id", "endpoint__public_id"]
     list_select_related = ["event", "endpoint"]
@@ -234,7 +275,7 @@ class WebhookDeliveryAdmin(_ReadOnlyAdmin):
             return
         outcomes: dict[str, int] = {}
         for delivery in selected:
-            status = services.webhook_redeliver(delivery=delivery).status
+            status = webhook_redeliver(delivery=delivery).status
             outcomes[status] = outcomes.get(status, 0) + 1
         summary = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items()))
         level = messages.SUCCESS if set(outcomes) == {"succeeded"} else messages.WARNING

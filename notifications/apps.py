@@ -6,8 +6,8 @@ class NotificationsConfig(AppConfig):
     verbose_name = "Notifications"
 
     def ready(self) -> None:
-        from notifications import dependencies
+        from notifications import probes
 
-        dependencies.register()
+        probes.register()
         # Queue and webhook backlog samplers for /metrics.
         from notifications import metrics  # noqa: F401

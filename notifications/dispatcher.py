@@ -1,6 +1,6 @@
 """The dispatcher: drains the priority queues and fans events out to browsers and webhooks.
 
-Adaptive batching (the seed's numbers): the load is the mean number of queued events over the last
+Adaptive batching (NOTIFY_BATCHING, the specification's default): the load is the mean number of queued events over the last
 NOTIFY_LOAD_WINDOW samples; at or above NOTIFY_HIGH_LOAD_THRESHOLD it takes batches of 200 and
 waits at most 100 ms for work, below NOTIFY_LOW_LOAD_THRESHOLD batches of 10 and up to 5 s, in
 between 50 and 1 s. Waiting is a blocking pop, so a new event (High first) wakes it at once: the
@@ -38,7 +38,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
 from prometheus_client import Counter, Gauge
 
-from notifications import queues, services
+from notifications import delivery, queues
 from notifications.models import PRIORITY_RANK, Event, EventStream
 from notifications.sender import Claim, Outcome, Sender
 from resilience import clock
@@ -126,8 +126,8 @@ def _positions_write(events: list[Event]) -> None:
                 streams[owner].position += 1
                 event.stream_position = streams[owner].position
                 given.append(event)
-        services.rows_update(given, ["stream_position"])
-        services.rows_update(list(streams.values()), ["position"])
+        delivery.rows_update(given, ["stream_position"])
+        delivery.rows_update(list(streams.values()), ["position"])
     except BaseException:
         for event in given:
             event.stream_position = None  # rolled back with the caller's transaction
@@ -261,7 +261,7 @@ def dispatch_events(*, event_ids: list[int], runtime: DeliveryLoop | None = None
     if runtime is not None:
         runtime.submit(claims)
     else:
-        services.claims_send(claims=claims)
+        delivery.claims_send(claims=claims)
     for event in events:
         DISPATCHED.labels(event.priority).inc()
     return len(events)
@@ -277,7 +277,7 @@ def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
         )
         if not events:
             return [], []
-        claims = services.deliveries_claim_new(events=events)
+        claims = delivery.deliveries_claim_new(events=events)
         # Late in the transaction: the owners' stream rows stay locked until the commit, and
         # every dispatcher with events of the same merchant waits for them.
         _positions_write(events)
@@ -396,7 +396,7 @@ class DeliveryLoop:
             for attempt in stamina.retry_context(on=DatabaseError, attempts=5, timeout=30):
                 with attempt:
                     close_old_connections()
-                    services.attempts_record(outcomes=batch)
+                    delivery.attempts_record(outcomes=batch)
         except DatabaseError:
             # The claims' leases run out and the sweep retries them: sent again, not lost.
             logger.exception("%d webhook outcomes not recorded", len(batch))

@@ -1,21 +1,20 @@
 """Notification metrics sampled at scrape time (conventions: ``resilience.metrics``).
 
 Queue sizes live in Redis and the webhook backlog in PostgreSQL, so no process can keep them up
-to date as it works; ``/metrics`` reads them just before it collects. Processing rates are the
+to date as it works; ``/metrics`` reads them just before it collects, through the admin
+dashboard's selectors (``notifications.load_figures``). Processing rates are the
 counters where the work happens: ``cryptopay_notifications_dispatched_total`` (dispatcher) and
-``cryptopay_webhook_delivery_attempts_total`` (``notifications.services``).
+``cryptopay_webhook_delivery_attempts_total`` (``notifications.delivery``).
 """
 
 from __future__ import annotations
 
-from django.db.models import Count, Min
 from prometheus_client import Gauge
 
-from notifications import queues
+from notifications.delivery import DELIVERY_ATTEMPTS, DELIVERY_OUTCOMES
 from notifications.dispatcher import DISPATCHED, QUEUE_SIZE
-from notifications.models import Priority, WebhookDelivery
-from notifications.services import DELIVERY_ATTEMPTS, DELIVERY_OUTCOMES
-from resilience import clock
+from notifications.load_figures import queue_depths, webhook_backlog
+from notifications.models import Priority
 from resilience.metrics import prime, register_sampler
 
 WEBHOOK_BACKLOG = Gauge(
@@ -34,19 +33,14 @@ prime(DELIVERY_ATTEMPTS, *[(outcome,) for outcome in DELIVERY_OUTCOMES])
 
 
 def sample_queue_sizes() -> None:
-    for priority, size in queues.sizes().items():
+    for priority, size in queue_depths().sizes.items():
         QUEUE_SIZE.labels(priority).set(size)
 
 
 def sample_webhook_backlog() -> None:
-    backlog = WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING).aggregate(
-        count=Count("pk"), oldest=Min("created_at")
-    )
-    WEBHOOK_BACKLOG.set(backlog["count"])
-    oldest = backlog["oldest"]
-    WEBHOOK_BACKLOG_OLDEST.set(
-        0 if oldest is None else max(0.0, (clock.now() - oldest).total_seconds())
-    )
+    backlog = webhook_backlog()
+    WEBHOOK_BACKLOG.set(backlog.pending)
+    WEBHOOK_BACKLOG_OLDEST.set(backlog.oldest_age_seconds or 0)
 
 
 register_sampler("notification_queues", sample_queue_sizes)

@@ -113,7 +113,7 @@ class WebhookEndpoint(models.Model):
     description = models.CharField(max_length=200, blank=True)
     event_types = models.JSONField(default=list, blank=True, help_text="Empty: every type.")
     enabled = models.BooleanField(default=True)
-    # Encrypted at rest (notifications.secrets); the plain secret is shown once.
+    # Encrypted at rest (notifications.endpoint_secrets); the plain secret is shown once.
     secret_encrypted = models.TextField()
     previous_secret_encrypted = models.TextField(blank=True)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True)

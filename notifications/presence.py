@@ -192,9 +192,17 @@ class ConnectionRegistry:
                 expires = now + settings.WEBSOCKET_CONNECTION_TTL.total_seconds()
                 evicted = script(
                     keys=self._keys(user),
-                    args=[connection, repr(now), repr(expires), repr(now), limit, user,
-                          self.process, repr(self._process_expiry(now))],
-                )  # fmt: skip
+                    args=[
+                        connection,
+                        repr(now),
+                        repr(expires),
+                        repr(now),
+                        limit,
+                        user,
+                        self.process,
+                        repr(self._process_expiry(now)),
+                    ],
+                )
             except redis.RedisError as exc:
                 logger.warning(
                     "connection registry: Redis unavailable (%s); cap enforced locally", exc

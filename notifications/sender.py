@@ -5,7 +5,7 @@ most WEBHOOK_ENDPOINT_CONCURRENCY requests at a time. A hanging, slow, refusing 
 endpoint fills only its own lane, so it delays nobody else; its breaker (timeouts, retryable
 answers, and a median answer slower than WEBHOOK_SLOW) soon makes its attempts fail at once.
 
-No database here: what to send comes in as ``Claim``s (``notifications.services`` made them) and
+No database here: what to send comes in as ``Claim``s (``notifications.delivery`` made them) and
 what happened goes out as ``Outcome``s to a callback, which records them in bulk. A sender only
 starts an attempt it can finish before its claim's lease ends, so no other sender (the sweep) can
 be sending the same delivery: at most one POST per attempt.
@@ -77,6 +77,8 @@ class AttemptResult:
     at: datetime | None = None
     # Not worth retrying whatever the code says (a refused destination, a disabled endpoint).
     final: bool = False
+    # Refused by the endpoint's open breaker, never sent: quick retries would be refused too.
+    circuit_open: bool = False
 
     @property
     def ok(self) -> bool:
@@ -264,8 +266,8 @@ class Sender:
             outcome.attempts.append(result)
             if result.ok or result.final or not retryable(result.status_code):
                 break
-            if result.error.startswith("circuit open"):
-                break  # quick retries would be refused too
+            if result.circuit_open:
+                break
         return outcome
 
     async def _attempt(self, lane: Lane, claim: Claim) -> AttemptResult:
@@ -293,9 +295,8 @@ class Sender:
         except (ReceiverFailed, ReceiverSlow) as exc:
             return exc.result
         except BrokenCircuitError as exc:
-            return AttemptResult(
-                None, f"circuit open for this endpoint ({exc.retry_after:.0f} s)", 0, clock.now()
-            )
+            error = f"circuit open for this endpoint ({exc.retry_after:.0f} s)"
+            return AttemptResult(None, error, 0, clock.now(), circuit_open=True)
 
     async def _post(self, lane: Lane, claim: Claim) -> AttemptResult:
         at = clock.now()

@@ -2,20 +2,20 @@
 
 from celery import shared_task
 
-from notifications import services
+from notifications import delivery, outbox
 from notifications.presence import connection_registry
 
 
 @shared_task(ignore_result=True)
 def webhooks_deliver_due() -> int:
     # Idempotent: due deliveries are claimed with SKIP LOCKED and pushed out before sending.
-    return services.webhooks_deliver_due()
+    return delivery.webhooks_deliver_due()
 
 
 @shared_task(ignore_result=True)
 def events_requeue_lost() -> int:
     # Idempotent: dispatching an event twice changes nothing.
-    return services.events_requeue_lost()
+    return outbox.events_requeue_lost()
 
 
 @shared_task(ignore_result=True)

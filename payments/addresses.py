@@ -117,8 +117,10 @@ def address_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAd
                 logger.warning(
                     "merchant %s %s: address index %d is already another payment's; its wallet "
                     "key is shared with another merchant, skipping",
-                    merchant.public_id, crypto_currency, index,
-                )  # fmt: skip
+                    merchant.public_id,
+                    crypto_currency,
+                    index,
+                )
             else:
                 raise AddressUnavailable(
                     f"Cannot accept {crypto_currency}: the wallet's next addresses are all in "
@@ -199,8 +201,11 @@ def gap_limit_check(*, merchant: Merchant, wallet: MerchantWallet) -> bool:
         logger.warning(
             "merchant %s %s wallet: %d unpaid addresses in a row (gap limit %d); the wallet must "
             "scan further than its default to see later payments",
-            merchant.public_id, "/".join(gap.currencies), gap.run, gap.limit,
-        )  # fmt: skip
+            merchant.public_id,
+            "/".join(gap.currencies),
+            gap.run,
+            gap.limit,
+        )
         return True
     return False
 

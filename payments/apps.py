@@ -16,9 +16,10 @@ class PaymentsConfig(AppConfig):
     verbose_name = "Payments"
 
     def ready(self) -> None:
-        from payments import dependencies
+        from payments import event_types, probes
 
-        dependencies.register()
+        probes.register()
+        event_types.register()
         # Exact sums of crypto amounts on SQLite (payments.models.BaseUnitsSum).
         connection_created.connect(_register_sqlite_functions, dispatch_uid="payments-sqlite")
         # Rate age and watcher lag samplers for /metrics.

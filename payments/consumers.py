@@ -1,4 +1,5 @@
-"""Who may read which live stream: a buyer their payment's, a merchant (or staff) a merchant's.
+"""The WebSocket consumers and their routes: who may read which live stream, a buyer their
+payment's, a merchant (or staff) a merchant's. Served by daphne through ``cryptopay.asgi``.
 
 The streaming itself (cap, heartbeat, replay, close codes) is ``notifications.streams``.
 """
@@ -6,6 +7,7 @@ The streaming itself (cap, heartbeat, replay, close codes) is ``notifications.st
 from __future__ import annotations
 
 from django.http import HttpRequest
+from django.urls import path
 from django.utils.crypto import constant_time_compare
 from rest_framework import exceptions
 from rest_framework.request import Request
@@ -113,3 +115,9 @@ class MerchantStreamConsumer(EventStreamConsumer):
         if merchant is None:
             raise StreamDenied(CLOSE_FORBIDDEN, "forbidden: name an existing ?merchant=mer_…")
         return merchant, f"user:{user.pk}"
+
+
+websocket_urlpatterns = [
+    path("ws/payments/<slug:payment_id>/", PaymentStreamConsumer.as_asgi()),
+    path("ws/merchant/", MerchantStreamConsumer.as_asgi()),
+]

@@ -38,9 +38,12 @@ def payment_simulate(
         if tx is None:
             raise SimulationRefused(f"No transaction {txid!r} for this payment.")
         output = ObservedOutput(
-            chain=DEV_CHAIN, txid=tx.txid, output_index=tx.output_index, amount=tx.amount,
+            chain=DEV_CHAIN,
+            txid=tx.txid,
+            output_index=tx.output_index,
+            amount=tx.amount,
             confirmations=confirmations,
-        )  # fmt: skip
+        )
     else:
         if amount is None:
             amount = payment.crypto_amount - payment.amount_received

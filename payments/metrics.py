@@ -1,4 +1,5 @@
-"""Payment-side metrics sampled at scrape time (conventions: ``resilience.metrics``).
+"""Payment-side metrics sampled at scrape time (conventions: ``resilience.metrics``), from the
+same selectors as the admin dashboard (``payments.freshness``).
 
 * ``cryptopay_rate_age_seconds{pair}``: age of the rate a quote for each pair in use would get
   now (shared cache, else this process's emergency copy); ``+Inf`` when there is none, so an
@@ -17,14 +18,9 @@ from __future__ import annotations
 
 import math
 
-from django.conf import settings
 from prometheus_client import Gauge
 
-from payments.models import ChainCursor
-from payments.rates.live import providers_for
-from payments.rates.quotes import rate_cache
-from payments.rates.refresh import rate_pairs_in_use
-from resilience import clock
+from payments.freshness import rate_age_list, watcher_lag_list
 from resilience.metrics import register_sampler
 
 RATE_AGE = Gauge(
@@ -48,28 +44,21 @@ WATCHER_POLL_AGE = Gauge(
 
 
 def sample_rate_ages() -> None:
-    cache = rate_cache()
-    for pair in rate_pairs_in_use():
-        if not providers_for(pair):
-            continue
-        answer = cache.peek(pair)
-        RATE_AGE.labels(pair).set(math.inf if answer is None else answer.age)
+    for rate in rate_age_list():
+        if rate.providers:
+            RATE_AGE.labels(rate.pair).set(
+                math.inf if rate.age_seconds is None else rate.age_seconds
+            )
 
 
 def sample_watcher_lag() -> None:
-    configured = list(settings.CHAINS)
-    if not configured:
-        return
-    cursors = {cursor.chain: cursor for cursor in ChainCursor.objects.filter(chain__in=configured)}
-    now = clock.now()
-    for chain in configured:
-        cursor = cursors.get(chain)
-        if cursor is None or cursor.polled_at is None:
-            WATCHER_POLL_AGE.labels(chain).set(math.inf)
+    for watcher in watcher_lag_list():
+        if watcher.poll_age_seconds is None:
+            WATCHER_POLL_AGE.labels(watcher.chain).set(math.inf)
             continue
-        WATCHER_POLL_AGE.labels(chain).set(max(0.0, (now - cursor.polled_at).total_seconds()))
-        if cursor.tip_height >= 0:
-            WATCHER_LAG_BLOCKS.labels(chain).set(cursor.lag)
+        WATCHER_POLL_AGE.labels(watcher.chain).set(watcher.poll_age_seconds)
+        if watcher.lag_blocks is not None:
+            WATCHER_LAG_BLOCKS.labels(watcher.chain).set(watcher.lag_blocks)
 
 
 register_sampler("rate_ages", sample_rate_ages)

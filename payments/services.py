@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 
 from notifications.models import Event
-from notifications.services import event_publish, events_publish
+from notifications.outbox import event_publish, events_publish
 from payments import states
 from payments.addresses import address_allocate, address_release
 from payments.chains.config import chain_for_currency
@@ -32,7 +31,6 @@ from payments.errors import AddressUnavailable, DuplicateOrderId, InvalidTransit
 from payments.models import (
     ApiKey,
     ApiKeyScope,
-    BaseUnitsSum,
     Merchant,
     Payment,
     PaymentEvent,
@@ -548,12 +546,6 @@ class ObservedOutput:
         )
 
 
-def _paid_threshold(payment: Payment) -> int:
-    """Base units that count as paid in full under the payment's underpayment tolerance."""
-    tolerance = payment.underpayment_tolerance_percent
-    return math.ceil(payment.crypto_amount * (Decimal(100) - tolerance) / Decimal(100))
-
-
 def payment_apply_transaction(*, payment: Payment, output: ObservedOutput) -> bool:
     """Record (once) or update an output paying ``payment`` and move the payment accordingly.
 
@@ -869,14 +861,6 @@ def payment_transaction_drop(*, transaction_id: int, reason: str) -> bool:
     return True
 
 
-def _counts_confirmed(payment: Payment, tx: PaymentTransaction) -> bool:
-    """``_payment_reevaluate``'s confirmed filter, for a row in hand."""
-    required = payment.required_confirmations
-    return tx.confirmations >= max(required, 1) or (
-        tx.confirmations >= required and not tx.replaceable
-    )
-
-
 def _payment_reevaluate(
     *,
     payment: Payment,
@@ -884,111 +868,54 @@ def _payment_reevaluate(
     writes: _Writes | None = None,
     live: list[PaymentTransaction] | None = None,
 ) -> None:
-    """Recompute received/confirmed totals and walk the state machine to where they lead.
+    """Record the totals the live transactions add up to and apply the transitions they lead to
+    (``states.payment_evaluate`` computes both).
 
     ``live``: the payment's transactions that are not dropped, when the caller has them all (a
-    batch read them under lock), which saves the aggregate query."""
+    batch read them under lock), which saves the query. With ``writes`` the rows are written when
+    it is flushed, in the same transaction."""
     if live is not None:
-        payment.amount_received = sum(tx.amount for tx in live)
-        payment.amount_confirmed = sum(tx.amount for tx in live if _counts_confirmed(payment, tx))
-    else:
-        # 0-conf is never enough for a transaction that signals replace-by-fee.
-        confirmed_filter = Q(confirmations__gte=max(payment.required_confirmations, 1)) | Q(
-            confirmations__gte=payment.required_confirmations, replaceable=False
-        )
-        totals = (
-            PaymentTransaction.objects.filter(payment=payment)
-            .exclude(state=PaymentTransaction.State.DROPPED)
-            .aggregate(
-                received=BaseUnitsSum("amount"),
-                confirmed=BaseUnitsSum("amount", filter=confirmed_filter),
+        received = [
+            states.Received(
+                tx.amount, tx.confirmations, tx.replaceable, tx.first_seen_at, tx.mined_at
             )
-        )
-        payment.amount_received = int(totals["received"] or 0)
-        payment.amount_confirmed = int(totals["confirmed"] or 0)
+            for tx in live
+        ]
+    else:
+        received = [
+            states.Received(*row)
+            for row in PaymentTransaction.objects.filter(payment=payment)
+            .exclude(state=PaymentTransaction.State.DROPPED)
+            .values_list("amount", "confirmations", "replaceable", "first_seen_at", "mined_at")
+        ]
+    evaluation = states.payment_evaluate(
+        status=payment.status,
+        sub_status=payment.sub_status,
+        received=received,
+        policy=states.Policy(
+            amount_due=payment.crypto_amount,
+            underpayment_tolerance_percent=payment.underpayment_tolerance_percent,
+            required_confirmations=payment.required_confirmations,
+            expires_at=payment.expires_at,
+        ),
+        at=at,
+    )
+    payment.amount_received = evaluation.amount_received
+    payment.amount_confirmed = evaluation.amount_confirmed
     if writes is not None:
         writes.save(payment)
     else:
         payment.save(update_fields=["amount_received", "amount_confirmed", "updated_at"])
-
-    threshold = _paid_threshold(payment)
-    paid_in_full = payment.amount_received >= threshold
-    confirmed_in_full = payment.amount_confirmed >= threshold
-    over = (
-        PaymentSubStatus.PAID_OVER
-        if payment.amount_received > payment.crypto_amount
-        else PaymentSubStatus.NONE
-    )
-    partial = (
-        PaymentSubStatus.PAID_PARTIAL if payment.amount_received > 0 else PaymentSubStatus.NONE
-    )
-
-    def move(to_status: str, sub_status: str, reason: str) -> None:
+    for step in evaluation.steps:
         _transition(
             payment=payment,
-            to_status=to_status,
-            sub_status=sub_status,
-            reason=reason,
+            to_status=step.status,
+            sub_status=step.sub_status,
+            reason=step.reason,
             operator=False,
             at=at,
             writes=writes,
         )
-
-    if payment.sub_status == PaymentSubStatus.MARKED:
-        return  # an operator decided; amounts are still recorded above
-    if (
-        payment.status == PaymentStatus.PENDING
-        and paid_in_full
-        and at > payment.expires_at
-        and not _paid_before(payment, threshold)
-    ):
-        # Paid after expiry by the chain's evidence (first seen and mined after it), whether or
-        # not the expiry sweep has run yet (it waits for the watcher to look past the expiry):
-        # the quote is not honoured; the merchant decides.
-        move(PaymentStatus.EXPIRED, PaymentSubStatus.PAID_LATE, "paid after expiry")
-        return
-    if (
-        payment.status == PaymentStatus.EXPIRED
-        and paid_in_full
-        and _paid_before(payment, threshold)
-    ):
-        # Paid before expiry but noticed after it (a node outage, a catch-up): on time.
-        move(PaymentStatus.PROCESSING, over, "paid before expiry, noticed after it")
-    if payment.status == PaymentStatus.SETTLED and not confirmed_in_full:
-        move(PaymentStatus.PROCESSING, over, "confirmations lost in a reorg")
-    status = payment.status
-    if status == PaymentStatus.PENDING:
-        if paid_in_full:
-            move(PaymentStatus.PROCESSING, over, "paid in full")
-        elif payment.amount_received > 0 or payment.sub_status:
-            move(PaymentStatus.PENDING, partial, "payment amount changed")
-    if payment.status == PaymentStatus.PROCESSING:
-        if not paid_in_full:
-            move(PaymentStatus.PENDING, partial, "underpaid again")
-        elif confirmed_in_full:
-            move(PaymentStatus.SETTLED, over, "confirmed")
-        else:
-            move(PaymentStatus.PROCESSING, over, "payment amount changed")
-    elif payment.status == PaymentStatus.SETTLED and status == PaymentStatus.SETTLED:
-        move(PaymentStatus.SETTLED, over, "payment amount changed")
-    elif payment.status in (PaymentStatus.EXPIRED, PaymentStatus.CANCELLED):
-        if payment.amount_received > 0:
-            late = PaymentSubStatus.PAID_LATE if paid_in_full else PaymentSubStatus.PAID_PARTIAL
-            move(payment.status, late, "paid after the payment closed")
-        else:
-            move(payment.status, PaymentSubStatus.NONE, "payment no longer counted")
-
-
-def _paid_before(payment: Payment, threshold: int) -> bool:
-    """Whether the payment was paid in full by transactions seen or mined before it expired."""
-    on_time = 0
-    for tx in PaymentTransaction.objects.filter(payment=payment).exclude(
-        state=PaymentTransaction.State.DROPPED
-    ):
-        paid_at = min(t for t in (tx.first_seen_at, tx.mined_at) if t is not None)
-        if paid_at <= payment.expires_at:
-            on_time += tx.amount
-    return on_time >= threshold
 
 
 def _sweep(*, due: Q, to_status: str, reason: str, at: datetime) -> int:
@@ -1046,7 +973,7 @@ def payments_expire_due() -> dict[str, int]:
     Each payment moves in its own short transaction and rows another worker holds are skipped,
     so several sweepers can run at once. At most 1000 of each per run; the next run takes the rest.
     """
-    from payments.dependencies import expiry_held_currencies
+    from payments.probes import expiry_held_currencies
 
     now = clock.now()
     # Chain reads' last fallback: while no node of a chain answers, its payments do not expire

@@ -9,9 +9,18 @@ from resilience.models import IdempotencyKey
 @admin.register(IdempotencyKey)
 class IdempotencyKeyAdmin(admin.ModelAdmin):
     list_display = [
-        "owner", "key", "method", "path", "status", "response_status", "replays", "conflicts",
-        "mismatches", "created_at", "expires_at",
-    ]  # fmt: skip
+        "owner",
+        "key",
+        "method",
+        "path",
+        "status",
+        "response_status",
+        "replays",
+        "conflicts",
+        "mismatches",
+        "created_at",
+        "expires_at",
+    ]
     list_filter = ["status", "automatic", "method"]
     search_fields = ["owner", "key", "path"]
     exclude = ["response_body"]

@@ -6,8 +6,8 @@ class ResilienceConfig(AppConfig):
     verbose_name = "Resilience"
 
     def ready(self) -> None:
-        from resilience import dependencies
+        from resilience import probes
 
-        dependencies.register()
+        probes.register()
         # Breaker and Celery task metrics, and the samplers /metrics runs before each scrape.
         from resilience import metrics  # noqa: F401

@@ -670,7 +670,7 @@ class BreakerRegistry:
 
 
 def breaker_options_from_settings(**overrides: Any) -> BreakerOptions:
-    """The seed's breaker defaults from settings, with per-breaker overrides (e.g. is_failure)."""
+    """The breaker defaults from settings, with per-breaker overrides (e.g. is_failure)."""
     from django.conf import settings
 
     values: dict[str, Any] = {

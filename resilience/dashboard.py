@@ -1,4 +1,4 @@
-"""Reads and operator actions for the admin resilience dashboard (``cryptopay.dashboard``):
+"""Reads and operator actions for the admin resilience dashboard (``cryptopay.dashboard_views``):
 circuit breakers across the fleet, idempotency figures and whether Redis answers.
 
 Breakers shown are the union of the ones this process holds (``breakers.all()``), the ones the

@@ -5,7 +5,7 @@ Dependencies are registered by the apps that use them (``dependency_source_regis
 the dependencies configured right now, so the registry follows the settings (a chain added to
 ``CRYPTOPAY_CHAINS`` appears at the next monitoring run).
 
-Levels (the seed's): Healthy -> Degraded -> Critical -> Unknown, derived from
+Levels (the specification's): Healthy -> Degraded -> Critical -> Unknown, derived from
 
 * the dependency's **health probe** (run by ``dependencies_monitor`` every 30 s): unavailable ->
   Critical; a probe that says "degraded" (e.g. a pool nearly full) -> Degraded;

@@ -44,8 +44,8 @@ from health_check.views import HealthCheckView
 from cryptopay.api_errors import AUTHENTICATION, error_body
 from resilience import clock
 from resilience.degradation import Dependency, Probe, probe_run, registry, state_read_all
-from resilience.dependencies import uptime_seconds
 from resilience.metrics import bearer_token_matches
+from resilience.probes import uptime_seconds
 
 
 @dataclasses.dataclass

@@ -231,10 +231,16 @@ class IdempotencyGate:
         # No Redis lock around the execution: the database claim below decides on its own, and
         # a lock would cost two more round trips on every request for the rare duplicate.
         return self._run_in_transaction(
-            owner=owner, key=key, automatic=automatic, method=method, path=path,
-            request_fingerprint=request_fingerprint, execute=execute,
-            should_store=should_store, response_has_secret=response_has_secret,
-        )  # fmt: skip
+            owner=owner,
+            key=key,
+            automatic=automatic,
+            method=method,
+            path=path,
+            request_fingerprint=request_fingerprint,
+            execute=execute,
+            should_store=should_store,
+            response_has_secret=response_has_secret,
+        )
 
     def _replay_from_cache(self, owner: str, key: str, fp: str) -> HttpResponse | None:
         cached = self._cache_get(owner, key)
@@ -277,9 +283,13 @@ class IdempotencyGate:
         stored: StoredResponse | None = None
         with transaction.atomic():
             outcome = self._claim(
-                owner=owner, key=key, automatic=automatic, method=method, path=path,
+                owner=owner,
+                key=key,
+                automatic=automatic,
+                method=method,
+                path=path,
                 request_fingerprint=request_fingerprint,
-            )  # fmt: skip
+            )
             if isinstance(outcome, _Replay):
                 try:
                     opened = outcome.stored.opened()
@@ -662,10 +672,16 @@ def _gate_request(
     key_value, automatic = key
     method = request.method or ""
     return default_gate().run(
-        owner=owner, key=key_value, automatic=automatic, method=method, path=request.path,
-        execute=execute, should_store=should_store, response_has_secret=response_has_secret,
+        owner=owner,
+        key=key_value,
+        automatic=automatic,
+        method=method,
+        path=request.path,
+        execute=execute,
+        should_store=should_store,
+        response_has_secret=response_has_secret,
         request_fingerprint=fingerprint(method=method, path=request.path, body=body),
-    )  # fmt: skip
+    )
 
 
 def idempotent(
@@ -697,9 +713,15 @@ def idempotent(
                 return response
 
             return _gate_request(
-                request, owner=owner, data=data, body=body, required=required, execute=execute,
-                should_store=should_store, response_has_secret=response_has_secret,
-            )  # fmt: skip
+                request,
+                owner=owner,
+                data=data,
+                body=body,
+                required=required,
+                execute=execute,
+                should_store=should_store,
+                response_has_secret=response_has_secret,
+            )
 
         return wrapper
 
@@ -735,9 +757,14 @@ class IdempotencyMiddleware:
         except (ValueError, RecursionError):  # too deep: the view's parser answers 400
             data, body = None, request.body  # not JSON: the raw bytes are the canonical form
         return _gate_request(
-            request, owner=owner, data=data, body=body, required=False,
-            execute=lambda: self.get_response(request), should_store=default_should_store,
-        )  # fmt: skip
+            request,
+            owner=owner,
+            data=data,
+            body=body,
+            required=False,
+            execute=lambda: self.get_response(request),
+            should_store=default_should_store,
+        )
 
 
 def idempotency_keys_cleanup(*, limit: int = 10_000) -> int:

@@ -27,7 +27,7 @@ Conventions (follow them when adding a metric, e.g. WebSocket connections and ev
   ``/metrics`` runs every sampler just before it collects. A sampler must be quick (one query or
   one pipeline) and may fail: its error is logged and counted, the scrape still answers.
 
-For example (the lead's WebSocket consumer)::
+For example (the WebSocket connection figures, ``notifications.presence``)::
 
     CONNECTIONS = Gauge("cryptopay_websocket_connections", "Open WebSocket connections",
                         multiprocess_mode="livesum")

@@ -31,9 +31,12 @@ def multipart_flood(
         try:
             sock.sendall(
                 b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n" + framing
+                b"Content-Type: multipart/form-data; boundary="
+                + boundary
                 + b"\r\n"
-            )  # fmt: skip
+                + framing
+                + b"\r\n"
+            )
             for piece in [head, *([block] * (size // MIB)), tail]:
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
             if chunked:

@@ -30,8 +30,21 @@ def redis_start_command(port: int) -> list[str]:
     own instance on another port comes back on that port, with a log of its own)."""
     if port == 6379:
         return REDIS_START
-    return ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
-            "--save", "", "--appendonly", "no", "--logfile", str(Path(tempfile.gettempdir()) / f"redis-{port}.log")]  # fmt: skip
+    return [
+        "redis-server",
+        "--daemonize",
+        "yes",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--logfile",
+        str(Path(tempfile.gettempdir()) / f"redis-{port}.log"),
+    ]
 
 
 def _wait(predicate, seconds: float, what: str) -> None:

@@ -25,8 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def _collected_static(django_db_blocker) -> None:
     """Production mode serves hashed static files from a manifest, as a deployment would."""
     manifest = Path(settings.STATIC_ROOT) / "staticfiles.json"
-    sources = [p for app in ("payments", "notifications", "resilience", "cryptopay")
-               for p in (ROOT / app / "static").rglob("*") if p.is_file()]  # fmt: skip
+    sources = [
+        p
+        for app in ("payments", "notifications", "resilience", "cryptopay")
+        for p in (ROOT / app / "static").rglob("*")
+        if p.is_file()
+    ]
     stale = (
         any(p.stat().st_mtime > manifest.stat().st_mtime for p in sources)
         if manifest.exists()
@@ -68,7 +72,7 @@ def _test_redis_keys_removed():
 
 @pytest.fixture(autouse=True)
 def _dev_chain(settings) -> None:
-    # Payments need an address source; the development chain is the one this foundation has.
+    # Payments need an address source; the development chain needs no node.
     settings.DEV_CHAIN_ENABLED = True
 
 

@@ -11,8 +11,21 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from cryptopay.api_fields import StrictBooleanField, StrictCharField, StrictSerializer
+from notifications.event_types import event_types
 from notifications.models import Event, Priority, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from notifications.services import EVENT_TYPES
+
+
+def _event_types_field(**kwargs: Any) -> serializers.ListField:
+    """A list of registered event types. Built per serializer instance: apps register their
+    types in their ``ready``, which may come after this module is imported."""
+    return serializers.ListField(child=serializers.ChoiceField(choices=event_types()), **kwargs)
+
+
+EVENT_TYPES_HELP = (
+    "The event types sent to this endpoint; empty: every type of your own events. "
+    "System-wide events (exchange_rate.updated) are sent only when listed."
+)
+
 
 # --- requests -----------------------------------------------------------------------------------
 
@@ -43,15 +56,15 @@ class _EndpointFields(StrictSerializer):
         help_text="Where events are POSTed: http(s), on a public address (private, loopback and "
         "link-local destinations are refused)."
     )
-    event_types = serializers.ListField(
-        child=serializers.ChoiceField(choices=EVENT_TYPES),
-        allow_empty=True,
-        max_length=len(EVENT_TYPES),
-        help_text="The event types sent to this endpoint; empty: every type of your own events. "
-        "System-wide events (exchange_rate.updated) are sent only when listed.",
-    )
+    event_types = serializers.ListField(help_text=EVENT_TYPES_HELP)  # set per instance
     description = StrictCharField(allow_blank=True, max_length=200)
     enabled = StrictBooleanField(help_text="A disabled endpoint receives nothing.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["event_types"] = _event_types_field(
+            allow_empty=True, max_length=len(event_types()), help_text=EVENT_TYPES_HELP
+        )
 
 
 class WebhookEndpointCreateSerializer(_EndpointFields):
@@ -89,9 +102,7 @@ class EventRedeliverSerializer(StrictSerializer):
 class WebhookEndpointSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     object = serializers.SerializerMethodField()
-    event_types = serializers.ListField(
-        child=serializers.ChoiceField(choices=EVENT_TYPES), help_text="Empty: every type."
-    )
+    event_types = serializers.ListField(help_text="Empty: every type.")  # set per instance
     previous_secret_expires_at = serializers.DateTimeField(
         allow_null=True,
         help_text="After a rotation, when deliveries stop being signed with the previous secret "
@@ -110,6 +121,10 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
             "created_at",
             "previous_secret_expires_at",
         ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["event_types"] = _event_types_field(help_text="Empty: every type.")
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_object(self, endpoint: WebhookEndpoint) -> str:

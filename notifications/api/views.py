@@ -11,7 +11,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from django.db import transaction
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -27,7 +26,7 @@ from cryptopay.api_fields import (
     refuse_body_parameters,
 )
 from cryptopay.pagination import invalid_cursor, list_response
-from notifications import selectors, services
+from notifications import endpoints, selectors
 from notifications.api.serializers import (
     EventListSerializer,
     EventRedeliverSerializer,
@@ -40,6 +39,7 @@ from notifications.api.serializers import (
     WebhookEndpointUpdateSerializer,
     WebhookEndpointWithSecretSerializer,
 )
+from notifications.delivery import webhook_redeliver
 from notifications.destinations import DestinationRefused
 from notifications.models import WebhookEndpoint
 from resilience.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -155,19 +155,16 @@ class WebhookEndpointListCreateView(APIView):
         serializer = WebhookEndpointCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        with transaction.atomic():
-            try:
-                endpoint, secret = services.webhook_endpoint_create(
-                    owner=request.user.idempotency_scope,
-                    url=data["url"],
-                    event_types=data["event_types"],
-                    description=data["description"],
-                )
-            except DestinationRefused:
-                raise _url_refused()
-            if not data["enabled"]:
-                endpoint.enabled = False
-                endpoint.save(update_fields=["enabled"])
+        try:
+            endpoint, secret = endpoints.webhook_endpoint_create(
+                owner=request.user.idempotency_scope,
+                url=data["url"],
+                event_types=data["event_types"],
+                description=data["description"],
+                enabled=data["enabled"],
+            )
+        except DestinationRefused:
+            raise _url_refused()
         return Response(
             WebhookEndpointWithSecretSerializer(endpoint, context={"secret": secret}).data,
             status=status.HTTP_201_CREATED,
@@ -202,18 +199,10 @@ class WebhookEndpointDetailView(APIView):
         serializer = WebhookEndpointUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        if "url" in data:
-            try:
-                services.webhook_url_check(data["url"])
-            except DestinationRefused:
-                raise _url_refused()
-        if "event_types" in data:
-            data["event_types"] = sorted(set(data["event_types"]))
-        # notifications.services has no update service yet; these are plain field writes.
-        for name, value in data.items():
-            setattr(endpoint, name, value)
-        if data:
-            endpoint.save(update_fields=list(data))
+        try:
+            endpoints.webhook_endpoint_update(endpoint=endpoint, **data)
+        except DestinationRefused:
+            raise _url_refused()
         return Response(WebhookEndpointSerializer(endpoint).data)
 
     @extend_schema(
@@ -229,7 +218,7 @@ class WebhookEndpointDetailView(APIView):
         endpoint = selectors.webhook_endpoint_get(
             owner=request.user.idempotency_scope, public_id=public_id
         )
-        endpoint.delete()
+        endpoints.webhook_endpoint_delete(endpoint=endpoint)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -250,7 +239,7 @@ class WebhookEndpointRotateSecretView(APIView):
         endpoint = selectors.webhook_endpoint_get(
             owner=request.user.idempotency_scope, public_id=public_id
         )
-        secret = services.webhook_endpoint_rotate_secret(endpoint=endpoint)
+        secret = endpoints.webhook_endpoint_rotate_secret(endpoint=endpoint)
         return Response(
             WebhookEndpointWithSecretSerializer(endpoint, context={"secret": secret}).data
         )
@@ -399,7 +388,7 @@ class EventRedeliverView(APIView):
                 code="no_delivery",
                 param="endpoint" if endpoint_id else None,
             )
-        redelivered = [services.webhook_redeliver(delivery=delivery) for delivery in deliveries]
+        redelivered = [webhook_redeliver(delivery=delivery) for delivery in deliveries]
         return Response(
             {
                 "object": "list",

@@ -32,9 +32,10 @@ logger = logging.getLogger(__name__)
 LIVE, CACHE, EMERGENCY, FALLBACK = "live", "cache", "emergency", "fallback"
 
 QUOTES = Counter(
-    "cryptopay_rate_quotes", "Rate quotes served, by pair and the level that answered.",
+    "cryptopay_rate_quotes",
+    "Rate quotes served, by pair and the level that answered.",
     ["pair", "level"],
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)

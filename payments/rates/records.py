@@ -1,7 +1,7 @@
 """Writes for exchange rates: a changed live rate is recorded as an event.
 
 ``ExchangeRateEvent`` rows are the durable record of ExchangeRateUpdated (low priority); the
-notifications issue fans them out to browsers and webhooks.
+outbox event published with each (``notifications.outbox``) fans it out to browsers and webhooks.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from notifications.services import event_publish
+from notifications.outbox import event_publish
 from payments.models import ExchangeRateEvent
 from payments.rates.live import LiveRate
 

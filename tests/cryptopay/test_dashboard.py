@@ -1,4 +1,4 @@
-"""The admin resilience dashboard (cryptopay.dashboard): staff only, every section shown, isolate
+"""The admin resilience dashboard (cryptopay.dashboard_views): staff only, every section shown, isolate
 and close reach every process through the breaker's shared state in Redis (proved with other
 real processes), and with Redis down the page still answers and says so."""
 
@@ -21,7 +21,7 @@ from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
 
-from notifications import presence, queues, services
+from notifications import endpoints, presence, queues
 from notifications.models import Event, WebhookDelivery
 from payments.models import ChainCursor
 from resilience import clock
@@ -153,7 +153,7 @@ def test_given_a_system_in_use_when_staff_opens_the_dashboard_then_every_section
     )  # fmt: skip
     merchant = MerchantFactory()
     make_payment(merchant=merchant, crypto_currency="BTC", currency="USD")
-    endpoint, _ = services.webhook_endpoint_create(
+    endpoint, _ = endpoints.webhook_endpoint_create(
         owner=merchant.public_id, url="http://127.0.0.1:9/hooks"
     )
     WebhookDelivery.objects.create(

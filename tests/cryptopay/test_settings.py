@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -46,7 +48,7 @@ MODE_VARS = (
     "DEBUG",
     "ALLOWED_HOSTS",
     "SECURE_SSL_REDIRECT",
-    "CACHE_KEY_PREFIX",
+    "CRYPTOPAY_REDIS_PREFIX",
 )
 # Tunables that change what the mode defaults would be; other CRYPTOPAY_* settings pass through.
 MODE_TUNABLES = ("CRYPTOPAY_STATE_DIR", "CRYPTOPAY_DEV_CHAIN")
@@ -114,9 +116,9 @@ def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def probe_settings(env: dict[str, str]) -> dict[str, object]:
+def probe_settings(env: dict[str, str], probe: str = PROBE) -> Any:
     result = subprocess.run(
-        [PYTHON, "-c", PROBE],
+        [PYTHON, "-c", probe],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -410,3 +412,40 @@ def test_given_an_overdue_payment_when_a_celery_worker_runs_the_expiry_task_then
     assert expired.count() == 1
     assert expired.get().data["to"] == {"status": "expired", "sub_status": None}
     assert status() == PaymentStatus.EXPIRED
+
+
+REDIS_PREFIX_PROBE = """
+import json
+
+import django
+
+django.setup()
+
+from django.conf import settings
+
+print(json.dumps([
+    settings.CACHES["default"]["KEY_PREFIX"],
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
+    settings.API_AUTH_THROTTLE_REDIS_PREFIX,
+    settings.NOTIFY_REDIS_PREFIX,
+    settings.IDEMPOTENCY_REDIS_PREFIX,
+    settings.BREAKER_KEY_PREFIX,
+    settings.WEBSOCKET_REDIS_PREFIX,
+]))
+"""
+
+
+def test_given_one_redis_prefix_then_every_redis_key_prefix_starts_with_it():
+    prefixes = probe_settings(
+        production_env(CRYPTOPAY_REDIS_PREFIX="shop-b"), probe=REDIS_PREFIX_PROBE
+    )
+    assert prefixes[0] == "shop-b"
+    assert all(prefix.startswith("shop-b:") for prefix in prefixes[1:])
+    assert len(set(prefixes)) == 7
+
+
+def test_settings_read_each_environment_variable_once():
+    source = (REPO / "cryptopay" / "settings.py").read_text()
+    names = re.findall(r'env_\w+\(\s*"([A-Z_0-9]+)"', source)
+    assert len(names) > 50
+    assert sorted({name for name in names if names.count(name) > 1}) == []

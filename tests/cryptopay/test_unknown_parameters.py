@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifications import services as notification_services
+from notifications.endpoints import webhook_endpoint_create
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from payments.models import Payment
 from tests.factories import make_payment
@@ -26,9 +26,7 @@ def assert_unknown(response, name: str) -> None:
 
 
 def endpoint_of(merchant) -> WebhookEndpoint:
-    endpoint, _ = notification_services.webhook_endpoint_create(
-        owner=merchant.public_id, url=NOWHERE
-    )
+    endpoint, _ = webhook_endpoint_create(owner=merchant.public_id, url=NOWHERE)
     return endpoint
 
 

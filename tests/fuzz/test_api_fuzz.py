@@ -22,7 +22,7 @@ from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from notifications import services as notification_services
+from notifications.endpoints import webhook_endpoint_create
 from notifications.models import Event
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS
 from payments.models import ApiKeyScope, Merchant
@@ -90,12 +90,15 @@ class Caller:
         """A fresh pending payment, webhook endpoint and event of this merchant (an example may
         have cancelled or deleted the previous ones)."""
         payment = make_payment(merchant=self.merchant)
-        endpoint, _ = notification_services.webhook_endpoint_create(
+        endpoint, _ = webhook_endpoint_create(
             owner=self.merchant.public_id, url="http://127.0.0.1:9/hooks"
         )
         event = Event.objects.get(subject=payment.public_id, type="payment.created")
-        return {"payments": payment.public_id, "webhook-endpoints": endpoint.public_id,
-                "events": event.public_id}  # fmt: skip
+        return {
+            "payments": payment.public_id,
+            "webhook-endpoints": endpoint.public_id,
+            "events": event.public_id,
+        }
 
 
 @pytest.fixture

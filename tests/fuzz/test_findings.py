@@ -120,7 +120,9 @@ def test_given_a_value_of_the_wrong_json_type_when_creating_a_payment_then_it_is
 
 
 def test_given_zero_as_a_string_when_creating_a_payment_then_it_is_still_not_positive(api):
-    error = error_of(post_json(api, "/api/v1/payments", '{"amount": "0", "crypto_currency": "BTC"}'), 400)  # fmt: skip
+    error = error_of(
+        post_json(api, "/api/v1/payments", '{"amount": "0", "crypto_currency": "BTC"}'), 400
+    )
 
     assert error["code"] == "not_positive"
 

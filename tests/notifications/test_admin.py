@@ -11,7 +11,8 @@ from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
 
-from notifications import secrets, services
+from notifications import endpoint_secrets, endpoints
+from notifications.delivery import signing_secrets
 from notifications.dispatcher import dispatch_events
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from tests.factories import MerchantFactory, make_payment
@@ -46,7 +47,7 @@ def messages_of(response) -> list[str]:
 
 
 def delivered_event(merchant, endpoint_url: str) -> tuple[WebhookEndpoint, Event]:
-    endpoint, _ = services.webhook_endpoint_create(owner=merchant.public_id, url=endpoint_url)
+    endpoint, _ = endpoints.webhook_endpoint_create(owner=merchant.public_id, url=endpoint_url)
     payment = make_payment(merchant=merchant)
     event = Event.objects.get(subject=payment.public_id)
     dispatch_events(event_ids=[event.pk])
@@ -138,7 +139,7 @@ def test_adding_an_endpoint_shows_its_secret_once_and_stores_it_encrypted(admin_
     assert endpoint.public_id in page
     assert (endpoint.url, endpoint.description, endpoint.enabled) == (NOWHERE, "orders", True)
     assert endpoint.event_types == ["payment.created", "payment.status_changed"]
-    assert secrets.decrypt(endpoint.secret_encrypted) == secret
+    assert endpoint_secrets.decrypt(endpoint.secret_encrypted) == secret
     row = WebhookEndpoint.objects.filter(pk=endpoint.pk).values().get()
     assert not [column for column, value in row.items() if secret in str(value)]
     change_page = admin_client_.get(url("webhookendpoint", "change", endpoint.pk))
@@ -171,7 +172,7 @@ def test_a_private_destination_is_refused_on_the_form(admin_client_, settings, b
 
 
 def test_changing_an_endpoint_checks_the_new_url(admin_client_, settings):
-    endpoint, _ = services.webhook_endpoint_create(owner="mer_x", url=NOWHERE)
+    endpoint, _ = endpoints.webhook_endpoint_create(owner="mer_x", url=NOWHERE)
     settings.WEBHOOK_ALLOW_PRIVATE_DESTINATIONS = False
     form = {"url": "http://10.0.0.1/", "description": "", "enabled": "on"}
 
@@ -193,7 +194,7 @@ def test_changing_an_endpoint_checks_the_new_url(admin_client_, settings):
 
 
 def test_the_rotate_action_shows_the_new_secret_once_and_keeps_the_old_one_valid(admin_client_):
-    endpoint, old_secret = services.webhook_endpoint_create(owner="mer_x", url=NOWHERE)
+    endpoint, old_secret = endpoints.webhook_endpoint_create(owner="mer_x", url=NOWHERE)
 
     response = admin_client_.post(
         url("webhookendpoint", "changelist"),
@@ -205,7 +206,7 @@ def test_the_rotate_action_shows_the_new_secret_once_and_keeps_the_old_one_valid
     assert len(shown) == 1 and shown[0] != old_secret
     assert "no-store" in response["Cache-Control"]
     endpoint.refresh_from_db()
-    assert services.signing_secrets(endpoint) == [shown[0], old_secret]
+    assert signing_secrets(endpoint) == [shown[0], old_secret]
 
 
 # --- redelivery ---------------------------------------------------------------------------------

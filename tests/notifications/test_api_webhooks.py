@@ -14,10 +14,10 @@ import yaml
 from django.core.management import call_command
 from openapi_schema_validator import OAS30Validator
 
-from notifications import secrets, signing
+from notifications import endpoint_secrets, signing
 from notifications.dispatcher import dispatch_events
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
-from notifications.services import event_publish
+from notifications.outbox import event_publish
 from resilience import clock
 from tests.conftest import api_client_for
 from tests.factories import MerchantFactory, make_payment
@@ -96,7 +96,7 @@ def test_create_returns_the_endpoint_and_its_secret_which_is_stored_encrypted_an
     assert secret.startswith("whsec_") and len(secret) > 40
     endpoint = WebhookEndpoint.objects.get(public_id=body["id"])
     assert endpoint.owner == merchant.public_id
-    assert secrets.decrypt(endpoint.secret_encrypted) == secret
+    assert endpoint_secrets.decrypt(endpoint.secret_encrypted) == secret
     row = WebhookEndpoint.objects.filter(pk=endpoint.pk).values().get()
     assert not [column for column, value in row.items() if secret in str(value)]
 

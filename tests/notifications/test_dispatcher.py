@@ -22,23 +22,22 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications import queues
+from notifications.delivery import (
+    attempts_record,
+    deliveries_claim_new,
+    deliveries_create,
+    webhooks_deliver_due,
+)
 from notifications.dispatcher import (
     AdaptiveBatching,
     Batching,
     Dispatcher,
     dispatch_events,
 )
+from notifications.endpoints import webhook_endpoint_create
 from notifications.models import Event, Priority, WebhookAttempt, WebhookDelivery
+from notifications.outbox import event_publish, events_requeue_lost
 from notifications.sender import AttemptResult, Outcome
-from notifications.services import (
-    attempts_record,
-    deliveries_claim_new,
-    deliveries_create,
-    event_publish,
-    events_requeue_lost,
-    webhook_endpoint_create,
-    webhooks_deliver_due,
-)
 from tests.chaos import redis_stopped
 from tests.notifications.fast_receiver import FastReceiver
 from tests.notifications.receivers import Receiver, stripe_verified
@@ -403,7 +402,7 @@ def test_a_hanging_endpoint_delays_no_later_event_and_its_breaker_then_refuses_a
         assert "circuit open" in third_bad.last_error
 
 
-# --- issue 14: isolation, priority end to end, one POST per attempt ------------------------------
+# --- isolation, priority end to end, one POST per attempt ------------------------------
 
 
 def _latencies_ms(receiver: Receiver, published: dict[str, float]) -> list[float]:

@@ -9,14 +9,11 @@ from datetime import timedelta
 import pytest
 
 from notifications import signing
+from notifications.delivery import webhooks_deliver_due
 from notifications.dispatcher import dispatch_events
+from notifications.endpoints import webhook_endpoint_create, webhook_endpoint_rotate_secret
 from notifications.models import Event, WebhookAttempt, WebhookDelivery
-from notifications.services import (
-    event_publish,
-    webhook_endpoint_create,
-    webhook_endpoint_rotate_secret,
-    webhooks_deliver_due,
-)
+from notifications.outbox import event_publish
 from tests.factories import make_payment
 from tests.notifications.receivers import Receiver
 

@@ -108,8 +108,17 @@ def main() -> None:
         first = call(breaker, lambda: None)
         failures = [call(breaker, fail) for _ in range(5)]
         after = call(breaker, lambda: None)
-        print(json.dumps({"first": first, "failures": failures, "after": after,
-                          "shared": breaker.snapshot()["shared"]}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "first": first,
+                    "failures": failures,
+                    "after": after,
+                    "shared": breaker.snapshot()["shared"],
+                }
+            ),
+            flush=True,
+        )
     else:
         raise SystemExit(f"unknown mode {mode}")
 

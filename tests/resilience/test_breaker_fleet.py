@@ -1,4 +1,4 @@
-"""The shared breaker across OS processes, step by step (issue #15 items 1 and 2).
+"""The shared breaker across OS processes, step by step.
 
 Each process (tests/resilience/breaker_process.py, mode ``steps``) runs one breaker on real Redis
 with a clock the test sets on every command, and answers each command before the test sends the
@@ -41,10 +41,20 @@ class Process:
                 "DATABASE_URL": served_database_url(),
             }
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.resilience.breaker_process", "steps",
-             settings.REDIS_URL, prefix],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "tests.resilience.breaker_process",
+                "steps",
+                settings.REDIS_URL,
+                prefix,
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert self._read() == {"ready": True}
 
     def _read(self) -> dict:

@@ -19,12 +19,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def spawn(mode: str, prefix: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.resilience.breaker_process", mode, settings.REDIS_URL,
-         prefix, *args],
+        [
+            sys.executable,
+            "-m",
+            "tests.resilience.breaker_process",
+            mode,
+            settings.REDIS_URL,
+            prefix,
+            *args,
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
 
 
 def lines(process: subprocess.Popen, timeout: float = 30) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Recovery from a lost database (issue #15 item 6), over real HTTP, on real PostgreSQL.
+"""Recovery from a lost database, over real HTTP, on real PostgreSQL.
 
 daphne runs the gateway in its own process and reaches PostgreSQL through the fault proxy
 (tests/faultproxy.py). Its pool holds several connections when every one of them is killed
@@ -166,8 +166,12 @@ def session(mode: str, value: str) -> subprocess.Popen:
     }
     return subprocess.Popen(
         [sys.executable, "-m", "tests.resilience.database_session", mode, value],
-        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_given_a_statement_running_past_the_statement_timeout_then_the_server_cancels_it():

@@ -26,8 +26,8 @@ from resilience.degradation import (
     registry,
     rotation_recover,
 )
-from resilience.dependencies import database_recover, redis_recover
 from resilience.models import DependencyState
+from resilience.probes import database_recover, redis_recover
 from resilience.redis_client import fast_fail_client
 from resilience.selectors import dependency_levels, dependency_list
 from tests.resilience.helpers import recovery_count

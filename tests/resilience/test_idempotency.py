@@ -451,9 +451,15 @@ def test_given_a_slow_request_when_it_completes_then_the_row_and_the_redis_copy_
 
     with django_capture_on_commit_callbacks(execute=True):
         gate.run(
-            owner="o", key="slow", automatic=False, method="POST", path="/x",
-            request_fingerprint="fp", execute=slow_execute,
-        )  # fmt: skip
+            owner="o",
+            key="slow",
+            automatic=False,
+            method="POST",
+            path="/x",
+            request_fingerprint="fp",
+            execute=slow_execute,
+        )
+    # A replay: it copies the answer to Redis with the row's expiry.
     gate.run(
         owner="o",
         key="slow",
@@ -462,7 +468,7 @@ def test_given_a_slow_request_when_it_completes_then_the_row_and_the_redis_copy_
         path="/x",
         request_fingerprint="fp",
         execute=slow_execute,
-    )  # fmt: skip  (a replay: it copies the answer to Redis with the row's expiry)
+    )
 
     row = IdempotencyKey.objects.get(owner="o", key="slow")
     assert row.expires_at == row.completed_at + settings.IDEMPOTENCY_EXPIRY

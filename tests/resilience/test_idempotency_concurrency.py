@@ -173,13 +173,21 @@ def test_given_50_concurrent_posts_with_one_key_when_they_race_then_one_payment_
 
 def spawn_client(url: str, secret: str, key: str, count: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.resilience.idempotency_client", url, secret, key,
-         str(count), BODY],
+        [
+            sys.executable,
+            "-m",
+            "tests.resilience.idempotency_client",
+            url,
+            secret,
+            key,
+            str(count),
+            BODY,
+        ],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
 
 
 def test_given_4_processes_sending_one_key_concurrently_then_one_payment_is_created(

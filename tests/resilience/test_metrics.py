@@ -19,8 +19,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
-from notifications import queues, services
+from notifications import queues
+from notifications.delivery import deliveries_create
+from notifications.endpoints import webhook_endpoint_create
 from notifications.models import WebhookDelivery
+from notifications.outbox import event_publish
 from notifications.tasks import webhooks_deliver_due
 from payments.models import ChainCursor
 from resilience import clock
@@ -133,12 +136,7 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         DATABASE_URL=_test_database_url(),
         REDIS_URL=os.environ["REDIS_URL"],
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        CACHE_KEY_PREFIX=f"{prefix}:cache",
-        CRYPTOPAY_BREAKER_KEY_PREFIX=f"{prefix}:breaker",
-        CRYPTOPAY_IDEMPOTENCY_REDIS_PREFIX=f"{prefix}:idem",
-        CRYPTOPAY_NOTIFY_REDIS_PREFIX=f"{prefix}:notify",
-        CRYPTOPAY_WS_REDIS_PREFIX=f"{prefix}:ws",
-        CRYPTOPAY_CHANNELS_PREFIX=f"{prefix}:asgi",
+        CRYPTOPAY_REDIS_PREFIX=prefix,
         # One live stream per user: a second connection evicts the first.
         CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER="1",
         CRYPTOPAY_DEV_CHAIN="1",
@@ -162,28 +160,37 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
     _, api_key = ApiKeyFactory.create_with_secret(merchant=merchant)
     # What the watcher would have recorded: 3 blocks behind, last poll 10 s ago.
     ChainCursor.objects.create(
-        chain="litecoin", height=100, tip_height=103, block_hash="00ab",
+        chain="litecoin",
+        height=100,
+        tip_height=103,
+        block_hash="00ab",
         polled_at=clock.now() - timedelta(seconds=10),
-    )  # fmt: skip
+    )
     # Five deliveries due now to an endpoint where nothing listens: the worker's sweep fails
     # each, and the endpoint's breaker opens.
-    endpoint, _ = services.webhook_endpoint_create(
+    endpoint, _ = webhook_endpoint_create(
         owner=merchant.public_id, url=f"http://127.0.0.1:{free_port()}/hook"
     )
     for number in range(5):
-        event = services.event_publish(
-            owner=merchant.public_id, type="payment.created", subject=f"pay_m{number}",
+        event = event_publish(
+            owner=merchant.public_id,
+            type="payment.created",
+            subject=f"pay_m{number}",
             data={"n": number},
-        )  # fmt: skip
-        services.deliveries_create(event=event)
+        )
+        deliveries_create(event=event)
 
     logs = {name: tmp_path / f"{name}.log" for name in ("web", "worker")}
     with ExitStack() as stack:  # closed in reverse: streams, worker, web
         with logs["web"].open("wb") as out:
             web = subprocess.Popen(
                 [PYTHON, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         stack.callback(_stop_group, web)
         worker = stack.enter_context(celery_worker(queue=queue, log=logs["worker"], env=env))
 
@@ -223,25 +230,35 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         sweep = webhooks_deliver_due.apply_async(queue=queue)
         _wait_until(
             lambda: f"[{sweep.id}] succeeded" in logs["worker"].read_text(),
-            seconds=60, worker=worker, log=logs["worker"], what="the webhook sweep",
-        )  # fmt: skip
+            seconds=60,
+            worker=worker,
+            log=logs["worker"],
+            what="the webhook sweep",
+        )
         # Monitoring finds the chain's only node unreachable; recovery tries it (worker).
         for task in (dependencies_monitor, dependencies_recover):
             done = task.apply_async(queue=queue)
             _wait_until(
                 lambda done=done: f"[{done.id}] succeeded" in logs["worker"].read_text(),
-                seconds=90, worker=worker, log=logs["worker"], what=task.name,
-            )  # fmt: skip
+                seconds=90,
+                worker=worker,
+                log=logs["worker"],
+                what=task.name,
+            )
         # Two live streams of one merchant (web): the second evicts the first.
         stream_url = f"ws://127.0.0.1:{port}/ws/merchant/"
         auth = {"Authorization": f"Bearer {api_key}"}
         for _ in range(2):
             stack.enter_context(ws_connect(stream_url, additional_headers=auth, open_timeout=10))
         _wait_until(
-            lambda: value_or_none(scrape(base), "cryptopay_websocket_evictions_total",
-                                  enforced_by="redis"),
-            seconds=20, worker=web, log=logs["web"], what="the eviction",
-        )  # fmt: skip
+            lambda: value_or_none(
+                scrape(base), "cryptopay_websocket_evictions_total", enforced_by="redis"
+            ),
+            seconds=20,
+            worker=web,
+            log=logs["web"],
+            what="the eviction",
+        )
 
         metrics = scrape(base)
         # The same answer through a proxy is refused.

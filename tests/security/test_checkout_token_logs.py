@@ -1,4 +1,4 @@
-"""The buyer's checkout token never reaches a log line (issue #16, item 6): not in the server's
+"""The buyer's checkout token never reaches a log line: not in the server's
 access lines, not in the request Django attaches to its "Not Found" warnings, not through the
 WebSocket's URL. In process, under the session-wide scanner's rules; and in the output of a real
 server process, access log included."""

@@ -10,8 +10,8 @@ import pytest
 from django.forms.models import model_to_dict
 from django.urls import resolve
 
-from notifications import services as notification_services
 from notifications.dispatcher import dispatch_events
+from notifications.endpoints import webhook_endpoint_create
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from payments.models import ApiKey, Payment
 from tests.conftest import api_client_for
@@ -66,7 +66,7 @@ class Owner:
     def create(cls) -> Owner:
         merchant = MerchantFactory()
         payment = make_payment(merchant=merchant)
-        endpoint, _ = notification_services.webhook_endpoint_create(
+        endpoint, _ = webhook_endpoint_create(
             owner=merchant.public_id, url="http://127.0.0.1:9/hooks"
         )
         event = Event.objects.get(subject=payment.public_id, type="payment.created")

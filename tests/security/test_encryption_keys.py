@@ -15,14 +15,11 @@ from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from notifications import secrets, signing
+from notifications import endpoint_secrets, signing
+from notifications.delivery import signing_secrets
 from notifications.dispatcher import dispatch_events
+from notifications.endpoints import webhook_endpoint_create, webhook_endpoint_rotate_secret
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
-from notifications.services import (
-    signing_secrets,
-    webhook_endpoint_create,
-    webhook_endpoint_rotate_secret,
-)
 from tests.factories import make_payment, staff_client
 from tests.notifications.receivers import Receiver
 
@@ -115,7 +112,7 @@ def test_given_a_secret_no_key_decrypts_when_delivering_then_an_operator_is_told
     endpoint, secret = webhook_endpoint_create(owner=merchant.public_id, url=receiver.url)
     keys.SECRET_KEY = NEW_SECRET_KEY  # rotated without a fallback: the old key is lost
 
-    with caplog.at_level(logging.ERROR, logger="notifications.services"):
+    with caplog.at_level(logging.ERROR, logger="notifications.delivery"):
         delivery = deliver_one(merchant)
 
     # The delivery failed with a clear reason; nothing reached the receiver unsigned.
@@ -171,4 +168,7 @@ def test_given_unreadable_secrets_when_rotate_encryption_key_runs_then_it_names_
     assert kept.public_id not in str(failed.value)
     assert WebhookEndpoint.objects.get(pk=lost.pk).secret_encrypted == before
     keys.SECRET_KEY = "yet-another-" + "y" * 40
-    assert secrets.decrypt(WebhookEndpoint.objects.get(pk=kept.pk).secret_encrypted) == kept_secret
+    assert (
+        endpoint_secrets.decrypt(WebhookEndpoint.objects.get(pk=kept.pk).secret_encrypted)
+        == kept_secret
+    )

@@ -1,4 +1,4 @@
-"""What the health endpoints tell whom (issue #16, item 8): /health/live and /health/ready answer
+"""What the health endpoints tell whom: /health/live and /health/ready answer
 anyone with their status and nothing else; /health and /health/external, and every check's
 details, need the health token or a staff session. And a wrong Host header never gets Django's
 debug page, even in embedded mode where DEBUG is on."""

@@ -24,8 +24,11 @@ def test_given_a_flow_that_handles_every_kind_of_secret_when_logged_at_debug_the
     caplog.set_level(logging.DEBUG)
     shown: list[str] = []
     with Receiver() as receiver, SecretScanner() as scanner:
-        _, key = services.api_key_create(merchant=merchant, name="flow", scopes=["payments:read",
-            "payments:write", "webhooks:manage"])  # fmt: skip
+        _, key = services.api_key_create(
+            merchant=merchant,
+            name="flow",
+            scopes=["payments:read", "payments:write", "webhooks:manage"],
+        )
         shown.append(key)
         api = APIClient()
         api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")

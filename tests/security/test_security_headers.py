@@ -1,4 +1,4 @@
-"""Security headers (issue #16, item 7): a Content-Security-Policy on every page, inline scripts
+"""Security headers: a Content-Security-Policy on every page, inline scripts
 and styles only with the request's nonce; Referrer-Policy and Permissions-Policy; the proxy's
 X-Forwarded-Proto believed only with a trusted proxy configured; and docker-compose's defaults
 pass ``manage.py check --deploy --fail-level WARNING``. (That the pages still work under the
@@ -96,10 +96,17 @@ def test_given_the_staff_health_page_when_served_then_it_has_a_policy_too():
 
 def settings_in(env: dict[str, str], expression: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); from django.conf import "
-         f"settings; print({expression})"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"import django; django.setup(); from django.conf import settings; print({expression})",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -123,8 +130,12 @@ def test_given_compose_defaults_when_check_deploy_runs_then_no_warning():
 
     done = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert env["DEBUG"] == "0" and env["SECURE_SSL_REDIRECT"] == "1"

@@ -1,7 +1,7 @@
 """The production web server (``manage.py serve``: uvicorn with cryptopay/server.py) under attacks
 that need no credentials: one huge body, slow headers, oversized headers, bodies where none belong.
 Each test starts the real server process and talks to it over real sockets; memory is read from
-/proc of the server and its workers (issue #16, item 1; the daphne figures: bench/body_flood.py)."""
+/proc of the server and its workers (the daphne figures: bench/body_flood.py)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ def test_given_the_server_when_one_300_mib_multipart_post_hits_health_live_then_
         peak = server.peak_rss_bytes()
         latencies = prober.latencies
 
-    print(f"\ngateway: peak RSS {baseline / MIB:.0f} -> {peak / MIB:.0f} MiB; other clients "
-          f"max {max(latencies) * 1000:.0f} ms over {len(latencies)} requests")  # fmt: skip
+    print(
+        f"\ngateway: peak RSS {baseline / MIB:.0f} -> {peak / MIB:.0f} MiB; other clients "
+        f"max {max(latencies) * 1000:.0f} ms over {len(latencies)} requests"
+    )
     assert peak < 256 * MIB
     assert max(latencies) < 1.0
     for answer in (with_length, chunked):
@@ -95,8 +97,10 @@ def test_given_100_sockets_sending_headers_slowly_when_others_connect_then_they_
 def test_given_a_kept_alive_connection_when_the_next_request_trickles_in_then_it_is_closed_after_the_header_timeout(
     tmp_path,
 ):
-    env = {"CRYPTOPAY_SERVER_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
-           "CRYPTOPAY_SERVER_KEEP_ALIVE_SECONDS": "5"}  # fmt: skip
+    env = {
+        "CRYPTOPAY_SERVER_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "CRYPTOPAY_SERVER_KEEP_ALIVE_SECONDS": "5",
+    }
     with asgi_server(tmp_path, env=env) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -135,13 +139,15 @@ def test_given_bodies_where_the_route_takes_none_or_not_json_when_posted_then_th
         on_health = client.post("/health/live", content=b"x" * 10)
         form_on_api = client.post("/api/v1/payments", data={"amount": "5.00"})
         too_big = client.post(
-            "/api/v1/payments", content=b"{}" + b" " * 70_000,
+            "/api/v1/payments",
+            content=b"{}" + b" " * 70_000,
             headers={"Content-Type": "application/json"},
-        )  # fmt: skip
+        )
         json_on_api = client.post(
-            "/api/v1/payments", content=json.dumps({"amount": "5.00"}),
+            "/api/v1/payments",
+            content=json.dumps({"amount": "5.00"}),
             headers={"Content-Type": "application/json"},
-        )  # fmt: skip
+        )
         get_page = client.get("/health/live")
 
     assert (on_health.status_code, error_of(on_health)["code"]) == (413, "payload_too_large")

@@ -17,15 +17,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from notifications.delivery import deliveries_create, webhook_deliver
 from notifications.destinations import (
     DestinationRefused,
     address_public,
     destination_parse,
     destination_resolve,
 )
+from notifications.endpoints import webhook_endpoint_create
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from notifications.sender import Claim, Outcome, Sender, Target
-from notifications.services import deliveries_create, webhook_deliver, webhook_endpoint_create
 from resilience import clock
 from tests.conftest import api_client_for
 from tests.factories import make_payment
@@ -142,10 +143,14 @@ class RecordingResolver:
 def _send(url: str, resolver: RecordingResolver, tls: ssl.SSLContext | None = None) -> Outcome:
     """One delivery attempt through the webhook sender itself, resolving with ``resolver``."""
     claim = Claim(
-        delivery_id=1, token=1, until=clock.now() + timedelta(minutes=5), priority=0,
+        delivery_id=1,
+        token=1,
+        until=clock.now() + timedelta(minutes=5),
+        priority=0,
         target=Target(public_id="we_pinning", url=url, secrets=("whsec_pinning",)),
-        webhook_id="evt_pinning", body=b"{}",
-    )  # fmt: skip
+        webhook_id="evt_pinning",
+        body=b"{}",
+    )
 
     async def run() -> list[Outcome]:
         outcomes: list[Outcome] = []

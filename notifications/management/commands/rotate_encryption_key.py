@@ -19,7 +19,7 @@ from cryptography.fernet import Fernet
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from notifications import secrets
+from notifications import endpoint_secrets
 from notifications.models import WebhookEndpoint
 from resilience import clock
 
@@ -57,8 +57,8 @@ class Command(BaseCommand):
                 for field in _in_use(endpoint):
                     token = getattr(endpoint, field)
                     try:
-                        setattr(endpoint, field, secrets.reencrypt(token))
-                    except secrets.SecretUndecryptable:
+                        setattr(endpoint, field, endpoint_secrets.reencrypt(token))
+                    except endpoint_secrets.SecretUndecryptable:
                         unreadable.append(f"{endpoint.public_id} ({field})")
                         continue
                     changed.append(field)

@@ -125,7 +125,7 @@
     socket.onclose = function (event) {
       socket = null;
       startPolling();
-      // 4500-4999: the server asks us not to reconnect (REFERENCE §6); polling carries on.
+      // 4500-4999: the server asks us not to reconnect (close codes: notifications/streams.py); polling carries on.
       if (event.code >= 4500 && event.code <= 4999) return;
       if (DONE[state.status] && state.status !== "expired") return;
       reconnectTimer = setTimeout(connect, reconnectDelay);

@@ -1,6 +1,6 @@
-"""Reads for the admin resilience dashboard (``cryptopay.dashboard``): rate age per pair in use and
-watcher lag per chain. The same sources as ``payments.metrics`` (which sets gauges from them at
-scrape time), returned as values.
+"""How fresh the payments' outside data is: rate age per pair in use and watcher lag per chain.
+Read by the admin resilience dashboard (``cryptopay.dashboard_views``) and by the ``/metrics``
+samplers (``payments.metrics``), which set gauges from them at scrape time.
 """
 
 from __future__ import annotations

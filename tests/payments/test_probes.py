@@ -15,7 +15,7 @@ from django.core.cache import cache
 from payments import services
 from payments.chains.config import chains
 from payments.chains.rpc import NodeClient
-from payments.dependencies import expiry_held_currencies
+from payments.probes import expiry_held_currencies
 from payments.rates import quotes
 from payments.rates.live import provider_breaker
 from payments.rates.quotes import rate_quote

@@ -1,4 +1,6 @@
-"""Writes for notifications: publish events (outbox), manage webhook endpoints, deliver webhooks."""
+"""Webhook delivery: the deliveries an event makes, their claims, sending them over HTTP
+(``notifications.sender``) and recording the attempts. Events come from the outbox
+(``notifications.outbox``), endpoints from ``notifications.endpoints``."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from prometheus_client import Counter
 
-from notifications import destinations, queues, secrets
+from notifications import endpoint_secrets
 from notifications.models import (
     PRIORITY_RANK,
     Event,
@@ -42,131 +44,19 @@ DELIVERY_ATTEMPTS = Counter(
 )
 DELIVERY_OUTCOMES = ("succeeded", "failed", "retrying", "gave_up")
 
-# The seed's priorities.
-PRIORITIES: dict[str, str] = {
-    "payment.status_changed": Priority.HIGH,
-    "transaction.detected": Priority.HIGH,
-    # A wrong asset reached a payment's address: the merchant has to act (refund or mark).
-    "transaction.unmatched": Priority.HIGH,
-    "payment.created": Priority.NORMAL,
-    "payment.expired": Priority.NORMAL,
-    "exchange_rate.updated": Priority.LOW,
-}
-EVENT_TYPES = sorted(PRIORITIES)
-
-
-# --- events -------------------------------------------------------------------------------------
-
-
-def event_publish(
-    *, owner: str, type: str, subject: str = "", sequence: int = 0, data: dict[str, Any]
-) -> Event:
-    """Write the event in the caller's transaction; queue it once that transaction commits."""
-    event = Event.objects.create(
-        owner=owner,
-        type=type,
-        priority=PRIORITIES.get(type, Priority.NORMAL),
-        subject=subject,
-        sequence=sequence,
-        data=data,
-        created_at=clock.now(),
-    )
-    transaction.on_commit(lambda: queues.enqueue(event_id=event.pk, priority=event.priority))
-    return event
-
-
-def events_publish(*, events: list[Event]) -> list[Event]:
-    """``event_publish`` for many at once (a chain block's worth): one INSERT in the caller's
-    transaction, one Redis round trip once it commits. ``events`` are unsaved ``Event``s with
-    owner, type, subject, sequence and data set."""
-    if not events:
-        return []
-    now = clock.now()
-    for event in events:
-        event.priority = PRIORITIES.get(event.type, Priority.NORMAL)
-        event.created_at = now
-    Event.objects.bulk_create(events)
-    queued = [(event.pk, event.priority) for event in events]
-    transaction.on_commit(lambda: queues.enqueue_many(queued))
-    return events
-
-
-def events_requeue_lost() -> int:
-    """Queue again the events no dispatcher has handled for NOTIFY_REQUEUE_AFTER (Redis lost them,
-    or a dispatcher died holding them), whether or not the queues are draining a backlog: an id
-    still waiting in a queue is not lost and is left alone. Dispatching is idempotent, so the one
-    a live dispatcher is handling right now costs a lookup if queued twice."""
-    cutoff = clock.now() - settings.NOTIFY_REQUEUE_AFTER
-    candidates = list(
-        Event.objects.filter(dispatched_at__isnull=True, created_at__lte=cutoff)
-        .order_by("created_at")
-        .values_list("pk", "priority")[:10_000]
-    )
-    if not candidates:
-        return 0
-    waiting = queues.queued_ids()
-    lost = [(event_id, priority) for event_id, priority in candidates if event_id not in waiting]
-    queues.enqueue_many(lost)
-    if lost:
-        logger.warning("re-queued %d undispatched events from the outbox", len(lost))
-    return len(lost)
-
-
-# --- webhook endpoints --------------------------------------------------------------------------
-
-
-def webhook_url_check(url: str) -> None:
-    """Refuse URLs that are not valid http(s) or that resolve to private, loopback, link-local or
-    reserved addresses (SSRF), unless WEBHOOK_ALLOW_PRIVATE_DESTINATIONS."""
-    destinations.destination_check(url=url)
-
-
-def webhook_endpoint_create(
-    *, owner: str, url: str, event_types: list[str] | None = None, description: str = ""
-) -> tuple[WebhookEndpoint, str]:
-    """Create an endpoint; returns it with its signing secret (shown once, stored encrypted)."""
-    webhook_url_check(url)
-    secret = secrets.new_secret()
-    endpoint = WebhookEndpoint.objects.create(
-        owner=owner,
-        url=url,
-        description=description,
-        event_types=sorted(set(event_types or [])),
-        secret_encrypted=secrets.encrypt(secret),
-    )
-    return endpoint, secret
-
-
-def webhook_endpoint_rotate_secret(
-    *, endpoint: WebhookEndpoint, overlap: timedelta = timedelta(hours=24)
-) -> str:
-    """New secret; the old one stays valid (both signatures sent) for ``overlap``."""
-    secret = secrets.new_secret()
-    endpoint.previous_secret_encrypted = endpoint.secret_encrypted
-    endpoint.previous_secret_expires_at = clock.now() + overlap
-    endpoint.secret_encrypted = secrets.encrypt(secret)
-    endpoint.save(
-        update_fields=[
-            "secret_encrypted",
-            "previous_secret_encrypted",
-            "previous_secret_expires_at",
-        ]
-    )
-    return secret
-
 
 def signing_secrets(endpoint: WebhookEndpoint) -> list[str]:
-    """The secrets to sign with; raises secrets.SecretUndecryptable when the current one is
-    unreadable. An unreadable previous secret is left out: the new one (rotated in after a key
-    was lost) is what the receiver is moving to, and it must not wait out the overlap."""
-    keys = [secrets.decrypt(endpoint.secret_encrypted)]
+    """The secrets to sign with; raises endpoint_secrets.SecretUndecryptable when the current
+    one is unreadable. An unreadable previous secret is left out: the new one (rotated in after a
+    key was lost) is what the receiver is moving to, and it must not wait out the overlap."""
+    keys = [endpoint_secrets.decrypt(endpoint.secret_encrypted)]
     if (
         endpoint.previous_secret_encrypted
         and endpoint.previous_secret_expires_at
         and endpoint.previous_secret_expires_at > clock.now()
-        and secrets.readable(endpoint.previous_secret_encrypted)
+        and endpoint_secrets.readable(endpoint.previous_secret_encrypted)
     ):
-        keys.append(secrets.decrypt(endpoint.previous_secret_encrypted))
+        keys.append(endpoint_secrets.decrypt(endpoint.previous_secret_encrypted))
     return keys
 
 
@@ -349,7 +239,7 @@ def _claims(
         if endpoint_id not in targets:
             try:
                 keys = tuple(signing_secrets(endpoint))
-            except secrets.SecretUndecryptable as exc:
+            except endpoint_secrets.SecretUndecryptable as exc:
                 # Not the receiver's fault and no retry helps: the attempt fails for an operator
                 # (admin flag, /health/external webhooks:secrets), who redelivers once fixed.
                 logger.error(

@@ -1,7 +1,7 @@
 """The admin resilience dashboard (staff only): what every dependency is doing, in one page.
 
-It combines the apps' dashboard selectors (``resilience.dashboard``, ``notifications.dashboard``,
-``payments.dashboard``, plus ``resilience.selectors``), so it lives at project level: ``resilience``
+It combines the apps' dashboard selectors (``resilience.dashboard``, ``notifications.load_figures``,
+``payments.freshness``, plus ``resilience.selectors``), so it lives at project level: ``resilience``
 knows nothing of payments. Each part is read on its own; a part that cannot be read (Redis or the
 database down) is shown as unavailable with the reason, and the page still answers 200.
 
@@ -27,8 +27,8 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_POST
 
-from notifications.dashboard import connection_figures, queue_depths, webhook_backlog
-from payments.dashboard import rate_age_list, watcher_lag_list
+from notifications.load_figures import connection_figures, queue_depths, webhook_backlog
+from payments.freshness import rate_age_list, watcher_lag_list
 from resilience.dashboard import (
     UnknownBreaker,
     breaker_close,

@@ -6,7 +6,7 @@
   retry sweep is not running or cannot keep up); deliveries are durable, so never Critical.
 * ``webhooks:secrets``: degraded while an enabled endpoint's signing secret cannot be decrypted
   with any configured key (a key was rotated away): its deliveries fail until an operator restores
-  the key or rotates the secret (notifications/secrets.py).
+  the key or rotates the secret (notifications/endpoint_secrets.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def webhook_backlog_probe() -> Probe:
 
 
 def webhook_secrets_probe() -> Probe:
-    from notifications import secrets
+    from notifications import endpoint_secrets
     from notifications.models import WebhookEndpoint
 
     endpoints = WebhookEndpoint.objects.filter(enabled=True).values_list(
@@ -59,7 +59,7 @@ def webhook_secrets_probe() -> Probe:
     checked, unreadable = 0, []
     for public_id, owner, token in endpoints.iterator():
         checked += 1
-        if not secrets.readable(token):
+        if not endpoint_secrets.readable(token):
             unreadable.append(f"{public_id} (merchant {owner})")
     if not unreadable:
         return Probe.ok(endpoints=checked)

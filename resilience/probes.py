@@ -2,8 +2,8 @@
 broker, with their probes and recovery actions. Registered in ``ResilienceConfig.ready``; the apps
 register their own (exchange-rate providers, chain nodes, queues, webhook backlog).
 
-Recovery actions (seed: "Database: reconnect, check connection pool; Redis: reconnect, clear
-corrupted data"):
+Recovery actions (the specification's: "Database: reconnect, check connection pool; Redis:
+reconnect, clear corrupted data"):
 
 * database: close every connection of this process, open a fresh one, run ``SELECT 1`` and read the
   server's connection use (PostgreSQL: backends on this database against ``max_connections``);

@@ -1,6 +1,6 @@
-"""Reads for the admin resilience dashboard (``cryptopay.dashboard``): WebSocket connections,
-notification queue depths and the webhook backlog. The same sources as ``notifications.metrics``
-(which sets gauges from them at scrape time), returned as values.
+"""The notifications' load: WebSocket connections, notification queue depths and the webhook
+backlog. Read by the admin resilience dashboard (``cryptopay.dashboard_views``) and by the
+``/metrics`` samplers (``notifications.metrics``), which set gauges from them at scrape time.
 """
 
 from __future__ import annotations
