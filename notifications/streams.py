@@ -55,6 +55,7 @@ from urllib.parse import parse_qs
 
 import redis
 from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -225,6 +226,16 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
                                 "reason": "try_again: live events briefly unavailable"})  # fmt: skip
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch without its ``aclose_old_connections``: that is a hop to the one
+        sync thread for every message, so one group message fanned out to a thousand connections
+        of a process queued a thousand hops behind each other. Every database read here goes
+        through ``database_sync_to_async``, which closes stale connections around itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # helpers for subclasses
     def query_param(self, name: str) -> str | None:
@@ -438,6 +449,10 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
 # (which is Redis, and may be what is down).
 _live: dict[str, EventStreamConsumer] = {}
 
+# Group rejoins in flight at once in a heartbeat: a thousand at once would each take a channel-layer
+# connection from its pool (up to CRYPTOPAY_CHANNELS_MAX_CONNECTIONS) in one burst.
+REJOIN_CONCURRENCY = 20
+
 # The heartbeat task of each event loop that has connections (a server has one loop).
 _beats: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
 
@@ -470,13 +485,23 @@ async def _heartbeat(loop: asyncio.AbstractEventLoop) -> None:
             await sync_to_async(registry.refresh_many, thread_sensitive=False)(
                 [(c.access.user, c.channel_name) for c in consumers if c.access is not None]
             )
-            await asyncio.gather(*(c._rejoin(interval) for c in consumers))
+            await _rejoin_all(consumers, timeout=interval)
         except Exception:  # whatever it was, the beat goes on for every connection
             logger.exception("websocket heartbeat failed; next beat in %s s", interval)
         try:
             await _catch_up_behind(consumers)
         except Exception as exc:  # the database is down: next beat
             logger.info("websocket catch-up skipped: %s", exc)
+
+
+async def _rejoin_all(consumers: list[EventStreamConsumer], *, timeout: float) -> None:
+    gate = asyncio.Semaphore(REJOIN_CONCURRENCY)
+
+    async def rejoin(consumer: EventStreamConsumer) -> None:
+        async with gate:
+            await consumer._rejoin(timeout)
+
+    await asyncio.gather(*(rejoin(c) for c in consumers))
 
 
 async def _catch_up_behind(consumers: list[EventStreamConsumer]) -> None:

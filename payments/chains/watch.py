@@ -17,8 +17,10 @@ Each poll, per chain:
    (it will be found again in the new chain or the mempool, or it is dropped).
 2. New blocks from the cursor to the tip: outputs (UTXO) or native transfers and ERC-20 ``Transfer``
    logs (EVM) paying a watched deposit address are recorded once (unique on chain, txid, kind,
-   index) with the block's time, so a payment found late is judged by when it was mined. The
-   cursor is saved after every block, so a poll cut off by its time budget still advances.
+   index) with the block's time, so a payment found late is judged by when it was mined. Each
+   block is written in one transaction: what it paid, in bulk (each payment re-evaluated once,
+   however many of its outputs the block holds), its hash and the cursor, so a poll cut off by
+   its time budget still advances, block by block.
 3. Mempool (UTXO): unconfirmed outputs, with their RBF flag and the node's first-seen time.
 4. Blocks that arrived during the poll are scanned too, so a transaction that left the mempool
    meanwhile is found in its block before anything is judged missing.
