@@ -49,6 +49,8 @@ PRIORITIES: dict[str, str] = {
     # A wrong asset reached a payment's address: the merchant has to act (refund or mark).
     "transaction.unmatched": Priority.HIGH,
     "payment.created": Priority.NORMAL,
+    # The buyer picked (or switched) the coin: its amount, quote and deposit address.
+    "payment.currency_selected": Priority.NORMAL,
     "payment.expired": Priority.NORMAL,
     "exchange_rate.updated": Priority.LOW,
 }
