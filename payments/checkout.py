@@ -29,6 +29,7 @@ from django.utils import translation
 from django.utils.crypto import constant_time_compare
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from cryptopay.api_errors import error_response
@@ -412,10 +413,16 @@ def checkout_page(request: HttpRequest, payment_id: str) -> HttpResponse:
     return _no_store(render(request, "payments/checkout.html", context))
 
 
+@csrf_exempt
 @require_POST
 @_in_language
 def checkout_select(request: HttpRequest, payment_id: str) -> HttpResponse:
-    """The buyer picks (or changes) the coin: a plain form post, then back to the page."""
+    """The buyer picks (or changes) the coin: a plain form post, then back to the page.
+
+    Not CSRF-checked: what authorises it is the checkout token in the URL, not a cookie, so a
+    forged cross-site post could only do what the token's holder can do anyway. (And the page's
+    no-referrer policy makes browsers send ``Origin: null`` with form posts, which Django's
+    check refuses.)"""
     payment = _payment_for(request, payment_id)
     code = request.POST.get("crypto_currency", "")
     try:

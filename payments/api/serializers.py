@@ -315,6 +315,9 @@ class PaymentSerializer(serializers.ModelSerializer):
     checkout_url = serializers.SerializerMethodField(
         help_text="The hosted checkout page to send the buyer to (carries the buyer's token)."
     )
+    crypto_currency = serializers.SerializerMethodField(
+        help_text="The coin the amounts are in: the one picked, null until the buyer picks one."
+    )
     selected_currency = serializers.SerializerMethodField(
         help_text="The coin the buyer picked (or the one coin named at creation); null until then."
     )
@@ -396,6 +399,10 @@ class PaymentSerializer(serializers.ModelSerializer):
 
     @extend_schema_field({"type": "string", "nullable": True, "enum": [*CRYPTO_CURRENCIES, None]})
     def get_selected_currency(self, payment: Payment) -> str | None:
+        return payment.crypto_currency or None
+
+    @extend_schema_field({"type": "string", "nullable": True, "enum": [*CRYPTO_CURRENCIES, None]})
+    def get_crypto_currency(self, payment: Payment) -> str | None:
         return payment.crypto_currency or None
 
     @extend_schema_field(
