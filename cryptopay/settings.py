@@ -452,6 +452,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # One name for the crypto currency codes wherever they appear (one coin, or a list to pick).
+    "ENUM_NAME_OVERRIDES": {"CryptoCurrencyEnum": "payments.currencies.CRYPTO_CODES"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "cryptopay.api_fields.close_request_bodies",

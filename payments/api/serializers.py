@@ -315,6 +315,12 @@ class PaymentSerializer(serializers.ModelSerializer):
     checkout_url = serializers.SerializerMethodField(
         help_text="The hosted checkout page to send the buyer to (carries the buyer's token)."
     )
+    redirect_url = serializers.CharField(
+        read_only=True, help_text="Where the checkout sends the buyer once paid (empty: none)."
+    )
+    cancel_url = serializers.CharField(
+        read_only=True, help_text="Where a buyer who gives up goes back to (empty: none)."
+    )
     crypto_currency = serializers.SerializerMethodField(
         help_text="The coin the amounts are in: the one picked, null until the buyer picks one."
     )
@@ -401,7 +407,7 @@ class PaymentSerializer(serializers.ModelSerializer):
     def get_selected_currency(self, payment: Payment) -> str | None:
         return payment.crypto_currency or None
 
-    @extend_schema_field({"type": "string", "nullable": True, "enum": [*CRYPTO_CURRENCIES, None]})
+    @extend_schema_field({"type": "string", "nullable": True})
     def get_crypto_currency(self, payment: Payment) -> str | None:
         return payment.crypto_currency or None
 
