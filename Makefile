@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: run test test-embedded lint format install install-dev services nodes browser fuzz wrk bench chaos clean
+.PHONY: run test test-embedded lint format install install-dev services nodes browser fuzz wrk bench chaos clean gettext makemessages compilemessages
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,18 @@ browser:
 wrk:
 	bash scripts/install_debian_tool.sh wrk /usr/bin/wrk
 
+# The checkout page's translations (payments/locale/<lang>/LC_MESSAGES/django.po, compiled .mo
+# shipped too): makemessages refreshes the .po files from the code, compilemessages builds the .mo.
+CHECKOUT_LANGUAGES ?= de es
+gettext:
+	bash scripts/install_debian_tool.sh gettext /usr/bin/msgfmt
+
+makemessages: $(VENV)/.installed gettext
+	cd payments && ../$(PY) ../manage.py makemessages --no-obsolete --no-location $(addprefix -l ,$(CHECKOUT_LANGUAGES))
+
+compilemessages: $(VENV)/.installed gettext
+	cd payments && ../$(PY) ../manage.py compilemessages $(addprefix -l ,$(CHECKOUT_LANGUAGES))
+
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -61,7 +73,7 @@ test: services nodes browser wrk lint
 EMBEDDED_TESTS ?= tests/payments/test_money.py tests/payments/test_base_units_exact.py \
 	tests/payments/test_state_machine.py tests/payments/test_payment_flow.py \
 	tests/payments/test_api_payments.py tests/payments/test_api_amount_strings.py \
-	tests/payments/test_checkout.py
+	tests/payments/test_checkout.py tests/payments/test_api_payment_options.py
 test-embedded: $(VENV)/.installed-dev
 	DATABASE_URL= REDIS_URL= $(PY) -m pytest $(EMBEDDED_TESTS)
 

@@ -420,6 +420,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LANGUAGE_CODE = "en-us"
+# The checkout page's languages (payments/locale; `make makemessages` / `make compilemessages`).
+# Only the checkout switches language: the API and the admin stay English.
+LANGUAGES = [("en", "English"), ("de", "Deutsch"), ("es", "Español")]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -491,6 +494,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # One name for the crypto currency codes wherever they appear (one coin, or a list to pick).
+    "ENUM_NAME_OVERRIDES": {"CryptoCurrencyEnum": "payments.currencies.CRYPTO_CODES"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "cryptopay.api_fields.close_request_bodies",
@@ -697,6 +702,15 @@ WEBSOCKET_REPLAY_LIMIT = env_int("CRYPTOPAY_WS_REPLAY_LIMIT", 200)
 WEBSOCKET_REPLAY_WINDOW = env_seconds("CRYPTOPAY_WS_REPLAY_WINDOW_SECONDS", 3600)
 # The checkout page polls this often when its WebSocket fails.
 CHECKOUT_POLL_INTERVAL = env_seconds("CRYPTOPAY_CHECKOUT_POLL_SECONDS", 2)
+# Embedded mode's channel layer lives in one process, so a payment changed by another process
+# (manage.py simulate_payment, the scheduler) never reaches the page's socket through it: the
+# checkout socket reads its payment's new events from the database this often instead (one
+# indexed query per open checkout). 0 turns it off; with Redis the dispatcher delivers them.
+CHECKOUT_STREAM_POLL_INTERVAL = env_seconds(
+    "CRYPTOPAY_CHECKOUT_STREAM_POLL_SECONDS", 1 if EMBEDDED else 0
+)
+# Largest merchant logo the admin accepts (it is stored in the database and sent with pages).
+MERCHANT_LOGO_MAX_BYTES = env_int("CRYPTOPAY_MERCHANT_LOGO_MAX_BYTES", 200_000)
 
 # --- Degradation, recovery and health (resilience/degradation.py, resilience/health.py) ---------
 # One health probe; a load balancer's probe (often 5 s) must get its answer before it gives up.

@@ -27,6 +27,8 @@ urlpatterns = [
     path("pay/<slug:payment_id>/status", checkout.checkout_status, name="checkout-status"),
     path("pay/<slug:payment_id>/qr.svg", checkout.checkout_qr, name="checkout-qr"),
     path("pay/<slug:payment_id>/simulate", checkout.checkout_simulate, name="checkout-simulate"),
+    path("pay/<slug:payment_id>/select", checkout.checkout_select, name="checkout-select"),
+    path("pay/<slug:payment_id>/logo", checkout.checkout_logo, name="checkout-logo"),
     path("api/v1/", include("payments.api.urls")),
     path("api/v1/", include("notifications.api.urls")),
     path("health", HealthView.as_view(checks=DependencyChecks()), name="health"),

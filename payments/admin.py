@@ -39,11 +39,60 @@ def gap_warning(gap: GapRun) -> str:
     )
 
 
+class MerchantForm(forms.ModelForm):
+    """The merchant with its checkout branding: the logo arrives as an upload, is checked
+    (``services.merchant_logo_read``) and stored as bytes."""
+
+    logo_upload = forms.FileField(
+        required=False,
+        label="Logo",
+        help_text="PNG, JPEG or WebP, at most the configured size (CRYPTOPAY_MERCHANT_LOGO_MAX_BYTES)."
+        " Shown on the checkout page.",
+    )
+    logo_clear = forms.BooleanField(required=False, label="Remove the logo")
+    support_url = forms.URLField(
+        required=False,
+        assume_scheme="https",
+        help_text="Where buyers can reach you (shown when a payment needs help).",
+    )
+
+    class Meta:
+        model = Merchant
+        fields = [
+            "name", "default_fiat_currency", "payment_expiry", "monitoring_window",
+            "underpayment_tolerance_percent", "speed_policy", "brand_color", "support_url",
+        ]  # fmt: skip
+
+    def clean_logo_upload(self):  # type: ignore[no-untyped-def]
+        upload = self.cleaned_data.get("logo_upload")
+        if not upload:
+            return None
+        try:
+            return services.merchant_logo_read(upload)
+        except services.LogoRefused as refused:
+            raise forms.ValidationError(str(refused)) from refused
+
+
 @admin.register(Merchant)
 class MerchantAdmin(admin.ModelAdmin):
+    form = MerchantForm
     list_display = ["name", "public_id", "default_fiat_currency", "speed_policy", "created_at"]
     search_fields = ["name", "public_id"]
-    readonly_fields = ["public_id", "created_at", "address_gap"]
+    readonly_fields = ["public_id", "created_at", "address_gap", "logo_preview"]
+
+    @admin.display(description="Current logo")
+    def logo_preview(self, merchant: Merchant) -> str:
+        if not merchant.logo_content_type:
+            return "none"
+        return f"{merchant.logo_content_type}, {len(bytes(merchant.logo or b''))} bytes"
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        logo = form.cleaned_data.get("logo_upload")
+        if logo is not None:
+            obj.logo, obj.logo_content_type = logo
+        elif form.cleaned_data.get("logo_clear"):
+            obj.logo, obj.logo_content_type = None, ""
+        super().save_model(request, obj, form, change)
 
     @admin.display(description=f"Unpaid addresses in a row (gap limit {GAP_LIMIT})")
     def address_gap(self, merchant: Merchant) -> str:

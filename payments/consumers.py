@@ -6,6 +6,10 @@ The streaming itself (cap, heartbeat, replay, close codes) is ``notifications.st
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+from django.conf import settings
 from django.http import HttpRequest
 from django.urls import path
 from django.utils.crypto import constant_time_compare
@@ -25,9 +29,32 @@ from payments.models import ApiKeyScope, Merchant, Payment
 
 
 class PaymentStreamConsumer(EventStreamConsumer):
-    """``/ws/payments/<id>/?token=<checkout token>``: one payment's events, for its buyer."""
+    """``/ws/payments/<id>/?token=<checkout token>``: one payment's events, for its buyer.
+
+    With CHECKOUT_STREAM_POLL_INTERVAL set (embedded mode, whose in-memory channel layer does not
+    reach other processes) the connection also reads its payment's new events from the database
+    at that interval, so a change made by another process shows within it."""
 
     stream_kind = "payment"
+    follower: asyncio.Task | None = None
+
+    async def connect(self) -> None:
+        await super().connect()
+        interval = settings.CHECKOUT_STREAM_POLL_INTERVAL.total_seconds()
+        if self.access is not None and interval > 0:
+            self.follower = asyncio.create_task(self._follow(interval))
+
+    async def disconnect(self, code: int) -> None:
+        if self.follower is not None:
+            self.follower.cancel()
+            self.follower = None
+        await super().disconnect(code)
+
+    async def _follow(self, interval: float) -> None:
+        while self.access is not None:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):  # the database is busy: the next round
+                await self._catch_up()
 
     def authorize(self) -> StreamAccess:
         token = self.query_param("token")

@@ -50,6 +50,7 @@ FIAT_EXPONENTS: dict[str, int] = {
 
 FIAT_CHOICES = [(code, code) for code in sorted(FIAT_EXPONENTS)]
 CRYPTO_CHOICES = [(code, c.name) for code, c in CRYPTO_CURRENCIES.items()]
+CRYPTO_CODES = sorted(CRYPTO_CURRENCIES)
 
 
 def fiat_exponent(code: str) -> int:

@@ -27,7 +27,9 @@ def payment_simulate(
     or, given ``txid``, change an earlier simulated transaction's confirmations."""
     if not settings.DEV_CHAIN_ENABLED:
         raise SimulationRefused("The development chain is off (set CRYPTOPAY_DEV_CHAIN=1).")
-    if not payment.deposit_address.startswith(DEV_CHAIN):
+    if not payment.crypto_currency:
+        raise SimulationRefused("The buyer has not picked a coin yet (no address to pay).")
+    if not (payment.deposit_address or "").startswith(DEV_CHAIN):
         raise SimulationRefused("This payment's address is not on the development chain.")
     if confirmations is None:
         confirmations = payment.required_confirmations

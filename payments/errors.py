@@ -15,6 +15,11 @@ class InvalidTransition(ApiError):
     code = "invalid_state_transition"
 
 
+class CurrencyNotSwitchable(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "currency_locked"
+
+
 class DuplicateOrderId(ApiError):
     status_code = status.HTTP_409_CONFLICT
     code = "order_id_already_exists"

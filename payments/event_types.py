@@ -13,6 +13,8 @@ PRIORITIES: dict[str, str] = {
     # A wrong asset reached a payment's address: the merchant has to act (refund or mark).
     PaymentEvent.Type.TRANSACTION_UNMATCHED: Priority.HIGH,
     PaymentEvent.Type.CREATED: Priority.NORMAL,
+    # The buyer picked (or switched) the coin: its amount, quote and deposit address.
+    PaymentEvent.Type.CURRENCY_SELECTED: Priority.NORMAL,
     PaymentEvent.Type.EXPIRED: Priority.NORMAL,
     ExchangeRateEvent.type: Priority.LOW,
 }

@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 from payments.currencies import CRYPTO_CHOICES, FIAT_CHOICES
@@ -175,6 +175,19 @@ class Merchant(models.Model):
     speed_policy = models.PositiveSmallIntegerField(
         choices=SpeedPolicy.choices, default=SpeedPolicy.MEDIUM
     )
+    # The checkout page's branding. The logo is kept in the database (no media server in embedded
+    # mode) as sniffed PNG/JPEG/WebP bytes only: never SVG, which can carry script.
+    brand_color = models.CharField(
+        max_length=7,
+        blank=True,
+        validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "A colour such as #1a7f5a.")],
+        help_text="Accent colour of the checkout page, #rrggbb (empty: the default green).",
+    )
+    logo = models.BinaryField(null=True, blank=True, editable=False)
+    logo_content_type = models.CharField(max_length=20, blank=True, editable=False)
+    support_url = models.URLField(
+        blank=True, help_text="Where buyers can reach you (shown when a payment needs help)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -220,23 +233,31 @@ class Payment(models.Model):
 
     fiat_amount = models.DecimalField(max_digits=20, decimal_places=3)
     fiat_currency = models.CharField(max_length=3, choices=FIAT_CHOICES)
-    crypto_currency = models.CharField(max_length=8, choices=CRYPTO_CHOICES)
-    crypto_amount = BaseUnitsField(help_text="Amount due, in base units.")
+    # The coin being paid in. Empty (and the amount, quote and address NULL) while the buyer has
+    # not picked one of the payment's options yet (PaymentOption); set when they do.
+    crypto_currency = models.CharField(max_length=8, choices=CRYPTO_CHOICES, blank=True)
+    # The coins the buyer may pick from (PaymentOption rows); empty when the merchant named one
+    # coin at creation, which is then the only one and needs no option rows.
+    accepted_currencies = models.JSONField(default=list, blank=True)
+    crypto_amount = BaseUnitsField(null=True, blank=True, help_text="Amount due, in base units.")
 
     # The quote the amount was computed from (its provenance).
-    rate = models.DecimalField(max_digits=36, decimal_places=18)
-    rate_source = models.CharField(max_length=20)
+    rate = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
+    rate_source = models.CharField(max_length=20, blank=True)
     rate_bid = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
     rate_ask = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
     rate_providers = models.JSONField(default=list, blank=True)
-    rate_fetched_at = models.DateTimeField()
+    rate_fetched_at = models.DateTimeField(null=True, blank=True)
     rate_age_seconds = models.PositiveIntegerField(default=0)
+    # Where the checkout page sends the buyer back: after payment, and when they give up.
+    redirect_url = models.URLField(max_length=2000, blank=True)
+    cancel_url = models.URLField(max_length=2000, blank=True)
 
     checkout_token = models.CharField(
         max_length=64, unique=True, default=new_checkout_token, editable=False
     )
-    deposit_address = models.CharField(max_length=128)
-    derivation_index = models.PositiveIntegerField()
+    deposit_address = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
+    derivation_index = models.PositiveIntegerField(null=True, blank=True)
     # The derivation space the index counts in (payments.addresses.key_space): assets sharing one
     # wallet key share it, so they never get the same address. NULL on payments made before the
     # counter was per key; those may share an address with a payment of another currency.
@@ -303,12 +324,53 @@ class Payment(models.Model):
     def __str__(self) -> str:
         return self.public_id
 
+    @property
+    def currency_selected(self) -> bool:
+        return bool(self.crypto_currency)
+
+
+class PaymentOption(models.Model):
+    """One coin a buyer may pay a payment in, priced at creation (its quote's provenance kept).
+
+    Its deposit address is allocated only when the buyer picks it, and stays with it: switching
+    back to a coin picked before shows the same address again."""
+
+    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="options")
+    crypto_currency = models.CharField(max_length=8, choices=CRYPTO_CHOICES)
+    crypto_amount = BaseUnitsField()
+    rate = models.DecimalField(max_digits=36, decimal_places=18)
+    rate_source = models.CharField(max_length=20)
+    rate_bid = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
+    rate_ask = models.DecimalField(max_digits=36, decimal_places=18, null=True, blank=True)
+    rate_providers = models.JSONField(default=list, blank=True)
+    rate_fetched_at = models.DateTimeField()
+    rate_age_seconds = models.PositiveIntegerField(default=0)
+    deposit_address = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
+    derivation_index = models.PositiveIntegerField(null=True, blank=True)
+    key_space = models.CharField(max_length=80, null=True, blank=True)  # noqa: DJ001
+    selected_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["payment_id", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["payment", "crypto_currency"], name="payment_option_unique_currency"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(crypto_amount__gt=0), name="payment_option_amount_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.payment_id}:{self.crypto_currency}"
+
 
 class PaymentEvent(models.Model):
     """Append-only log of everything that happened to a payment, numbered per payment."""
 
     class Type(models.TextChoices):
         CREATED = "payment.created", "Payment created"
+        CURRENCY_SELECTED = "payment.currency_selected", "Buyer picked the coin"
         STATUS_CHANGED = "payment.status_changed", "Payment status changed"
         EXPIRED = "payment.expired", "Payment expired"
         TRANSACTION_DETECTED = "transaction.detected", "Transaction detected"

@@ -5,11 +5,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.http import Http404
 
 from cryptopay.pagination import Page, newest_first
-from payments.models import Merchant, Payment
+from payments.chains.config import chain_for_currency
+from payments.currencies import CRYPTO_CURRENCIES
+from payments.models import Merchant, MerchantWallet, Payment, PaymentOption
+
+
+def merchant_accepted_currencies(*, merchant: Merchant) -> list[str]:
+    """The coins a payment of ``merchant`` can be paid in when the merchant names none: every
+    currency with a wallet on a configured chain, and every one on the development chain."""
+    if settings.DEV_CHAIN_ENABLED:
+        return list(CRYPTO_CURRENCIES)
+    with_wallet = set(
+        MerchantWallet.objects.filter(merchant=merchant).values_list("crypto_currency", flat=True)
+    )
+    return [code for code in CRYPTO_CURRENCIES if code in with_wallet and chain_for_currency(code)]
+
+
+def payment_options(*, payment: Payment) -> list[PaymentOption]:
+    """The coins the buyer may pick from, in the order the merchant listed them."""
+    return list(PaymentOption.objects.filter(payment=payment).select_related("payment"))
 
 
 def payment_get(*, merchant: Merchant, public_id: str) -> Payment:

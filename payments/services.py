@@ -16,6 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.db.models.constants import OnConflict
@@ -27,13 +28,19 @@ from payments import states
 from payments.addresses import address_allocate, address_release
 from payments.chains.config import chain_for_currency
 from payments.currencies import crypto, fiat_exponent
-from payments.errors import AddressUnavailable, DuplicateOrderId, InvalidTransition
+from payments.errors import (
+    AddressUnavailable,
+    CurrencyNotSwitchable,
+    DuplicateOrderId,
+    InvalidTransition,
+)
 from payments.models import (
     ApiKey,
     ApiKeyScope,
     Merchant,
     Payment,
     PaymentEvent,
+    PaymentOption,
     PaymentTransaction,
     UnmatchedTransfer,
     random_token,
@@ -55,6 +62,32 @@ API_KEY_SECRET_LENGTH = 32  # random characters only the merchant ever sees
 
 def merchant_create(*, name: str, **fields: Any) -> Merchant:
     return Merchant.objects.create(name=name, **fields)
+
+
+class LogoRefused(ValueError):
+    pass
+
+
+# What a logo may be, by its first bytes: raster formats a browser shows and never runs. SVG is
+# refused (it can carry script); the stored type is the sniffed one, never the uploader's claim.
+_LOGO_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+)
+
+
+def merchant_logo_read(upload: Any) -> tuple[bytes, str]:
+    """(bytes, content type) of an uploaded logo, or LogoRefused saying why not."""
+    limit = settings.MERCHANT_LOGO_MAX_BYTES
+    data = upload.read(limit + 1)
+    if len(data) > limit:
+        raise LogoRefused(f"The logo is larger than {limit} bytes.")
+    for signature, content_type in _LOGO_SIGNATURES:
+        if data.startswith(signature):
+            return data, content_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return data, "image/webp"
+    raise LogoRefused("The logo must be a PNG, JPEG or WebP image.")
 
 
 def api_key_hash(raw_key: str) -> str:
@@ -120,8 +153,7 @@ def api_key_matches(*, api_key: ApiKey, raw_key: str) -> bool:
 
 
 def payment_snapshot(payment: Payment) -> dict[str, Any]:
-    currency = crypto(payment.crypto_currency)
-    return {
+    snapshot = {
         "id": payment.public_id,
         "status": payment.status,
         "sub_status": payment.sub_status or None,
@@ -129,7 +161,15 @@ def payment_snapshot(payment: Payment) -> dict[str, Any]:
             amount=payment.fiat_amount, exponent=fiat_exponent(payment.fiat_currency)
         ),
         "currency": payment.fiat_currency,
-        "crypto_currency": payment.crypto_currency,
+        # None until the buyer picks one of the payment's options.
+        "crypto_currency": payment.crypto_currency or None,
+    }
+    if not payment.crypto_currency:
+        return snapshot | dict.fromkeys(
+            ("crypto_amount", "amount_received", "amount_confirmed", "amount_due")
+        )
+    currency = crypto(payment.crypto_currency)
+    return snapshot | {
         "crypto_amount": format_base_units(amount=payment.crypto_amount, currency=currency),
         "amount_received": format_base_units(amount=payment.amount_received, currency=currency),
         "amount_confirmed": format_base_units(amount=payment.amount_confirmed, currency=currency),
@@ -291,6 +331,8 @@ def payment_create(
     description: str = "",
     metadata: dict[str, Any] | None = None,
     quote: Quote | None = None,
+    redirect_url: str = "",
+    cancel_url: str = "",
 ) -> Payment:
     """``quote``: fetched beforehand (``payment_price``) by a caller about to open a transaction
     or hold an idempotency key; without it the rate is fetched here."""
@@ -308,6 +350,8 @@ def payment_create(
         order_id=order_id,
         description=description,
         metadata=metadata or {},
+        redirect_url=redirect_url,
+        cancel_url=cancel_url,
         fiat_amount=fiat_amount,
         fiat_currency=fiat_currency,
         crypto_currency=crypto_currency,
@@ -372,6 +416,209 @@ def payment_create(
         quote.source,
     )
     return payment
+
+
+def _raise_if_duplicate_order(
+    *, merchant: Merchant, order_id: str | None, error: IntegrityError
+) -> None:
+    if (
+        order_id is not None
+        and Payment.objects.filter(merchant=merchant, order_id=order_id).exists()
+    ):
+        raise DuplicateOrderId(
+            f"A payment with order_id {order_id!r} already exists.", param="order_id"
+        ) from error
+
+
+def _quote_fields(quote: Quote) -> dict[str, Any]:
+    return {
+        "rate": quote.value, "rate_bid": quote.bid, "rate_ask": quote.ask,
+        "rate_source": quote.source, "rate_providers": quote.providers,
+        "rate_fetched_at": quote.fetched_at, "rate_age_seconds": quote.age_seconds,
+    }  # fmt: skip
+
+
+def option_quote(option: PaymentOption | Payment) -> dict[str, Any]:
+    """The provenance of the quote an option (or a selected payment) was priced from."""
+    return Quote(
+        pair=f"{option.crypto_currency}-{_fiat_of(option)}",
+        value=option.rate,
+        source=option.rate_source,
+        fetched_at=option.rate_fetched_at,
+        age_seconds=option.rate_age_seconds,
+        providers=option.rate_providers,
+        bid=option.rate_bid,
+        ask=option.rate_ask,
+    ).provenance()
+
+
+def _fiat_of(option: PaymentOption | Payment) -> str:
+    return option.fiat_currency if isinstance(option, Payment) else option.payment.fiat_currency
+
+
+def payment_create_with_choice(
+    *,
+    merchant: Merchant,
+    fiat_amount: Decimal,
+    fiat_currency: str,
+    accepted_currencies: list[str],
+    quotes: dict[str, Quote] | None = None,
+    order_id: str | None = None,
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+    redirect_url: str = "",
+    cancel_url: str = "",
+) -> Payment:
+    """A payment the buyer pays in the coin they pick on the checkout page.
+
+    Every accepted coin is priced now (its quote kept on its PaymentOption); no address is
+    allocated until the buyer picks one (``payment_select_currency``), so coins never picked use
+    no address of the merchant's wallets. ``quotes``: fetched beforehand, as for payment_create.
+    """
+    quotes = quotes or {}
+    priced = []
+    for code in accepted_currencies:
+        quote = quotes.get(code)
+        quote = (
+            rate_quote_for_payment(crypto_currency=code, fiat_currency=fiat_currency)
+            if quote is None
+            else rate_quote_admissible(quote=quote)
+        )
+        amount = fiat_to_base_units(
+            fiat_amount=fiat_amount, rate=quote.value, currency=crypto(code)
+        )
+        priced.append((code, quote, amount))
+    now = clock.now()
+    expires_at = now + merchant.payment_expiry
+    try:
+        with transaction.atomic():
+            payment = Payment.objects.create(
+                merchant=merchant, order_id=order_id, description=description,
+                metadata=metadata or {}, redirect_url=redirect_url, cancel_url=cancel_url,
+                fiat_amount=fiat_amount, fiat_currency=fiat_currency,
+                accepted_currencies=[code for code, _, _ in priced],
+                required_confirmations=merchant.speed_policy,
+                underpayment_tolerance_percent=merchant.underpayment_tolerance_percent,
+                expires_at=expires_at, monitoring_until=expires_at + merchant.monitoring_window,
+                created_at=now,
+            )  # fmt: skip
+            PaymentOption.objects.bulk_create(
+                PaymentOption(
+                    payment=payment,
+                    crypto_currency=code,
+                    crypto_amount=amount,
+                    **_quote_fields(quote),
+                )
+                for code, quote, amount in priced
+            )
+            _event_append(
+                payment=payment,
+                event_type=PaymentEvent.Type.CREATED,
+                data={
+                    "accepted_currencies": [code for code, _, _ in priced],
+                    "options": [
+                        {
+                            "crypto_currency": code,
+                            "crypto_amount": format_base_units(
+                                amount=amount, currency=crypto(code)
+                            ),
+                            "quote": quote.provenance(),
+                        }
+                        for code, quote, amount in priced
+                    ],
+                },
+                at=now,
+            )
+    except IntegrityError as exc:
+        _raise_if_duplicate_order(merchant=merchant, order_id=order_id, error=exc)
+        raise
+    logger.info(
+        "payment %s created: %s %s, the buyer picks from %s",
+        payment.public_id, fiat_amount, fiat_currency, ", ".join(accepted_currencies),
+    )  # fmt: skip
+    return payment
+
+
+def payment_currency_switchable(payment: Payment) -> bool:
+    """Whether the buyer may still pick or change the coin: the payment is pending, unexpired
+    and nothing has been seen paying it (a transaction in flight to one address must not be
+    stranded by a switch to another)."""
+    return (
+        payment.status == PaymentStatus.PENDING
+        and not payment.sub_status
+        and payment.amount_received == 0
+        and clock.now() < payment.expires_at
+        and not PaymentTransaction.objects.filter(payment=payment).exists()
+    )
+
+
+def payment_select_currency(*, payment: Payment, crypto_currency: str) -> Payment:
+    """The buyer picks (or switches to) one of the payment's coins: its quote becomes the
+    payment's and its deposit address is allocated, once, under the payment's row lock.
+
+    Picking the coin already selected changes nothing and writes no event."""
+    with transaction.atomic():
+        locked = _lock(payment.pk)
+        option = (
+            PaymentOption.objects.select_for_update()
+            .select_related("payment")
+            .filter(payment=locked, crypto_currency=crypto_currency)
+            .first()
+            if crypto_currency in locked.accepted_currencies
+            else None
+        )
+        if option is None:
+            if locked.crypto_currency == crypto_currency:
+                payment.refresh_from_db()
+                return payment  # a single-coin payment: nothing to choose
+            raise CurrencyNotSwitchable(
+                f"This payment cannot be paid in {crypto_currency}.",
+                code="currency_not_accepted",
+                param="crypto_currency",
+                status_code=400,
+            )
+        if locked.crypto_currency == crypto_currency:
+            payment.refresh_from_db()
+            return payment
+        if not payment_currency_switchable(locked):
+            raise CurrencyNotSwitchable(
+                "The coin can no longer be changed: the payment has been paid or has closed.",
+                param="crypto_currency",
+            )
+        now = clock.now()
+        if option.deposit_address is None:
+            address = address_allocate(merchant=locked.merchant, crypto_currency=crypto_currency)
+            option.deposit_address = address.address
+            option.derivation_index = address.index
+            option.key_space = address.key_space
+        option.selected_at = now
+        option.save(
+            update_fields=["deposit_address", "derivation_index", "key_space", "selected_at"]
+        )
+        previous = locked.crypto_currency or None
+        for name in ("crypto_currency", "crypto_amount", "deposit_address", "derivation_index",
+                     "key_space", *_QUOTE_FIELDS):  # fmt: skip
+            setattr(locked, name, getattr(option, name))
+        locked.required_confirmations = _required_confirmations(locked.merchant, crypto_currency)
+        locked.save()
+        _event_append(
+            payment=locked,
+            event_type=PaymentEvent.Type.CURRENCY_SELECTED,
+            data={
+                "crypto_currency": crypto_currency,
+                "previous_crypto_currency": previous,
+                "deposit_address": option.deposit_address,
+                "quote": option_quote(option),
+            },
+            at=now,
+        )
+    logger.info("payment %s: the buyer picked %s", payment.public_id, crypto_currency)
+    payment.refresh_from_db()
+    return payment
+
+
+_QUOTE_FIELDS = ("rate", "rate_bid", "rate_ask", "rate_source", "rate_providers",
+                 "rate_fetched_at", "rate_age_seconds")  # fmt: skip
 
 
 def _required_confirmations(merchant: Merchant, crypto_currency: str) -> int:

@@ -3,6 +3,7 @@
 #   - litecoind (Debian package; Litecoin Core 0.21, Bitcoin Core's RPC) for BTC/LTC in regtest
 #   - anvil (npm @foundry-rs/anvil, binary in @foundry-rs/anvil-<platform>) for Ethereum/ERC-20
 #   - solc-js (npm solc) to compile the ERC-20 test token
+#   - axe-core (npm), which the checkout page's browser tests inject to check accessibility
 # Idempotent and quick when everything is already there. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -68,8 +69,9 @@ anvil_pkg_dir() {
 ANVIL_PKG="$(anvil_pkg_dir)"
 ANVIL_BIN="$ANVIL_PKG/bin/anvil"
 
-if [ ! -x "$ANVIL_BIN" ] || [ ! -f node_modules/solc/package.json ]; then
-  echo "install_nodes: installing npm packages (anvil, solc)"
+if [ ! -x "$ANVIL_BIN" ] || [ ! -f node_modules/solc/package.json ] \
+  || [ ! -f node_modules/axe-core/axe.min.js ]; then
+  echo "install_nodes: installing npm packages (anvil, solc, axe-core)"
   if [ -f package-lock.json ]; then
     npm ci --no-audit --no-fund --loglevel=error || die "npm ci failed"
   else
@@ -79,6 +81,7 @@ fi
 
 [ -x "$ANVIL_BIN" ] || die "anvil binary not found at $ROOT/$ANVIL_BIN after npm install"
 [ -f node_modules/solc/package.json ] || die "solc-js not found in node_modules after npm install"
+[ -f node_modules/axe-core/axe.min.js ] || die "axe-core (checkout accessibility tests) not found after npm install"
 
 # --- verify --------------------------------------------------------------------------------
 ltc_version="$("$LITECOIND" -version 2>&1 | head -n 1)" \

@@ -11,10 +11,11 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from cryptopay.api_fields import StrictCharField, StrictSerializer
-from payments.checkout import checkout_url
+from payments.checkout import ReturnUrlRefused, checkout_url, return_url_check
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto, fiat_exponent
-from payments.models import Payment
+from payments.models import Payment, PaymentOption
 from payments.money import format_base_units, format_fiat
+from payments.selectors import merchant_accepted_currencies
 from payments.states import PaymentStatus, PaymentSubStatus
 
 # ASCII digits with an optional fraction: "19.99", "5", "0", "-5" (the last two refused as not
@@ -82,7 +83,32 @@ class PaymentCreateSerializer(StrictSerializer):
         required=False,
         help_text="ISO 4217 code; defaults to the merchant's default fiat currency.",
     )
-    crypto_currency = serializers.ChoiceField(choices=sorted(CRYPTO_CURRENCIES))
+    crypto_currency = serializers.ChoiceField(
+        choices=sorted(CRYPTO_CURRENCIES),
+        required=False,
+        help_text="The one coin to be paid in (no choice for the buyer). Give this or "
+        "accepted_currencies.",
+    )
+    accepted_currencies = serializers.ListField(
+        child=serializers.ChoiceField(choices=sorted(CRYPTO_CURRENCIES)),
+        required=False,
+        min_length=1,
+        max_length=len(CRYPTO_CURRENCIES),
+        help_text="The coins the buyer picks from on the checkout page. Default (neither this nor "
+        "crypto_currency given): every coin the merchant has a wallet for.",
+    )
+    redirect_url = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text="Public http(s) URL the checkout page sends the buyer back to once paid.",
+    )
+    cancel_url = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text="Public http(s) URL for a buyer who gives up, or whose payment expired.",
+    )
     order_id = StrictCharField(
         required=False, allow_null=True, max_length=200, help_text="Unique per merchant."
     )
@@ -118,7 +144,52 @@ class PaymentCreateSerializer(StrictSerializer):
             )
         return value
 
+    def _return_url(self, value: str) -> str:
+        if value:
+            try:
+                return_url_check(value)
+            except ReturnUrlRefused as refused:
+                raise serializers.ValidationError(str(refused), code="invalid_url") from refused
+        return value
+
+    def validate_redirect_url(self, value: str) -> str:
+        return self._return_url(value)
+
+    def validate_cancel_url(self, value: str) -> str:
+        return self._return_url(value)
+
+    def validate_accepted_currencies(self, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("Each coin at most once.", code="duplicate_currency")
+        return value
+
+    def _coins(self, attrs: dict[str, Any]) -> None:
+        """One coin in ``crypto_currency``, or several in ``accepted_currencies`` (then the buyer
+        picks); one accepted coin is no choice and becomes ``crypto_currency``."""
+        if "crypto_currency" in attrs and "accepted_currencies" in attrs:
+            raise serializers.ValidationError(
+                {"accepted_currencies": [serializers.ErrorDetail(
+                    "Give crypto_currency or accepted_currencies, not both.", code="conflict")]}
+            )  # fmt: skip
+        if "crypto_currency" in attrs:
+            return
+        coins = attrs.get("accepted_currencies")
+        if coins is None:
+            coins = merchant_accepted_currencies(merchant=self.context["merchant"])
+            if not coins:
+                raise serializers.ValidationError(
+                    {"crypto_currency": [serializers.ErrorDetail(
+                        "No wallet is configured for any coin: add one, or name crypto_currency.",
+                        code="wallet_not_configured")]}
+                )  # fmt: skip
+        if len(coins) == 1:
+            attrs.pop("accepted_currencies", None)
+            attrs["crypto_currency"] = coins[0]
+        else:
+            attrs["accepted_currencies"] = coins
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        self._coins(attrs)
         currency = attrs.get("currency") or self.context["merchant"].default_fiat_currency
         attrs["currency"] = currency
         amount: Decimal = attrs["amount"]
@@ -181,6 +252,49 @@ def _plain(value: Decimal | None) -> str | None:
     return None if value is None else f"{value.normalize():f}"
 
 
+def _quote(priced: Payment | PaymentOption) -> dict[str, Any]:
+    return {
+        "rate": _plain(priced.rate),
+        "bid": _plain(priced.rate_bid),
+        "ask": _plain(priced.rate_ask),
+        "source": priced.rate_source,
+        "providers": priced.rate_providers,
+        "fetched_at": serializers.DateTimeField().to_representation(priced.rate_fetched_at),
+        "age_seconds": priced.rate_age_seconds,
+    }
+
+
+class PaymentOptionSerializer(serializers.Serializer):
+    """One coin of a payment (a PaymentOption, or a single-coin Payment itself)."""
+
+    crypto_currency = serializers.CharField()
+    crypto_amount = serializers.SerializerMethodField(help_text="Exact decimal string.")
+    crypto_amount_base_units = serializers.SerializerMethodField()
+    deposit_address = serializers.CharField(
+        allow_null=True, help_text="Allocated when the buyer picks this coin; null before."
+    )
+    selected = serializers.SerializerMethodField()
+    quote = serializers.SerializerMethodField()
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_crypto_amount(self, priced: Payment | PaymentOption) -> str:
+        return format_base_units(
+            amount=priced.crypto_amount, currency=crypto(priced.crypto_currency)
+        )
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_crypto_amount_base_units(self, priced: Payment | PaymentOption) -> str:
+        return str(priced.crypto_amount)
+
+    @extend_schema_field(OpenApiTypes.BOOL)
+    def get_selected(self, priced: Payment | PaymentOption) -> bool:
+        return bool(self.context.get("selected"))
+
+    @extend_schema_field(QuoteSerializer)
+    def get_quote(self, priced: Payment | PaymentOption) -> dict[str, Any]:
+        return _quote(priced)
+
+
 class PaymentSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     object = serializers.SerializerMethodField()
@@ -201,6 +315,23 @@ class PaymentSerializer(serializers.ModelSerializer):
     checkout_url = serializers.SerializerMethodField(
         help_text="The hosted checkout page to send the buyer to (carries the buyer's token)."
     )
+    redirect_url = serializers.CharField(
+        read_only=True, help_text="Where the checkout sends the buyer once paid (empty: none)."
+    )
+    cancel_url = serializers.CharField(
+        read_only=True, help_text="Where a buyer who gives up goes back to (empty: none)."
+    )
+    crypto_currency = serializers.SerializerMethodField(
+        help_text="The coin the amounts are in: the one picked, null until the buyer picks one."
+    )
+    selected_currency = serializers.SerializerMethodField(
+        help_text="The coin the buyer picked (or the one coin named at creation); null until then."
+    )
+    accepted_currencies = serializers.SerializerMethodField()
+    payment_options = serializers.SerializerMethodField(
+        help_text="Per coin the buyer may pay in: its amount and quote, and its deposit address "
+        "once picked."
+    )
 
     class Meta:
         model = Payment
@@ -213,6 +344,9 @@ class PaymentSerializer(serializers.ModelSerializer):
             "amount",
             "currency",
             "crypto_currency",
+            "selected_currency",
+            "accepted_currencies",
+            "payment_options",
             "crypto_amount",
             "crypto_amount_base_units",
             "amount_received",
@@ -221,6 +355,8 @@ class PaymentSerializer(serializers.ModelSerializer):
             "quote",
             "deposit_address",
             "checkout_url",
+            "redirect_url",
+            "cancel_url",
             "status",
             "sub_status",
             "required_confirmations",
@@ -239,7 +375,10 @@ class PaymentSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         return request.build_absolute_uri(path) if request is not None else path
 
-    def _crypto(self, payment: Payment, amount: int) -> str:
+    def _crypto(self, payment: Payment, amount: int) -> str | None:
+        # Amounts are in the picked coin: none before the buyer picks one.
+        if not payment.crypto_currency:
+            return None
         return format_base_units(amount=amount, currency=crypto(payment.crypto_currency))
 
     def get_amount(self, payment: Payment) -> str:
@@ -247,20 +386,54 @@ class PaymentSerializer(serializers.ModelSerializer):
             amount=payment.fiat_amount, exponent=fiat_exponent(payment.fiat_currency)
         )
 
-    def get_crypto_amount(self, payment: Payment) -> str:
+    def get_crypto_amount(self, payment: Payment) -> str | None:
         return self._crypto(payment, payment.crypto_amount)
 
-    def get_crypto_amount_base_units(self, payment: Payment) -> str:
-        return str(payment.crypto_amount)
+    def get_crypto_amount_base_units(self, payment: Payment) -> str | None:
+        return None if payment.crypto_amount is None else str(payment.crypto_amount)
 
-    def get_amount_received(self, payment: Payment) -> str:
+    def get_amount_received(self, payment: Payment) -> str | None:
         return self._crypto(payment, payment.amount_received)
 
-    def get_amount_confirmed(self, payment: Payment) -> str:
+    def get_amount_confirmed(self, payment: Payment) -> str | None:
         return self._crypto(payment, payment.amount_confirmed)
 
-    def get_amount_due(self, payment: Payment) -> str:
+    def get_amount_due(self, payment: Payment) -> str | None:
+        if payment.crypto_amount is None:
+            return None
         return self._crypto(payment, max(payment.crypto_amount - payment.amount_received, 0))
+
+    @extend_schema_field({"type": "string", "nullable": True, "enum": [*CRYPTO_CURRENCIES, None]})
+    def get_selected_currency(self, payment: Payment) -> str | None:
+        return payment.crypto_currency or None
+
+    @extend_schema_field({"type": "string", "nullable": True})
+    def get_crypto_currency(self, payment: Payment) -> str | None:
+        return payment.crypto_currency or None
+
+    @extend_schema_field(
+        {"type": "array", "items": {"type": "string", "enum": [*CRYPTO_CURRENCIES]}}
+    )
+    def get_accepted_currencies(self, payment: Payment) -> list[str]:
+        return list(payment.accepted_currencies) or [payment.crypto_currency]
+
+    @extend_schema_field(PaymentOptionSerializer(many=True))
+    def get_payment_options(self, payment: Payment) -> list[dict[str, Any]]:
+        if not payment.accepted_currencies:
+            # One coin named at creation: the payment itself is its only option.
+            return [PaymentOptionSerializer(payment, context={"selected": True}).data]
+        options = (
+            payment.options.all()
+            if "options" in getattr(payment, "_prefetched_objects_cache", {})
+            else PaymentOption.objects.filter(payment=payment)
+        )
+        return [
+            PaymentOptionSerializer(
+                option, context={"selected": option.crypto_currency == payment.crypto_currency,
+                                 "fiat": payment.fiat_currency}
+            ).data
+            for option in options
+        ]  # fmt: skip
 
     @extend_schema_field(
         {"type": "string", "nullable": True, "enum": [*PaymentSubStatus.values[1:], None]}
@@ -268,22 +441,17 @@ class PaymentSerializer(serializers.ModelSerializer):
     def get_sub_status(self, payment: Payment) -> str | None:
         return payment.sub_status or None
 
-    @extend_schema_field(QuoteSerializer)
-    def get_quote(self, payment: Payment) -> dict[str, Any]:
-        return {
-            "rate": _plain(payment.rate),
-            "bid": _plain(payment.rate_bid),
-            "ask": _plain(payment.rate_ask),
-            "source": payment.rate_source,
-            "providers": payment.rate_providers,
-            "fetched_at": serializers.DateTimeField().to_representation(payment.rate_fetched_at),
-            "age_seconds": payment.rate_age_seconds,
-        }
+    @extend_schema_field(QuoteSerializer(allow_null=True))
+    def get_quote(self, payment: Payment) -> dict[str, Any] | None:
+        return _quote(payment) if payment.crypto_currency else None
 
 
-for _name in ("get_object", "get_amount", "get_crypto_amount", "get_crypto_amount_base_units",
-              "get_amount_received", "get_amount_confirmed", "get_amount_due"):  # fmt: skip
+for _name in ("get_object", "get_amount"):
     extend_schema_field(OpenApiTypes.STR)(getattr(PaymentSerializer, _name))
+# In the picked coin: null until the buyer picks one.
+for _name in ("get_crypto_amount", "get_crypto_amount_base_units", "get_amount_received",
+              "get_amount_confirmed", "get_amount_due"):  # fmt: skip
+    extend_schema_field({"type": "string", "nullable": True})(getattr(PaymentSerializer, _name))
 
 
 class PaymentListSerializer(serializers.Serializer):

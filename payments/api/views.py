@@ -99,20 +99,21 @@ class PaymentListCreateView(APIView):
         # not priced; the gate still judges it first (a reused key is a 422, not a 400).
         merchant = request.user.merchant
         serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
-        quote = None
+        quotes: dict[str, Quote] = {}
         if serializer.is_valid():
-            quote = services.payment_price(
-                crypto_currency=serializer.validated_data["crypto_currency"],
-                fiat_currency=serializer.validated_data["currency"],
-            )
-        return self._create(request, quote=quote, serializer=serializer)
+            data = serializer.validated_data
+            for code in data.get("accepted_currencies") or [data["crypto_currency"]]:
+                quotes[code] = services.payment_price(
+                    crypto_currency=code, fiat_currency=data["currency"]
+                )
+        return self._create(request, quotes=quotes, serializer=serializer)
 
     @idempotent()
     def _create(
         self,
         request: Request,
         *,
-        quote: Quote | None,
+        quotes: dict[str, Quote],
         serializer: PaymentCreateSerializer | None = None,
     ) -> Response:
         merchant = request.user.merchant
@@ -120,16 +121,26 @@ class PaymentListCreateView(APIView):
             serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
         serializer.is_valid(raise_exception=True)  # validated once: the result is kept
         data = serializer.validated_data
-        payment = services.payment_create(
-            merchant=merchant,
-            quote=quote,
-            fiat_amount=data["amount"],
-            fiat_currency=data["currency"],
-            crypto_currency=data["crypto_currency"],
-            order_id=data.get("order_id"),
-            description=data.get("description", ""),
-            metadata=data.get("metadata"),
-        )
+        common = {
+            "merchant": merchant,
+            "fiat_amount": data["amount"],
+            "fiat_currency": data["currency"],
+            "order_id": data.get("order_id"),
+            "description": data.get("description", ""),
+            "metadata": data.get("metadata"),
+            "redirect_url": data.get("redirect_url", ""),
+            "cancel_url": data.get("cancel_url", ""),
+        }
+        if data.get("accepted_currencies"):
+            payment = services.payment_create_with_choice(
+                accepted_currencies=data["accepted_currencies"], quotes=quotes, **common
+            )
+        else:
+            payment = services.payment_create(
+                quote=quotes.get(data["crypto_currency"]),
+                crypto_currency=data["crypto_currency"],
+                **common,
+            )
         return Response(
             PaymentSerializer(payment, context={"request": request}).data,
             status=status.HTTP_201_CREATED,

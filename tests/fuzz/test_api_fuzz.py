@@ -133,6 +133,12 @@ RULES_BEYOND_THE_SCHEMA = {
     ("metadata", "metadata_too_large"),
     # `format: uri` admits hosts Django's URL validator refuses (labels over 63 characters...).
     ("url", "invalid"),
+    # Return URLs must be public http(s) (help text): the schema cannot say "public".
+    ("redirect_url", "invalid_url"),
+    ("cancel_url", "invalid_url"),
+    # One coin or a list of coins, not both; each coin once (help text).
+    ("accepted_currencies", "conflict"),
+    ("accepted_currencies", "duplicate_currency"),
 }
 
 

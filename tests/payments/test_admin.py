@@ -281,3 +281,44 @@ def test_given_someone_not_staff_when_opening_the_admin_then_they_are_sent_to_th
 
     assert response.status_code == 302
     assert response["Location"] == f"{reverse('admin:login')}?next={url}"
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+def merchant_form(merchant, **extra) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "name": merchant.name, "default_fiat_currency": "USD", "payment_expiry": "00:15:00",
+        "monitoring_window": "01:00:00", "underpayment_tolerance_percent": "0",
+        "speed_policy": "1", "brand_color": "#1a7f5a", "support_url": "", **extra,
+    }  # fmt: skip
+
+
+def test_a_merchant_logo_is_uploaded_sniffed_and_size_limited(admin_client_, settings):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    merchant = MerchantFactory()
+    url = reverse("admin:payments_merchant_change", args=[merchant.pk])
+
+    saved = admin_client_.post(
+        url, merchant_form(merchant, logo_upload=SimpleUploadedFile("logo.svg", PNG, "image/svg+xml"))
+    )  # fmt: skip
+    merchant.refresh_from_db()
+    assert saved.status_code == 302
+    assert (bytes(merchant.logo), merchant.logo_content_type) == (PNG, "image/png")
+    assert merchant.brand_color == "#1a7f5a"
+
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    refused = admin_client_.post(
+        url, merchant_form(merchant, logo_upload=SimpleUploadedFile("logo.png", svg, "image/png"))
+    )  # fmt: skip
+    assert refused.status_code == 200 and "must be a PNG, JPEG or WebP" in refused.content.decode()
+    settings.MERCHANT_LOGO_MAX_BYTES = 32
+    too_big = admin_client_.post(
+        url, merchant_form(merchant, logo_upload=SimpleUploadedFile("logo.png", PNG, "image/png"))
+    )  # fmt: skip
+    assert "larger than 32 bytes" in too_big.content.decode()
+    bad_colour = admin_client_.post(url, merchant_form(merchant, brand_color="red;}"))
+    assert bad_colour.status_code == 200 and "#1a7f5a" in bad_colour.content.decode()
+    merchant.refresh_from_db()
+    assert (bytes(merchant.logo), merchant.brand_color) == (PNG, "#1a7f5a")

@@ -56,6 +56,8 @@ class Command(BaseCommand):
         )
 
     def _amount(self, payment: Payment, raw: str) -> int:
+        if not payment.crypto_currency:
+            raise CommandError("The buyer has not picked a coin yet (no address to pay).")
         currency = crypto(payment.crypto_currency)
         try:
             coins = Decimal(raw)

@@ -1,73 +1,85 @@
 // The checkout page's live status: a WebSocket on /ws/payments/<id>/, and polling of
-// /pay/<id>/status every poll_ms while the socket is down. No framework: it only updates text.
+// /pay/<id>/status every poll_ms while the socket is down. The server decides every text the
+// buyer reads (checkout_state: step, headline, detail, in the page's language); this script puts
+// them in place, runs the countdown, the copy buttons and the return to the shop. No framework.
 (function () {
   "use strict";
   var config = JSON.parse(document.getElementById("checkout-config").textContent);
+  var T = config.texts;
   var root = document.getElementById("checkout");
   var state = config.state;
   var position = state.position;
   var socket = null;
   var pollTimer = null;
   var reconnectDelay = 1000;
-  var reconnectTimer = null;
   var qrFor = state.amount_due;
   var clockSkewMs = Date.parse(state.server_time) - Date.now();
   var DONE = { settled: true, expired: true, invalid: true, cancelled: true };
+  var STEP_INDEX = { choose: 0, waiting: 1, underpaid: 1, detected: 2, confirming: 2, paid: 4 };
   var token = encodeURIComponent(config.token);
   var lastSocketStatus = null;  // what the socket itself last said (support and tests)
+  var announcedHeadline = state.headline;
+  var announcedMinute = null;
+  var redirectTimer = null;
+
+  function format(template, values) {
+    return template.replace(/%\((\w+)\)s/g, function (_, name) { return values[name]; });
+  }
 
   function text(id, value) {
     var node = document.getElementById(id);
-    if (node && node.textContent !== value) node.textContent = value;
+    if (node && value !== undefined && value !== null && node.textContent !== value) node.textContent = value;
   }
 
   function hasValue(amount) { return /[1-9]/.test(amount || ""); }
 
-  function finalMessage(s) {
-    var unit = s.crypto_currency;
-    if (s.status === "settled") {
-      var extra = s.sub_status === "paid_over" ? " You paid more than was due: ask the merchant about the difference." : "";
-      if (s.sub_status === "paid_late") extra = " It arrived after the deadline and was accepted.";
-      return "Thank you, your payment is complete." + extra;
+  function renderSteps() {
+    var current = STEP_INDEX[state.step];
+    var items = root.querySelectorAll(".progress-steps li");
+    for (var i = 0; i < items.length; i++) {
+      var done = current !== undefined && i < current;
+      var now = current !== undefined && i === current;
+      items[i].classList.toggle("done", done);
+      items[i].classList.toggle("current", now);
+      if (now) items[i].setAttribute("aria-current", "step"); else items[i].removeAttribute("aria-current");
     }
-    if (s.status === "expired") {
-      if (hasValue(s.amount_received)) {
-        return "Time ran out with " + s.amount_received + " of " + s.crypto_amount + " " + unit +
-          " paid (" + s.amount_due + " " + unit + " still due). Contact the merchant about what you sent.";
-      }
-      return "The time to pay has run out. Do not send anything to this address.";
-    }
-    if (s.status === "invalid") return "This payment could not be completed. Contact the merchant.";
-    if (s.status === "cancelled") return "The merchant cancelled this payment. Do not send anything.";
-    if (s.sub_status === "paid_late") return "Your payment arrived after the deadline; the merchant will decide whether it is accepted.";
-    if (s.sub_status === "paid_partial") return "Partially paid: " + s.amount_due + " " + unit + " still due.";
-    return "";
   }
 
   function render() {
+    root.setAttribute("data-step", state.step);
     root.setAttribute("data-status", state.status);
     root.setAttribute("data-sub-status", state.sub_status || "");
     root.classList.toggle("final", !!DONE[state.status]);
-    text("headline", config.headlines[state.status] || state.status);
-    text("status", state.status);
-    text("sub-status", (state.sub_status || "").replace("_", " "));
-    text("final-message", finalMessage(state));
+    text("headline", state.headline);
+    text("detail", state.detail);
+    if (state.headline !== announcedHeadline) {
+      announcedHeadline = state.headline;
+      text("announce", state.headline);  // once per change, politely
+    }
     var fields = root.querySelectorAll("[data-field]");
     for (var i = 0; i < fields.length; i++) {
-      var name = fields[i].getAttribute("data-field");
-      var value = state[name];
+      var value = state[fields[i].getAttribute("data-field")];
       if (value !== undefined && value !== null && fields[i].textContent !== value) fields[i].textContent = value;
     }
-    if (state.amount_due !== qrFor && hasValue(state.amount_due)) {
+    var qr = document.getElementById("qr");
+    if (qr && state.amount_due !== qrFor && hasValue(state.amount_due)) {
       qrFor = state.amount_due;  // after a partial payment the QR asks for the rest
-      document.getElementById("qr").src = config.links.qr + "?token=" + token + "&v=" + position;
+      qr.src = config.links.qr + "?token=" + token + "&v=" + position;
     }
+    var switcher = document.getElementById("switch-coin");
+    if (switcher) switcher.hidden = !state.switchable;
+    renderSteps();
+    if (state.step === "paid") startRedirect();
   }
 
   function apply(snapshot, at) {
     if (at !== undefined && at < position) return;
     for (var key in snapshot) state[key] = snapshot[key];
     if (at !== undefined) position = at;
+    if (state.crypto_currency && !document.getElementById("pay-section")) {
+      location.reload();  // the coin was picked elsewhere (another tab): show its address
+      return;
+    }
     render();
   }
 
@@ -76,9 +88,26 @@
     text("transport", label);
   }
 
+  // --- back to the shop ----------------------------------------------------------------------
+  function startRedirect() {
+    if (!config.redirect_url || redirectTimer) return;
+    var left = config.redirect_seconds;
+    var note = function () { text("redirect-note", format(T.redirecting, { merchant: config.merchant, seconds: left })); };
+    note();
+    redirectTimer = setInterval(function () {
+      left -= 1;
+      if (left <= 0) {
+        clearInterval(redirectTimer);
+        location.assign(config.redirect_url);
+        return;
+      }
+      note();
+    }, 1000);
+  }
+
   // --- polling fallback ---------------------------------------------------------------------
   function poll() {
-    fetch(config.links.status + "?token=" + token, { headers: { Accept: "application/json" }, cache: "no-store" })
+    fetch(config.links.status + "?token=" + token, { headers: { Accept: "application/json" }, cache: "no-store", credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.json() : null; })
       .then(function (body) { if (body) apply(body, body.position); })
       .catch(function () { /* the next tick tries again */ });
@@ -86,7 +115,7 @@
 
   function startPolling() {
     if (pollTimer) return;
-    setTransport("polling", "Live updates unavailable: checking every " + config.poll_ms / 1000 + " s.");
+    setTransport("polling", format(T.polling, { seconds: config.poll_ms / 1000 }));
     poll();
     pollTimer = setInterval(poll, config.poll_ms);
   }
@@ -98,7 +127,6 @@
 
   // --- WebSocket ------------------------------------------------------------------------------
   function connect() {
-    reconnectTimer = null;
     var scheme = location.protocol === "https:" ? "wss://" : "ws://";
     try {
       socket = new WebSocket(scheme + location.host + config.links.socket + "?token=" + token + "&after=" + position);
@@ -112,12 +140,15 @@
       if (data.type === "subscribed") {
         stopPolling();
         reconnectDelay = 1000;
-        setTransport("websocket", "Live");
+        setTransport("websocket", T.live);
       } else if (data.type === "event") {
         var payload = data.event && data.event.data && data.event.data.payment;
         if (payload) lastSocketStatus = payload.status;
         if (payload) apply(payload, data.position);
         else position = Math.max(position, data.position);
+        // The event carries the payment; the page's texts (step, confirmations) come from the
+        // status endpoint, in the page's language: one small request per event.
+        poll();
       } else if (data.type === "refetch") {
         poll();
       }
@@ -125,31 +156,56 @@
     socket.onclose = function (event) {
       socket = null;
       startPolling();
-      // 4500-4999: the server asks us not to reconnect (close codes: notifications/streams.py); polling carries on.
+      // 4500-4999: the server asks us not to reconnect (close codes: notifications/streams.py);
+      // polling carries on.
       if (event.code >= 4500 && event.code <= 4999) return;
       if (DONE[state.status] && state.status !== "expired") return;
-      reconnectTimer = setTimeout(connect, reconnectDelay);
+      setTimeout(connect, reconnectDelay);
       reconnectDelay = Math.min(reconnectDelay * 2, 30000);
     };
   }
 
-  // --- countdown, copy, simulate --------------------------------------------------------------
+  // --- countdown ------------------------------------------------------------------------------
+  // The visible clock changes every second and is silent; a polite announcement is made once a
+  // minute in the last five minutes, then at one minute and at zero.
   function tick() {
     var left = Math.max(0, Math.floor((Date.parse(state.expires_at) - (Date.now() + clockSkewMs)) / 1000));
     var minutes = Math.floor(left / 60), seconds = left % 60;
     text("countdown", minutes + ":" + (seconds < 10 ? "0" : "") + seconds);
-    if (left === 0 && state.status === "pending" && !DONE[state.status]) poll();
+    var fill = document.getElementById("bar-fill");
+    if (fill) fill.style.transform = "scaleX(" + Math.min(1, left / config.duration_seconds) + ")";
+    var timer = document.getElementById("timer");
+    if (timer) timer.classList.toggle("low", left < 120);
+    var announce = null;
+    if (left === 0) announce = T.time_up;
+    else if (left < 60) announce = T.one_minute_left;
+    else if (minutes <= 5) announce = format(T.minutes_left, { minutes: minutes });
+    if (state.step === "waiting" || state.step === "underpaid") {
+      var key = left === 0 ? 0 : (left < 60 ? 1 : minutes + 1);
+      if (announce && key !== announcedMinute) {
+        announcedMinute = key;
+        text("countdown-announce", announce);
+      }
+    }
+    if (left === 0 && state.status === "pending") poll();
   }
 
+  // --- copy ---------------------------------------------------------------------------------
   function copy(event) {
-    var source = document.getElementById(event.currentTarget.getAttribute("data-copy-from"));
+    var button = event.currentTarget;
+    var source = document.getElementById(button.getAttribute("data-copy-from"));
     var value = source.textContent.trim();
-    var done = function () { text("copy-feedback", "Copied " + value); event.currentTarget && (event.currentTarget.textContent = "Copied"); };
+    var done = function () {
+      text("copy-feedback", format(T.copied_value, { value: value }));
+      button.textContent = T.copied;
+      button.classList.add("copied");
+      setTimeout(function () { button.textContent = T.copy; button.classList.remove("copied"); }, 2000);
+    };
     if (navigator.clipboard && window.isSecureContext) {
       navigator.clipboard.writeText(value).then(done, function () { selectText(source); });
     } else {
       selectText(source);
-      try { document.execCommand("copy"); done(); } catch (error) { /* selected for manual copy */ }
+      try { if (document.execCommand("copy")) done(); } catch (error) { /* selected for manual copy */ }
     }
   }
 
@@ -164,6 +220,29 @@
   var buttons = document.querySelectorAll("button.copy");
   for (var i = 0; i < buttons.length; i++) buttons[i].addEventListener("click", copy);
 
+  // --- changing the coin -----------------------------------------------------------------------
+  var chooser = document.getElementById("choose-section");
+  var switchButton = document.getElementById("switch-coin");
+  if (switchButton && chooser) {
+    switchButton.addEventListener("click", function () {
+      chooser.hidden = false;
+      var pay = document.getElementById("pay-section");
+      if (pay) pay.hidden = true;
+      var first = chooser.querySelector("button.coin");
+      if (first) first.focus();
+    });
+  }
+  var keep = document.getElementById("keep-coin");
+  if (keep && chooser) {
+    keep.addEventListener("click", function () {
+      chooser.hidden = true;
+      var pay = document.getElementById("pay-section");
+      if (pay) pay.hidden = false;
+      if (switchButton) switchButton.focus();
+    });
+  }
+
+  // --- development chain -------------------------------------------------------------------
   var simulateForm = document.getElementById("simulate-form");
   if (simulateForm) {
     simulateForm.addEventListener("submit", function (event) {
@@ -185,6 +264,7 @@
     lastSocketStatus: function () { return lastSocketStatus; },
   };
 
+  setTransport("connecting", T.connecting);
   render();
   tick();
   setInterval(tick, 1000);

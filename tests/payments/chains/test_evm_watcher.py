@@ -175,3 +175,42 @@ def test_when_the_first_node_dies_the_second_serves_and_no_payment_is_missed(
     assert refresh(before).status == S.SETTLED
     assert refresh(during).status == S.SETTLED
     assert PaymentTransaction.objects.filter(payment=before).exclude(state="dropped").count() == 1
+
+
+def test_given_a_choice_only_the_coin_the_buyer_picked_is_watched(settings, anvil, wallet_merchant):
+    from decimal import Decimal
+
+    from payments.chains.config import chains
+    from payments.chains.watch import watcher_for
+    from payments.services import payment_create_with_choice, payment_select_currency
+
+    token = anvil.deploy_erc20(decimals=6, symbol="USDC")
+    configure(settings, [anvil], token=token)
+    payment = payment_create_with_choice(
+        merchant=wallet_merchant, fiat_amount=Decimal("25.00"), fiat_currency="USD",
+        accepted_currencies=["ETH", "USDC"],
+    )  # fmt: skip
+    watcher = watcher_for(chains()["ethereum"])
+    assert payment.pk not in {p.pk for p in watcher.watched().values()}  # nothing picked yet
+
+    payment = payment_select_currency(payment=payment, crypto_currency="ETH")
+    eth_address = payment.deposit_address
+    payment = payment_select_currency(payment=payment, crypto_currency="USDC")
+    poll()
+
+    assert [key for key, p in watcher.watched().items() if p.pk == payment.pk] == [
+        ("USDC", watcher.address_key(payment.deposit_address))
+    ]
+    # ETH to the address of the coin the buyer left is not watched: nothing is credited.
+    anvil.send_eth(eth_address, 10**16)
+    anvil.mine(CONFIRMATIONS)
+    poll()
+    assert refresh(payment).amount_received == 0
+    assert not PaymentTransaction.objects.filter(payment=payment).exists()
+
+    anvil.erc20_transfer(token, payment.deposit_address, payment.crypto_amount)
+    anvil.mine(CONFIRMATIONS - 1)
+    poll()
+
+    assert refresh(payment).status == S.SETTLED
+    assert PaymentTransaction.objects.get(payment=payment).kind == "log"
