@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 DELIVERY_ATTEMPTS = Counter(
     "cryptopay_webhook_delivery_attempts",
-    "Webhook delivery attempts by what became of the delivery: succeeded, failed (final), "
+    "Live webhook delivery attempts by what became of the delivery: succeeded, failed (final), "
     "retrying (scheduled again), gave_up (retry window over).",
     ["outcome"],
 )
@@ -59,15 +59,23 @@ EVENT_TYPES = sorted(PRIORITIES)
 
 
 def event_publish(
-    *, owner: str, type: str, subject: str = "", sequence: int = 0, data: dict[str, Any]
+    *,
+    owner: str,
+    type: str,
+    subject: str = "",
+    sequence: int = 0,
+    data: dict[str, Any],
+    livemode: bool = True,
 ) -> Event:
-    """Write the event in the caller's transaction; queue it once that transaction commits."""
+    """Write the event in the caller's transaction; queue it once that transaction commits.
+    ``livemode`` False: a test-mode event, for the owner's test endpoints and stream only."""
     event = Event.objects.create(
         owner=owner,
         type=type,
         priority=PRIORITIES.get(type, Priority.NORMAL),
         subject=subject,
         sequence=sequence,
+        livemode=livemode,
         data=data,
         created_at=clock.now(),
     )
@@ -106,13 +114,20 @@ def webhook_url_check(url: str) -> None:
 
 
 def webhook_endpoint_create(
-    *, owner: str, url: str, event_types: list[str] | None = None, description: str = ""
+    *,
+    owner: str,
+    url: str,
+    event_types: list[str] | None = None,
+    description: str = "",
+    livemode: bool = True,
 ) -> tuple[WebhookEndpoint, str]:
-    """Create an endpoint; returns it with its signing secret (shown once, stored encrypted)."""
+    """Create an endpoint; returns it with its signing secret (shown once, stored encrypted).
+    ``livemode`` False: a test endpoint, which gets the owner's test events and no live ones."""
     webhook_url_check(url)
     secret = secrets.new_secret()
     endpoint = WebhookEndpoint.objects.create(
         owner=owner,
+        livemode=livemode,
         url=url,
         description=description,
         event_types=sorted(set(event_types or [])),
@@ -165,7 +180,8 @@ def signing_secrets(endpoint: WebhookEndpoint) -> list[str]:
 
 
 def endpoints_for(*, events: list[Event]) -> dict[int, list[WebhookEndpoint]]:
-    """The enabled endpoints that want each event (system events: only those that ask)."""
+    """The enabled endpoints that want each event: the owner's endpoints of the event's mode
+    (system events, the same in both modes: every endpoint that asks)."""
     owners = {event.owner for event in events if event.owner}
     candidates = list(
         WebhookEndpoint.objects.filter(enabled=True).filter(
@@ -179,7 +195,9 @@ def endpoints_for(*, events: list[Event]) -> dict[int, list[WebhookEndpoint]]:
             for endpoint in candidates
             if endpoint.wants(event.type)
             and (
-                endpoint.owner == event.owner if event.owner else event.type in endpoint.event_types
+                (endpoint.owner, endpoint.livemode) == (event.owner, event.livemode)
+                if event.owner
+                else event.type in endpoint.event_types
             )
         ]
     return wanted
@@ -381,8 +399,8 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
     with transaction.atomic():
         current = (
             WebhookDelivery.objects.select_for_update(of=("self",))
-            .select_related("event")
-            .only("claim", "status", "attempts", "event__created_at")
+            .select_related("event", "endpoint")
+            .only("claim", "status", "attempts", "event__created_at", "endpoint__livemode")
             .in_bulk([outcome.claim.delivery_id for outcome in outcomes])
         )
         attempts = []
@@ -429,9 +447,10 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
     for outcome, delivery in logged:
         if not outcome.attempts:
             continue
-        DELIVERY_ATTEMPTS.labels(
-            "retrying" if delivery.status == WebhookDelivery.Status.PENDING else delivery.status
-        ).inc(len(outcome.attempts))
+        if delivery.endpoint.livemode:  # test endpoints stay out of the operators' figures
+            DELIVERY_ATTEMPTS.labels(
+                "retrying" if delivery.status == WebhookDelivery.Status.PENDING else delivery.status
+            ).inc(len(outcome.attempts))
         if delivery.status != WebhookDelivery.Status.SUCCEEDED:
             last = outcome.attempts[-1]
             logger.info(

@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_POST
 from cryptopay.api_errors import error_response
 from payments.chains.config import chain_for_currency
 from payments.currencies import crypto
-from payments.devchain import SimulationRefused, payment_simulate
+from payments.devchain import SimulationRefused, payment_simulate, simulation_allowed
 from payments.models import Payment
 from payments.money import format_base_units
 from payments.services import payment_snapshot
@@ -148,7 +148,7 @@ def checkout_page(request: HttpRequest, payment_id: str) -> HttpResponse:
         "links": links,
         "config": config,
         "seconds_left": seconds_left(payment.expires_at),
-        "simulate": settings.DEV_CHAIN_ENABLED and payment.deposit_address.startswith("dev"),
+        "simulate": simulation_allowed(payment),
     }
     return _no_store(render(request, "payments/checkout.html", context))
 

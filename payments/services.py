@@ -43,6 +43,8 @@ from resilience import clock
 logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "cpk_"
+# Test keys (Stripe's sk_test_): their payments are test payments (``Payment.livemode`` False).
+TEST_API_KEY_PREFIX = "cpk_test_"
 API_KEY_PREFIX_LENGTH = 12  # random characters after "cpk_" that are stored and shown
 API_KEY_SECRET_LENGTH = 32  # random characters only the merchant ever sees
 
@@ -60,29 +62,44 @@ def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
+def api_key_head(*, livemode: bool) -> str:
+    """What a key of that mode starts with: ``cpk_`` (live) or ``cpk_test_``."""
+    return API_KEY_PREFIX if livemode else TEST_API_KEY_PREFIX
+
+
 def api_key_split(raw_key: str) -> str | None:
-    """The stored prefix of a presented key, or None when it cannot be one of ours."""
-    if not raw_key.startswith(API_KEY_PREFIX):
+    """The stored prefix of a presented key, or None when it cannot be one of ours.
+
+    Unambiguous: what follows a live key's ``cpk_`` is alphanumeric, so never ``test_``."""
+    head = api_key_head(livemode=not raw_key.startswith(TEST_API_KEY_PREFIX))
+    if not raw_key.startswith(head):
         return None
-    if len(raw_key) != len(API_KEY_PREFIX) + API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH:
+    if len(raw_key) != len(head) + API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH:
         return None
-    if not raw_key[len(API_KEY_PREFIX) :].isalnum() or not raw_key.isascii():
+    if not raw_key[len(head) :].isalnum() or not raw_key.isascii():
         return None
-    return raw_key[: len(API_KEY_PREFIX) + API_KEY_PREFIX_LENGTH]
+    return raw_key[: len(head) + API_KEY_PREFIX_LENGTH]
 
 
 def api_key_create(
-    *, merchant: Merchant, name: str, scopes: list[str], raw_key: str | None = None
+    *,
+    merchant: Merchant,
+    name: str,
+    scopes: list[str],
+    livemode: bool = True,
+    raw_key: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never stored and never shown again.
 
-    ``raw_key`` lets the demo bootstrap install a key derived from SECRET_KEY (stable across
-    reruns); everything else lets it be random.
+    ``livemode`` False makes a test key (``cpk_test_…``). ``raw_key`` lets the demo bootstrap
+    install a key derived from SECRET_KEY (stable across reruns); its mode must be ``livemode``.
     """
     if raw_key is None:
-        raw_key = API_KEY_PREFIX + random_token(API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH)
+        raw_key = api_key_head(livemode=livemode) + random_token(
+            API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH
+        )
     prefix = api_key_split(raw_key)
-    if prefix is None:
+    if prefix is None or prefix.startswith(TEST_API_KEY_PREFIX) == livemode:
         raise ValueError("malformed API key")
     unknown = set(scopes) - set(ApiKeyScope.values)
     if unknown:
@@ -93,6 +110,7 @@ def api_key_create(
         prefix=prefix,
         key_hash=api_key_hash(raw_key),
         scopes=sorted(set(scopes)),
+        livemode=livemode,
     )
     logger.info("API key %s created for merchant %s", prefix, merchant.public_id)
     return api_key, raw_key
@@ -120,6 +138,7 @@ def payment_snapshot(payment: Payment) -> dict[str, Any]:
     currency = crypto(payment.crypto_currency)
     return {
         "id": payment.public_id,
+        "livemode": payment.livemode,
         "status": payment.status,
         "sub_status": payment.sub_status or None,
         "amount": format_fiat(
@@ -155,6 +174,7 @@ def _event_append(
         type=event_type,
         subject=payment.public_id,
         sequence=event.sequence,
+        livemode=payment.livemode,
         data=event.data,
     )
     return event
@@ -177,9 +197,11 @@ def payment_create(
     description: str = "",
     metadata: dict[str, Any] | None = None,
     quote: Quote | None = None,
+    livemode: bool = True,
 ) -> Payment:
     """``quote``: fetched beforehand (``payment_price``) by a caller about to open a transaction
-    or hold an idempotency key; without it the rate is fetched here."""
+    or hold an idempotency key; without it the rate is fetched here. ``livemode`` False (a test
+    key's payment): an address on the development chain, whatever chains are configured."""
     if quote is None:
         quote = rate_quote_for_payment(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
     else:
@@ -191,9 +213,12 @@ def payment_create(
     expires_at = now + merchant.payment_expiry
     try:
         with transaction.atomic():
-            address = address_allocate(merchant=merchant, crypto_currency=crypto_currency)
+            address = address_allocate(
+                merchant=merchant, crypto_currency=crypto_currency, livemode=livemode
+            )
             payment = Payment.objects.create(
                 merchant=merchant,
+                livemode=livemode,
                 order_id=order_id,
                 description=description,
                 metadata=metadata or {},
@@ -229,7 +254,9 @@ def payment_create(
     except IntegrityError as exc:
         if (
             order_id is not None
-            and Payment.objects.filter(merchant=merchant, order_id=order_id).exists()
+            and Payment.objects.filter(
+                merchant=merchant, livemode=livemode, order_id=order_id
+            ).exists()
         ):
             raise DuplicateOrderId(
                 f"A payment with order_id {order_id!r} already exists.", param="order_id"
@@ -770,7 +797,8 @@ def payments_expire_due() -> dict[str, int]:
     counts = {
         "expired": _sweep(
             due=Q(status=PaymentStatus.PENDING, expires_at__lte=now)
-            & ~Q(crypto_currency__in=held)
+            # Development-chain payments (test mode) wait for no real chain.
+            & (~Q(crypto_currency__in=held) | Q(deposit_address__startswith="dev"))
             & _expiry_seen(),
             to_status=PaymentStatus.EXPIRED,
             reason="expired",

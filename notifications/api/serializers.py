@@ -92,6 +92,10 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
     event_types = serializers.ListField(
         child=serializers.ChoiceField(choices=EVENT_TYPES), help_text="Empty: every type."
     )
+    livemode = serializers.BooleanField(
+        read_only=True,
+        help_text="False: a test endpoint (made with a test key); it gets test events only.",
+    )
     previous_secret_expires_at = serializers.DateTimeField(
         allow_null=True,
         help_text="After a rotation, when deliveries stop being signed with the previous secret "
@@ -103,6 +107,7 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "object",
+            "livemode",
             "url",
             "description",
             "event_types",
@@ -207,6 +212,7 @@ class EventSerializer(serializers.ModelSerializer):
         help_text="What the event is about (a payment id), null if nothing in particular."
     )
     sequence = serializers.IntegerField(help_text="Position in the subject's stream.")
+    livemode = serializers.BooleanField(help_text="False: a test-mode event (a test key's).")
     data = serializers.DictField(help_text="The event's payload, as sent in webhooks.")
     deliveries = WebhookDeliverySerializer(
         many=True, help_text="Its deliveries to your webhook endpoints."
@@ -222,6 +228,7 @@ class EventSerializer(serializers.ModelSerializer):
             "created_at",
             "subject",
             "sequence",
+            "livemode",
             "data",
             "deliveries",
         ]
