@@ -13,8 +13,8 @@ One line per record::
 plus any ``extra={...}`` fields. ``task_id``/``task`` appear inside Celery tasks only.
 
 Redaction (``RedactSecretsFilter``) rewrites the message, its arguments, extra string fields and
-the formatted traceback before any handler sees them: merchant API keys (``cpk_…`` past the
-12-character prefix the admin shows), webhook
+the formatted traceback before any handler sees them: merchant API keys (``cpk_…``, ``cpk_test_…``
+past the prefix the admin shows), webhook
 signing secrets (``whsec_…``), the value of ``Authorization``/``Cookie``/``X-Api-Key`` headers and
 bearer tokens anywhere, passwords in URLs (``http://user:secret@node``) and ``token=`` values of
 query strings (the buyer's checkout token).
@@ -46,7 +46,7 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+"), rf"\g<1>\g<2>{REDACTED}"),
     # An API key keeps its stored prefix (shown in the admin, not a secret), loses the rest; a
     # bare prefix (what the code logs to name a key) is left alone.
-    (re.compile(r"\b(cpk_[A-Za-z0-9_-]{12})[A-Za-z0-9_-]+"), rf"\g<1>{REDACTED}"),
+    (re.compile(r"\b(cpk_(?:test_)?[A-Za-z0-9]{12})[A-Za-z0-9_-]+"), rf"\g<1>{REDACTED}"),
     (re.compile(r"\bwhsec_[A-Za-z0-9_+/=-]+"), f"whsec_{REDACTED}"),
     # URL userinfo: keep the user, drop the password.
     (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), rf"\g<1>{REDACTED}@"),

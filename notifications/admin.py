@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from cryptopay.admin_modes import ModeAdminMixin, form_livemode, mode_choice, mode_filter
 from notifications import endpoint_secrets, endpoints
 from notifications.delivery import webhook_redeliver
 from notifications.destinations import DestinationRefused
@@ -38,6 +39,13 @@ class WebhookEndpointForm(forms.ModelForm):
         "exchange_rate.updated only when ticked).",
     )
 
+    mode = mode_choice(
+        live="Live",
+        test="Test",
+        help_text="A test endpoint gets the merchant's test-mode events (test keys' payments) "
+        "and no live ones; a live endpoint never gets test events.",
+    )
+
     class Meta:
         model = WebhookEndpoint
         fields = ["owner", "url", "description", "event_types", "enabled"]
@@ -57,19 +65,23 @@ class WebhookEndpointForm(forms.ModelForm):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(admin.ModelAdmin):
+class WebhookEndpointAdmin(ModeAdminMixin, admin.ModelAdmin):
+    mode_things = "webhook endpoints"
     form = WebhookEndpointForm
-    list_display = ["public_id", "owner", "url", "enabled", "types", "signing_secret", "created_at"]
-    list_filter = ["enabled"]
+    list_display = [
+        "public_id", "owner", "mode", "url", "enabled", "types", "signing_secret", "created_at",
+    ]  # fmt: skip
+    list_filter = [mode_filter(), "enabled"]
     search_fields = ["public_id", "owner", "url"]
     actions = ["rotate_secret"]
 
     def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is None:
-            return ["owner", "url", "description", "event_types", "enabled"]
+            return ["owner", "mode", "url", "description", "event_types", "enabled"]
         return [
             "public_id",
             "owner",
+            "mode",
             "url",
             "description",
             "event_types",
@@ -82,10 +94,12 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is None:
             return []
-        # The owner never changes: the endpoint would start receiving another merchant's events.
+        # The owner and mode never change: the endpoint would start receiving events that were
+        # never meant for it (another merchant's, or live ones at a test receiver).
         return [
             "public_id",
             "owner",
+            "mode",
             "created_at",
             "signing_secret",
             "previous_secret_expires_at",
@@ -118,6 +132,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             event_types=data["event_types"],
             description=data["description"],
             enabled=data["enabled"],
+            livemode=form_livemode(data),
         )
         # The admin logs and redirects with ``obj``: make it the endpoint the service created.
         obj.__dict__.update(
@@ -210,10 +225,12 @@ class _ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Event)
-class EventAdmin(_ReadOnlyAdmin):
+class EventAdmin(ModeAdminMixin, _ReadOnlyAdmin):
+    mode_things = "events"
     list_display = [
         "public_id",
         "type",
+        "mode",
         "priority",
         "owner",
         "subject",
@@ -221,14 +238,16 @@ class EventAdmin(_ReadOnlyAdmin):
         "created_at",
         "dispatched_at",
     ]
-    list_filter = ["type", "priority"]
+    list_filter = [mode_filter(), "type", "priority"]
     search_fields = ["public_id", "subject", "owner"]
     inlines = [WebhookDeliveryInline]
     date_hierarchy = "created_at"
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(_ReadOnlyAdmin):
+class WebhookDeliveryAdmin(ModeAdminMixin, _ReadOnlyAdmin):
+    mode_field = "endpoint__livemode"
+    mode_things = "webhook deliveries"
     list_display = [
         "event_id_",
         "event_type",
@@ -239,7 +258,7 @@ class WebhookDeliveryAdmin(_ReadOnlyAdmin):
         "next_attempt_at",
         "delivered_at",
     ]
-    list_filter = ["status"]
+    list_filter = [mode_filter("endpoint__livemode"), "status"]
     search_fields = ["event__public_id", "endpoint__public_id"]
     list_select_related = ["event", "endpoint"]
     inlines = [WebhookAttemptInline]

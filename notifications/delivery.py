@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 DELIVERY_ATTEMPTS = Counter(
     "cryptopay_webhook_delivery_attempts",
-    "Webhook delivery attempts by what became of the delivery: succeeded, failed (final), "
+    "Live webhook delivery attempts by what became of the delivery: succeeded, failed (final), "
     "retrying (scheduled again), gave_up (retry window over).",
     ["outcome"],
 )
@@ -71,7 +71,8 @@ def signing_secrets(endpoint: WebhookEndpoint) -> list[str]:
 
 
 def endpoints_for(*, events: list[Event]) -> dict[int, list[WebhookEndpoint]]:
-    """The enabled endpoints that want each event (system events: only those that ask)."""
+    """The enabled endpoints that want each event: the owner's endpoints of the event's mode
+    (system events, the same in both modes: every endpoint that asks)."""
     owners = {event.owner for event in events if event.owner}
     candidates = list(
         WebhookEndpoint.objects.filter(enabled=True).filter(
@@ -85,7 +86,9 @@ def endpoints_for(*, events: list[Event]) -> dict[int, list[WebhookEndpoint]]:
             for endpoint in candidates
             if endpoint.wants(event.type)
             and (
-                endpoint.owner == event.owner if event.owner else event.type in endpoint.event_types
+                (endpoint.owner, endpoint.livemode) == (event.owner, event.livemode)
+                if event.owner
+                else event.type in endpoint.event_types
             )
         ]
     return wanted
@@ -287,8 +290,8 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
     with transaction.atomic():
         current = (
             WebhookDelivery.objects.select_for_update(of=("self",))
-            .select_related("event")
-            .only("claim", "status", "attempts", "event__created_at")
+            .select_related("event", "endpoint")
+            .only("claim", "status", "attempts", "event__created_at", "endpoint__livemode")
             .in_bulk([outcome.claim.delivery_id for outcome in outcomes])
         )
         attempts = []
@@ -335,9 +338,10 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
     for outcome, delivery in logged:
         if not outcome.attempts:
             continue
-        DELIVERY_ATTEMPTS.labels(
-            "retrying" if delivery.status == WebhookDelivery.Status.PENDING else delivery.status
-        ).inc(len(outcome.attempts))
+        if delivery.endpoint.livemode:  # test endpoints stay out of the operators' figures
+            DELIVERY_ATTEMPTS.labels(
+                "retrying" if delivery.status == WebhookDelivery.Status.PENDING else delivery.status
+            ).inc(len(outcome.attempts))
         if delivery.status != WebhookDelivery.Status.SUCCEEDED:
             last = outcome.attempts[-1]
             logger.info(

@@ -41,6 +41,7 @@ from prometheus_client import Counter, Gauge
 from notifications import delivery, queues
 from notifications.models import PRIORITY_RANK, Event, EventStream
 from notifications.sender import Claim, Outcome, Sender
+from notifications.streams import owner_group
 from resilience import clock
 
 logger = logging.getLogger(__name__)
@@ -98,36 +99,47 @@ def _positions_write(events: list[Event]) -> None:
     rebuilt from the outbox, and a client must still get each of them once. Without gaps, so a
     consumer that sees position P+2 after P knows P+1 is missing and reads it from the outbox
     (it is committed: the owner's row lock orders the positions). Given once; a re-dispatch
-    keeps it. System events (no owner) are in no merchant stream.
+    keeps it. System events (no owner) are in no merchant stream. Test-mode events have a stream
+    of their own per owner (``EventStream.livemode``), numbered apart from the live one.
     """
-    by_owner: dict[str, list[Event]] = {}
+    by_owner: dict[tuple[str, bool], list[Event]] = {}
     for event in events:
         if event.owner and event.stream_position is None:
-            by_owner.setdefault(event.owner, []).append(event)
+            by_owner.setdefault((event.owner, event.livemode), []).append(event)
     if not by_owner:
         return
+    owners = {owner for owner, _ in by_owner}
+    modes = {livemode for _, livemode in by_owner}
 
-    def locked() -> dict[str, EventStream]:
-        # Locked in one order (by owner) by every dispatcher: no deadlock between them.
-        rows = EventStream.objects.select_for_update().filter(owner__in=by_owner).order_by("owner")
-        return {stream.owner: stream for stream in rows}
+    def locked() -> dict[tuple[str, bool], EventStream]:
+        # Locked in one order (by owner, mode) by every dispatcher: no deadlock between them.
+        rows = (
+            EventStream.objects.select_for_update()
+            .filter(owner__in=owners, livemode__in=modes)
+            .order_by("owner", "livemode")
+        )
+        return {(stream.owner, stream.livemode): stream for stream in rows}
 
     streams = locked()
-    if len(streams) < len(by_owner):  # a merchant's first event
+    if any(stream not in streams for stream in by_owner):  # a merchant's first event (in a mode)
         EventStream.objects.bulk_create(
-            [EventStream(owner=owner) for owner in by_owner if owner not in streams],
+            [
+                EventStream(owner=owner, livemode=livemode)
+                for owner, livemode in by_owner
+                if (owner, livemode) not in streams
+            ],
             ignore_conflicts=True,
         )
         streams = locked()
     given = []
     try:
-        for owner, owned in by_owner.items():
+        for stream, owned in by_owner.items():
             for event in owned:
-                streams[owner].position += 1
-                event.stream_position = streams[owner].position
+                streams[stream].position += 1
+                event.stream_position = streams[stream].position
                 given.append(event)
         delivery.rows_update(given, ["stream_position"])
-        delivery.rows_update(list(streams.values()), ["position"])
+        delivery.rows_update([streams[stream] for stream in by_owner], ["position"])
     except BaseException:
         for event in given:
             event.stream_position = None  # rolled back with the caller's transaction
@@ -149,7 +161,7 @@ def _messages(events: list[Event]) -> list[tuple[list[str], dict]]:
     """(groups, message) per event for the Channels groups of its merchant and payment."""
     messages = []
     for event in events:
-        groups = [f"merchant.{event.owner}"] if event.owner else []
+        groups = [owner_group(event.owner, livemode=event.livemode)] if event.owner else []
         if event.subject.startswith("pay_"):
             groups.append(f"payment.{event.subject}")
         if groups:

@@ -26,12 +26,15 @@ def webhook_endpoint_create(
     event_types: list[str] | None = None,
     description: str = "",
     enabled: bool = True,
+    livemode: bool = True,
 ) -> tuple[WebhookEndpoint, str]:
-    """Create an endpoint; returns it with its signing secret (shown once, stored encrypted)."""
+    """Create an endpoint; returns it with its signing secret (shown once, stored encrypted).
+    ``livemode`` False: a test endpoint, which gets the owner's test events and no live ones."""
     webhook_url_check(url)
     secret = endpoint_secrets.new_secret()
     endpoint = WebhookEndpoint.objects.create(
         owner=owner,
+        livemode=livemode,
         url=url,
         description=description,
         event_types=sorted(set(event_types or [])),

@@ -62,9 +62,10 @@ class WebhookBacklog:
 
 
 def webhook_backlog() -> WebhookBacklog:
-    backlog = WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING).aggregate(
-        count=Count("pk"), oldest=Min("created_at")
-    )
+    # Live endpoints only: a developer's test receiver that is down must not page an operator.
+    backlog = WebhookDelivery.objects.filter(
+        status=WebhookDelivery.Status.PENDING, endpoint__livemode=True
+    ).aggregate(count=Count("pk"), oldest=Min("created_at"))
     oldest = backlog["oldest"]
     return WebhookBacklog(
         pending=backlog["count"],

@@ -5,6 +5,10 @@ to date as it works; ``/metrics`` reads them just before it collects, through th
 dashboard's selectors (``notifications.load_figures``). Processing rates are the
 counters where the work happens: ``cryptopay_notifications_dispatched_total`` (dispatcher) and
 ``cryptopay_webhook_delivery_attempts_total`` (``notifications.delivery``).
+
+The webhook figures are live mode's: deliveries to test endpoints (a developer's receiver that is
+down) are left out, so they never page an operator. Queue sizes and events dispatched count test
+events too: they are the dispatcher's work, whatever the mode.
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ from resilience.metrics import prime, register_sampler
 
 WEBHOOK_BACKLOG = Gauge(
     "cryptopay_webhook_backlog",
-    "Webhook deliveries not finished yet (pending: first try or retries to come).",
+    "Live webhook deliveries not finished yet (pending: first try or retries to come).",
     multiprocess_mode="mostrecent",
 )
 WEBHOOK_BACKLOG_OLDEST = Gauge(
     "cryptopay_webhook_backlog_oldest_seconds",
-    "Age of the oldest unfinished webhook delivery (0 when there is none).",
+    "Age of the oldest unfinished live webhook delivery (0 when there is none).",
     multiprocess_mode="mostrecent",
 )
 

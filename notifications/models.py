@@ -41,7 +41,8 @@ class Event(models.Model):
 
     ``owner`` is whose event it is (a merchant's public id; empty for system-wide events such as
     rate updates); ``subject`` what it is about (a payment id, a rate pair) and ``sequence`` its
-    position in that subject's stream, so receivers can order what they get.
+    position in that subject's stream, so receivers can order what they get. ``livemode`` False:
+    a test-mode event, delivered only to the owner's test endpoints and test stream.
     """
 
     public_id = models.CharField(max_length=32, unique=True, default=new_event_id, editable=False)
@@ -50,6 +51,7 @@ class Event(models.Model):
     priority = models.CharField(max_length=10, choices=Priority.choices)
     subject = models.CharField(max_length=64, blank=True)
     sequence = models.PositiveIntegerField(default=0)
+    livemode = models.BooleanField(default=True)
     data = models.JSONField(default=dict)
     created_at = models.DateTimeField()
     dispatched_at = models.DateTimeField(
@@ -58,17 +60,20 @@ class Event(models.Model):
     stream_position = models.BigIntegerField(
         null=True,
         blank=True,
-        help_text="Its place in the owner's live stream: 1, 2, 3… in dispatch order.",
+        help_text="Its place in the owner's live stream (one per mode): 1, 2, 3… in dispatch order.",
     )
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["owner", "stream_position"], name="event_stream_position_unique"
+                fields=["owner", "livemode", "stream_position"],
+                name="event_stream_position_unique",
             )
         ]
         indexes = [
-            models.Index(fields=["owner", "-created_at"], name="event_owner_created"),
+            models.Index(
+                fields=["owner", "livemode", "-created_at"], name="event_owner_mode_created"
+            ),
             # Live-stream replay: a payment's stream by sequence (a merchant's uses the constraint).
             models.Index(fields=["subject", "sequence"], name="event_subject_sequence"),
             models.Index(
@@ -90,18 +95,26 @@ class Event(models.Model):
             "created_at": self.created_at.isoformat(),
             "subject": self.subject or None,
             "sequence": self.sequence,
+            "livemode": self.livemode,
             "data": self.data,
         }
 
 
 class EventStream(models.Model):
-    """The last position given in an owner's live stream (a row lock orders the dispatchers)."""
+    """The last position given in an owner's live stream of one mode (a row lock orders the
+    dispatchers): test events are numbered apart, so each mode's stream has no gaps."""
 
-    owner = models.CharField(max_length=64, unique=True)
+    owner = models.CharField(max_length=64)
+    livemode = models.BooleanField(default=True)
     position = models.BigIntegerField(default=0)
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "livemode"], name="event_stream_unique")
+        ]
+
     def __str__(self) -> str:
-        return f"{self.owner}@{self.position}"
+        return f"{self.owner}{'' if self.livemode else ' (test)'}@{self.position}"
 
 
 class WebhookEndpoint(models.Model):
@@ -109,6 +122,8 @@ class WebhookEndpoint(models.Model):
         max_length=32, unique=True, default=new_endpoint_id, editable=False
     )
     owner = models.CharField(max_length=64, db_index=True)
+    # False: a test-mode endpoint, which gets the owner's test events only (and live ones never).
+    livemode = models.BooleanField(default=True)
     url = models.URLField(max_length=2000)
     description = models.CharField(max_length=200, blank=True)
     event_types = models.JSONField(default=list, blank=True, help_text="Empty: every type.")

@@ -18,15 +18,23 @@ logger = logging.getLogger(__name__)
 
 
 def event_publish(
-    *, owner: str, type: str, subject: str = "", sequence: int = 0, data: dict[str, Any]
+    *,
+    owner: str,
+    type: str,
+    subject: str = "",
+    sequence: int = 0,
+    data: dict[str, Any],
+    livemode: bool = True,
 ) -> Event:
-    """Write the event in the caller's transaction; queue it once that transaction commits."""
+    """Write the event in the caller's transaction; queue it once that transaction commits.
+    ``livemode`` False: a test-mode event, for the owner's test endpoints and stream only."""
     event = Event.objects.create(
         owner=owner,
         type=type,
         priority=event_priority(type),
         subject=subject,
         sequence=sequence,
+        livemode=livemode,
         data=data,
         created_at=clock.now(),
     )
@@ -37,7 +45,7 @@ def event_publish(
 def events_publish(*, events: list[Event]) -> list[Event]:
     """``event_publish`` for many at once (a chain block's worth): one INSERT in the caller's
     transaction, one Redis round trip once it commits. ``events`` are unsaved ``Event``s with
-    owner, type, subject, sequence and data set."""
+    owner, type, subject, sequence, livemode and data set."""
     if not events:
         return []
     now = clock.now()

@@ -1,5 +1,6 @@
-"""Reads for notifications. Every selector is scoped to one owner (a merchant's public id): another
-owner's endpoints, events and deliveries do not exist."""
+"""Reads for notifications. Every selector is scoped to one owner (a merchant's public id) and one
+mode (``livemode``): another owner's endpoints, events and deliveries do not exist, and neither do
+test ones for a live caller nor live ones for a test caller."""
 
 from __future__ import annotations
 
@@ -17,20 +18,22 @@ from notifications.models import Event, WebhookAttempt, WebhookDelivery, Webhook
 # --- endpoints ----------------------------------------------------------------------------------
 
 
-def webhook_endpoint_get(*, owner: str, public_id: str) -> WebhookEndpoint:
-    endpoint = WebhookEndpoint.objects.filter(owner=owner, public_id=public_id).first()
+def webhook_endpoint_get(*, owner: str, public_id: str, livemode: bool = True) -> WebhookEndpoint:
+    endpoint = WebhookEndpoint.objects.filter(
+        owner=owner, livemode=livemode, public_id=public_id
+    ).first()
     if endpoint is None:
         raise Http404("No such webhook endpoint.")
     return endpoint
 
 
 def webhook_endpoint_list(
-    *, owner: str, limit: int, starting_after: str | None = None
+    *, owner: str, limit: int, starting_after: str | None = None, livemode: bool = True
 ) -> Page[WebhookEndpoint]:
     """Newest first; ``starting_after`` is the id of the last endpoint of the previous page."""
-    qs = WebhookEndpoint.objects.filter(owner=owner)
+    qs = WebhookEndpoint.objects.filter(owner=owner, livemode=livemode)
     if starting_after:
-        cursor = webhook_endpoint_get(owner=owner, public_id=starting_after)
+        cursor = webhook_endpoint_get(owner=owner, public_id=starting_after, livemode=livemode)
         qs = qs.filter(_after(cursor.created_at, cursor.pk))
     return _page(qs.order_by("-created_at", "-pk"), limit=limit)
 
@@ -63,7 +66,9 @@ def webhook_deliveries_of_event(
     *, event: Event, endpoint: WebhookEndpoint | None = None
 ) -> list[WebhookDelivery]:
     """The owner's deliveries of one event (to one endpoint if given), oldest endpoint first."""
-    qs = WebhookDelivery.objects.filter(event=event, endpoint__owner=event.owner)
+    qs = WebhookDelivery.objects.filter(
+        event=event, endpoint__owner=event.owner, endpoint__livemode=event.livemode
+    )
     if endpoint is not None:
         qs = qs.filter(endpoint=endpoint)
     return list(_with_log(qs).order_by("endpoint__created_at", "pk"))
@@ -84,33 +89,32 @@ class EventFilters:
     delivery_success: bool | None = None
 
 
-def _events(owner: str) -> QuerySet[Event]:
-    return Event.objects.filter(owner=owner).prefetch_related(
+def _events(owner: str, livemode: bool) -> QuerySet[Event]:
+    deliveries = WebhookDelivery.objects.filter(endpoint__owner=owner, endpoint__livemode=livemode)
+    return Event.objects.filter(owner=owner, livemode=livemode).prefetch_related(
         Prefetch(
             "deliveries",
-            queryset=_with_log(WebhookDelivery.objects.filter(endpoint__owner=owner)).order_by(
-                "endpoint__created_at", "pk"
-            ),
+            queryset=_with_log(deliveries).order_by("endpoint__created_at", "pk"),
         )
     )
 
 
-def event_get(*, owner: str, public_id: str) -> Event:
+def event_get(*, owner: str, public_id: str, livemode: bool = True) -> Event:
     # ``owner`` is never empty here: system-wide events (owner "") are nobody's to read.
-    event = _events(owner).filter(public_id=public_id).first() if owner else None
+    event = _events(owner, livemode).filter(public_id=public_id).first() if owner else None
     if event is None:
         raise Http404("No such event.")
     return event
 
 
-def _wanted_by_an_endpoint(owner: str) -> Q | None:
+def _wanted_by_an_endpoint(owner: str, livemode: bool) -> Q | None:
     """Events that one of the owner's enabled endpoints wants and existed for; None if no
     endpoint wants anything. (An owner has a handful of endpoints: reading them beats a JSON
     containment test per event.) An endpoint added later was never meant to get older events."""
     wanted = Q()
     found = False
     for created_at, event_types in WebhookEndpoint.objects.filter(
-        owner=owner, enabled=True
+        owner=owner, livemode=livemode, enabled=True
     ).values_list("created_at", "event_types"):
         condition = Q(created_at__gte=created_at)
         if event_types:
@@ -120,20 +124,27 @@ def _wanted_by_an_endpoint(owner: str) -> Q | None:
     return wanted if found else None
 
 
-def _delivery_filter(owner: str, success: bool) -> Q:
-    deliveries = WebhookDelivery.objects.filter(event=OuterRef("pk"), endpoint__owner=owner)
+def _delivery_filter(owner: str, livemode: bool, success: bool) -> Q:
+    deliveries = WebhookDelivery.objects.filter(
+        event=OuterRef("pk"), endpoint__owner=owner, endpoint__livemode=livemode
+    )
     unsucceeded = Q(Exists(deliveries.exclude(status=WebhookDelivery.Status.SUCCEEDED)))
     any_delivery = Q(Exists(deliveries))
     if success:
         return any_delivery & ~unsucceeded
-    wanted = _wanted_by_an_endpoint(owner)
+    wanted = _wanted_by_an_endpoint(owner, livemode)
     if wanted is None:
         return unsucceeded
     return unsucceeded | (~any_delivery & wanted)
 
 
 def event_list(
-    *, owner: str, filters: EventFilters, limit: int, starting_after: str | None = None
+    *,
+    owner: str,
+    filters: EventFilters,
+    limit: int,
+    starting_after: str | None = None,
+    livemode: bool = True,
 ) -> Page[Event]:
     """The owner's events, newest first, each with its deliveries to the owner's endpoints.
 
@@ -142,7 +153,7 @@ def event_list(
     """
     if not owner:
         return Page(items=[], has_more=False)
-    qs = _events(owner)
+    qs = _events(owner, livemode)
     if filters.type:
         qs = qs.filter(type=filters.type)
     if filters.subject:
@@ -152,9 +163,11 @@ def event_list(
     if filters.created_lt:
         qs = qs.filter(created_at__lt=filters.created_lt)
     if filters.delivery_success is not None:
-        qs = qs.filter(_delivery_filter(owner, filters.delivery_success))
+        qs = qs.filter(_delivery_filter(owner, livemode, filters.delivery_success))
     if starting_after:
-        cursor = Event.objects.filter(owner=owner, public_id=starting_after).first()
+        cursor = Event.objects.filter(
+            owner=owner, livemode=livemode, public_id=starting_after
+        ).first()
         if cursor is None:
             raise Http404("No such event.")
         qs = qs.filter(_after(cursor.created_at, cursor.pk))

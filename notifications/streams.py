@@ -86,6 +86,11 @@ class StreamDenied(Exception):
         self.reason = reason
 
 
+def owner_group(owner: str, *, livemode: bool = True) -> str:
+    """The Channels group of an owner's events in one mode (the dispatcher sends to it)."""
+    return f"merchant.{owner}" if livemode else f"merchant.{owner}.test"
+
+
 @dataclass(frozen=True)
 class Stream:
     """What a connection reads: its Channels group and its slice of the event outbox."""
@@ -95,6 +100,7 @@ class Stream:
     owner: str  # events must belong to this owner (a merchant's public id)
     subject: str = ""  # set: one subject's stream, positioned by sequence; empty: by outbox id
     refetch_url: str = ""
+    livemode: bool = True  # False: the owner's test-mode events (a stream of their own)
 
     @property
     def by_sequence(self) -> bool:
@@ -118,7 +124,7 @@ class Replay:
 
 
 def _events(stream: Stream):  # type: ignore[no-untyped-def]
-    events = Event.objects.filter(owner=stream.owner)
+    events = Event.objects.filter(owner=stream.owner, livemode=stream.livemode)
     return events.filter(subject=stream.subject) if stream.by_sequence else events
 
 

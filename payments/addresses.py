@@ -10,7 +10,8 @@ a buyer has seen is ever reused.
 Sources, in order: the merchant's wallet for the currency (an extended public key, derived at the
 allocated index on the chain configured for the currency), else the development chain when it is
 enabled: deterministic, obviously fake addresses (``dev<currency>1…``) that
-``manage.py simulate_payment`` can pay.
+``manage.py simulate_payment`` can pay. Test payments (``livemode`` False) always take the
+development chain.
 """
 
 from __future__ import annotations
@@ -90,7 +91,14 @@ def _next_index(*, merchant: Merchant, space: str) -> int:
     return index
 
 
-def address_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAddress:
+def address_allocate(
+    *, merchant: Merchant, crypto_currency: str, livemode: bool = True
+) -> AllocatedAddress:
+    """``livemode`` False (a test payment): always the development chain, even when the
+    merchant's wallet and the chain are configured and the development chain is off for live
+    payments, so test payments never use (or skip) a real address."""
+    if not livemode:
+        return _dev_chain_allocate(merchant=merchant, crypto_currency=crypto_currency)
     chain = chain_for_currency(crypto_currency)
     # Without a chain for the currency a wallet cannot be used, and with the development chain
     # on its absence does not matter either: no query.
@@ -138,6 +146,10 @@ def address_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAd
         raise AddressUnavailable(
             f"Cannot accept {crypto_currency}: {reason}.", param="crypto_currency"
         )
+    return _dev_chain_allocate(merchant=merchant, crypto_currency=crypto_currency)
+
+
+def _dev_chain_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAddress:
     space = key_space(extended_public_key=None, crypto_currency=crypto_currency)
     index = _next_index(merchant=merchant, space=space)  # one statement: no savepoint needed
     address = dev_chain_address(

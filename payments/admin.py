@@ -6,6 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
+from cryptopay.admin_modes import ModeAdminMixin, form_livemode, mode_choice, mode_filter
 from payments import services
 from payments.addresses import GapRun, unpaid_address_run, wallet_gap_runs
 from payments.chains.derivation import GAP_LIMIT, InvalidExtendedKey, wallet_validate
@@ -119,6 +120,12 @@ class ApiKeyAddForm(forms.ModelForm):
         widget=forms.CheckboxSelectMultiple,
         initial=[ApiKeyScope.PAYMENTS_READ, ApiKeyScope.PAYMENTS_WRITE],
     )
+    mode = mode_choice(
+        live="Live (cpk_…)",
+        test="Test (cpk_test_…)",
+        help_text="A test key's payments are test payments on the development chain, paid with "
+        "POST /api/v1/payments/{id}/simulate; it sees test objects only.",
+    )
 
     class Meta:
         model = ApiKey
@@ -126,17 +133,19 @@ class ApiKeyAddForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ModeAdminMixin, admin.ModelAdmin):
+    mode_things = "API keys"
     list_display = [
         "name",
         "prefix",
         "merchant",
+        "mode",
         "scopes",
         "created_at",
         "last_used_at",
         "revoked_at",
     ]
-    list_filter = ["revoked_at"]
+    list_filter = [mode_filter(), "revoked_at"]
     search_fields = ["name", "prefix", "merchant__name"]
     actions = ["revoke"]
 
@@ -147,13 +156,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is None:
-            return ["merchant", "name", "scopes"]
-        return ["merchant", "name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
+            return ["merchant", "name", "mode", "scopes"]
+        return [
+            "merchant", "name", "prefix", "mode", "scopes", "created_at", "last_used_at",
+            "revoked_at",
+        ]  # fmt: skip
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         if obj is None:
             return []
-        return ["merchant", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
+        return ["merchant", "prefix", "mode", "scopes", "created_at", "last_used_at", "revoked_at"]
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         if change:
@@ -163,6 +175,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             merchant=form.cleaned_data["merchant"],
             name=form.cleaned_data["name"],
             scopes=form.cleaned_data["scopes"],
+            livemode=form_livemode(form.cleaned_data),
         )
         # The admin logs and redirects with ``obj``: make it the key the service created.
         obj.__dict__.update({f.attname: getattr(api_key, f.attname) for f in ApiKey._meta.fields})
@@ -227,12 +240,13 @@ class PaymentTransactionInline(admin.TabularInline):
 
 
 @admin.register(Payment)
-class PaymentAdmin(admin.ModelAdmin):
+class PaymentAdmin(ModeAdminMixin, admin.ModelAdmin):
+    mode_things = "payments"
     list_display = [
-        "public_id", "merchant", "order_id", "fiat_amount", "fiat_currency", "crypto_currency",
-        "status", "sub_status", "created_at",
+        "public_id", "mode", "merchant", "order_id", "fiat_amount", "fiat_currency",
+        "crypto_currency", "status", "sub_status", "created_at",
     ]  # fmt: skip
-    list_filter = ["status", "sub_status", "crypto_currency", "fiat_currency"]
+    list_filter = [mode_filter(), "status", "sub_status", "crypto_currency", "fiat_currency"]
     search_fields = ["public_id", "order_id", "deposit_address"]
     inlines = [PaymentTransactionInline, UnmatchedTransferInline, PaymentEventInline]
     actions = ["mark_settled", "mark_invalid"]
@@ -246,6 +260,17 @@ class PaymentAdmin(admin.ModelAdmin):
 
     def get_exclude(self, request, obj=None):  # type: ignore[no-untyped-def]
         return ["checkout_token"]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):  # type: ignore[no-untyped-def]
+        payment = self.get_object(request, object_id)
+        if payment is not None and not payment.livemode and request.method == "GET":
+            self.message_user(
+                request,
+                "Test mode: this payment was made with a test key and is paid on the development "
+                "chain only (simulate); no real coins moved.",
+                messages.WARNING,
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="Checkout page")
     def checkout_link(self, payment: Payment) -> str:
@@ -283,7 +308,7 @@ class PaymentAdmin(admin.ModelAdmin):
 @admin.register(PaymentEvent)
 class PaymentEventAdmin(admin.ModelAdmin):
     list_display = ["payment", "sequence", "type", "created_at"]
-    list_filter = ["type"]
+    list_filter = [mode_filter("payment__livemode"), "type"]
     search_fields = ["payment__public_id"]
     list_select_related = ["payment"]
 

@@ -34,9 +34,21 @@ class ApiClient:
         return scope in self.api_key.scopes
 
     @property
-    def idempotency_scope(self) -> str:
-        """Idempotency keys belong to the merchant, whichever of its keys sent them."""
+    def livemode(self) -> bool:
+        """False for a test key: it creates and sees test objects only."""
+        return self.api_key.livemode
+
+    @property
+    def owner(self) -> str:
+        """Whose notifications (events, webhook endpoints) these are: the merchant's public id.
+        Notification reads and writes also take ``livemode``: each mode sees its own."""
         return self.merchant.public_id
+
+    @property
+    def idempotency_scope(self) -> str:
+        """Idempotency keys belong to the merchant in one mode, whichever of its keys sent them:
+        a key (or an ``order_id``) tried with a test key never replays into live mode."""
+        return self.merchant.public_id if self.livemode else f"{self.merchant.public_id}:test"
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -137,4 +149,8 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
-        return {"type": "http", "scheme": "bearer", "description": "A merchant API key (cpk_…)."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A merchant API key: live (cpk_…) or test (cpk_test_…).",
+        }

@@ -36,7 +36,7 @@ from cryptopay.api_errors import error_response
 from notifications.destinations import DestinationRefused, address_public, destination_parse
 from payments.chains.config import chain_for_currency
 from payments.currencies import CRYPTO_CURRENCIES, crypto
-from payments.devchain import SimulationRefused, payment_simulate
+from payments.devchain import SimulationRefused, payment_simulate, simulation_allowed
 from payments.errors import CurrencyNotSwitchable
 from payments.models import Payment, PaymentTransaction
 from payments.money import format_base_units
@@ -407,8 +407,7 @@ def checkout_page(request: HttpRequest, payment_id: str) -> HttpResponse:
             for code, name in CHECKOUT_LANGUAGES.items()
         ],
         "return_url": payment.cancel_url or payment.redirect_url,
-        "simulate": settings.DEV_CHAIN_ENABLED
-        and (payment.deposit_address or "").startswith("dev"),
+        "simulate": simulation_allowed(payment),
     }
     return _no_store(render(request, "payments/checkout.html", context))
 

@@ -23,6 +23,7 @@ from notifications.streams import (
     Stream,
     StreamAccess,
     StreamDenied,
+    owner_group,
 )
 from payments.auth import ApiKeyAuthentication
 from payments.models import ApiKeyScope, Merchant, Payment
@@ -74,16 +75,18 @@ class PaymentStreamConsumer(EventStreamConsumer):
                 owner=payment.merchant.public_id,
                 subject=payment.public_id,
                 refetch_url=f"/pay/{payment.public_id}/status",
+                livemode=payment.livemode,
             ),
         )
 
 
 class MerchantStreamConsumer(EventStreamConsumer):
-    """``/ws/merchant/``: every event of a merchant.
+    """``/ws/merchant/``: every event of a merchant in one mode.
 
     With ``Authorization: Bearer <api key>`` (a key with ``payments:read``) it is the key's
-    merchant; with an admin session (staff holding STAFF_PERMISSION) it is the merchant named by
-    ``?merchant=mer_…``.
+    merchant, in the key's mode (a test key follows test events); with an admin session (staff
+    holding STAFF_PERMISSION) it is the merchant named by ``?merchant=mer_…``, live unless
+    ``&livemode=false``.
     """
 
     # What the stream shows is events, which the admin shows only to holders of this permission.
@@ -93,20 +96,22 @@ class MerchantStreamConsumer(EventStreamConsumer):
 
     def authorize(self) -> StreamAccess:
         if self.header(b"authorization"):
-            merchant, user = self._by_api_key()
+            merchant, user, livemode = self._by_api_key()
         else:
             merchant, user = self._by_session()
+            livemode = self.query_param("livemode") != "false"
         return StreamAccess(
             user=user,
             stream=Stream(
-                name=f"merchant:{merchant.public_id}",
-                group=f"merchant.{merchant.public_id}",
+                name=f"merchant:{merchant.public_id}" + ("" if livemode else ":test"),
+                group=owner_group(merchant.public_id, livemode=livemode),
                 owner=merchant.public_id,
                 refetch_url="/api/v1/events",
+                livemode=livemode,
             ),
         )
 
-    def _by_api_key(self) -> tuple[Merchant, str]:
+    def _by_api_key(self) -> tuple[Merchant, str, bool]:
         request = HttpRequest()
         request.META["HTTP_AUTHORIZATION"] = self.header(b"authorization") or ""
         client_address = self.scope.get("client") or ("", 0)
@@ -125,7 +130,7 @@ class MerchantStreamConsumer(EventStreamConsumer):
         if not client.has_scope(ApiKeyScope.PAYMENTS_READ):
             raise StreamDenied(CLOSE_FORBIDDEN, "forbidden: the key lacks payments:read")
         # The merchant is the account: its keys share one cap.
-        return client.merchant, f"merchant:{client.merchant.public_id}"
+        return client.merchant, f"merchant:{client.merchant.public_id}", client.livemode
 
     def _by_session(self) -> tuple[Merchant, str]:
         user = self.scope.get("user")

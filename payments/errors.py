@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 from django.conf import settings
+from django.http import Http404
 from rest_framework import status
 
-from cryptopay.api_errors import API, ApiError
+from cryptopay.api_errors import API, PERMISSION, ApiError
 
 
 class InvalidTransition(ApiError):
@@ -39,3 +40,19 @@ class RateUnavailable(ApiError):
 class AddressUnavailable(ApiError):
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     code = "wallet_not_configured"
+
+
+class PaymentInOtherMode(ApiError, Http404):
+    """The merchant's own payment, asked for with a key of the other mode: a 404 like any missing
+    payment (an Http404 to callers that treat it so), with Stripe's hint about the key."""
+
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
+
+
+class TestModeOnly(ApiError):
+    """A test helper (``simulate``) called with a live key."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+    error_type = PERMISSION
+    code = "test_mode_only"

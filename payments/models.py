@@ -211,6 +211,9 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # False for a test key (cpk_test_…): its payments are test payments on the development chain,
+    # and it sees only test objects (Stripe's test mode). Set from the key at creation.
+    livemode = models.BooleanField(default=True, editable=False)
 
     class Meta:
         verbose_name = "API key"
@@ -230,6 +233,9 @@ class Payment(models.Model):
     order_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     description = models.CharField(max_length=500, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # False: made with a test key. Paid only on the development chain (``simulate``), seen only
+    # by test keys, its events and webhooks say ``"livemode": false``.
+    livemode = models.BooleanField(default=True, editable=False)
 
     fiat_amount = models.DecimalField(max_digits=20, decimal_places=3)
     fiat_currency = models.CharField(max_length=3, choices=FIAT_CHOICES)
@@ -283,13 +289,17 @@ class Payment(models.Model):
 
     class Meta:
         constraints = [
+            # Per mode: an order id tried out with a test key stays free for the live order.
             models.UniqueConstraint(
-                fields=["merchant", "order_id"],
+                fields=["merchant", "livemode", "order_id"],
                 condition=models.Q(order_id__isnull=False),
                 name="payment_order_id_unique_per_merchant",
             ),
+            # Payments from before the counter was per key; newer ones are covered by the per-key
+            # constraint below (a wallet key and the development chain count separately).
             models.UniqueConstraint(
                 fields=["merchant", "crypto_currency", "derivation_index"],
+                condition=models.Q(key_space__isnull=True),
                 name="payment_derivation_index_unique",
             ),
             models.UniqueConstraint(
@@ -316,7 +326,8 @@ class Payment(models.Model):
         ]
         indexes = [
             models.Index(
-                fields=["merchant", "-created_at", "-id"], name="payment_merchant_created"
+                fields=["merchant", "livemode", "-created_at", "-id"],
+                name="payment_merchant_mode_created",
             ),
             models.Index(fields=["status", "expires_at"], name="payment_status_expires"),
         ]

@@ -7,7 +7,7 @@ context can leak in, and a float can never appear on the path.
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from fractions import Fraction
 
 from payments.currencies import CryptoCurrency
@@ -33,6 +33,18 @@ def base_units_to_decimal(*, amount: int, currency: CryptoCurrency) -> Decimal:
     """Exact whole-coin value of ``amount`` base units (the constructor is exact; arithmetic
     would round to the context's 28 digits)."""
     return Decimal(f"{amount}e-{currency.decimals}")
+
+
+def coins_to_base_units(*, coins: Decimal, currency: CryptoCurrency) -> int:
+    """Base units of an amount given in whole coins ("0.0004" BTC -> 40000), exactly; ValueError
+    when it is not positive or has more decimals than the currency."""
+    if not coins.is_finite() or coins <= 0:
+        raise ValueError("must be positive")
+    with localcontext(prec=200):  # exact for any amount a person could type
+        units = coins.scaleb(currency.decimals)
+    if units != units.to_integral_value():
+        raise ValueError(f"at most {currency.decimals} decimals")
+    return int(units)
 
 
 def format_base_units(*, amount: int, currency: CryptoCurrency) -> str:

@@ -1,4 +1,5 @@
-"""Reads. Every selector is scoped to one merchant: another merchant's objects do not exist."""
+"""Reads. Every selector is scoped to one merchant and one mode: another merchant's objects do not
+exist, and neither do test payments for a live key nor live payments for a test key."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from django.http import Http404
 from cryptopay.pagination import Page, newest_first
 from payments.chains.config import chain_for_currency
 from payments.currencies import CRYPTO_CURRENCIES
+from payments.errors import PaymentInOtherMode
 from payments.models import Merchant, MerchantWallet, Payment, PaymentOption
 
 
-def merchant_accepted_currencies(*, merchant: Merchant) -> list[str]:
+def merchant_accepted_currencies(*, merchant: Merchant, livemode: bool = True) -> list[str]:
     """The coins a payment of ``merchant`` can be paid in when the merchant names none: every
-    currency with a wallet on a configured chain, and every one on the development chain."""
-    if settings.DEV_CHAIN_ENABLED:
+    currency with a wallet on a configured chain, and every one on the development chain (which
+    is where every test payment is paid)."""
+    if settings.DEV_CHAIN_ENABLED or not livemode:
         return list(CRYPTO_CURRENCIES)
     with_wallet = set(
         MerchantWallet.objects.filter(merchant=merchant).values_list("crypto_currency", flat=True)
@@ -31,11 +34,27 @@ def payment_options(*, payment: Payment) -> list[PaymentOption]:
     return list(PaymentOption.objects.filter(payment=payment).select_related("payment"))
 
 
-def payment_get(*, merchant: Merchant, public_id: str) -> Payment:
-    payment = Payment.objects.filter(merchant=merchant, public_id=public_id).first()
+def payment_get(*, merchant: Merchant, public_id: str, livemode: bool = True) -> Payment:
+    payment = Payment.objects.filter(
+        merchant=merchant, livemode=livemode, public_id=public_id
+    ).first()
     if payment is None:
+        _other_mode_check(merchant=merchant, public_id=public_id, livemode=livemode)
         raise Http404("No such payment.")
     return payment
+
+
+def _other_mode_check(*, merchant: Merchant, public_id: str, livemode: bool) -> None:
+    """Stripe's hint when the id is the merchant's own payment in the other mode (a key mix-up):
+    still a 404 (``PaymentInOtherMode`` is one). Another merchant's ids stay unconfirmed."""
+    if Payment.objects.filter(
+        merchant=merchant, livemode=not livemode, public_id=public_id
+    ).exists():
+        used, other = ("live", "test") if livemode else ("test", "live")
+        raise PaymentInOtherMode(
+            f"No such payment: {public_id} exists in {other} mode, but a {used} mode key was "
+            "used to make this request."
+        )
 
 
 @dataclass(frozen=True)
@@ -52,12 +71,13 @@ def payment_list(
     filters: PaymentFilters,
     limit: int,
     starting_after: str | None = None,
+    livemode: bool = True,
 ) -> Page[Payment]:
     """Newest first; ``starting_after`` is the id of the last payment of the previous page.
 
     A keyset cursor on (created_at, id) stays correct while payments are being created.
     """
-    qs: QuerySet[Payment] = Payment.objects.filter(merchant=merchant)
+    qs: QuerySet[Payment] = Payment.objects.filter(merchant=merchant, livemode=livemode)
     if filters.status:
         qs = qs.filter(status=filters.status)
     if filters.order_id:
@@ -68,6 +88,6 @@ def payment_list(
         qs = qs.filter(created_at__lt=filters.created_lt)
     cursor = None
     if starting_after:
-        found = payment_get(merchant=merchant, public_id=starting_after)
+        found = payment_get(merchant=merchant, public_id=starting_after, livemode=livemode)
         cursor = (found.created_at, found.pk)
     return newest_first(qs, limit=limit, cursor=cursor)

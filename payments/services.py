@@ -53,6 +53,8 @@ from resilience import clock
 logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "cpk_"
+# Test keys (Stripe's sk_test_): their payments are test payments (``Payment.livemode`` False).
+TEST_API_KEY_PREFIX = "cpk_test_"
 API_KEY_PREFIX_LENGTH = 12  # random characters after "cpk_" that are stored and shown
 API_KEY_SECRET_LENGTH = 32  # random characters only the merchant ever sees
 
@@ -96,29 +98,44 @@ def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
+def api_key_head(*, livemode: bool) -> str:
+    """What a key of that mode starts with: ``cpk_`` (live) or ``cpk_test_``."""
+    return API_KEY_PREFIX if livemode else TEST_API_KEY_PREFIX
+
+
 def api_key_split(raw_key: str) -> str | None:
-    """The stored prefix of a presented key, or None when it cannot be one of ours."""
-    if not raw_key.startswith(API_KEY_PREFIX):
+    """The stored prefix of a presented key, or None when it cannot be one of ours.
+
+    Unambiguous: what follows a live key's ``cpk_`` is alphanumeric, so never ``test_``."""
+    head = api_key_head(livemode=not raw_key.startswith(TEST_API_KEY_PREFIX))
+    if not raw_key.startswith(head):
         return None
-    if len(raw_key) != len(API_KEY_PREFIX) + API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH:
+    if len(raw_key) != len(head) + API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH:
         return None
-    if not raw_key[len(API_KEY_PREFIX) :].isalnum() or not raw_key.isascii():
+    if not raw_key[len(head) :].isalnum() or not raw_key.isascii():
         return None
-    return raw_key[: len(API_KEY_PREFIX) + API_KEY_PREFIX_LENGTH]
+    return raw_key[: len(head) + API_KEY_PREFIX_LENGTH]
 
 
 def api_key_create(
-    *, merchant: Merchant, name: str, scopes: list[str], raw_key: str | None = None
+    *,
+    merchant: Merchant,
+    name: str,
+    scopes: list[str],
+    livemode: bool = True,
+    raw_key: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never stored and never shown again.
 
-    ``raw_key`` lets the demo bootstrap install a key derived from SECRET_KEY (stable across
-    reruns); everything else lets it be random.
+    ``livemode`` False makes a test key (``cpk_test_…``). ``raw_key`` lets the demo bootstrap
+    install a key derived from SECRET_KEY (stable across reruns); its mode must be ``livemode``.
     """
     if raw_key is None:
-        raw_key = API_KEY_PREFIX + random_token(API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH)
+        raw_key = api_key_head(livemode=livemode) + random_token(
+            API_KEY_PREFIX_LENGTH + API_KEY_SECRET_LENGTH
+        )
     prefix = api_key_split(raw_key)
-    if prefix is None:
+    if prefix is None or prefix.startswith(TEST_API_KEY_PREFIX) == livemode:
         raise ValueError("malformed API key")
     unknown = set(scopes) - set(ApiKeyScope.values)
     if unknown:
@@ -129,6 +146,7 @@ def api_key_create(
         prefix=prefix,
         key_hash=api_key_hash(raw_key),
         scopes=sorted(set(scopes)),
+        livemode=livemode,
     )
     logger.info("API key %s created for merchant %s", prefix, merchant.public_id)
     return api_key, raw_key
@@ -155,6 +173,7 @@ def api_key_matches(*, api_key: ApiKey, raw_key: str) -> bool:
 def payment_snapshot(payment: Payment) -> dict[str, Any]:
     snapshot = {
         "id": payment.public_id,
+        "livemode": payment.livemode,
         "status": payment.status,
         "sub_status": payment.sub_status or None,
         "amount": format_fiat(
@@ -205,7 +224,8 @@ class _Writes:
             events_publish(
                 events=[
                     Event(owner=e.payment.merchant.public_id, type=e.type,
-                          subject=e.payment.public_id, sequence=e.sequence, data=e.data)
+                          subject=e.payment.public_id, sequence=e.sequence, data=e.data,
+                          livemode=e.payment.livemode)
                     for e in self.events
                 ]
             )  # fmt: skip
@@ -247,6 +267,7 @@ def _event_publish(*, payment: Payment, event: PaymentEvent) -> None:
         type=event.type,
         subject=payment.public_id,
         sequence=event.sequence,
+        livemode=payment.livemode,
         data=event.data,
     )
 
@@ -310,7 +331,9 @@ def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
 
 def _order_id_taken(payment: Payment) -> bool:
     return payment.order_id is not None and (
-        Payment.objects.filter(merchant=payment.merchant, order_id=payment.order_id).exists()
+        Payment.objects.filter(
+            merchant=payment.merchant, livemode=payment.livemode, order_id=payment.order_id
+        ).exists()
     )
 
 
@@ -333,9 +356,11 @@ def payment_create(
     quote: Quote | None = None,
     redirect_url: str = "",
     cancel_url: str = "",
+    livemode: bool = True,
 ) -> Payment:
     """``quote``: fetched beforehand (``payment_price``) by a caller about to open a transaction
-    or hold an idempotency key; without it the rate is fetched here."""
+    or hold an idempotency key; without it the rate is fetched here. ``livemode`` False (a test
+    key's payment): an address on the development chain, whatever chains are configured."""
     if quote is None:
         quote = rate_quote_for_payment(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
     else:
@@ -347,6 +372,7 @@ def payment_create(
     expires_at = now + merchant.payment_expiry
     payment = Payment(
         merchant=merchant,
+        livemode=livemode,
         order_id=order_id,
         description=description,
         metadata=metadata or {},
@@ -377,7 +403,9 @@ def payment_create(
     created = False
     with transaction.atomic(savepoint=False):
         try:
-            address = address_allocate(merchant=merchant, crypto_currency=crypto_currency)
+            address = address_allocate(
+                merchant=merchant, crypto_currency=crypto_currency, livemode=livemode
+            )
         except AddressUnavailable as exc:
             refused = exc  # nothing was written; raised past the block, which must exit cleanly
         else:
@@ -419,11 +447,11 @@ def payment_create(
 
 
 def _raise_if_duplicate_order(
-    *, merchant: Merchant, order_id: str | None, error: IntegrityError
+    *, merchant: Merchant, livemode: bool, order_id: str | None, error: IntegrityError
 ) -> None:
     if (
         order_id is not None
-        and Payment.objects.filter(merchant=merchant, order_id=order_id).exists()
+        and Payment.objects.filter(merchant=merchant, livemode=livemode, order_id=order_id).exists()
     ):
         raise DuplicateOrderId(
             f"A payment with order_id {order_id!r} already exists.", param="order_id"
@@ -468,6 +496,7 @@ def payment_create_with_choice(
     metadata: dict[str, Any] | None = None,
     redirect_url: str = "",
     cancel_url: str = "",
+    livemode: bool = True,
 ) -> Payment:
     """A payment the buyer pays in the coin they pick on the checkout page.
 
@@ -493,7 +522,7 @@ def payment_create_with_choice(
     try:
         with transaction.atomic():
             payment = Payment.objects.create(
-                merchant=merchant, order_id=order_id, description=description,
+                merchant=merchant, livemode=livemode, order_id=order_id, description=description,
                 metadata=metadata or {}, redirect_url=redirect_url, cancel_url=cancel_url,
                 fiat_amount=fiat_amount, fiat_currency=fiat_currency,
                 accepted_currencies=[code for code, _, _ in priced],
@@ -530,7 +559,9 @@ def payment_create_with_choice(
                 at=now,
             )
     except IntegrityError as exc:
-        _raise_if_duplicate_order(merchant=merchant, order_id=order_id, error=exc)
+        _raise_if_duplicate_order(
+            merchant=merchant, livemode=livemode, order_id=order_id, error=exc
+        )
         raise
     logger.info(
         "payment %s created: %s %s, the buyer picks from %s",
@@ -587,7 +618,9 @@ def payment_select_currency(*, payment: Payment, crypto_currency: str) -> Paymen
             )
         now = clock.now()
         if option.deposit_address is None:
-            address = address_allocate(merchant=locked.merchant, crypto_currency=crypto_currency)
+            address = address_allocate(
+                merchant=locked.merchant, crypto_currency=crypto_currency, livemode=locked.livemode
+            )
             option.deposit_address = address.address
             option.derivation_index = address.index
             option.key_space = address.key_space
@@ -1231,7 +1264,8 @@ def payments_expire_due() -> dict[str, int]:
     counts = {
         "expired": _sweep(
             due=Q(status=PaymentStatus.PENDING, expires_at__lte=now)
-            & ~Q(crypto_currency__in=held)
+            # Development-chain payments (test mode) wait for no real chain.
+            & (~Q(crypto_currency__in=held) | Q(deposit_address__startswith="dev"))
             & _expiry_seen(),
             to_status=PaymentStatus.EXPIRED,
             reason="expired",

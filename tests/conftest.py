@@ -89,8 +89,11 @@ def merchant(db):
     return MerchantFactory()
 
 
-def api_client_for(merchant, scopes: list[str] | None = None) -> APIClient:
-    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant, scopes=scopes or ALL_SCOPES)
+def api_client_for(merchant, scopes: list[str] | None = None, livemode: bool = True) -> APIClient:
+    """A client with a new key of ``merchant`` (a test key when ``livemode`` is False)."""
+    _, secret = ApiKeyFactory.create_with_secret(
+        merchant=merchant, scopes=scopes or ALL_SCOPES, livemode=livemode
+    )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client

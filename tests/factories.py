@@ -22,12 +22,18 @@ class ApiKeyFactory:
 
     @staticmethod
     def create_with_secret(
-        *, merchant: Merchant | None = None, scopes: list[str] | None = None, name: str = "test"
+        *,
+        merchant: Merchant | None = None,
+        scopes: list[str] | None = None,
+        name: str = "test",
+        livemode: bool = True,
     ) -> tuple[ApiKey, str]:
+        """``livemode`` False: a test key (``cpk_test_…``)."""
         return services.api_key_create(
             merchant=merchant or MerchantFactory(),
             name=name,
             scopes=scopes if scopes is not None else list(ApiKeyScope.values),
+            livemode=livemode,
         )
 
 

@@ -103,6 +103,10 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="public_id")
     object = serializers.SerializerMethodField()
     event_types = serializers.ListField(help_text="Empty: every type.")  # set per instance
+    livemode = serializers.BooleanField(
+        read_only=True,
+        help_text="False: a test endpoint (made with a test key); it gets test events only.",
+    )
     previous_secret_expires_at = serializers.DateTimeField(
         allow_null=True,
         help_text="After a rotation, when deliveries stop being signed with the previous secret "
@@ -114,6 +118,7 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "object",
+            "livemode",
             "url",
             "description",
             "event_types",
@@ -222,6 +227,7 @@ class EventSerializer(serializers.ModelSerializer):
         help_text="What the event is about (a payment id), null if nothing in particular."
     )
     sequence = serializers.IntegerField(help_text="Position in the subject's stream.")
+    livemode = serializers.BooleanField(help_text="False: a test-mode event (a test key's).")
     data = serializers.DictField(help_text="The event's payload, as sent in webhooks.")
     deliveries = WebhookDeliverySerializer(
         many=True, help_text="Its deliveries to your webhook endpoints."
@@ -237,6 +243,7 @@ class EventSerializer(serializers.ModelSerializer):
             "created_at",
             "subject",
             "sequence",
+            "livemode",
             "data",
             "deliveries",
         ]

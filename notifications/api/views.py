@@ -1,8 +1,8 @@
 """Thin API views for webhooks and events: parse and validate, call a service or selector, serialize.
 
-The caller is ``request.user`` (an API client); ``request.user.idempotency_scope`` is its
-merchant's public id, which is what notifications call the owner. Another owner's endpoints and
-events answer 404, as if they did not exist.
+The caller is ``request.user`` (an API client): ``request.user.owner`` is its merchant's public
+id, which is what notifications call the owner, and ``request.user.livemode`` its key's mode.
+Another owner's endpoints and events, and the other mode's, answer 404, as if they did not exist.
 """
 
 from __future__ import annotations
@@ -109,6 +109,11 @@ def idempotent_when_keyed(*, response_has_secret: bool = False) -> Callable:
     return decorate
 
 
+def _caller(request: Request) -> dict[str, Any]:
+    """What every read and write here is scoped by: the caller's owner and mode."""
+    return {"owner": request.user.owner, "livemode": request.user.livemode}
+
+
 class PageQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=100, default=10)
     starting_after = StrictCharField(
@@ -134,7 +139,7 @@ class WebhookEndpointListCreateView(APIView):
         query.is_valid(raise_exception=True)
         try:
             page = selectors.webhook_endpoint_list(
-                owner=request.user.idempotency_scope,
+                **_caller(request),
                 limit=query.validated_data["limit"],
                 starting_after=query.validated_data.get("starting_after"),
             )
@@ -157,7 +162,7 @@ class WebhookEndpointListCreateView(APIView):
         data = serializer.validated_data
         try:
             endpoint, secret = endpoints.webhook_endpoint_create(
-                owner=request.user.idempotency_scope,
+                **_caller(request),
                 url=data["url"],
                 event_types=data["event_types"],
                 description=data["description"],
@@ -179,9 +184,7 @@ class WebhookEndpointDetailView(APIView):
         responses={200: WebhookEndpointSerializer, **ERRORS},
     )
     def get(self, request: Request, public_id: str) -> Response:
-        endpoint = selectors.webhook_endpoint_get(
-            owner=request.user.idempotency_scope, public_id=public_id
-        )
+        endpoint = selectors.webhook_endpoint_get(**_caller(request), public_id=public_id)
         return Response(WebhookEndpointSerializer(endpoint).data)
 
     @extend_schema(
@@ -193,9 +196,7 @@ class WebhookEndpointDetailView(APIView):
     )
     @idempotent_when_keyed()
     def patch(self, request: Request, public_id: str) -> Response:
-        endpoint = selectors.webhook_endpoint_get(
-            owner=request.user.idempotency_scope, public_id=public_id
-        )
+        endpoint = selectors.webhook_endpoint_get(**_caller(request), public_id=public_id)
         serializer = WebhookEndpointUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -215,9 +216,7 @@ class WebhookEndpointDetailView(APIView):
     @idempotent()
     def delete(self, request: Request, public_id: str) -> Response:
         refuse_body_parameters(request)
-        endpoint = selectors.webhook_endpoint_get(
-            owner=request.user.idempotency_scope, public_id=public_id
-        )
+        endpoint = selectors.webhook_endpoint_get(**_caller(request), public_id=public_id)
         endpoints.webhook_endpoint_delete(endpoint=endpoint)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -236,9 +235,7 @@ class WebhookEndpointRotateSecretView(APIView):
     @idempotent_when_keyed(response_has_secret=True)
     def post(self, request: Request, public_id: str) -> Response:
         refuse_body_parameters(request)
-        endpoint = selectors.webhook_endpoint_get(
-            owner=request.user.idempotency_scope, public_id=public_id
-        )
+        endpoint = selectors.webhook_endpoint_get(**_caller(request), public_id=public_id)
         secret = endpoints.webhook_endpoint_rotate_secret(endpoint=endpoint)
         return Response(
             WebhookEndpointWithSecretSerializer(endpoint, context={"secret": secret}).data
@@ -257,9 +254,7 @@ class WebhookDeliveryListView(APIView):
         "`starting_after`.",
     )
     def get(self, request: Request, public_id: str) -> Response:
-        endpoint = selectors.webhook_endpoint_get(
-            owner=request.user.idempotency_scope, public_id=public_id
-        )
+        endpoint = selectors.webhook_endpoint_get(**_caller(request), public_id=public_id)
         query = PageQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
         try:
@@ -316,7 +311,7 @@ class EventListView(APIView):
         )
         try:
             page = selectors.event_list(
-                owner=request.user.idempotency_scope,
+                **_caller(request),
                 filters=filters,
                 limit=params["limit"],
                 starting_after=params.get("starting_after"),
@@ -331,7 +326,7 @@ class EventDetailView(APIView):
 
     @extend_schema(operation_id="events_retrieve", responses={200: EventSerializer, **ERRORS})
     def get(self, request: Request, public_id: str) -> Response:
-        event = selectors.event_get(owner=request.user.idempotency_scope, public_id=public_id)
+        event = selectors.event_get(**_caller(request), public_id=public_id)
         return Response(EventSerializer(event).data)
 
 
@@ -350,13 +345,14 @@ class EventRedeliverView(APIView):
     )
     @idempotent_when_keyed()
     def post(self, request: Request, public_id: str) -> Response:
-        owner = request.user.idempotency_scope
-        event = selectors.event_get(owner=owner, public_id=public_id)
+        event = selectors.event_get(**_caller(request), public_id=public_id)
         serializer = EventRedeliverSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         endpoint_id = serializer.validated_data.get("endpoint")
         if endpoint_id:
-            endpoint = WebhookEndpoint.objects.filter(owner=owner, public_id=endpoint_id).first()
+            endpoint = WebhookEndpoint.objects.filter(
+                **_caller(request), public_id=endpoint_id
+            ).first()
             if endpoint is None:
                 raise serializers.ValidationError(
                     {

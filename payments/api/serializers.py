@@ -14,7 +14,7 @@ from cryptopay.api_fields import StrictCharField, StrictSerializer
 from payments.checkout import ReturnUrlRefused, checkout_url, return_url_check
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto, fiat_exponent
 from payments.models import Payment, PaymentOption
-from payments.money import format_base_units, format_fiat
+from payments.money import coins_to_base_units, format_base_units, format_fiat
 from payments.selectors import merchant_accepted_currencies
 from payments.states import PaymentStatus, PaymentSubStatus
 
@@ -175,7 +175,9 @@ class PaymentCreateSerializer(StrictSerializer):
             return
         coins = attrs.get("accepted_currencies")
         if coins is None:
-            coins = merchant_accepted_currencies(merchant=self.context["merchant"])
+            coins = merchant_accepted_currencies(
+                merchant=self.context["merchant"], livemode=self.context.get("livemode", True)
+            )
             if not coins:
                 raise serializers.ValidationError(
                     {"crypto_currency": [serializers.ErrorDetail(
@@ -219,6 +221,98 @@ class PaymentCreateSerializer(StrictSerializer):
                 }
             )
         attrs["amount"] = amount.quantize(step)
+        return attrs
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 0},
+            {"type": "string", "pattern": "^[0-9]{1,78}$", "example": "40000"},
+        ]
+    }
+)
+class WholeNumberField(serializers.Field):
+    """A whole number from 0 up: a JSON integer or a string of ASCII digits (for base units
+    beyond what a JavaScript number holds exactly); not a bool, a float or "1e3"."""
+
+    default_error_messages = {"invalid": "Must be a whole number (a JSON integer or digits)."}
+
+    def __init__(self, *, max_digits: int = 78, **kwargs: Any) -> None:
+        self.max_digits = max_digits
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, str) and data.isascii() and data.isdigit():
+            data = int(data)
+        if isinstance(data, bool) or not isinstance(data, int) or data < 0:
+            self.fail("invalid")
+        if len(str(data)) > self.max_digits:
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value: int) -> int:
+        return value
+
+
+def _param_error(param: str, message: str, code: str) -> serializers.ValidationError:
+    return serializers.ValidationError({param: [serializers.ErrorDetail(message, code=code)]})
+
+
+class PaymentSimulateSerializer(StrictSerializer):
+    """``context["payment"]``: the payment to pay (its currency reads ``amount``)."""
+
+    amount = StrictCharField(
+        required=False,
+        max_length=100,
+        help_text='Whole coins, as `crypto_amount` is written, e.g. "0.0004". Default: what is '
+        "still due.",
+    )
+    amount_base_units = WholeNumberField(
+        required=False, help_text="The amount in base units instead (satoshi, wei...)."
+    )
+    confirmations = WholeNumberField(
+        required=False,
+        max_digits=6,
+        help_text="Confirmations of the transaction. Default: what the payment requires.",
+    )
+    txid = StrictCharField(
+        required=False,
+        max_length=160,
+        help_text="An earlier simulated transaction: give it `confirmations` instead of paying "
+        "again.",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "amount" in attrs and "amount_base_units" in attrs:
+            raise _param_error(
+                "amount", "Give amount or amount_base_units, not both.", "parameter_conflict"
+            )
+        if "txid" in attrs and ("amount" in attrs or "amount_base_units" in attrs):
+            raise _param_error(
+                "txid",
+                "txid changes an earlier transaction's confirmations; it takes no amount.",
+                "parameter_conflict",
+            )
+        if "amount" in attrs:
+            currency = crypto(self.context["payment"].crypto_currency)
+            raw = attrs["amount"]
+            if not DECIMAL_STRING.fullmatch(raw):
+                raise _param_error(
+                    "amount", 'Must be a decimal string such as "0.0004".', "invalid"
+                )
+            try:
+                attrs["amount_base_units"] = coins_to_base_units(
+                    coins=Decimal(raw), currency=currency
+                )
+            except ValueError:
+                raise _param_error(
+                    "amount",
+                    f"Must be positive with at most {currency.decimals} decimal places.",
+                    "invalid_amount",
+                ) from None
+        elif attrs.get("amount_base_units") == 0:
+            raise _param_error("amount_base_units", "Must be greater than zero.", "not_positive")
         return attrs
 
 
@@ -338,6 +432,7 @@ class PaymentSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "object",
+            "livemode",
             "order_id",
             "description",
             "metadata",
@@ -458,6 +553,19 @@ class PaymentListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
     data = PaymentSerializer(many=True)
     has_more = serializers.BooleanField()
+
+
+class SimulatedTransactionSerializer(serializers.Serializer):
+    object = serializers.CharField(default="simulated_transaction")
+    txid = serializers.CharField(help_text="Pass it as `txid` to change its confirmations later.")
+    amount = serializers.CharField(help_text="Whole coins.")
+    amount_base_units = serializers.CharField()
+    confirmations = serializers.IntegerField()
+    payment = serializers.SerializerMethodField()
+
+    @extend_schema_field(PaymentSerializer)
+    def get_payment(self, simulated: dict[str, Any]) -> dict[str, Any]:
+        return PaymentSerializer(simulated["payment"], context=self.context).data
 
 
 class ErrorDetailSerializer(serializers.Serializer):

@@ -11,4 +11,9 @@ urlpatterns = [
         views.PaymentCancelView.as_view(),
         name="payment-cancel",
     ),
+    path(
+        "payments/<slug:public_id>/simulate",
+        views.PaymentSimulateView.as_view(),
+        name="payment-simulate",
+    ),
 ]

@@ -17,10 +17,15 @@ from payments.api.serializers import (
     PaymentCreateSerializer,
     PaymentListSerializer,
     PaymentSerializer,
+    PaymentSimulateSerializer,
     RateSerializer,
+    SimulatedTransactionSerializer,
 )
-from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS
-from payments.models import ApiKeyScope
+from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto
+from payments.devchain import payment_simulate
+from payments.errors import TestModeOnly
+from payments.models import ApiKeyScope, Payment
+from payments.money import format_base_units
 from payments.rates import Quote, rate_quote
 from payments.states import PaymentStatus
 from resilience.idempotency import idempotent
@@ -74,6 +79,7 @@ class PaymentListCreateView(APIView):
         try:
             page = selectors.payment_list(
                 merchant=request.user.merchant,
+                livemode=request.user.livemode,
                 filters=filters,
                 limit=params["limit"],
                 starting_after=params.get("starting_after"),
@@ -98,7 +104,9 @@ class PaymentListCreateView(APIView):
         # transaction and the key's lock (a replay does not use the quote). An invalid body is
         # not priced; the gate still judges it first (a reused key is a 422, not a 400).
         merchant = request.user.merchant
-        serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
+        serializer = PaymentCreateSerializer(
+            data=request.data, context={"merchant": merchant, "livemode": request.user.livemode}
+        )
         quotes: dict[str, Quote] = {}
         if serializer.is_valid():
             data = serializer.validated_data
@@ -118,11 +126,14 @@ class PaymentListCreateView(APIView):
     ) -> Response:
         merchant = request.user.merchant
         if serializer is None:
-            serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
+            serializer = PaymentCreateSerializer(
+                data=request.data, context={"merchant": merchant, "livemode": request.user.livemode}
+            )
         serializer.is_valid(raise_exception=True)  # validated once: the result is kept
         data = serializer.validated_data
         common = {
             "merchant": merchant,
+            "livemode": request.user.livemode,
             "fiat_amount": data["amount"],
             "fiat_currency": data["currency"],
             "order_id": data.get("order_id"),
@@ -147,12 +158,19 @@ class PaymentListCreateView(APIView):
         )
 
 
+def _payment(request: Request, public_id: str) -> Payment:
+    """The caller's payment in the caller's mode (the other mode's and other merchants' are 404)."""
+    return selectors.payment_get(
+        merchant=request.user.merchant, public_id=public_id, livemode=request.user.livemode
+    )
+
+
 class PaymentDetailView(APIView):
     required_scopes = {"GET": READ}
 
     @extend_schema(operation_id="payments_retrieve", responses={200: PaymentSerializer, **ERRORS})
     def get(self, request: Request, public_id: str) -> Response:
-        payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
+        payment = _payment(request, public_id)
         return Response(PaymentSerializer(payment, context={"request": request}).data)
 
 
@@ -168,9 +186,59 @@ class PaymentCancelView(APIView):
     @idempotent()
     def post(self, request: Request, public_id: str) -> Response:
         refuse_body_parameters(request)
-        payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
+        payment = _payment(request, public_id)
         payment = services.payment_cancel(payment=payment)
         return Response(PaymentSerializer(payment, context={"request": request}).data)
+
+
+class PaymentSimulateView(APIView):
+    required_scopes = {"POST": WRITE}
+
+    @extend_schema(
+        operation_id="payments_simulate",
+        request=PaymentSimulateSerializer,
+        responses={200: SimulatedTransactionSerializer, 409: ErrorSerializer, **ERRORS},
+        description="Test mode only (a `cpk_test_` key; a live key gets 403 `test_mode_only`): "
+        "pay a test payment on the development chain, as a buyer's transaction seen by a "
+        "watcher would. `amount` in whole coins or `amount_base_units` (default: what is still "
+        "due), `confirmations` (default: what the payment requires); with `txid`, give an "
+        "earlier simulated transaction new confirmations instead. The payment moves, and its "
+        "events and webhooks go out, exactly as for a real payment.",
+    )
+    def post(self, request: Request, public_id: str) -> Response:
+        if request.user.livemode:
+            # Before the idempotency gate: a live key's refusal is never stored as an answer.
+            raise TestModeOnly(
+                "Simulating a payment is for test mode: use a test key (cpk_test_…). Live "
+                "payments are paid on their chain."
+            )
+        return self._simulate(request, public_id=public_id)
+
+    @idempotent()
+    def _simulate(self, request: Request, *, public_id: str) -> Response:
+        payment = _payment(request, public_id)
+        serializer = PaymentSimulateSerializer(data=request.data, context={"payment": payment})
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        output = payment_simulate(
+            payment=payment,
+            amount=data.get("amount_base_units"),
+            confirmations=data.get("confirmations"),
+            txid=data.get("txid"),
+        )
+        payment.refresh_from_db()
+        simulated = {
+            "txid": output.txid,
+            "amount": format_base_units(
+                amount=output.amount, currency=crypto(payment.crypto_currency)
+            ),
+            "amount_base_units": str(output.amount),
+            "confirmations": output.confirmations,
+            "payment": payment,
+        }
+        return Response(
+            SimulatedTransactionSerializer(simulated, context={"request": request}).data
+        )
 
 
 class RateQuerySerializer(serializers.Serializer):

@@ -15,7 +15,7 @@ import re
 # A whole API key (the 12-character prefix alone names a key and is no secret), a signing secret,
 # or a buyer's checkout token (32 base62 characters) in a query string.
 SECRET = re.compile(
-    r"\bcpk_[A-Za-z0-9]{44}\b|\bwhsec_[A-Za-z0-9_+/=-]{16,}|(?i:token=)[A-Za-z0-9]{32}\b"
+    r"\bcpk_(?:test_)?[A-Za-z0-9]{44}\b|\bwhsec_[A-Za-z0-9_+/=-]{16,}|(?i:token=)[A-Za-z0-9]{32}\b"
 )
 
 

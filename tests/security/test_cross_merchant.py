@@ -1,6 +1,8 @@
 """Merchant isolation over every /api/v1 route, enumerated from the URL resolver so a new endpoint
 is covered the day it is added: merchant B's key on merchant A's objects answers 404 for every
-method, and A's objects are exactly as they were. Lists and cursors never show A's objects."""
+method, and A's objects are exactly as they were. Lists and cursors never show A's objects. The
+same in test mode: B's test key on A's test objects. (Routes for test mode only answer a live key
+403 ``test_mode_only`` before looking anything up.)"""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ pytestmark = pytest.mark.django_db
 METHODS = ("get", "post", "put", "patch", "delete")
 # A body the owner could send, so B's 404 is the object's absence, not a validation error.
 BODIES = {"patch": {"description": "taken over", "enabled": False}, "post": {}}
+# Test helpers: a live key is refused whatever the object.
+TEST_MODE_ONLY = {"/api/v1/payments/{public_id}/simulate"}
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,12 @@ class Owner:
     event: Event
 
     @classmethod
-    def create(cls) -> Owner:
+    def create(cls, *, livemode: bool = True) -> Owner:
+        """In one mode: a test payment, endpoint and event when ``livemode`` is False."""
         merchant = MerchantFactory()
-        payment = make_payment(merchant=merchant)
+        payment = make_payment(merchant=merchant, livemode=livemode)
         endpoint, _ = webhook_endpoint_create(
-            owner=merchant.public_id, url="http://127.0.0.1:9/hooks"
+            owner=merchant.public_id, url="http://127.0.0.1:9/hooks", livemode=livemode
         )
         event = Event.objects.get(subject=payment.public_id, type="payment.created")
         dispatch_events(event_ids=[event.pk])  # a delivery exists: redelivery could act
@@ -99,9 +104,14 @@ class Owner:
         }
 
 
+@pytest.fixture(params=[True, False], ids=["live", "test"])
+def livemode(request) -> bool:
+    return request.param
+
+
 @pytest.fixture
-def owner() -> Owner:
-    return Owner.create()
+def owner(livemode) -> Owner:
+    return Owner.create(livemode=livemode)
 
 
 def test_the_matrix_covers_every_api_route():
@@ -114,38 +124,45 @@ def test_the_matrix_covers_every_api_route():
 
 @pytest.mark.parametrize(("route", "method"), OBJECT_ROUTES, ids=lambda v: str(v))
 def test_given_merchant_bs_key_when_it_reads_or_writes_merchant_as_object_then_404_and_nothing_changes(
-    owner, route, method
+    owner, livemode, route, method
 ):
     path = route.template.format(public_id=owner.id_for(route.collection))
     assert resolve(path).url_name  # routed: the 404 below is the object's absence
     before = owner.snapshot()
-    intruder = api_client_for(MerchantFactory())
+    intruder = api_client_for(MerchantFactory(), livemode=livemode)
 
     response = getattr(intruder, method)(path, BODIES.get(method), format="json")
 
-    assert response.status_code == 404, response.content
-    assert response.json()["error"]["code"] == "not_found"
+    if livemode and route.template in TEST_MODE_ONLY:
+        assert response.status_code == 403, response.content
+        assert response.json()["error"]["code"] == "test_mode_only"
+    else:
+        assert response.status_code == 404, response.content
+        assert response.json()["error"]["code"] == "not_found"
+        assert "exists in" not in response.json()["error"]["message"]  # no hint about others
     assert owner.snapshot() == before
 
 
 @pytest.mark.parametrize(
     "route", [route for route, method in OBJECT_ROUTES if method == "get"], ids=str
 )
-def test_given_the_owners_key_when_it_reads_its_object_then_it_is_found(owner, route):
-    """The other half of the matrix: the same paths are no 404 for their owner (its writes are
-    the feature tests' business)."""
+def test_given_the_owners_key_when_it_reads_its_object_then_it_is_found(owner, livemode, route):
+    """The other half of the matrix: the same paths are no 404 for their owner's key of the
+    objects' mode (its writes are the feature tests' business)."""
     path = route.template.format(public_id=owner.id_for(route.collection))
 
-    response = api_client_for(owner.payment.merchant).get(path)
+    response = api_client_for(owner.payment.merchant, livemode=livemode).get(path)
 
     assert response.status_code == 200, response.content
 
 
 @pytest.mark.parametrize("route", LIST_ROUTES, ids=str)
-def test_given_merchant_bs_key_when_it_lists_then_none_of_merchant_as_objects_appear(owner, route):
+def test_given_merchant_bs_key_when_it_lists_then_none_of_merchant_as_objects_appear(
+    owner, livemode, route
+):
     intruder_merchant = MerchantFactory()
-    make_payment(merchant=intruder_merchant)
-    intruder = api_client_for(intruder_merchant)
+    make_payment(merchant=intruder_merchant, livemode=livemode)
+    intruder = api_client_for(intruder_merchant, livemode=livemode)
     theirs = {owner.payment.public_id, owner.endpoint.public_id, owner.event.public_id}
 
     listed = intruder.get(route.template, {"crypto": "BTC"})  # rates needs a pair

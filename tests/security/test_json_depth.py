@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from tests.conftest import api_client_for
-from tests.security.test_cross_merchant import ROUTES, Owner
+from tests.security.test_cross_merchant import ROUTES, TEST_MODE_ONLY, Owner
 
 pytestmark = pytest.mark.django_db
 
@@ -46,9 +46,10 @@ def test_the_write_routes_are_enumerated():
 def test_given_a_deeply_nested_body_when_posted_to_a_write_route_then_it_is_a_400(
     route, method, levels
 ):
-    owner = Owner.create()
+    livemode = route.template not in TEST_MODE_ONLY  # a live key never gets that far there
+    owner = Owner.create(livemode=livemode)
     path = route.template.format(public_id=owner.id_for(route.collection))
-    client = api_client_for(owner.payment.merchant)
+    client = api_client_for(owner.payment.merchant, livemode=livemode)
 
     response = getattr(client, method)(path, nested(levels), content_type="application/json")
 

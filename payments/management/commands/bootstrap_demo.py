@@ -1,4 +1,5 @@
-"""Create (once) a demo merchant with an API key and an admin user, and print their credentials.
+"""Create (once) a demo merchant with a live and a test API key and an admin user, and print their
+credentials.
 
 The credentials are derived from SECRET_KEY, so reruns print the same ones and create nothing new.
 Meant for local and embedded setups; in production create merchants and keys in the admin.
@@ -28,9 +29,10 @@ def _derived(label: str, length: int) -> str:
     return "".join(_ALPHABET[byte % len(_ALPHABET)] for byte in digest[:length])
 
 
-def demo_api_key() -> str:
-    return services.API_KEY_PREFIX + _derived(
-        "cryptopay-demo-api-key", services.API_KEY_PREFIX_LENGTH + services.API_KEY_SECRET_LENGTH
+def demo_api_key(*, livemode: bool = True) -> str:
+    label = "cryptopay-demo-api-key" if livemode else "cryptopay-demo-test-api-key"
+    return services.api_key_head(livemode=livemode) + _derived(
+        label, services.API_KEY_PREFIX_LENGTH + services.API_KEY_SECRET_LENGTH
     )
 
 
@@ -49,16 +51,18 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
         admin_url = options["url"].rstrip("/") + "/admin/"
         raw_key = demo_api_key()
+        test_key = demo_api_key(livemode=False)
         password = demo_admin_password()
         with transaction.atomic():
             merchant = Merchant.objects.filter(name=DEMO_MERCHANT_NAME).first()
             if merchant is None:
                 merchant = services.merchant_create(name=DEMO_MERCHANT_NAME)
-            prefix = services.api_key_split(raw_key)
-            if not ApiKey.objects.filter(prefix=prefix).exists():
-                services.api_key_create(
-                    merchant=merchant, name="demo", scopes=list(ApiKeyScope.values), raw_key=raw_key
-                )
+            for key, livemode, name in ((raw_key, True, "demo"), (test_key, False, "demo test")):
+                if not ApiKey.objects.filter(prefix=services.api_key_split(key)).exists():
+                    services.api_key_create(
+                        merchant=merchant, name=name, scopes=list(ApiKeyScope.values),
+                        livemode=livemode, raw_key=key,
+                    )  # fmt: skip
             user_model = get_user_model()
             if not user_model.objects.filter(username=ADMIN_USERNAME).exists():
                 user_model.objects.create_superuser(ADMIN_USERNAME, "", password)
@@ -69,6 +73,8 @@ class Command(BaseCommand):
                     "  cryptopay demo credentials (stable across reruns of this checkout):",
                     f"    merchant       {merchant.name} ({merchant.public_id})",
                     f"    API key        {raw_key}",
+                    f"    test API key   {test_key}  (test mode: development chain, "
+                    "POST /api/v1/payments/<id>/simulate)",
                     f"    admin          {admin_url}  user {ADMIN_USERNAME}  password {password}",
                     "    try it         curl -H 'Authorization: Bearer <API key>' "
                     "-H 'Content-Type: application/json' "

@@ -8,7 +8,7 @@ manage.py simulate_payment pay_… --txid dev… --confirmations 3   # confirm a
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation, localcontext
+from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -16,6 +16,7 @@ from payments.api.serializers import PaymentSerializer
 from payments.currencies import crypto
 from payments.devchain import SimulationRefused, payment_simulate
 from payments.models import Payment
+from payments.money import coins_to_base_units
 
 
 class Command(BaseCommand):
@@ -60,13 +61,10 @@ class Command(BaseCommand):
             raise CommandError("The buyer has not picked a coin yet (no address to pay).")
         currency = crypto(payment.crypto_currency)
         try:
-            coins = Decimal(raw)
+            return coins_to_base_units(coins=Decimal(raw), currency=currency)
         except InvalidOperation:
             raise CommandError(f"--amount {raw!r} is not a number.")
-        with localcontext(prec=100):  # exact for any amount a person could type
-            units = coins.scaleb(currency.decimals)
-        if not units.is_finite() or units <= 0 or units != units.to_integral_value():
+        except ValueError:
             raise CommandError(
                 f"--amount must be positive with at most {currency.decimals} decimals."
             )
-        return int(units)
