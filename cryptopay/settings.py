@@ -452,6 +452,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "cryptopay.api_fields.close_request_bodies",
+        "cryptopay.api_schema.document_operations",
     ],
 }
 # Bodies larger than this under /api/ get 413: a payment request is a few hundred bytes.

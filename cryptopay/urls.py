@@ -46,6 +46,12 @@ urlpatterns = [
         name="health-external",
     ),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
+    path(
+        "api/docs/",
+        SpectacularRedocView.as_view(
+            url_name="api-schema", template_name="cryptopay/api_docs.html"
+        ),
+        name="api-docs",
+    ),
     path("metrics", metrics_view, name="metrics"),
 ]
