@@ -356,7 +356,18 @@ CELERY_BEAT_SCHEDULE = {
         # Seed: recovery of degraded services every 2 minutes.
         "schedule": env_seconds("CRYPTOPAY_RECOVERY_SECONDS", 120),
     },
+    "timeseries-sample": {
+        "task": "resilience.tasks.timeseries_sample",
+        # The resilience dashboard's sparklines: breaker states and queue depths.
+        "schedule": env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30),
+    },
 }
+# --- Dashboard time series (resilience/timeseries.py) -------------------------------------------
+# A point every 30 s and 120 points: the last hour, a few KB of Redis per series.
+TIMESERIES_SAMPLE_SECONDS = env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30)
+TIMESERIES_POINTS = env_int("CRYPTOPAY_TIMESERIES_POINTS", 120)
+# Deployments (and test runs) sharing a Redis need distinct prefixes.
+TIMESERIES_REDIS_PREFIX = env_str("CRYPTOPAY_TIMESERIES_REDIS_PREFIX", "cryptopay:timeseries")
 
 # --- Auth, i18n, static -------------------------------------------------------------------------
 # django-axes first: it refuses a locked-out login before a password is checked.

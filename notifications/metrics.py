@@ -8,15 +8,14 @@ counters where the work happens: ``cryptopay_notifications_dispatched_total`` (d
 
 from __future__ import annotations
 
-from django.db.models import Count, Min
 from prometheus_client import Gauge
 
-from notifications import queues
+from notifications.dashboard import queue_depths, webhook_backlog
 from notifications.dispatcher import DISPATCHED, QUEUE_SIZE
-from notifications.models import Priority, WebhookDelivery
+from notifications.models import Priority
 from notifications.services import DELIVERY_ATTEMPTS, DELIVERY_OUTCOMES
-from resilience import clock
 from resilience.metrics import prime, register_sampler
+from resilience.timeseries import register_series
 
 WEBHOOK_BACKLOG = Gauge(
     "cryptopay_webhook_backlog",
@@ -33,21 +32,28 @@ prime(DISPATCHED, *[(priority,) for priority in Priority.values])
 prime(DELIVERY_ATTEMPTS, *[(outcome,) for outcome in DELIVERY_OUTCOMES])
 
 
+# The samplers read through the dashboard's selectors (notifications.dashboard): one query each.
 def sample_queue_sizes() -> None:
-    for priority, size in queues.sizes().items():
+    for priority, size in queue_depths().sizes.items():
         QUEUE_SIZE.labels(priority).set(size)
 
 
 def sample_webhook_backlog() -> None:
-    backlog = WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING).aggregate(
-        count=Count("pk"), oldest=Min("created_at")
-    )
-    WEBHOOK_BACKLOG.set(backlog["count"])
-    oldest = backlog["oldest"]
-    WEBHOOK_BACKLOG_OLDEST.set(
-        0 if oldest is None else max(0.0, (clock.now() - oldest).total_seconds())
+    backlog = webhook_backlog()
+    WEBHOOK_BACKLOG.set(backlog.pending)
+    WEBHOOK_BACKLOG_OLDEST.set(backlog.oldest_age_seconds or 0)
+
+
+def queue_series() -> dict[str, float]:
+    """The resilience dashboard's queue depth sparklines (resilience.timeseries)."""
+    depths = queue_depths()
+    return (
+        {f"queue:{priority}": size for priority, size in depths.sizes.items()}
+        if depths.queued
+        else {}
     )
 
 
 register_sampler("notification_queues", sample_queue_sizes)
 register_sampler("webhook_backlog", sample_webhook_backlog)
+register_series("queues", queue_series)

@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import math
 
-from django.conf import settings
 from prometheus_client import Gauge
 
-from payments.models import ChainCursor
-from payments.rates.live import providers_for
-from payments.rates.quotes import rate_cache
-from payments.rates.refresh import rate_pairs_in_use
-from resilience import clock
+from payments.dashboard import rate_age_list, watcher_lag_list
 from resilience.metrics import register_sampler
 
 RATE_AGE = Gauge(
@@ -47,29 +42,21 @@ WATCHER_POLL_AGE = Gauge(
 )
 
 
+# The samplers read through the dashboard's selectors (payments.dashboard).
 def sample_rate_ages() -> None:
-    cache = rate_cache()
-    for pair in rate_pairs_in_use():
-        if not providers_for(pair):
-            continue
-        answer = cache.peek(pair)
-        RATE_AGE.labels(pair).set(math.inf if answer is None else answer.age)
+    for rate in rate_age_list():
+        if rate.providers:  # static-only pairs have no age
+            RATE_AGE.labels(rate.pair).set(
+                math.inf if rate.age_seconds is None else rate.age_seconds
+            )
 
 
 def sample_watcher_lag() -> None:
-    configured = list(settings.CHAINS)
-    if not configured:
-        return
-    cursors = {cursor.chain: cursor for cursor in ChainCursor.objects.filter(chain__in=configured)}
-    now = clock.now()
-    for chain in configured:
-        cursor = cursors.get(chain)
-        if cursor is None or cursor.polled_at is None:
-            WATCHER_POLL_AGE.labels(chain).set(math.inf)
-            continue
-        WATCHER_POLL_AGE.labels(chain).set(max(0.0, (now - cursor.polled_at).total_seconds()))
-        if cursor.tip_height >= 0:
-            WATCHER_LAG_BLOCKS.labels(chain).set(cursor.lag)
+    for lag in watcher_lag_list():
+        poll_age = lag.poll_age_seconds
+        WATCHER_POLL_AGE.labels(lag.chain).set(math.inf if poll_age is None else poll_age)
+        if lag.lag_blocks is not None and poll_age is not None:
+            WATCHER_LAG_BLOCKS.labels(lag.chain).set(lag.lag_blocks)
 
 
 register_sampler("rate_ages", sample_rate_ages)

@@ -24,6 +24,7 @@ os.environ.setdefault("CRYPTOPAY_AUTH_THROTTLE_REDIS_PREFIX", f"cryptopay-test-{
 os.environ.setdefault("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", "1000000")
 os.environ.setdefault("CRYPTOPAY_AUTH_IP_FAILURES_PER_WINDOW", "1000000")
 os.environ.setdefault("CRYPTOPAY_WS_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:ws")
+os.environ.setdefault("CRYPTOPAY_TIMESERIES_REDIS_PREFIX", f"cryptopay-test-{os.getpid()}:ts")
 os.environ.setdefault("CRYPTOPAY_CHANNELS_PREFIX", f"cryptopay-test-{os.getpid()}:asgi")
 # Webhook receivers in the tests listen on 127.0.0.1.
 os.environ.setdefault("CRYPTOPAY_WEBHOOK_ALLOW_PRIVATE", "1")
