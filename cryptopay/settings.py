@@ -130,6 +130,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "health_check",
+    "import_export",
     "cryptopay",
     "resilience",
     "notifications",
@@ -362,6 +363,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30),
     },
 }
+# --- Admin CSV exports (django-import-export; payments/exports.py) -----------------------------
+# Straight from the list's Export link (its filters apply), in the admins' one format (CSV).
+IMPORT_EXPORT_SKIP_ADMIN_EXPORT_UI = True
+# Whoever may view the rows may export them; nobody imports (no import admin is registered).
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
+# Order ids and descriptions come from merchants: "=HYPERLINK(...)" must not run in a spreadsheet.
+IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = True
 # --- Dashboard time series (resilience/timeseries.py) -------------------------------------------
 # A point every 30 s and 120 points: the last hour, a few KB of Redis per series.
 TIMESERIES_SAMPLE_SECONDS = env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30)
