@@ -630,6 +630,10 @@ RATES_MAX_QUOTE_AGE = env_seconds("CRYPTOPAY_RATES_MAX_QUOTE_AGE_SECONDS", 2 * 3
 # Retry-After of a 503 rate_unavailable: about when the next refresh (periodic or a retried
 # provider) may have a rate again, without a client hammering a gateway that has none.
 RATES_RETRY_AFTER = env_seconds("CRYPTOPAY_RATES_RETRY_AFTER_SECONDS", 10)
+# A provider whose host does not resolve or refuses is tried once, then skipped for the breaker's
+# break (its breaker tripped) instead of retried on every quote: on an offline laptop (embedded
+# mode) the first payment would otherwise wait seconds on exchanges it cannot reach.
+RATES_SKIP_UNREACHABLE = env_bool("CRYPTOPAY_RATES_SKIP_UNREACHABLE", EMBEDDED)
 # How long after its last payment a pair still counts as in use for the periodic refresh.
 RATES_IN_USE_WINDOW = env_seconds("CRYPTOPAY_RATES_IN_USE_SECONDS", 3600)
 
@@ -709,6 +713,11 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOG_FORMAT = env_str("CRYPTOPAY_LOG_FORMAT", "plain" if EMBEDDED else "json")
 if LOG_FORMAT not in ("json", "plain"):
     raise ImproperlyConfigured(f"CRYPTOPAY_LOG_FORMAT must be json or plain, got {LOG_FORMAT!r}")
+# A warning repeated word for word within this window is written once, then summarised with its
+# count when it comes back after the window: an offline embedded gateway would otherwise log the
+# same provider failures every refresh (0 = every line, the default with services: log shippers
+# count and deduplicate).
+LOG_REPEAT_WINDOW = env_seconds("CRYPTOPAY_LOG_REPEAT_WINDOW_SECONDS", 300 if EMBEDDED else 0)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -716,6 +725,10 @@ LOGGING = {
         # Order matters: secrets are removed before anything formats the record.
         "redact": {"()": "cryptopay.logs.RedactSecretsFilter"},
         "correlation": {"()": "cryptopay.logs.CorrelationIdFilter"},
+        "repeats": {
+            "()": "cryptopay.logs.RepeatedWarningFilter",
+            "window": LOG_REPEAT_WINDOW.total_seconds(),
+        },
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"},
@@ -725,7 +738,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["redact", "correlation"],
+            "filters": ["redact", "correlation", "repeats"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

@@ -47,7 +47,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
-        admin_url = options["url"].rstrip("/") + "/admin/"
+        base_url = options["url"].rstrip("/")
+        admin_url = base_url + "/admin/"
         raw_key = demo_api_key()
         password = demo_admin_password()
         with transaction.atomic():
@@ -70,10 +71,11 @@ class Command(BaseCommand):
                     f"    merchant       {merchant.name} ({merchant.public_id})",
                     f"    API key        {raw_key}",
                     f"    admin          {admin_url}  user {ADMIN_USERNAME}  password {password}",
-                    "    try it         curl -H 'Authorization: Bearer <API key>' "
+                    f"    API docs       {base_url}/api/docs/",
+                    f"    try it         curl -H 'Authorization: Bearer {raw_key}' "
                     "-H 'Content-Type: application/json' "
                     """-d '{"amount": "25.00", "crypto_currency": "BTC"}' """
-                    f"{admin_url.removesuffix('/admin/')}/api/v1/payments",
+                    f"{base_url}/api/v1/payments",
                     "                   then open the checkout_url it returns (it has a "
                     "'Simulate payment' button).",
                     "",
