@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: run test test-embedded lint format install install-dev services nodes browser fuzz wrk bench chaos clean gettext makemessages compilemessages
+.PHONY: run test test-embedded lint format install install-dev services nodes browser fuzz wrk promtool bench chaos clean gettext makemessages compilemessages
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ makemessages: $(VENV)/.installed gettext
 
 compilemessages: $(VENV)/.installed gettext
 	cd payments && ../$(PY) ../manage.py compilemessages $(addprefix -l ,$(CHECKOUT_LANGUAGES))
+# Debian prometheus for its promtool, which checks deploy/prometheus/alerts.yml in the tests.
+promtool:
+	bash scripts/install_debian_tool.sh prometheus /usr/bin/promtool
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
@@ -63,7 +66,7 @@ format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: services nodes browser wrk lint
+test: services nodes browser wrk promtool lint
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-embedded

@@ -19,7 +19,9 @@ from rest_framework import serializers
 from rest_framework.request import Request
 
 NO_NUL = RegexValidator(
-    r"^[^\x00]+$",  # "+": a blank is judged (allowed or not) before validators run
+    # "*", not "+": a blank is judged (allow_blank, minLength 1 in the schema) before validators
+    # run, and a blank default ("") must match the pattern for the schema to be valid OpenAPI.
+    r"^[^\x00]*$",
     message=ProhibitNullCharactersValidator.message,
     code=ProhibitNullCharactersValidator.code,
 )

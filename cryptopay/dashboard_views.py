@@ -15,6 +15,7 @@ needs VIEW_PERMISSION, isolate and close need BREAKER_PERMISSION (403 otherwise)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +39,12 @@ from resilience.dashboard import (
     redis_status,
 )
 from resilience.selectors import dependency_list, operation_chain_list
+from resilience.timeseries import read as timeseries_read
 
 logger = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 10
+HISTORY_SECONDS = 3600  # the sparklines' span
 # The dashboard shows the dependencies' levels and more; whoever may view those may view it.
 VIEW_PERMISSION = "resilience.view_dependencystate"
 BREAKER_PERMISSION = "resilience.change_breaker"
@@ -84,7 +87,21 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "watchers": _read(watcher_lag_list),
         "can_change_breakers": request.user.has_perm(BREAKER_PERMISSION),
     }
+    context["history"] = _history(context, redis_down=redis_down)
     return TemplateResponse(request, "cryptopay/dashboard.html", context)
+
+
+def _history(context: dict[str, Any], *, redis_down: str) -> dict[str, Any] | None:
+    """The sparklines' series for the breakers and queues on the page (None: unreadable)."""
+    names = [f"queue:{priority}" for priority in getattr(context["queues"].value, "sizes", {})]
+    names += [f"breaker:{b.name}" for b in getattr(context["breakers"].value, "breakers", [])]
+    until = time.time()
+    part = _read(
+        lambda: timeseries_read(names, since=until - HISTORY_SECONDS), redis_down=redis_down
+    )
+    if part.error:
+        return None
+    return {"series": part.value, "since": until - HISTORY_SECONDS, "until": until}
 
 
 ACTIONS = {"isolate": breaker_isolate, "close": breaker_close}

@@ -25,6 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,6 +119,47 @@ class CorrelationIdFilter(logging.Filter):
         context = log_context()
         record.task_id = context.get("task_id", "")
         record.task = context.get("task", "")
+        return True
+
+
+class RepeatedWarningFilter(logging.Filter):
+    """Writes a warning (or error) repeated word for word within ``window`` seconds once; the
+    first repeat after the window is written with how many were dropped ("… (12 identical lines
+    suppressed since it was last written)"). A state change logs a different line, so it always shows:
+    one line per provider per state change, plus a summary. ``window`` 0 writes every line.
+    ``clock`` (monotonic seconds) is injectable for tests."""
+
+    MAX_TRACKED = 1000  # distinct lines remembered; the oldest is forgotten first
+
+    def __init__(self, window: float = 0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window = float(window)
+        self.clock = clock
+        self._seen: OrderedDict[tuple[str, int, str], list[float | int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.window <= 0 or record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        key = (record.name, record.levelno, message)
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.window:
+                seen[1] += 1
+                return False
+            suppressed = int(seen[1]) if seen is not None else 0
+            self._seen[key] = [now, 0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.MAX_TRACKED:
+                self._seen.popitem(last=False)
+        if suppressed:
+            record.msg = (
+                f"{message} ({suppressed} identical line{'s' if suppressed > 1 else ''} "
+                "suppressed since it was last written)"
+            )
+            record.args = ()
         return True
 
 

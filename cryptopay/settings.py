@@ -135,6 +135,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "health_check",
+    "import_export",
     "cryptopay",
     "resilience",
     "notifications",
@@ -396,7 +397,25 @@ CELERY_BEAT_SCHEDULE = {
         # Recovery of degraded services every 2 minutes (the specification's default).
         "schedule": env_seconds("CRYPTOPAY_RECOVERY_SECONDS", 120),
     },
+    "timeseries-sample": {
+        "task": "resilience.tasks.timeseries_sample",
+        # The resilience dashboard's sparklines: breaker states and queue depths.
+        "schedule": env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30),
+    },
 }
+# --- Admin CSV exports (django-import-export; payments/exports.py) -----------------------------
+# Straight from the list's Export link (its filters apply), in the admins' one format (CSV).
+IMPORT_EXPORT_SKIP_ADMIN_EXPORT_UI = True
+# Whoever may view the rows may export them; nobody imports (no import admin is registered).
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
+# Order ids and descriptions come from merchants: "=HYPERLINK(...)" must not run in a spreadsheet.
+IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = True
+# --- Dashboard time series (resilience/timeseries.py) -------------------------------------------
+# A point every 30 s and 120 points: the last hour, a few KB of Redis per series.
+TIMESERIES_SAMPLE_SECONDS = env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30)
+TIMESERIES_POINTS = env_int("CRYPTOPAY_TIMESERIES_POINTS", 120)
+# Under the one base prefix, as every Redis key space of ours.
+TIMESERIES_REDIS_PREFIX = f"{REDIS_PREFIX}:timeseries"
 
 # --- Auth, i18n, static -------------------------------------------------------------------------
 # django-axes first: it refuses a locked-out login before a password is checked.
@@ -499,6 +518,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "cryptopay.api_fields.close_request_bodies",
+        "cryptopay.api_schema.document_operations",
     ],
 }
 # Bodies larger than this under /api/ get 413: a payment request is a few hundred bytes.
@@ -649,6 +669,10 @@ RATES_MAX_QUOTE_AGE = env_seconds("CRYPTOPAY_RATES_MAX_QUOTE_AGE_SECONDS", 2 * 3
 # Retry-After of a 503 rate_unavailable: about when the next refresh (periodic or a retried
 # provider) may have a rate again, without a client hammering a gateway that has none.
 RATES_RETRY_AFTER = env_seconds("CRYPTOPAY_RATES_RETRY_AFTER_SECONDS", 10)
+# A provider whose host does not resolve or refuses is tried once, then skipped for the breaker's
+# break (its breaker tripped) instead of retried on every quote: on an offline laptop (embedded
+# mode) the first payment would otherwise wait seconds on exchanges it cannot reach.
+RATES_SKIP_UNREACHABLE = env_bool("CRYPTOPAY_RATES_SKIP_UNREACHABLE", EMBEDDED)
 # How long after its last payment a pair still counts as in use for the periodic refresh.
 RATES_IN_USE_WINDOW = env_seconds("CRYPTOPAY_RATES_IN_USE_SECONDS", 3600)
 
@@ -730,6 +754,11 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOG_FORMAT = env_str("CRYPTOPAY_LOG_FORMAT", "plain" if EMBEDDED else "json")
 if LOG_FORMAT not in ("json", "plain"):
     raise ImproperlyConfigured(f"CRYPTOPAY_LOG_FORMAT must be json or plain, got {LOG_FORMAT!r}")
+# A warning repeated word for word within this window is written once, then summarised with its
+# count when it comes back after the window: an offline embedded gateway would otherwise log the
+# same provider failures every refresh (0 = every line, the default with services: log shippers
+# count and deduplicate).
+LOG_REPEAT_WINDOW = env_seconds("CRYPTOPAY_LOG_REPEAT_WINDOW_SECONDS", 300 if EMBEDDED else 0)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -737,6 +766,10 @@ LOGGING = {
         # Order matters: secrets are removed before anything formats the record.
         "redact": {"()": "cryptopay.logs.RedactSecretsFilter"},
         "correlation": {"()": "cryptopay.logs.CorrelationIdFilter"},
+        "repeats": {
+            "()": "cryptopay.logs.RepeatedWarningFilter",
+            "window": LOG_REPEAT_WINDOW.total_seconds(),
+        },
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"},
@@ -746,7 +779,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["redact", "correlation"],
+            "filters": ["redact", "correlation", "repeats"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

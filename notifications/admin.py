@@ -3,6 +3,8 @@ shown once), rotate secrets, read events and deliveries with their attempt logs,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
@@ -29,7 +31,23 @@ def _no_store(response: HttpResponse) -> HttpResponse:
     return response
 
 
+# Who may own an endpoint, as (owner id, label) pairs: notifications knows owners only as ids,
+# the app that has them (payments: its merchants) says which exist (``owner_choices_from``).
+_owner_choices: Callable[[], list[tuple[str, str]]] | None = None
+
+
+def owner_choices_from(source: Callable[[], list[tuple[str, str]]]) -> None:
+    global _owner_choices
+    _owner_choices = source
+
+
+def _owners() -> list[tuple[str, str]]:
+    return [("", "---------"), *(_owner_choices() if _owner_choices else [])]
+
+
 class WebhookEndpointForm(forms.ModelForm):
+    # A select of the existing owners, not a free-text id that could name nobody.
+    owner = forms.TypedChoiceField(choices=_owners, label="Merchant")
     url = forms.URLField(max_length=2000, assume_scheme="https")
     event_types = forms.MultipleChoiceField(
         choices=event_type_choices,
@@ -49,7 +67,6 @@ class WebhookEndpointForm(forms.ModelForm):
     class Meta:
         model = WebhookEndpoint
         fields = ["owner", "url", "description", "event_types", "enabled"]
-        help_texts = {"owner": "The merchant's public id (mch_…)."}
 
     def clean_url(self) -> str:
         url = self.cleaned_data["url"]

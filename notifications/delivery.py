@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from notifications import endpoint_secrets
 from notifications.models import (
@@ -43,6 +43,11 @@ DELIVERY_ATTEMPTS = Counter(
     ["outcome"],
 )
 DELIVERY_OUTCOMES = ("succeeded", "failed", "retrying", "gave_up")
+DELIVERY_SECONDS = Histogram(
+    "cryptopay_webhook_delivery_seconds",
+    "Time from sending a webhook request to its answer (or its failure), per attempt.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 def signing_secrets(endpoint: WebhookEndpoint) -> list[str]:
@@ -339,6 +344,9 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
         if not outcome.attempts:
             continue
         if delivery.endpoint.livemode:  # test endpoints stay out of the operators' figures
+            for result in outcome.attempts:
+                if result.latency_ms is not None:
+                    DELIVERY_SECONDS.observe(result.latency_ms / 1000)
             DELIVERY_ATTEMPTS.labels(
                 "retrying" if delivery.status == WebhookDelivery.Status.PENDING else delivery.status
             ).inc(len(outcome.attempts))

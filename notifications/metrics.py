@@ -20,6 +20,7 @@ from notifications.dispatcher import DISPATCHED, QUEUE_SIZE
 from notifications.load_figures import queue_depths, webhook_backlog
 from notifications.models import Priority
 from resilience.metrics import prime, register_sampler
+from resilience.timeseries import register_series
 
 WEBHOOK_BACKLOG = Gauge(
     "cryptopay_webhook_backlog",
@@ -36,6 +37,7 @@ prime(DISPATCHED, *[(priority,) for priority in Priority.values])
 prime(DELIVERY_ATTEMPTS, *[(outcome,) for outcome in DELIVERY_OUTCOMES])
 
 
+# The samplers read through the dashboard's selectors (notifications.dashboard): one query each.
 def sample_queue_sizes() -> None:
     for priority, size in queue_depths().sizes.items():
         QUEUE_SIZE.labels(priority).set(size)
@@ -47,5 +49,16 @@ def sample_webhook_backlog() -> None:
     WEBHOOK_BACKLOG_OLDEST.set(backlog.oldest_age_seconds or 0)
 
 
+def queue_series() -> dict[str, float]:
+    """The resilience dashboard's queue depth sparklines (resilience.timeseries)."""
+    depths = queue_depths()
+    return (
+        {f"queue:{priority}": size for priority, size in depths.sizes.items()}
+        if depths.queued
+        else {}
+    )
+
+
 register_sampler("notification_queues", sample_queue_sizes)
 register_sampler("webhook_backlog", sample_webhook_backlog)
+register_series("queues", queue_series)

@@ -5,13 +5,18 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
+from import_export.admin import ExportMixin
+from import_export.formats.base_formats import CSV
 
 from cryptopay.admin_modes import ModeAdminMixin, form_livemode, mode_choice, mode_filter
-from payments import services
+from notifications.admin import owner_choices_from
+from payments import selectors, services
 from payments.addresses import GapRun, unpaid_address_run, wallet_gap_runs
+from payments.admin_money import crypto_html, fiat_text, rate_text
 from payments.chains.derivation import GAP_LIMIT, InvalidExtendedKey, wallet_validate
 from payments.checkout import checkout_url
 from payments.errors import InvalidTransition
+from payments.exports import PaymentResource, PaymentTransactionResource
 from payments.models import (
     ApiKey,
     ApiKeyScope,
@@ -72,6 +77,10 @@ class MerchantForm(forms.ModelForm):
             return services.merchant_logo_read(upload)
         except services.LogoRefused as refused:
             raise forms.ValidationError(str(refused)) from refused
+
+
+# Webhook endpoints belong to a merchant: their admin offers the merchants as a select.
+owner_choices_from(selectors.merchant_choices)
 
 
 @admin.register(Merchant)
@@ -227,7 +236,7 @@ class UnmatchedTransferInline(admin.TabularInline):
 
 class PaymentTransactionInline(admin.TabularInline):
     model = PaymentTransaction
-    fields = ["chain", "txid", "output_index", "amount", "confirmations", "first_seen_at"]
+    fields = ["chain", "txid", "output_index", "coin_amount", "confirmations", "first_seen_at"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -238,28 +247,102 @@ class PaymentTransactionInline(admin.TabularInline):
     def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
         return False
 
+    @admin.display(description="Amount")
+    def coin_amount(self, row: PaymentTransaction) -> str:
+        return crypto_html(row.amount, row.payment.crypto_currency)
+
+
+# Money fields of a payment as the detail page shows them (PaymentAdmin's display methods).
+PAYMENT_MONEY_FIELDS = {
+    "fiat_amount": "amount",
+    "crypto_amount": "crypto_due",
+    "amount_received": "received",
+    "amount_confirmed": "confirmed",
+    "rate": "rate_shown",
+    "rate_bid": "rate_bid_shown",
+    "rate_ask": "rate_ask_shown",
+}
+
 
 @admin.register(Payment)
-class PaymentAdmin(ModeAdminMixin, admin.ModelAdmin):
+class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
     mode_things = "payments"
+    # Eight narrow columns: the list fits a 1280 px screen (amounts carry their currency).
     list_display = [
-        "public_id", "mode", "merchant", "order_id", "fiat_amount", "fiat_currency",
-        "crypto_currency", "status", "sub_status", "created_at",
+        "public_id", "mode", "merchant_shown", "order_shown", "amount", "crypto_due",
+        "status_shown", "created",
     ]  # fmt: skip
-    list_filter = [mode_filter(), "status", "sub_status", "crypto_currency", "fiat_currency"]
+    list_filter = [
+        mode_filter(), "status", "sub_status", "crypto_currency", "fiat_currency", "created_at"
+    ]  # fmt: skip
     search_fields = ["public_id", "order_id", "deposit_address"]
     inlines = [PaymentTransactionInline, UnmatchedTransferInline, PaymentEventInline]
     actions = ["mark_settled", "mark_invalid"]
     list_select_related = ["merchant"]
+    resource_classes = [PaymentResource]
+    formats = [CSV]
 
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         # Payments change only through the state machine (the actions below), never by editing.
         # The checkout token stays out of the form; the link carries it for operators to pass on.
-        fields = [f.name for f in Payment._meta.fields if f.name != "checkout_token"]
+        fields = [
+            PAYMENT_MONEY_FIELDS.get(f.name, f.name)
+            for f in Payment._meta.fields
+            if f.name != "checkout_token"
+        ]
         return [*fields, "checkout_link"]
 
+    class Media:
+        css = {"all": ["payments/admin.css"]}
+
+    @admin.display(description="Merchant", ordering="merchant__name")
+    def merchant_shown(self, payment: Payment) -> str:
+        return format_html('<span class="clip" title="{0}">{0}</span>', payment.merchant.name)
+
+    @admin.display(description="Order id", ordering="order_id")
+    def order_shown(self, payment: Payment) -> str:
+        order_id = payment.order_id or "-"
+        return format_html('<span class="clip" title="{0}">{0}</span>', order_id)
+
+    @admin.display(description="Amount", ordering="fiat_amount")
+    def amount(self, payment: Payment) -> str:
+        return fiat_text(payment.fiat_amount, payment.fiat_currency)
+
+    @admin.display(description="Crypto due", ordering="crypto_amount")
+    def crypto_due(self, payment: Payment) -> str:
+        return crypto_html(payment.crypto_amount, payment.crypto_currency)
+
+    @admin.display(description="Received")
+    def received(self, payment: Payment) -> str:
+        return crypto_html(payment.amount_received, payment.crypto_currency)
+
+    @admin.display(description="Confirmed")
+    def confirmed(self, payment: Payment) -> str:
+        return crypto_html(payment.amount_confirmed, payment.crypto_currency)
+
+    @admin.display(description="Rate")
+    def rate_shown(self, payment: Payment) -> str:
+        return f"{rate_text(payment.rate)} {payment.fiat_currency}/{payment.crypto_currency}"
+
+    @admin.display(description="Rate bid")
+    def rate_bid_shown(self, payment: Payment) -> str:
+        return rate_text(payment.rate_bid)
+
+    @admin.display(description="Rate ask")
+    def rate_ask_shown(self, payment: Payment) -> str:
+        return rate_text(payment.rate_ask)
+
+    @admin.display(description="Created (UTC)", ordering="created_at")
+    def created(self, payment: Payment) -> str:
+        return f"{payment.created_at:%Y-%m-%d %H:%M}"
+
+    @admin.display(description="Status", ordering="status")
+    def status_shown(self, payment: Payment) -> str:
+        return f"{payment.status} ({payment.sub_status})" if payment.sub_status else payment.status
+
     def get_exclude(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return ["checkout_token"]
+        # The money fields show through their display methods (read-only), not as inputs.
+        return ["checkout_token", *PAYMENT_MONEY_FIELDS]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):  # type: ignore[no-untyped-def]
         payment = self.get_object(request, object_id)
@@ -305,6 +388,38 @@ class PaymentAdmin(ModeAdminMixin, admin.ModelAdmin):
         self._mark(request, queryset, PaymentStatus.INVALID)
 
 
+@admin.register(PaymentTransaction)
+class PaymentTransactionAdmin(ExportMixin, admin.ModelAdmin):
+    """Every output and transfer credited to a payment, for accounting (CSV export); read-only."""
+
+    list_display = [
+        "payment", "chain", "txid", "output_index", "amount_shown", "confirmations", "state",
+        "first_seen_at",
+    ]  # fmt: skip
+    list_filter = ["chain", "state", "payment__crypto_currency", "first_seen_at"]
+    search_fields = ["txid", "payment__public_id", "payment__order_id"]
+    list_select_related = ["payment"]
+    resource_classes = [PaymentTransactionResource]
+    formats = [CSV]
+    exclude = ["amount"]  # shown read-only in coin units
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return [
+            "amount_shown" if f.name == "amount" else f.name
+            for f in PaymentTransaction._meta.fields
+        ]
+
+    @admin.display(description="Amount", ordering="amount")
+    def amount_shown(self, row: PaymentTransaction) -> str:
+        return crypto_html(row.amount, row.payment.crypto_currency)
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
 @admin.register(PaymentEvent)
 class PaymentEventAdmin(admin.ModelAdmin):
     list_display = ["payment", "sequence", "type", "created_at"]
@@ -324,11 +439,22 @@ class PaymentEventAdmin(admin.ModelAdmin):
 
 @admin.register(ExchangeRateEvent)
 class ExchangeRateEventAdmin(admin.ModelAdmin):
-    list_display = ["pair", "rate", "previous_rate", "fetched_at", "created_at"]
+    list_display = ["pair", "rate_shown", "previous_rate_shown", "fetched_at", "created_at"]
     list_filter = ["pair"]
 
+    exclude = ["rate", "previous_rate"]  # shown read-only, without trailing zeros
+
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return [field.name for field in ExchangeRateEvent._meta.fields]
+        shown = {"rate": "rate_shown", "previous_rate": "previous_rate_shown"}
+        return [shown.get(f.name, f.name) for f in ExchangeRateEvent._meta.fields]
+
+    @admin.display(description="Rate", ordering="rate")
+    def rate_shown(self, event: ExchangeRateEvent) -> str:
+        return rate_text(event.rate)
+
+    @admin.display(description="Previous rate")
+    def previous_rate_shown(self, event: ExchangeRateEvent) -> str:
+        return rate_text(event.previous_rate)
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False

@@ -43,22 +43,21 @@ WATCHER_POLL_AGE = Gauge(
 )
 
 
+# The samplers read through the dashboard's selectors (payments.dashboard).
 def sample_rate_ages() -> None:
     for rate in rate_age_list():
-        if rate.providers:
+        if rate.providers:  # static-only pairs have no age
             RATE_AGE.labels(rate.pair).set(
                 math.inf if rate.age_seconds is None else rate.age_seconds
             )
 
 
 def sample_watcher_lag() -> None:
-    for watcher in watcher_lag_list():
-        if watcher.poll_age_seconds is None:
-            WATCHER_POLL_AGE.labels(watcher.chain).set(math.inf)
-            continue
-        WATCHER_POLL_AGE.labels(watcher.chain).set(watcher.poll_age_seconds)
-        if watcher.lag_blocks is not None:
-            WATCHER_LAG_BLOCKS.labels(watcher.chain).set(watcher.lag_blocks)
+    for lag in watcher_lag_list():
+        poll_age = lag.poll_age_seconds
+        WATCHER_POLL_AGE.labels(lag.chain).set(math.inf if poll_age is None else poll_age)
+        if lag.lag_blocks is not None and poll_age is not None:
+            WATCHER_LAG_BLOCKS.labels(lag.chain).set(lag.lag_blocks)
 
 
 register_sampler("rate_ages", sample_rate_ages)

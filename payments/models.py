@@ -10,6 +10,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 
 from payments.currencies import CRYPTO_CHOICES, FIAT_CHOICES
+from payments.money import plain_decimal
 from payments.states import PaymentStatus, PaymentSubStatus
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -593,4 +594,4 @@ class ExchangeRateEvent(models.Model):
         indexes = [models.Index(fields=["pair", "-created_at"], name="rate_event_pair_created")]
 
     def __str__(self) -> str:
-        return f"{self.pair} {self.rate} at {self.fetched_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.pair} {plain_decimal(self.rate)} at {self.fetched_at:%Y-%m-%d %H:%M:%S}"

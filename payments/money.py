@@ -58,3 +58,28 @@ def format_base_units(*, amount: int, currency: CryptoCurrency) -> str:
 
 def format_fiat(*, amount: Decimal, exponent: int) -> str:
     return str(amount.quantize(Decimal(1).scaleb(-exponent)))
+
+
+# --- for people (the admin, CSV exports): the API keeps its exact strings ---------------------
+
+# Crypto amounts show at least this many decimals (satoshi precision) and more only when needed:
+# "0.00081667 BTC", "0.01234500 ETH" rather than 18 digits of trailing zeros.
+DISPLAY_MIN_DECIMALS = 8
+
+
+def crypto_units(*, amount: int, currency: CryptoCurrency) -> str:
+    """``amount`` base units in whole coins, exact, trailing zeros trimmed down to
+    DISPLAY_MIN_DECIMALS (or the currency's decimals when it has fewer)."""
+    text = format_base_units(amount=amount, currency=currency)
+    keep = min(currency.decimals, DISPLAY_MIN_DECIMALS)
+    if "." not in text:
+        return text
+    whole, fraction = text.split(".")
+    fraction = fraction.rstrip("0").ljust(keep, "0")
+    return f"{whole}.{fraction}" if fraction else whole
+
+
+def plain_decimal(value: Decimal) -> str:
+    """A rate without trailing zeros or exponent: 60000.000000 -> "60000", 0.0000165 stays."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

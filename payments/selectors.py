@@ -91,3 +91,14 @@ def payment_list(
         found = payment_get(merchant=merchant, public_id=starting_after, livemode=livemode)
         cursor = (found.created_at, found.pk)
     return newest_first(qs, limit=limit, cursor=cursor)
+
+
+def merchant_choices() -> list[tuple[str, str]]:
+    """(public id, "name (public id)") of every merchant, by name: the webhook endpoint admin's
+    owner select."""
+    return [
+        (public_id, f"{name} ({public_id})")
+        for public_id, name in Merchant.objects.order_by("name", "pk").values_list(
+            "public_id", "name"
+        )
+    ]

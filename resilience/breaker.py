@@ -364,6 +364,14 @@ class CircuitBreaker:
             self._ledger_write(lambda ledger: ledger.record(self.name))
             self._transition(CircuitState.ISOLATED, until=float("inf"), publish=True)
 
+    def trip(self) -> None:
+        """Open a closed circuit now, for its break duration, without waiting for the window's
+        minimum throughput: for a failure that says the next calls will fail too (the host
+        does not resolve, nothing listens). An open or isolated circuit is left as it is."""
+        with self._lock:
+            if self._state is CircuitState.CLOSED:
+                self._open(self._clock())
+
     def close(self) -> None:
         """Close the circuit (everywhere) and reset its statistics; ends an isolate."""
         with self._lock:

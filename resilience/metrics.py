@@ -123,6 +123,26 @@ def _sample_breakers() -> None:
 
 register_sampler("breakers", _sample_breakers)
 
+# Dependency levels as numbers (the monitor's, resilience.degradation): one series per dependency.
+LEVEL_CODES = {"healthy": 0, "degraded": 1, "critical": 2, "unknown": 3}
+DEPENDENCY_LEVEL = Gauge(
+    "cryptopay_dependency_level",
+    "Last monitored level of a dependency: 0 healthy, 1 degraded, 2 critical, 3 unknown "
+    "(not probed for three monitoring intervals).",
+    ["dependency"],
+    multiprocess_mode="mostrecent",
+)
+
+
+def _sample_dependency_levels() -> None:
+    from resilience.selectors import dependency_levels
+
+    for name, level in dependency_levels().items():
+        DEPENDENCY_LEVEL.labels(name).set(LEVEL_CODES[str(level)])
+
+
+register_sampler("dependency_levels", _sample_dependency_levels)
+
 
 def _on_circuit_state_changed(sender: str, from_state, to_state, **kwargs) -> None:  # type: ignore[no-untyped-def]
     BREAKER_STATE.labels(sender).set(STATE_CODES[CircuitState(to_state)])

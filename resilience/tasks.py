@@ -5,6 +5,7 @@ from celery import shared_task
 from resilience.degradation import dependencies_monitor as _dependencies_monitor
 from resilience.degradation import dependencies_recover as _dependencies_recover
 from resilience.idempotency import idempotency_keys_cleanup as _idempotency_keys_cleanup
+from resilience.timeseries import sample as _timeseries_sample
 
 
 @shared_task(ignore_result=True)
@@ -23,3 +24,9 @@ def dependencies_monitor() -> dict[str, str]:
 def dependencies_recover() -> dict[str, str]:
     # Each action is safe to repeat (reconnect, isolate/close a breaker, refresh a cache entry).
     return _dependencies_recover()
+
+
+@shared_task(ignore_result=True, soft_time_limit=20)
+def timeseries_sample() -> int:
+    # Not retried: a missed point is a gap in a sparkline, the next run writes the next one.
+    return _timeseries_sample()

@@ -4,6 +4,8 @@
 #   chromium /usr/bin/chromium  the browser the checkout end-to-end tests drive
 #                               (Playwright's own `playwright install` cannot download browsers here)
 #   wrk /usr/bin/wrk            the HTTP load generator of bench/api_throughput.py
+#   prometheus /usr/bin/promtool  promtool checks deploy/prometheus/alerts.yml (the server it
+#                               also installs is not started by the tests)
 # Idempotent and quick when the binary is already there. Needs root (or sudo) for apt-get.
 set -euo pipefail
 

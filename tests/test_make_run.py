@@ -126,18 +126,22 @@ class Gateway:
         return keys[0]
 
 
-@contextmanager
-def make_run(checkout: Path, log: Path) -> Iterator[Gateway]:
-    port = free_port()
+def start_make_run(checkout: Path, log: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             ["make", "run", f"VENV={VENV}", f"PORT={port}"],
             cwd=checkout,
-            env=embedded_env(),
+            env={**embedded_env(), **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+@contextmanager
+def make_run(checkout: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[Gateway]:
+    port = free_port()
+    process = start_make_run(checkout, log, port, env or {})
     try:
         gateway = Gateway(process, port, log)
         gateway.wait_until_serving()
@@ -196,3 +200,73 @@ def test_given_a_clean_checkout_when_make_run_then_a_payment_is_created_paid_and
         )
         assert again.status_code == 200, again.text
         assert again.json()["status"] == "settled"
+
+
+def sample(metrics: str, family: str, breaker: str) -> float:
+    """A breaker's value in a /metrics exposition (0 when the series was never created)."""
+    match = re.search(rf'^{family}{{breaker="{re.escape(breaker)}"}} (\S+)$', metrics, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting is refused."""
+    return free_port()
+
+
+def test_given_unreachable_exchanges_when_make_run_then_it_says_so_and_payments_skip_them_quietly(
+    tmp_path,
+):
+    # Offline as on a laptop without network: one exchange refuses, one does not resolve.
+    offline = {
+        "CRYPTOPAY_RATE_PROVIDERS": "kraken,coinbase",
+        "CRYPTOPAY_RATE_KRAKEN_URL": f"http://127.0.0.1:{closed_port()}",
+        "CRYPTOPAY_RATE_COINBASE_URL": "http://coinbase.invalid",
+    }
+    checkout = clean_copy(tmp_path / "checkout")
+
+    with make_run(checkout, tmp_path / "offline.log", env=offline) as gateway:
+        api_key = gateway.api_key()
+        auth = {"Authorization": f"Bearer {api_key}"}
+        with httpx.Client(base_url=gateway.base_url, headers=auth, timeout=30) as http:
+            created = [
+                http.post("/api/v1/payments", json={"amount": "25.00", "crypto_currency": "BTC"})
+                for _ in range(3)
+            ]
+        metrics = httpx.get(f"{gateway.base_url}/metrics", timeout=10).text
+        output = gateway.output()
+
+    banner, _, served = output.partition("serving on ")
+    assert served, output
+    assert (
+        "live rates: not reachable (kraken: connection refused, coinbase: name does not "
+        "resolve); payments are priced from the static fallback rates"
+    ) in banner
+    assert f"curl -H 'Authorization: Bearer {api_key}'" in banner
+    assert f"{gateway.base_url}/api/docs/" in banner
+    assert [c.status_code for c in created] == [201, 201, 201], [c.text for c in created]
+    assert {c.json()["quote"]["source"] for c in created} == {"fallback"}
+    # Skipped, not tried: no failed call after the start probe, one line per breaker change,
+    # and the "no live rate" warning once for three payments.
+    for name in ("kraken", "coinbase"):
+        assert sample(metrics, "cryptopay_circuit_breaker_failures_total", f"rates:{name}") == 0
+        assert sample(metrics, "cryptopay_circuit_breaker_rejections_total", f"rates:{name}") >= 3
+        assert output.count(f"circuit rates:{name}: closed -> open") == 1, output
+    assert output.count("no live rate for BTC-USD") == 1, output
+
+
+def test_given_the_port_is_taken_when_make_run_then_it_says_so_before_serving(tmp_path):
+    checkout = clean_copy(tmp_path / "checkout")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = start_make_run(checkout, tmp_path / "taken.log", port, {})
+        try:
+            process.wait(timeout=STARTUP_SECONDS)
+        finally:
+            stop_group(process)
+    output = (tmp_path / "taken.log").read_text(errors="replace")
+
+    assert process.returncode != 0
+    assert f"port {port} on 127.0.0.1 is already in use" in output
+    assert "serving on" not in output

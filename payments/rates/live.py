@@ -14,6 +14,7 @@ otherwise we move on to a backup rather than hammer a provider that asked us to 
 from __future__ import annotations
 
 import logging
+import socket
 import statistics
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -31,6 +32,7 @@ from payments.rates.providers import (
     ProviderPrice,
     ProviderRateLimited,
     ProviderUnavailable,
+    ProviderUnreachable,
     build_provider,
 )
 from resilience import clock
@@ -70,6 +72,8 @@ def provider_breaker(name: str) -> CircuitBreaker:
 
 
 def _retry_hook(exc: Exception) -> bool | float:
+    if isinstance(exc, ProviderUnreachable) and settings.RATES_SKIP_UNREACHABLE:
+        return False  # provider_fetch trips its breaker: retrying now would fail the same way
     if isinstance(exc, ProviderRateLimited):
         if exc.retry_after is None:
             return True
@@ -129,7 +133,14 @@ def provider_fetch(*, provider, pair: str) -> ProviderPrice:
         wait_jitter=settings.RATE_RETRY_WAIT_INITIAL.total_seconds(),
     ):
         with attempt:
-            return breaker.call(provider.fetch, pair=pair, client=client)
+            try:
+                return breaker.call(provider.fetch, pair=pair, client=client)
+            except ProviderUnreachable:
+                # Offline (embedded mode on a laptop): one try, then skip the provider for the
+                # breaker's break instead of paying its retries on every quote.
+                if settings.RATES_SKIP_UNREACHABLE:
+                    breaker.trip()
+                raise
     raise AssertionError("unreachable: stamina re-raises the last error")
 
 
@@ -185,7 +196,12 @@ def rate_fetch_live(*, pair: str) -> LiveRate:
                 provider = in_flight.pop(future)
                 try:
                     answers.append(future.result())
-                except (ProviderError, BrokenCircuitError) as exc:
+                except BrokenCircuitError:
+                    # Without its countdown: the line stays the same while the circuit is open,
+                    # so repeats of it are recognised (cryptopay.logs.RepeatedWarningFilter).
+                    failures[provider.name] = "skipped: circuit open"
+                    submit_next()
+                except ProviderError as exc:
                     failures[provider.name] = f"{exc.__class__.__name__}: {exc}"
                     submit_next()
     if not answers:
@@ -218,4 +234,46 @@ def rate_fetch_live(*, pair: str) -> LiveRate:
             }
             for p in answers
         ],
+    )
+
+
+@dataclass(frozen=True)
+class Reachability:
+    reachable: list[str]  # provider names whose host accepted a TCP connection
+    unreachable: dict[str, str]  # name -> why (name resolution, refused, no answer)
+
+
+def _probe(provider, timeout: float) -> str | None:  # type: ignore[no-untyped-def]
+    url = httpx.URL(provider.base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.host, port), timeout=timeout).close()
+    except socket.gaierror:
+        return "name does not resolve"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except OSError as exc:
+        return f"no answer ({type(exc).__name__})"
+    return None
+
+
+def rate_providers_reachability(*, timeout: float = 1.0) -> Reachability:
+    """Can this machine open a connection to each configured provider? Asked once at start
+    (``manage.py serve`` in embedded mode says so); with RATES_SKIP_UNREACHABLE, providers that
+    do not resolve or refuse are skipped (their breakers tripped) instead of tried by the first
+    payment."""
+    providers = configured_providers()
+    if not providers:
+        return Reachability(reachable=[], unreachable={})
+    with ThreadPoolExecutor(max_workers=len(providers), thread_name_prefix="rates-probe") as pool:
+        answers = dict(
+            zip(providers, pool.map(lambda p: _probe(p, timeout), providers), strict=True)
+        )
+    unreachable = {p.name: why for p, why in answers.items() if why is not None}
+    if settings.RATES_SKIP_UNREACHABLE:
+        for provider, why in answers.items():
+            if why is not None and not why.startswith("no answer"):
+                provider_breaker(provider.name).trip()
+    return Reachability(
+        reachable=[p.name for p, why in answers.items() if why is None], unreachable=unreachable
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -76,6 +77,25 @@ class ProviderError(Exception):
 
 class ProviderUnavailable(ProviderError):
     """Transient: timeout, connection error, HTTP 5xx or 408. Trying again later may work."""
+
+
+class ProviderUnreachable(ProviderUnavailable):
+    """The exchange's host name does not resolve or nothing listens there: offline, a DNS
+    outage, a wrong URL. Retrying within seconds will fail the same way."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Name resolution or connection refused, anywhere in the exception's causes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (socket.gaierror, ConnectionRefusedError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return isinstance(exc, httpx.ConnectError) and (
+        "Name or service not known" in str(exc)
+        or "Temporary failure in name resolution" in str(exc)
+        or "Connection refused" in str(exc)
+    )
 
 
 class ProviderRateLimited(ProviderUnavailable):
@@ -198,6 +218,10 @@ class ExchangeProvider(ABC):
                 pair=pair,
             ) from exc
         except httpx.TransportError as exc:
+            if _unreachable(exc):
+                raise ProviderUnreachable(
+                    f"unreachable: {type(exc).__name__}: {exc}", provider=self.name, pair=pair
+                ) from exc
             raise ProviderUnavailable(
                 f"transport error: {type(exc).__name__}: {exc}", provider=self.name, pair=pair
             ) from exc

@@ -82,7 +82,7 @@ def test_given_ordinary_text_when_logged_then_it_is_left_alone():
 def test_given_the_configured_handler_when_a_logger_writes_then_the_filters_are_on_it(settings):
     handler = settings.LOGGING["handlers"]["console"]
 
-    assert handler["filters"] == ["redact", "correlation"]
+    assert handler["filters"] == ["redact", "correlation", "repeats"]
     assert settings.LOGGING["filters"]["redact"]["()"] == "cryptopay.logs.RedactSecretsFilter"
     # Tests run in services mode: JSON lines.
     assert handler["formatter"] == "json"

@@ -139,11 +139,13 @@ RULES_BEYOND_THE_SCHEMA = {
     # One coin or a list of coins, not both; each coin once (help text).
     ("accepted_currencies", "conflict"),
     ("accepted_currencies", "duplicate_currency"),
+    # A key is one request: the fuzzer reusing an Idempotency-Key with another body gets a 422.
+    ("Idempotency-Key", "idempotency_key_reused"),
 }
 
 
 def breaks_a_rule_beyond_the_schema(response) -> bool:
-    if response.status_code != 400:
+    if response.status_code not in (400, 422):
         return False
     error = response.json()["error"]
     return (error["param"], error["code"]) in RULES_BEYOND_THE_SCHEMA

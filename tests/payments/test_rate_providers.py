@@ -30,6 +30,7 @@ from payments.rates.providers import (
     ProviderRateLimited,
     ProviderResponseInvalid,
     ProviderUnavailable,
+    ProviderUnreachable,
     build_provider,
     parse_retry_after,
 )
@@ -280,12 +281,13 @@ def test_trickled_body_is_cut_off_at_the_attempt_deadline(
 
 
 @pytest.mark.parametrize("name", PROVIDERS)
-def test_connection_refused_is_unavailable(client, name: str) -> None:
+def test_connection_refused_is_unavailable_and_says_unreachable(client, name: str) -> None:
     provider = build_provider(name=name, base_url=refused_url(), timeout=ATTEMPT_TIMEOUT)
     started = time.monotonic()
     with pytest.raises(ProviderUnavailable) as caught:
         provider.fetch(pair="BTC-USD", client=client)
-    assert type(caught.value) is ProviderUnavailable
+    # Still transient (retried with services); embedded mode skips it (test_rates_unreachable.py).
+    assert type(caught.value) is ProviderUnreachable
     assert caught.value.status is None
     assert time.monotonic() - started < ATTEMPT_TIMEOUT + 0.5
 

@@ -49,7 +49,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
-        admin_url = options["url"].rstrip("/") + "/admin/"
+        base_url = options["url"].rstrip("/")
+        admin_url = base_url + "/admin/"
         raw_key = demo_api_key()
         test_key = demo_api_key(livemode=False)
         password = demo_admin_password()
@@ -76,10 +77,11 @@ class Command(BaseCommand):
                     f"    test API key   {test_key}  (test mode: development chain, "
                     "POST /api/v1/payments/<id>/simulate)",
                     f"    admin          {admin_url}  user {ADMIN_USERNAME}  password {password}",
-                    "    try it         curl -H 'Authorization: Bearer <API key>' "
+                    f"    API docs       {base_url}/api/docs/",
+                    f"    try it         curl -H 'Authorization: Bearer {raw_key}' "
                     "-H 'Content-Type: application/json' "
                     """-d '{"amount": "25.00", "crypto_currency": "BTC"}' """
-                    f"{admin_url.removesuffix('/admin/')}/api/v1/payments",
+                    f"{base_url}/api/v1/payments",
                     "                   then open the checkout_url it returns (it has a "
                     "'Simulate payment' button).",
                     "",
