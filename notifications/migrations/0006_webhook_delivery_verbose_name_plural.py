@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('notifications', '0004_delivery_claim'),
+        ('notifications', '0005_test_mode_events_streams_endpoints'),
     ]
 
     operations = [
