@@ -3,6 +3,8 @@ shown once), rotate secrets, read events and deliveries with their attempt logs,
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
@@ -54,6 +56,12 @@ class WebhookEndpointForm(forms.ModelForm):
         return sorted(set(self.cleaned_data.get("event_types") or []))
 
 
+# A new endpoint's signing secret, between saving it and rendering the one page that shows it.
+_created_secrets: WeakKeyDictionary[HttpRequest, list[tuple[WebhookEndpoint, str]]] = (
+    WeakKeyDictionary()
+)
+
+
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
     form = WebhookEndpointForm
@@ -62,7 +70,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     search_fields = ["public_id", "owner", "url"]
     actions = ["rotate_secret"]
 
-    def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_fields(self, request, obj=None):
         if obj is None:
             return ["owner", "url", "description", "event_types", "enabled"]
         return [
@@ -70,7 +78,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             "signing_secret", "previous_secret_expires_at",
         ]  # fmt: skip
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
         # The owner never changes: the endpoint would start receiving another merchant's events.
@@ -88,7 +96,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             return "ok"
         return UNREADABLE_WARNING
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request, obj, form, change):
         if change:
             obj.save(update_fields=["url", "description", "event_types", "enabled"])
             return
@@ -107,11 +115,10 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             {f.attname: getattr(endpoint, f.attname) for f in WebhookEndpoint._meta.fields}
         )
         obj._state.adding = False
-        # Kept on the request only long enough to render the one page that shows it.
-        request._created_webhook_secrets = [(endpoint, secret)]
+        _created_secrets[request] = [(endpoint, secret)]
 
-    def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:  # type: ignore[no-untyped-def]
-        return self._secrets_page(request, request._created_webhook_secrets, rotated=False)
+    def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:
+        return self._secrets_page(request, _created_secrets.pop(request), rotated=False)
 
     def _secrets_page(
         self, request: HttpRequest, created: list[tuple[WebhookEndpoint, str]], *, rotated: bool
@@ -129,7 +136,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         description="Rotate the signing secret (the old one stays valid 24 h)",
         permissions=["change"],
     )
-    def rotate_secret(self, request: HttpRequest, queryset) -> HttpResponse:  # type: ignore[no-untyped-def]
+    def rotate_secret(self, request: HttpRequest, queryset) -> HttpResponse:
         rotated = [
             (endpoint, services.webhook_endpoint_rotate_secret(endpoint=endpoint))
             for endpoint in queryset.order_by("pk")
@@ -142,41 +149,39 @@ class _ReadOnlyInline(admin.TabularInline):
     can_delete = False
     show_change_link = False
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
 
 class WebhookDeliveryInline(_ReadOnlyInline):
     model = WebhookDelivery
-    fields = [
+    fields = readonly_fields = (
         "endpoint", "status", "attempts", "last_status_code", "last_error", "next_attempt_at",
         "delivered_at",
-    ]  # fmt: skip
-    readonly_fields = fields
+    )  # fmt: skip
     show_change_link = True
 
-    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+    def get_queryset(self, request):
         return super().get_queryset(request).select_related("endpoint")
 
 
 class WebhookAttemptInline(_ReadOnlyInline):
     model = WebhookAttempt
-    fields = ["attempted_at", "status_code", "latency_ms", "error"]
-    readonly_fields = fields
+    fields = readonly_fields = ("attempted_at", "status_code", "latency_ms", "error")
     ordering = ["attempted_at", "pk"]
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 
@@ -222,7 +227,7 @@ class WebhookDeliveryAdmin(_ReadOnlyAdmin):
         return request.user.has_perm("notifications.change_webhookdelivery")
 
     @admin.action(description="Redeliver selected", permissions=["redeliver"])
-    def redeliver(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+    def redeliver(self, request: HttpRequest, queryset) -> None:
         selected = list(queryset.order_by("pk")[: REDELIVER_MAX + 1])
         if len(selected) > REDELIVER_MAX:
             self.message_user(

@@ -110,7 +110,7 @@ class Replay:
     refetch: str = ""  # why the gap cannot be replayed, if it cannot
 
 
-def _events(stream: Stream):  # type: ignore[no-untyped-def]
+def _events(stream: Stream):
     events = Event.objects.filter(owner=stream.owner)
     return events.filter(subject=stream.subject) if stream.by_sequence else events
 
@@ -183,7 +183,7 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
     def authorize(self) -> StreamAccess:
         raise NotImplementedError
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def __call__(self, scope, receive, send):
         # One correlation id (the handshake's X-Request-ID, or a new one) for the connection's
         # log lines and whatever it causes downstream.
         with bound_correlation_id(correlation_id_from_scope(scope)):

@@ -42,7 +42,7 @@ class ApiClient:
 class ApiKeyAuthentication(BaseAuthentication):
     keyword = b"bearer"
 
-    def authenticate(self, request):  # type: ignore[override]
+    def authenticate(self, request):
         header = get_authorization_header(request).split()
         if not header:
             return None
@@ -100,7 +100,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         return ApiClient(merchant=api_key.merchant, api_key=api_key), api_key
 
-    def authenticate_header(self, request) -> str:  # type: ignore[override]
+    def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
 
 
@@ -113,13 +113,19 @@ def idempotency_owner(request: HttpRequest) -> str | None:
     return None if result is None else result[0].idempotency_scope
 
 
+def request_client(request: Request) -> ApiClient:
+    """The API client of a request that passed ``HasApiKeyScope`` (typed, unlike ``request.user``)."""
+    client = request.user
+    if not isinstance(client, ApiClient):
+        raise exceptions.NotAuthenticated("Authentication required: send a Bearer API key.")
+    return client
+
+
 class HasApiKeyScope(BasePermission):
     """Views declare ``required_scopes = {"GET": "payments:read", ...}`` per method."""
 
-    def has_permission(self, request, view) -> bool:  # type: ignore[override]
-        client = request.user
-        if not isinstance(client, ApiClient):
-            raise exceptions.NotAuthenticated("Authentication required: send a Bearer API key.")
+    def has_permission(self, request, view) -> bool:
+        client = request_client(request)
         required = getattr(view, "required_scopes", {}).get(request.method)
         if required is None:
             return True
@@ -136,5 +142,5 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "payments.auth.ApiKeyAuthentication"
     name = "ApiKey"
 
-    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+    def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "A merchant API key (cpk_…)."}

@@ -131,7 +131,7 @@ class WebhookEndpointWithSecretSerializer(WebhookEndpointSerializer):
 
 class WebhookEndpointListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = WebhookEndpointSerializer(many=True)
+    data = WebhookEndpointSerializer(many=True)  # type: ignore[assignment]  # DRF moves declared fields off the class
     has_more = serializers.BooleanField()
 
 
@@ -192,7 +192,7 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
 
 class WebhookDeliveryListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = WebhookDeliverySerializer(many=True)
+    data = WebhookDeliverySerializer(many=True)  # type: ignore[assignment]  # DRF moves declared fields off the class
     has_more = serializers.BooleanField()
 
 
@@ -207,7 +207,7 @@ class EventSerializer(serializers.ModelSerializer):
         help_text="What the event is about (a payment id), null if nothing in particular."
     )
     sequence = serializers.IntegerField(help_text="Position in the subject's stream.")
-    data = serializers.DictField(help_text="The event's payload, as sent in webhooks.")
+    data = serializers.DictField(help_text="The event's payload, as sent in webhooks.")  # type: ignore[assignment]  # DRF moves declared fields off the class
     deliveries = WebhookDeliverySerializer(
         many=True, help_text="Its deliveries to your webhook endpoints."
     )
@@ -237,5 +237,5 @@ class EventSerializer(serializers.ModelSerializer):
 
 class EventListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = EventSerializer(many=True)
+    data = EventSerializer(many=True)  # type: ignore[assignment]  # DRF moves declared fields off the class
     has_more = serializers.BooleanField()

@@ -19,6 +19,7 @@ from payments.api.serializers import (
     PaymentSerializer,
     RateSerializer,
 )
+from payments.auth import request_client
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS
 from payments.models import ApiKeyScope
 from payments.rates import Quote, rate_quote
@@ -73,7 +74,7 @@ class PaymentListCreateView(APIView):
         )
         try:
             page = selectors.payment_list(
-                merchant=request.user.merchant,
+                merchant=request_client(request).merchant,
                 filters=filters,
                 limit=params["limit"],
                 starting_after=params.get("starting_after"),
@@ -97,7 +98,7 @@ class PaymentListCreateView(APIView):
         # Priced before the idempotency gate: the provider fetch runs outside the request's
         # transaction and the key's lock (a replay does not use the quote). An invalid body is
         # not priced; the gate still judges it first (a reused key is a 422, not a 400).
-        merchant = request.user.merchant
+        merchant = request_client(request).merchant
         serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
         quote = None
         if serializer.is_valid():
@@ -109,7 +110,7 @@ class PaymentListCreateView(APIView):
 
     @idempotent()
     def _create(self, request: Request, *, quote: Quote | None) -> Response:
-        merchant = request.user.merchant
+        merchant = request_client(request).merchant
         serializer = PaymentCreateSerializer(data=request.data, context={"merchant": merchant})
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -134,7 +135,9 @@ class PaymentDetailView(APIView):
 
     @extend_schema(operation_id="payments_retrieve", responses={200: PaymentSerializer, **ERRORS})
     def get(self, request: Request, public_id: str) -> Response:
-        payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
+        payment = selectors.payment_get(
+            merchant=request_client(request).merchant, public_id=public_id
+        )
         return Response(PaymentSerializer(payment, context={"request": request}).data)
 
 
@@ -150,7 +153,9 @@ class PaymentCancelView(APIView):
     @idempotent()
     def post(self, request: Request, public_id: str) -> Response:
         refuse_body_parameters(request)
-        payment = selectors.payment_get(merchant=request.user.merchant, public_id=public_id)
+        payment = selectors.payment_get(
+            merchant=request_client(request).merchant, public_id=public_id
+        )
         payment = services.payment_cancel(payment=payment)
         return Response(PaymentSerializer(payment, context={"request": request}).data)
 
@@ -179,6 +184,9 @@ class RateView(APIView):
     def get(self, request: Request) -> Response:
         query = RateQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
-        fiat = query.validated_data.get("fiat") or request.user.merchant.default_fiat_currency
+        fiat = (
+            query.validated_data.get("fiat")
+            or request_client(request).merchant.default_fiat_currency
+        )
         quote = rate_quote(crypto_currency=query.validated_data["crypto"], fiat_currency=fiat)
         return Response({"object": "rate", **quote.provenance()})

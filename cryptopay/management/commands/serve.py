@@ -15,12 +15,12 @@ from cryptopay.server import uvicorn_options
 class Command(BaseCommand):
     help = "Serve the gateway with uvicorn (and the beat schedule in-process in embedded mode)."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--workers", type=int, default=settings.SERVER_WORKERS)
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options) -> None:
         workers = options["workers"]
         if settings.CELERY_TASK_ALWAYS_EAGER:
             # In-memory channel layer and schedule: a second process would see neither.
