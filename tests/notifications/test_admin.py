@@ -14,8 +14,8 @@ from django.urls import reverse
 from notifications import secrets, services
 from notifications.dispatcher import dispatch_events
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
+from testing.receivers import Receiver
 from tests.factories import MerchantFactory, make_payment
-from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
 

@@ -39,9 +39,9 @@ from notifications.services import (
     webhook_endpoint_create,
     webhooks_deliver_due,
 )
-from tests.chaos import redis_stopped
-from tests.notifications.fast_receiver import FastReceiver
-from tests.notifications.receivers import Receiver, stripe_verified
+from testing.fast_receiver import FastReceiver
+from testing.receivers import Receiver, stripe_verified
+from testing.service_control import redis_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 

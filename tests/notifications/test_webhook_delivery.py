@@ -17,8 +17,8 @@ from notifications.services import (
     webhook_endpoint_rotate_secret,
     webhooks_deliver_due,
 )
+from testing.receivers import Receiver
 from tests.factories import make_payment
-from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
 

@@ -19,8 +19,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 from payments.checkout import checkout_url
 from payments.devchain import payment_simulate
 from payments.models import Payment
+from testing.servers import Server, asgi_server, dispatcher
 from tests.factories import make_payment
-from tests.servers import Server, asgi_server, dispatcher
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

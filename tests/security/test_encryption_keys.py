@@ -23,8 +23,8 @@ from notifications.services import (
     webhook_endpoint_create,
     webhook_endpoint_rotate_secret,
 )
+from testing.receivers import Receiver
 from tests.factories import make_payment, staff_client
-from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
 

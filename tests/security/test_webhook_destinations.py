@@ -27,9 +27,9 @@ from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from notifications.sender import Claim, Outcome, Sender, Target
 from notifications.services import deliveries_create, webhook_deliver, webhook_endpoint_create
 from resilience import clock
+from testing.receivers import Receiver
 from tests.conftest import api_client_for
 from tests.factories import make_payment
-from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
 
