@@ -61,6 +61,7 @@ promtool:
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
@@ -99,7 +100,7 @@ chaos: services nodes
 BENCH_QUICK ?=
 bench: services nodes wrk
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-		$(PY) bench/report.py $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick)
+		$(PY) -m bench.report $(if $(filter 1 yes true,$(BENCH_QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) .local staticfiles .pytest_cache .ruff_cache .hypothesis

@@ -2,12 +2,12 @@
 endpoint, with one and two web workers; SQL statements and Redis round trips per create; peak RSS
 per worker.
 
-    .venv/bin/python bench/api_capacity.py [--clients 16] [--warmup 2] [--duration 10]
+    .venv/bin/python -m bench.api_capacity [--clients 16] [--warmup 2] [--duration 10]
         [--rounds 3] [--workers 1,2] [--quick]
 
 Needs wrk (``make wrk``), PostgreSQL and Redis (DATABASE_URL / REDIS_URL, defaulting to the test
 services). Runs in a scratch database ``cryptopay_apicapacity_<pid>`` created, migrated and
-dropped, with Redis keys under a per-run prefix deleted at the end (bench/scratch.py).
+dropped, with Redis keys under a per-run prefix deleted at the end (testing/scratch.py).
 
 Server: ``manage.py serve`` (uvicorn with cryptopay/server.py, what the Procfile runs) with
 ``WEB_CONCURRENCY`` = 1 or 2 and everything else production: DEBUG off, the database pool sized
@@ -49,7 +49,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -58,11 +57,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from api_throughput import PROVIDERS, WRK_THREADS, WRK_TIMEOUT, cpu_seconds_of, wrk_binary
-from results import emit, figure
-from scratch import scratch_environment
+
+from bench.results import emit, figure
+from testing.scratch import scratch_environment
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -369,7 +367,7 @@ def count_per_request(secret: str, read_id: str, samples: int = 20) -> dict[str,
 
 def server_env(exchange_url: str, metrics_dir: Path, workers: int) -> dict[str, str]:
     env = {
-        "DJANGO_SETTINGS_MODULE": "api_throughput_settings",
+        "DJANGO_SETTINGS_MODULE": "bench.api_throughput_settings",
         "PYTHONPATH": os.pathsep.join(
             [str(ROOT), str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
         ),
@@ -391,7 +389,7 @@ def run_round(
 ) -> list[Run]:  # fmt: skip
     import httpx
 
-    from tests.servers import asgi_server
+    from testing.servers import asgi_server
 
     runs = []
     order = workers_list if round_ % 2 == 0 else list(reversed(workers_list))
@@ -595,7 +593,7 @@ def main() -> None:
     from api_throughput import machine_load
 
     load_start = machine_load()
-    from tests.fakes.exchanges import FakeExchanges
+    from testing.exchanges import FakeExchanges
 
     with FakeExchanges() as exchange:
         extra = server_env(exchange.base_url, Path(tempfile.gettempdir()), 1)

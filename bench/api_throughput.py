@@ -1,18 +1,18 @@
 """API throughput over HTTP: payments created per second and p50/p99, with and without the
 resilience layers, on daphne and on uvicorn, in one run.
 
-    .venv/bin/python bench/api_throughput.py [--clients 16] [--warmup 5] [--duration 20]
+    .venv/bin/python -m bench.api_throughput [--clients 16] [--warmup 5] [--duration 20]
         [--latency-clients 1] [--latency-duration 10] [--servers daphne,uvicorn]
         [--conn-max-age N] [--quick]
 
 Needs wrk (``make bench`` installs Debian's with ``make wrk``), PostgreSQL and Redis
 (DATABASE_URL / REDIS_URL, defaulting to the test services). Runs in a scratch database
 ``cryptopay_apithroughput_<pid>`` created, migrated and dropped, with Redis keys under a per-run
-prefix deleted at the end (bench/scratch.py). One merchant and one API key (all scopes) are made
+prefix deleted at the end (testing/scratch.py). One merchant and one API key (all scopes) are made
 with ``payments.services`` in that database.
 
 For each server kind (daphne, then uvicorn) and each variant, ONE server process is started on
-``cryptopay.asgi:application`` with the commands of tests/servers.py (daphne with its defaults, as
+``cryptopay.asgi:application`` with the commands of testing/servers.py (daphne with its defaults, as
 the Procfile runs it; uvicorn ``--ws websockets --lifespan off --log-level warning``, one worker),
 DEBUG=0, LOG_LEVEL=WARNING, dev-chain deposit addresses, and the bench-only settings module
 bench/api_throughput_settings.py: ``cryptopay.settings`` unchanged except its URLconf
@@ -75,7 +75,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from collections import Counter
@@ -83,10 +82,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from results import emit, figure
-from scratch import scratch_environment
+from bench.results import emit, figure
+from testing.scratch import scratch_environment
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -302,10 +299,8 @@ def variant_environment(
     variant: str, exchange_url: str, conn_max_age: int | None = None
 ) -> dict[str, str]:
     env = {
-        "DJANGO_SETTINGS_MODULE": "api_throughput_settings",
-        "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-        ),
+        "DJANGO_SETTINGS_MODULE": "bench.api_throughput_settings",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "CRYPTOPAY_DEV_CHAIN": "1",
     }
     if conn_max_age is not None:
@@ -368,7 +363,7 @@ def prime(base_url: str, path: str, secret: str, *, keyed: bool, order_id: str) 
 def run_phase(
     phase: Phase, *, args: argparse.Namespace, secret: str, exchange_url: str, logs: Path
 ) -> None:
-    from tests.servers import asgi_server
+    from testing.servers import asgi_server
 
     env = variant_environment(phase.variant, exchange_url, args.conn_max_age)
     keyed = phase.variant == "with"
@@ -568,7 +563,7 @@ def main() -> None:
 
         from payments import services
         from payments.models import ApiKeyScope
-        from tests.fakes.exchanges import FakeExchanges
+        from testing.exchanges import FakeExchanges
 
         merchant = services.merchant_create(name="bench")
         _, secret = services.api_key_create(

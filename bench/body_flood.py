@@ -2,7 +2,7 @@
 peak memory and how long other clients wait meanwhile, for daphne (the old web command, the
 baseline) and the gateway (``manage.py serve``: uvicorn with cryptopay/server.py).
 
-    .venv/bin/python bench/body_flood.py [--size-mib 300] [--servers daphne,gateway]
+    .venv/bin/python -m bench.body_flood [--size-mib 300] [--servers daphne,gateway]
 
 Each server runs in its own process on this machine, one after the other, in services mode
 (DATABASE_URL / REDIS_URL as for the other benches; /health/live touches neither). Peak RSS is
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import suppress
@@ -25,13 +24,10 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from results import emit, figure
-
-from tests.attacks import MIB, multipart_flood, probing
-from tests.nodes import free_port, spawn
-from tests.servers import Server, server_command
+from bench.results import emit, figure
+from testing.attacks import MIB, multipart_flood, probing
+from testing.nodes import free_port, spawn
+from testing.servers import Server, server_command
 
 ENV = {
     "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),

@@ -1,6 +1,6 @@
 """Per-call overhead of our circuit breaker (closed state) against pybreaker and no breaker.
 
-    .venv/bin/python bench/breaker_overhead.py [--calls 200000] [--redis redis://127.0.0.1:6379/0]
+    .venv/bin/python -m bench.breaker_overhead [--calls 200000] [--redis redis://127.0.0.1:6379/0]
 
 All variants run side by side in one process on the same trivial function, several rounds each,
 best round kept (the least disturbed by the rest of the machine). Printed per variant: ns per
@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from results import emit, figure
+from bench.results import emit, figure
 
 
 def best_ns_per_call(fn, calls: int, rounds: int = 5) -> float:

@@ -1,6 +1,6 @@
 """How fast the EVM chain watcher keeps up, and how long a mined payment waits for its status.
 
-    .venv/bin/python bench/chain_watch.py [--payments 1000] [--blocks 10] [--per-block 100]
+    .venv/bin/python -m bench.chain_watch [--payments 1000] [--blocks 10] [--per-block 100]
         [--latency-samples 50] [--confirmations 2]
 
 Runs the real watcher (``payments.chains.watch.chain_watch``) against an anvil node started for the
@@ -42,18 +42,14 @@ import logging
 import math
 import os
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from results import emit, figure
-from scratch import scratch_environment
+from bench.results import emit, figure
+from testing.scratch import scratch_environment
 
 CHAIN = "ethereum"
 TRANSFER_GAS = 21_000
@@ -681,7 +677,7 @@ def main() -> None:
     parser.add_argument("--idle-polls", type=int, default=20)
     args = parser.parse_args()
 
-    from tests.nodes import Anvil
+    from testing.nodes import Anvil
 
     # 100 plain transfers take 2.1 M gas, far below the default 30 M block gas limit; the
     # explicit limit keeps that true whatever anvil's default becomes.

@@ -1,6 +1,6 @@
 """What the idempotency layer costs POST /api/v1/payments, side by side with the bare view.
 
-    .venv/bin/python bench/idempotency_overhead.py [--rounds 10] [--per-round 50]
+    .venv/bin/python -m bench.idempotency_overhead [--rounds 10] [--per-round 50]
 
 Runs against PostgreSQL and Redis (DATABASE_URL / REDIS_URL, defaulting to the test services) in a
 scratch database ``cryptopay_bench_<pid>`` created for the run and dropped at the end, with Redis
@@ -33,12 +33,9 @@ import time
 import types
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from results import emit, figure
-from scratch import scratch_environment
+from bench.results import emit, figure
+from testing.scratch import scratch_environment
 
 URLCONF = "bench_idempotency_urls"
 

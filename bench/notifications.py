@@ -1,12 +1,12 @@
 """The notification dispatcher: High-priority latency under a Low flood, and throughput.
 
-    .venv/bin/python bench/notifications.py [--flood 10000] [--high 150] [--events 3000]
+    .venv/bin/python -m bench.notifications [--flood 10000] [--high 150] [--events 3000]
 
 Runs against PostgreSQL and Redis (DATABASE_URL / REDIS_URL, defaulting to the test services) in a
 scratch database ``cryptopay_notify_<pid>`` created for the run and dropped at the end, with Redis
 keys under a per-run prefix (queues, breakers, cache) deleted at the end. The dispatcher runs in a
 thread of this process (``Dispatcher.run``, as ``manage.py run_dispatcher`` does); webhooks go to
-a real HTTP receiver on 127.0.0.1 (tests/notifications/receivers.py) that answers 200 at once.
+a real HTTP receiver on 127.0.0.1 (testing/receivers.py) that answers 200 at once.
 
 1. Latency: ``--flood`` Low events (exchange-rate updates: no webhook, no browser group) are
    queued first; then, while the dispatcher drains them, a High event (payment.status_changed to
@@ -40,10 +40,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from results import emit, figure
-from scratch import scratch_environment
+from bench.results import emit, figure
+from testing.scratch import scratch_environment
 
 MERCHANT = "mer_bench"
 
@@ -361,7 +359,7 @@ def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
 
 def deliveries_section(args: argparse.Namespace, figures: list) -> None:
     from notifications.endpoints import webhook_endpoint_create
-    from tests.notifications.fast_receiver import FastReceiver
+    from testing.fast_receiver import FastReceiver
 
     with FastReceiver() as fast:
         webhook_endpoint_create(owner=FAST_OWNER, url=fast.url)
@@ -404,7 +402,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     from notifications.endpoints import webhook_endpoint_create
-    from tests.notifications.receivers import Receiver
+    from testing.receivers import Receiver
 
     with Receiver() as receiver:
         webhook_endpoint_create(owner=MERCHANT, url=receiver.url)

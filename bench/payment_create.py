@@ -1,6 +1,6 @@
 """Payment creation cost: the full API path against a bare ORM insert, side by side.
 
-    .venv/bin/python bench/payment_create.py [--count 300]
+    .venv/bin/python -m bench.payment_create [--count 300]
 
 Runs in embedded mode (SQLite in a temporary directory) so it needs no services and leaves
 nothing behind. Prints payments per second and per-call latency percentiles for
@@ -16,16 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from results import emit, figure
+from bench.results import emit, figure
 
 
 def setup_django(state_dir: str) -> None:

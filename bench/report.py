@@ -1,6 +1,6 @@
 """Run every bench and write bench/RESULTS.md: the machine, and every figure next to its baseline.
 
-    .venv/bin/python bench/report.py [--quick] [--output bench/RESULTS.md] [--json PATH]
+    .venv/bin/python -m bench.report [--quick] [--output bench/RESULTS.md] [--json PATH]
                                      [--only NAME,...] [--skip NAME,...]
 
 ``make bench`` runs it (``make bench BENCH_QUICK=1`` adds ``--quick``). Each bench in BENCHES runs
@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.results import baselines_of, parse
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-sys.path.insert(0, str(BENCH_DIR))
-
-from results import baselines_of, parse  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -216,7 +215,7 @@ def bench_environment() -> dict[str, str]:
 def run_bench(bench: Bench, *, quick: bool, env: dict[str, str]) -> Run:
     script = BENCH_DIR / f"{bench.name}.py"
     args = bench.quick if quick else bench.args
-    run = Run(bench=bench, command=[sys.executable, str(script), *args])
+    run = Run(bench=bench, command=[sys.executable, "-m", f"bench.{bench.name}", *args])
     if not script.exists():
         run.skipped = f"bench/{bench.name}.py is not in this checkout"
         return run
@@ -466,7 +465,7 @@ def write_markdown(
             lines.append(f"| {claim} | {bench} | {shown} | < {goal:g} ms | {verdict} |")
     for run in runs:
         lines += ["", f"## {run.bench.name}", ""]
-        shown = " ".join(["python", f"bench/{run.bench.name}.py", *run.command[2:]])
+        shown = " ".join(["python -m", f"bench.{run.bench.name}", *run.command[3:]])
         lines.append(f"`{shown}` — {run.bench.what}.")
         lines.append("")
         if run.skipped:

@@ -1,6 +1,6 @@
 """What a UTXO chain watcher poll costs with thousands of unrelated transactions in the mempool.
 
-    .venv/bin/python bench/utxo_mempool.py [--mempool 5000] [--payments 3] [--warm-polls 5]
+    .venv/bin/python -m bench.utxo_mempool [--mempool 5000] [--payments 3] [--warm-polls 5]
         [--baseline-runs 3]
 
 Runs the real watcher (``payments.chains.watch.chain_watch``) against a Litecoin Core regtest node
@@ -39,17 +39,13 @@ import json
 import logging
 import os
 import statistics
-import sys
 import time
 from collections import Counter
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from results import emit, figure
-from scratch import scratch_environment
+from bench.results import emit, figure
+from testing.scratch import scratch_environment
 
 CHAIN = "litecoin"
 FAN_OUT_PER_TX = 1000  # outputs per sendmany: ~31 kB, well within the 100 kvB standard limit
@@ -436,7 +432,7 @@ def main() -> None:
     if args.mempool < 2 or args.payments < 1 or args.warm_polls < 1 or args.baseline_runs < 1:
         parser.error("--mempool >= 2, the others >= 1")
 
-    from tests.nodes import Litecoind
+    from testing.nodes import Litecoind
 
     node = Litecoind(initial_blocks=101).start()
     try:

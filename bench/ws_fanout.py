@@ -1,6 +1,6 @@
 """Live WebSocket fan-out: one payment's status change to 1,000 connected buyers, daphne vs uvicorn.
 
-    .venv/bin/python bench/ws_fanout.py [--clients 1000] [--rounds 20] [--concurrency 100]
+    .venv/bin/python -m bench.ws_fanout [--clients 1000] [--rounds 20] [--concurrency 100]
         [--timeout 5] [--servers daphne,uvicorn] [--no-compression] [--log-dir DIR] [--quick]
 
 ``--quick`` is a smoke run: 50 clients, 3 rounds. About 90 s for the default run on 2 cores.
@@ -12,7 +12,7 @@ keys under a per-run prefix (channel layer, connection registry, queues, cache) 
 For each server kind, daphne first and then uvicorn, in the same run:
 
 1. ONE server process is started on ``cryptopay.asgi:application`` (daphne with its defaults, the
-   Procfile's server; uvicorn with ``--ws websockets --lifespan off``, as tests/servers.py), with
+   Procfile's server; uvicorn with ``--ws websockets --lifespan off``, as testing/servers.py), with
    the scratch database and the run's Redis prefixes, DEBUG=0, LOG_LEVEL=WARNING and
    ``CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER=100000``: the per-user cap (default 5) is keyed per
    payment for buyer streams, so with the default every connection after the 5th would evict an
@@ -84,17 +84,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scratch import scratch_environment
-
-from tests.nodes import free_port
-from tests.servers import server_command
-
-try:  # the RESULT line for bench/report.py, where that convention is present
-    from results import emit, figure
-except ImportError:
-    emit = figure = None
+from bench.results import emit, figure
+from testing.nodes import free_port
+from testing.scratch import scratch_environment
+from testing.servers import server_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("daphne", "uvicorn")
@@ -569,8 +562,6 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
 
 def emit_result(results: list[Result]) -> None:
     """The machine-readable line (bench/results.py): each server's figures against daphne's."""
-    if emit is None or figure is None:
-        return
     base = results[0].kind
     figures = []
     for r in results:

@@ -7,8 +7,8 @@ What runs (every part real, on 127.0.0.1):
 
 * the gateway: two daphne processes, the dispatcher (``manage.py run_dispatcher``) and a Celery
   worker with the beat schedule (``-B``), on a scratch PostgreSQL database and Redis; they reach
-  both through fault-injecting TCP proxies (tests/faultproxy.py);
-* litecoind (regtest) and anvil, watched by the gateway; the fake exchanges (tests/fakes), real
+  both through fault-injecting TCP proxies (testing/faultproxy.py);
+* litecoind (regtest) and anvil, watched by the gateway; the fake exchanges (testing/exchanges.py), real
   HTTP servers speaking the exchanges' formats; a webhook receiver;
 * a load generator: threads creating payments with an ``Idempotency-Key``, retrying a 409, 503,
   429 or a broken connection with the same key on the same or the other daphne, as a client
@@ -54,11 +54,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from testing.scratch import scratch_environment
 
-from scratch import scratch_environment  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 BREAK_SECONDS = 3
 GOAL_ANSWERED = Decimal("99.9")
@@ -122,7 +120,7 @@ class Recovery:
 
 class Gateway:
     def __init__(self, run_dir: Path, env: dict[str, str]) -> None:
-        from tests.nodes import free_port
+        from testing.nodes import free_port
 
         self.run_dir = run_dir
         self.env = env
@@ -135,13 +133,13 @@ class Gateway:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def _spawn(self, name: str, command: list[str]) -> None:
-        from tests.nodes import spawn
+        from testing.nodes import spawn
 
         self.commands[name] = command
         self.processes[name] = spawn(command, log=self.run_dir / f"{name}.log", env=self.env)
 
     def start_daphne(self, name: str) -> None:
-        from tests.servers import server_command
+        from testing.servers import server_command
 
         self._spawn(name, server_command("daphne", self.ports[name]))
         self.wait_answering(name)
@@ -395,7 +393,7 @@ class Faults:
         self.s = scenario
 
     def redis_restart(self) -> None:
-        from tests.chaos import redis_stopped
+        from testing.service_control import redis_stopped
 
         with redis_stopped(self.s.redis_url):
             time.sleep(self.s.settings.hold)
@@ -650,10 +648,10 @@ class Scenario:
     def run(self) -> int:
         from django.conf import settings
 
-        from tests.fakes.exchanges import FakeExchanges
-        from tests.faultproxy import FaultProxy
-        from tests.nodes import Anvil, Litecoind
-        from tests.notifications.receivers import Receiver
+        from testing.exchanges import FakeExchanges
+        from testing.faultproxy import FaultProxy
+        from testing.nodes import Anvil, Litecoind
+        from testing.receivers import Receiver
 
         self.redis_url = settings.REDIS_URL
         redis_parts = urlsplit(self.redis_url)

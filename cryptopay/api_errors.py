@@ -83,7 +83,7 @@ class DecimalJSONParser(JSONParser):
     recursive walk after it: validation, canonical bodies, rendering) would otherwise hit Python's
     recursion limit at ~1,000 levels and answer 500."""
 
-    def parse(self, stream, media_type=None, parser_context=None):  # type: ignore[override]
+    def parse(self, stream, media_type=None, parser_context=None):
         parser_context = parser_context or {}
         encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
         try:

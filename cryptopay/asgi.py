@@ -24,7 +24,7 @@ class BrowserOriginValidator(OriginValidator):
     admin session). Browsers always send Origin; API clients (which authenticate with a key, not a
     cookie) send none, and are let through."""
 
-    def valid_origin(self, parsed_origin) -> bool:  # type: ignore[no-untyped-def]
+    def valid_origin(self, parsed_origin) -> bool:
         return parsed_origin is None or super().valid_origin(parsed_origin)
 
 

@@ -13,7 +13,7 @@ app.autodiscover_tasks()
 
 
 @setup_logging.connect
-def _logging_from_settings(**kwargs) -> None:  # type: ignore[no-untyped-def]
+def _logging_from_settings(**kwargs) -> None:
     """Workers and beat log like the web processes (settings.LOGGING: JSON lines, correlation
     ids, redaction) instead of Celery's own format."""
     import logging.config

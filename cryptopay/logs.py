@@ -174,8 +174,9 @@ class JsonFormatter(logging.Formatter):
             "correlation_id": getattr(record, "correlation_id", None),
             "process": record.process,
         }
-        if getattr(record, "task_id", ""):
-            line["task_id"] = record.task_id
+        task_id = getattr(record, "task_id", "")
+        if task_id:
+            line["task_id"] = task_id
             line["task"] = getattr(record, "task", "")
         for name, value in record.__dict__.items():
             if name not in _STANDARD and name not in line:

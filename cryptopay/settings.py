@@ -23,6 +23,7 @@ import secrets
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -279,7 +280,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": LOCAL_STATE_DIR / "cryptopay.sqlite3",
+            "NAME": str(LOCAL_STATE_DIR / "cryptopay.sqlite3"),
             # Tests in embedded mode run on a file too, as an install does, not in memory.
             "TEST": {"NAME": LOCAL_STATE_DIR / "test-cryptopay.sqlite3"},
             # WAL + IMMEDIATE lets the web server and the in-process scheduler write without
@@ -310,7 +311,7 @@ if REDIS_URL:
             },
         }
     }
-    CHANNEL_LAYERS = {
+    CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py 8 defaults socket_timeout to 5 s, which kills the layer's 5 s blocking

@@ -4,6 +4,7 @@ shown once), rotate secrets, read events and deliveries with their attempt logs,
 from __future__ import annotations
 
 from collections.abc import Callable
+from weakref import WeakKeyDictionary
 
 from django import forms
 from django.contrib import admin, messages
@@ -81,6 +82,12 @@ class WebhookEndpointForm(forms.ModelForm):
         return sorted(set(self.cleaned_data.get("event_types") or []))
 
 
+# A new endpoint's signing secret, between saving it and rendering the one page that shows it.
+_created_secrets: WeakKeyDictionary[HttpRequest, list[tuple[WebhookEndpoint, str]]] = (
+    WeakKeyDictionary()
+)
+
+
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(ModeAdminMixin, admin.ModelAdmin):
     mode_things = "webhook endpoints"
@@ -92,7 +99,7 @@ class WebhookEndpointAdmin(ModeAdminMixin, admin.ModelAdmin):
     search_fields = ["public_id", "owner", "url"]
     actions = ["rotate_secret"]
 
-    def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_fields(self, request, obj=None):
         if obj is None:
             return ["owner", "mode", "url", "description", "event_types", "enabled"]
         return [
@@ -108,7 +115,7 @@ class WebhookEndpointAdmin(ModeAdminMixin, admin.ModelAdmin):
             "previous_secret_expires_at",
         ]
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
         # The owner and mode never change: the endpoint would start receiving events that were
@@ -156,8 +163,7 @@ class WebhookEndpointAdmin(ModeAdminMixin, admin.ModelAdmin):
             {f.attname: getattr(endpoint, f.attname) for f in WebhookEndpoint._meta.fields}
         )
         obj._state.adding = False
-        # Kept on the request only long enough to render the one page that shows it.
-        request._created_webhook_secrets = [(endpoint, secret)]
+        _created_secrets[request] = [(endpoint, secret)]
 
     def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
         endpoints.webhook_endpoint_delete(endpoint=obj)
@@ -167,7 +173,7 @@ class WebhookEndpointAdmin(ModeAdminMixin, admin.ModelAdmin):
             endpoints.webhook_endpoint_delete(endpoint=endpoint)
 
     def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:  # type: ignore[no-untyped-def]
-        return self._secrets_page(request, request._created_webhook_secrets, rotated=False)
+        return self._secrets_page(request, _created_secrets.pop(request), rotated=False)
 
     def _secrets_page(
         self, request: HttpRequest, created: list[tuple[WebhookEndpoint, str]], *, rotated: bool
@@ -185,7 +191,7 @@ class WebhookEndpointAdmin(ModeAdminMixin, admin.ModelAdmin):
         description="Rotate the signing secret (the old one stays valid 24 h)",
         permissions=["change"],
     )
-    def rotate_secret(self, request: HttpRequest, queryset) -> HttpResponse:  # type: ignore[no-untyped-def]
+    def rotate_secret(self, request: HttpRequest, queryset) -> HttpResponse:
         rotated = [
             (endpoint, endpoints.webhook_endpoint_rotate_secret(endpoint=endpoint))
             for endpoint in queryset.order_by("pk")
@@ -198,46 +204,39 @@ class _ReadOnlyInline(admin.TabularInline):
     can_delete = False
     show_change_link = False
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
 
 class WebhookDeliveryInline(_ReadOnlyInline):
     model = WebhookDelivery
-    fields = [
-        "endpoint",
-        "status",
-        "attempts",
-        "last_status_code",
-        "last_error",
-        "next_attempt_at",
+    fields = readonly_fields = (
+        "endpoint", "status", "attempts", "last_status_code", "last_error", "next_attempt_at",
         "delivered_at",
-    ]
-    readonly_fields = fields
+    )  # fmt: skip
     show_change_link = True
 
-    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+    def get_queryset(self, request):
         return super().get_queryset(request).select_related("endpoint")
 
 
 class WebhookAttemptInline(_ReadOnlyInline):
     model = WebhookAttempt
-    fields = ["attempted_at", "status_code", "latency_ms", "error"]
-    readonly_fields = fields
+    fields = readonly_fields = ("attempted_at", "status_code", "latency_ms", "error")
     ordering = ["attempted_at", "pk"]
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 
@@ -299,7 +298,7 @@ class WebhookDeliveryAdmin(ModeAdminMixin, _ReadOnlyAdmin):
         return request.user.has_perm("notifications.change_webhookdelivery")
 
     @admin.action(description="Redeliver selected", permissions=["redeliver"])
-    def redeliver(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+    def redeliver(self, request: HttpRequest, queryset) -> None:
         selected = list(queryset.order_by("pk")[: REDELIVER_MAX + 1])
         if len(selected) > REDELIVER_MAX:
             self.message_user(

@@ -358,7 +358,7 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
             )  # fmt: skip
 
 
-def _arrays(connection, fields: list[models.Field], rows: list[list]) -> tuple[str, list]:  # type: ignore[no-untyped-def]
+def _arrays(connection, fields: list[models.Field], rows: list[list]) -> tuple[str, list]:
     """``unnest(CAST(%s AS type[]), …)`` with one array per column: a statement of a few
     placeholders whatever the rows, so psycopg does not parse and bind thousands of them (with
     ``VALUES (%s, …), …`` that was most of the recorder's time)."""

@@ -58,7 +58,7 @@ class Destination:
 
 
 def system_resolve(host: str, port: int) -> list[str]:
-    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
 def _ip_literal(host: str) -> IPAddress | None:

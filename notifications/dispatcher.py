@@ -178,7 +178,7 @@ def _messages(events: list[Event]) -> list[tuple[list[str], dict]]:
 FANOUT_CONCURRENCY = 32
 
 
-async def _groups_watched(layer, groups: list[str]) -> set[str]:  # type: ignore[no-untyped-def]
+async def _groups_watched(layer, groups: list[str]) -> set[str]:
     """The groups that have a member, in one pipelined ZCARD per Redis shard: ``group_send``
     spends two round trips on every group before finding out, and most groups are empty (a
     payment's page is rarely open). A browser that joins after this check misses nothing: it
@@ -198,7 +198,7 @@ async def _groups_watched(layer, groups: list[str]) -> set[str]:  # type: ignore
     return watched
 
 
-async def _group_send_all(layer, messages: list[tuple[list[str], dict]]) -> None:  # type: ignore[no-untyped-def]
+async def _group_send_all(layer, messages: list[tuple[list[str], dict]]) -> None:
     per_group: dict[str, list[dict]] = {}
     for groups, message in messages:
         for group in groups:
@@ -349,12 +349,12 @@ class DeliveryLoop:
     def wait_for_room(self, timeout: float) -> bool:
         return self._room.wait(timeout)
 
-    def fan_out(self, layer, messages: list[tuple[list[str], dict]]) -> None:  # type: ignore[no-untyped-def]
+    def fan_out(self, layer, messages: list[tuple[list[str], dict]]) -> None:
         """Queue browser messages on the loop without waiting: each batch after the previous
         one, so every group gets its messages in position order."""
         self.loop.call_soon_threadsafe(self._fan_out_after, layer, messages)
 
-    def _fan_out_after(self, layer, messages: list[tuple[list[str], dict]]) -> None:  # type: ignore[no-untyped-def]
+    def _fan_out_after(self, layer, messages: list[tuple[list[str], dict]]) -> None:
         previous = self._fan_out_tail
 
         async def send() -> None:

@@ -37,7 +37,7 @@ from django.conf import settings
 from prometheus_client import Counter, Gauge
 
 from resilience import clock
-from resilience.redis_client import fast_fail_client
+from resilience.redis_client import fast_fail_client, reply_text
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class ConnectionRegistry:
             self._client = fast_fail_client(self.redis_url)
         return self._client
 
-    def _script(self, name: str, source: str):  # type: ignore[no-untyped-def]
+    def _script(self, name: str, source: str):
         client = self._redis()
         if client is None:
             return None
@@ -343,7 +343,7 @@ class ConnectionRegistry:
             return 0
         removed = 0
         for raw_user in client.smembers(f"{self.prefix}:users"):
-            removed += self._prune(client, raw_user.decode())[0]
+            removed += self._prune(client, reply_text(raw_user))[0]
         if removed:
             logger.info("connection registry: removed %d stale connections", removed)
         return removed
@@ -354,12 +354,12 @@ class ConnectionRegistry:
             try:
                 per_user = {}
                 for raw_user in sorted(client.smembers(f"{self.prefix}:users")):
-                    user = raw_user.decode()
+                    user = reply_text(raw_user)
                     left = self._prune(client, user)[1]
                     if left:
                         per_user[user] = left
                 evictions = {
-                    key.decode(): int(value)
+                    reply_text(key): int(value)
                     for key, value in client.hgetall(f"{self.prefix}:evictions").items()
                 }
                 total_evictions = evictions.pop("", 0)

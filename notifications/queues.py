@@ -18,7 +18,7 @@ from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from resilience.redis_client import fast_fail_client
+from resilience.redis_client import fast_fail_client, reply_text
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def pop_batch(*, size: int, wait: float) -> list[tuple[str, int]]:
     if first is None:
         return []
     queue_name, raw = first
-    priority = queue_name.decode().rsplit(":", 1)[-1]
+    priority = reply_text(queue_name).rsplit(":", 1)[-1]
     batch = [(priority, int(raw))]
     for name in ORDER:
         if len(batch) >= size:

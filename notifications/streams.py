@@ -216,7 +216,7 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
     def authorize(self) -> StreamAccess:
         raise NotImplementedError
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def __call__(self, scope, receive, send):
         # One correlation id (the handshake's X-Request-ID, or a new one) for the connection's
         # log lines and whatever it causes downstream.
         with bound_correlation_id(correlation_id_from_scope(scope)):

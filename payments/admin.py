@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
@@ -114,7 +116,7 @@ class MerchantAdmin(admin.ModelAdmin):
             or "no wallets"
         )
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):  # type: ignore[no-untyped-def]
+    def change_view(self, request, object_id, form_url="", extra_context=None):
         merchant = self.get_object(request, object_id)
         if merchant is not None and request.method == "GET":
             for gap in wallet_gap_runs(merchant=merchant):
@@ -141,6 +143,10 @@ class ApiKeyAddForm(forms.ModelForm):
         fields = ["merchant", "name", "scopes"]
 
 
+# A new key's secret, between saving it and rendering the one page that shows it.
+_created_keys: WeakKeyDictionary[HttpRequest, tuple[ApiKey, str]] = WeakKeyDictionary()
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(ModeAdminMixin, admin.ModelAdmin):
     mode_things = "API keys"
@@ -158,12 +164,12 @@ class ApiKeyAdmin(ModeAdminMixin, admin.ModelAdmin):
     search_fields = ["name", "prefix", "merchant__name"]
     actions = ["revoke"]
 
-    def get_form(self, request, obj=None, change=False, **kwargs):  # type: ignore[no-untyped-def]
+    def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
             kwargs["form"] = ApiKeyAddForm
         return super().get_form(request, obj, change=change, **kwargs)
 
-    def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_fields(self, request, obj=None):
         if obj is None:
             return ["merchant", "name", "mode", "scopes"]
         return [
@@ -171,12 +177,12 @@ class ApiKeyAdmin(ModeAdminMixin, admin.ModelAdmin):
             "revoked_at",
         ]  # fmt: skip
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
         return ["merchant", "prefix", "mode", "scopes", "created_at", "last_used_at", "revoked_at"]
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request, obj, form, change):
         if change:
             obj.save(update_fields=["name"])
             return
@@ -188,49 +194,46 @@ class ApiKeyAdmin(ModeAdminMixin, admin.ModelAdmin):
         )
         # The admin logs and redirects with ``obj``: make it the key the service created.
         obj.__dict__.update({f.attname: getattr(api_key, f.attname) for f in ApiKey._meta.fields})
-        # Kept on the request only long enough to render the one page that shows it.
-        request._created_api_key = (api_key, secret)
+        _created_keys[request] = (api_key, secret)
 
-    def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:  # type: ignore[no-untyped-def]
-        api_key, secret = request._created_api_key
+    def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:
+        api_key, secret = _created_keys.pop(request)
         context = {**self.admin_site.each_context(request), "api_key": api_key, "secret": secret}
         response = TemplateResponse(request, "admin/payments/apikey/created.html", context)
         response["Cache-Control"] = "no-store"
         return response
 
     @admin.action(description="Revoke selected API keys", permissions=["change"])
-    def revoke(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+    def revoke(self, request: HttpRequest, queryset) -> None:
         revoked = sum(services.api_key_revoke(api_key=api_key) for api_key in queryset)
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
 
 class PaymentEventInline(admin.TabularInline):
     model = PaymentEvent
-    fields = ["sequence", "type", "created_at", "data"]
-    readonly_fields = fields
+    fields = readonly_fields = ("sequence", "type", "created_at", "data")
     extra = 0
     can_delete = False
     ordering = ["sequence"]
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
 
 class UnmatchedTransferInline(admin.TabularInline):
     model = UnmatchedTransfer
-    fields = ["chain", "txid", "currency", "amount", "block_height", "seen_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("chain", "txid", "currency", "amount", "block_height", "seen_at")
     extra = 0
     can_delete = False
     verbose_name_plural = "Unmatched transfers (another asset; not credited)"
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
 
@@ -241,10 +244,10 @@ class PaymentTransactionInline(admin.TabularInline):
     extra = 0
     can_delete = False
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
     @admin.display(description="Amount")
@@ -282,7 +285,7 @@ class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
     resource_classes = [PaymentResource]
     formats = [CSV]
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         # Payments change only through the state machine (the actions below), never by editing.
         # The checkout token stays out of the form; the link carries it for operators to pass on.
         fields = [
@@ -360,13 +363,13 @@ class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
         url = checkout_url(payment)
         return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, url)
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
-    def _mark(self, request: HttpRequest, queryset, to_status: str) -> None:  # type: ignore[no-untyped-def]
+    def _mark(self, request: HttpRequest, queryset, to_status: str) -> None:
         moved, refused = 0, []
         for payment in queryset:
             try:
@@ -380,11 +383,11 @@ class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
             self.message_user(request, line, messages.WARNING)
 
     @admin.action(description="Mark selected payments settled", permissions=["change"])
-    def mark_settled(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+    def mark_settled(self, request: HttpRequest, queryset) -> None:
         self._mark(request, queryset, PaymentStatus.SETTLED)
 
     @admin.action(description="Mark selected payments invalid", permissions=["change"])
-    def mark_invalid(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+    def mark_invalid(self, request: HttpRequest, queryset) -> None:
         self._mark(request, queryset, PaymentStatus.INVALID)
 
 
@@ -427,13 +430,13 @@ class PaymentEventAdmin(admin.ModelAdmin):
     search_fields = ["payment__public_id"]
     list_select_related = ["payment"]
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         return [field.name for field in PaymentEvent._meta.fields]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 
@@ -456,7 +459,7 @@ class ExchangeRateEventAdmin(admin.ModelAdmin):
     def previous_rate_shown(self, event: ExchangeRateEvent) -> str:
         return rate_text(event.previous_rate)
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False
 
 
@@ -465,8 +468,9 @@ class MerchantWalletForm(forms.ModelForm):
         model = MerchantWallet
         fields = ["merchant", "crypto_currency", "extended_public_key"]
 
-    def clean(self):  # type: ignore[no-untyped-def]
-        cleaned = super().clean()
+    def clean(self):
+        super().clean()
+        cleaned = self.cleaned_data
         currency, key = cleaned.get("crypto_currency"), cleaned.get("extended_public_key")
         if currency and key:
             try:
@@ -507,13 +511,13 @@ class UnmatchedTransferAdmin(admin.ModelAdmin):
     search_fields = ["txid", "to_address", "payment__public_id"]
     list_select_related = ["payment"]
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         return [field.name for field in UnmatchedTransfer._meta.fields]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 
@@ -521,8 +525,8 @@ class UnmatchedTransferAdmin(admin.ModelAdmin):
 class ChainCursorAdmin(admin.ModelAdmin):
     list_display = ["chain", "height", "tip_height", "lag", "node", "polled_at"]
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         return [field.name for field in ChainCursor._meta.fields]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False

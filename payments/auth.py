@@ -54,7 +54,7 @@ class ApiClient:
 class ApiKeyAuthentication(BaseAuthentication):
     keyword = b"bearer"
 
-    def authenticate(self, request):  # type: ignore[override]
+    def authenticate(self, request):
         header = get_authorization_header(request).split()
         if not header:
             return None
@@ -112,7 +112,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         return ApiClient(merchant=api_key.merchant, api_key=api_key), api_key
 
-    def authenticate_header(self, request) -> str:  # type: ignore[override]
+    def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
 
 
@@ -125,13 +125,19 @@ def idempotency_owner(request: HttpRequest) -> str | None:
     return None if result is None else result[0].idempotency_scope
 
 
+def request_client(request: Request) -> ApiClient:
+    """The API client of a request that passed ``HasApiKeyScope`` (typed, unlike ``request.user``)."""
+    client = request.user
+    if not isinstance(client, ApiClient):
+        raise exceptions.NotAuthenticated("Authentication required: send a Bearer API key.")
+    return client
+
+
 class HasApiKeyScope(BasePermission):
     """Views declare ``required_scopes = {"GET": "payments:read", ...}`` per method."""
 
-    def has_permission(self, request, view) -> bool:  # type: ignore[override]
-        client = request.user
-        if not isinstance(client, ApiClient):
-            raise exceptions.NotAuthenticated("Authentication required: send a Bearer API key.")
+    def has_permission(self, request, view) -> bool:
+        client = request_client(request)
         required = getattr(view, "required_scopes", {}).get(request.method)
         if required is None:
             return True

@@ -64,13 +64,13 @@ def watcher_lag_list() -> list[WatcherLag]:
     for chain in configured:
         cursor = cursors.get(chain)
         polled_at = cursor.polled_at if cursor else None
-        known_tip = cursor is not None and cursor.tip_height >= 0
+        known_tip = cursor if cursor is not None and cursor.tip_height >= 0 else None
         lags.append(
             WatcherLag(
                 chain=chain,
                 height=cursor.height if cursor and cursor.height >= 0 else None,
-                tip_height=cursor.tip_height if known_tip else None,
-                lag_blocks=cursor.lag if known_tip else None,
+                tip_height=known_tip.tip_height if known_tip else None,
+                lag_blocks=known_tip.lag if known_tip else None,
                 node=cursor.node if cursor else "",
                 polled_at=polled_at,
                 poll_age_seconds=None

@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models.expressions import Combinable
 
 from payments.currencies import CRYPTO_CHOICES, FIAT_CHOICES
 from payments.money import plain_decimal
@@ -63,6 +64,10 @@ class BaseUnitsField(models.DecimalField):
     ``int`` and stored exactly: NUMERIC(78, 0) on PostgreSQL, because wei amounts outgrow a 64-bit
     integer (1 000 ETH is 10^21 wei); zero-padded text on SQLite (``base_units_to_sqlite``).
     """
+
+    # What the type checker's Django plugin reads as the attribute's types: an int, not a Decimal.
+    _pyi_private_set_type: int | Combinable
+    _pyi_private_get_type: int  # type: ignore[assignment]  # stubs type every DecimalField as Decimal
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["max_digits"] = BASE_UNITS_DIGITS

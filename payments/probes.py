@@ -53,7 +53,7 @@ USABLE = (Level.HEALTHY, Level.DEGRADED)
 # --- exchange rates -----------------------------------------------------------------------------
 
 
-def _probe_pair(provider) -> str | None:  # type: ignore[no-untyped-def]
+def _probe_pair(provider) -> str | None:
     """A pair the provider quotes, preferring the configured fallback pairs (what we price)."""
     for pair in [*settings.FALLBACK_RATES, *provider.symbols]:
         if provider.supports(pair):

@@ -25,7 +25,7 @@ class IdempotencyKeyAdmin(admin.ModelAdmin):
     search_fields = ["owner", "key", "path"]
     exclude = ["response_body"]
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         return [f.name for f in IdempotencyKey._meta.fields if f.name != "response_body"] + [
             "response_text"
         ]
@@ -36,10 +36,10 @@ class IdempotencyKeyAdmin(admin.ModelAdmin):
             return "(sealed: the answer carries a secret and is never shown)"
         return bytes(obj.response_body or b"").decode("utf-8", errors="replace")
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def changelist_view(self, request, extra_context=None):  # type: ignore[no-untyped-def]
+    def changelist_view(self, request, extra_context=None):
         totals = IdempotencyKey.objects.aggregate(
             executions=Count("id", filter=None),
             replays=Sum("replays"),

@@ -89,15 +89,15 @@ class Probe:
     duration_ms: int | None = None
 
     @classmethod
-    def ok(cls, message: str = "", **diagnostics: Any) -> Probe:
+    def ok(cls, message: str = "", /, **diagnostics: Any) -> Probe:
         return cls("ok", message, diagnostics)
 
     @classmethod
-    def degraded(cls, message: str, **diagnostics: Any) -> Probe:
+    def degraded(cls, message: str, /, **diagnostics: Any) -> Probe:
         return cls("degraded", message, diagnostics)
 
     @classmethod
-    def unavailable(cls, message: str, **diagnostics: Any) -> Probe:
+    def unavailable(cls, message: str, /, **diagnostics: Any) -> Probe:
         return cls("unavailable", message, diagnostics)
 
 

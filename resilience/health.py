@@ -116,7 +116,7 @@ class HealthView(HealthCheckView):
     # Answered to anyone (status only) rather than refused without credentials: live and ready.
     open_to_all = False
 
-    async def get(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def get(self, request, *args, **kwargs):
         detailed = await _may_see_details(request)
         if not detailed and not self.open_to_all:
             return _refusal()
@@ -141,7 +141,7 @@ class HealthView(HealthCheckView):
             return "unhealthy"
         return "degraded" if any(r.error is not None for r in self.results) else "healthy"
 
-    def render_to_response_json(self, status):  # type: ignore[no-untyped-def]
+    def render_to_response_json(self, status):
         stored = self.stored
         checks: dict[str, Any] = {}
         for result in self.results:
@@ -175,7 +175,7 @@ class HealthView(HealthCheckView):
         )
 
 
-async def _may_see_details(request) -> bool:  # type: ignore[no-untyped-def]
+async def _may_see_details(request) -> bool:
     if bearer_token_matches(request, settings.HEALTH_TOKEN):
         return True
     user = await request.auser()

@@ -144,7 +144,7 @@ def _sample_dependency_levels() -> None:
 register_sampler("dependency_levels", _sample_dependency_levels)
 
 
-def _on_circuit_state_changed(sender: str, from_state, to_state, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def _on_circuit_state_changed(sender: str, from_state, to_state, **kwargs) -> None:
     BREAKER_STATE.labels(sender).set(STATE_CODES[CircuitState(to_state)])
     if not kwargs.get("adopted", False):
         BREAKER_TRANSITIONS.labels(sender, str(from_state), str(to_state)).inc()
@@ -154,13 +154,13 @@ circuit_state_changed.connect(_on_circuit_state_changed, dispatch_uid="resilienc
 
 
 @task_postrun.connect(dispatch_uid="resilience.metrics.task_postrun")
-def _on_task_postrun(sender=None, state=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def _on_task_postrun(sender=None, state=None, **kwargs) -> None:
     name = getattr(sender, "name", None) or "unknown"
     TASKS.labels(name, str(state or "UNKNOWN")).inc()
 
 
 @worker_process_shutdown.connect(dispatch_uid="resilience.metrics.worker_process_shutdown")
-def _on_pool_child_exit(pid=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def _on_pool_child_exit(pid=None, **kwargs) -> None:
     if pid is not None:
         multiprocess.child_exited(int(pid))
 

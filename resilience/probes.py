@@ -28,6 +28,7 @@ import redis
 from django.conf import settings
 from django.core.cache import caches
 from django.db import DatabaseError, connection, connections
+from django_redis.cache import RedisCache
 
 from resilience.degradation import (
     FAILED,
@@ -115,7 +116,7 @@ class KeyPrefix:
     """Keys of ours under ``pattern`` whose string values must decode with ``decode``."""
 
     pattern: str
-    decode: Callable[[bytes], Any]
+    decode: Callable[[bytes | str], Any]
 
 
 _prefixes: dict[str, Callable[[], KeyPrefix | None]] = {}
@@ -128,13 +129,14 @@ def redis_key_prefix_register(*, key: str, prefix: Callable[[], KeyPrefix | None
 
 
 def _cache_is_redis() -> bool:
-    return caches["default"].__class__.__module__.startswith("django_redis")
+    return isinstance(caches["default"], RedisCache)
 
 
 def _cache_prefix() -> KeyPrefix | None:
     if not _cache_is_redis():
         return None
     cache = caches["default"]
+    assert isinstance(cache, RedisCache)
     return KeyPrefix(pattern=f"{cache.key_prefix}:{cache.version}:*", decode=cache.client.decode)
 
 
@@ -193,7 +195,9 @@ def redis_cache_probe() -> Probe:
 def redis_recover(context: RecoveryContext) -> RecoveryResult:
     clients = redis_clients_reconnect()
     if _cache_is_redis():
-        cache_client = caches["default"].client
+        cache = caches["default"]
+        assert isinstance(cache, RedisCache)
+        cache_client = cache.client
         for index in range(len(cache_client._clients)):
             if cache_client._clients[index] is not None:
                 cache_client._clients[index].connection_pool.disconnect()

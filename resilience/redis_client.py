@@ -41,3 +41,8 @@ def redis_clients_reconnect() -> int:
     for client in clients:
         client.connection_pool.disconnect()
     return len(clients)
+
+
+def reply_text(raw: bytes | str) -> str:
+    """A Redis reply as text: our clients return bytes, though redis-py's types also allow str."""
+    return raw.decode() if isinstance(raw, bytes) else raw

@@ -32,7 +32,7 @@ apt_install() {
 
 # --- litecoind ---------------------------------------------------------------------------
 # Debian's /usr/bin/litecoind is a wrapper script that writes ~/.litecoin/litecoin.conf before
-# exec'ing the daemon in /usr/lib/litecoin; the tests (tests/nodes.py) run the daemon directly.
+# exec'ing the daemon in /usr/lib/litecoin; the tests (testing/nodes.py) run the daemon directly.
 litecoind_bin() {
   if [ -x /usr/lib/litecoin/litecoind ]; then
     echo /usr/lib/litecoin/litecoind
@@ -52,7 +52,7 @@ command -v node >/dev/null 2>&1 || die "node is not installed (needed for anvil'
 command -v npm >/dev/null 2>&1 || die "npm is not installed"
 
 anvil_pkg_dir() {
-  # The platform package holding the real binary (see tests/nodes.py:anvil_binary()).
+  # The platform package holding the real binary (see testing/nodes.py:anvil_binary()).
   local os arch
   case "$(uname -s)" in
     Linux) os=linux ;;

@@ -12,9 +12,9 @@ from rest_framework.test import APIClient
 from payments.models import ApiKeyScope
 from resilience import clock
 from resilience.clock import FrozenClock
+from testing.exchanges import fake_exchanges  # noqa: F401 - a fixture for every test
+from testing.nodes import anvil, anvil_factory, litecoind, litecoind_factory  # noqa: F401
 from tests.factories import ApiKeyFactory, MerchantFactory
-from tests.fakes.exchanges import fake_exchanges  # noqa: F401 - a fixture for every test
-from tests.nodes import anvil, anvil_factory, litecoind, litecoind_factory  # noqa: F401
 from tests.security.log_secrets import SecretScanner
 
 ALL_SCOPES = list(ApiKeyScope.values)

@@ -44,7 +44,8 @@ def test_quick_report_has_figures_from_every_bench(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            "bench/report.py",
+            "-m",
+            "bench.report",
             "--quick",
             "--output",
             str(output),

@@ -15,7 +15,7 @@ import redis
 from django.conf import settings
 
 from resilience.redis_client import fast_fail_client
-from tests.faultproxy import FaultProxy
+from testing.faultproxy import FaultProxy
 
 REDIS = urlparse(settings.REDIS_URL)
 DATABASE = settings.DATABASES["default"]

@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testing.nodes import free_port
+
 pytestmark = pytest.mark.smoke
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,12 +75,6 @@ def embedded_env() -> dict[str, str]:
         # Other CRYPTOPAY_* tunables pass through (the test run's "no real exchange" among them).
         if name not in SERVICE_VARS
     }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop_group(process: subprocess.Popen) -> None:

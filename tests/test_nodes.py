@@ -1,6 +1,6 @@
-"""The node controllers in tests/nodes.py drive real litecoind and anvil processes.
+"""The node controllers in testing/nodes.py drive real litecoind and anvil processes.
 
-The fixtures (litecoind, litecoind_factory, anvil, anvil_factory) come from tests/nodes.py via
+The fixtures (litecoind, litecoind_factory, anvil, anvil_factory) come from testing/nodes.py via
 tests/conftest.py.
 """
 
@@ -11,7 +11,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from tests.nodes import TRANSFER_TOPIC, Anvil, Litecoind, RPCError
+from testing.nodes import TRANSFER_TOPIC, Anvil, Litecoind, RPCError
 
 
 def test_litecoind_send_goes_to_mempool_then_a_block(litecoind: Litecoind) -> None:

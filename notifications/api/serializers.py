@@ -151,7 +151,7 @@ class WebhookEndpointWithSecretSerializer(WebhookEndpointSerializer):
 
 class WebhookEndpointListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = WebhookEndpointSerializer(many=True)
+    data = WebhookEndpointSerializer(many=True)  # type: ignore[assignment]  # DRF moves declared fields off the class
     has_more = serializers.BooleanField()
 
 
@@ -212,7 +212,7 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
 
 class WebhookDeliveryListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = WebhookDeliverySerializer(many=True)
+    data = WebhookDeliverySerializer(many=True)  # type: ignore[assignment]  # DRF moves declared fields off the class
     has_more = serializers.BooleanField()
 
 
@@ -259,5 +259,5 @@ class EventSerializer(serializers.ModelSerializer):
 
 class EventListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = EventSerializer(many=True)
+    data = EventSerializer(many=True)  # type: ignore[assignment]  # DRF moves declared fields off the class
     has_more = serializers.BooleanField()

@@ -328,7 +328,7 @@ class QuoteSerializer(serializers.Serializer):
     rate = serializers.CharField(help_text="Fiat per one whole coin.")
     bid = serializers.CharField(allow_null=True)
     ask = serializers.CharField(allow_null=True)
-    source = serializers.ChoiceField(
+    source = serializers.ChoiceField(  # type: ignore[assignment]  # DRF moves declared fields off the class
         choices=["live", "cache", "emergency", "fallback"],
         help_text="The level the quote came from.",
     )
@@ -551,7 +551,7 @@ for _name in ("get_crypto_amount", "get_crypto_amount_base_units", "get_amount_r
 
 class PaymentListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = PaymentSerializer(many=True)
+    data = PaymentSerializer(many=True)  # type: ignore[assignment]  # DRF moves declared fields off the class
     has_more = serializers.BooleanField()
 
 
@@ -581,7 +581,7 @@ class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
     param = serializers.CharField(allow_null=True)
-    errors = serializers.ListField(
+    errors = serializers.ListField(  # type: ignore[assignment]  # DRF moves declared fields off the class
         child=serializers.DictField(), required=False, help_text="Every validation error (400)."
     )
 

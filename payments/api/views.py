@@ -21,6 +21,7 @@ from payments.api.serializers import (
     RateSerializer,
     SimulatedTransactionSerializer,
 )
+from payments.auth import request_client
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto
 from payments.devchain import payment_simulate
 from payments.errors import TestModeOnly
@@ -78,8 +79,8 @@ class PaymentListCreateView(APIView):
         )
         try:
             page = selectors.payment_list(
-                merchant=request.user.merchant,
-                livemode=request.user.livemode,
+                merchant=request_client(request).merchant,
+                livemode=request_client(request).livemode,
                 filters=filters,
                 limit=params["limit"],
                 starting_after=params.get("starting_after"),
@@ -103,9 +104,10 @@ class PaymentListCreateView(APIView):
         # Priced before the idempotency gate: the provider fetch runs outside the request's
         # transaction and the key's lock (a replay does not use the quote). An invalid body is
         # not priced; the gate still judges it first (a reused key is a 422, not a 400).
-        merchant = request.user.merchant
+        merchant = request_client(request).merchant
         serializer = PaymentCreateSerializer(
-            data=request.data, context={"merchant": merchant, "livemode": request.user.livemode}
+            data=request.data,
+            context={"merchant": merchant, "livemode": request_client(request).livemode},
         )
         quotes: dict[str, Quote] = {}
         if serializer.is_valid():
@@ -124,16 +126,17 @@ class PaymentListCreateView(APIView):
         quotes: dict[str, Quote],
         serializer: PaymentCreateSerializer | None = None,
     ) -> Response:
-        merchant = request.user.merchant
+        merchant = request_client(request).merchant
         if serializer is None:
             serializer = PaymentCreateSerializer(
-                data=request.data, context={"merchant": merchant, "livemode": request.user.livemode}
+                data=request.data,
+                context={"merchant": merchant, "livemode": request_client(request).livemode},
             )
         serializer.is_valid(raise_exception=True)  # validated once: the result is kept
         data = serializer.validated_data
         common = {
             "merchant": merchant,
-            "livemode": request.user.livemode,
+            "livemode": request_client(request).livemode,
             "fiat_amount": data["amount"],
             "fiat_currency": data["currency"],
             "order_id": data.get("order_id"),
@@ -161,7 +164,9 @@ class PaymentListCreateView(APIView):
 def _payment(request: Request, public_id: str) -> Payment:
     """The caller's payment in the caller's mode (the other mode's and other merchants' are 404)."""
     return selectors.payment_get(
-        merchant=request.user.merchant, public_id=public_id, livemode=request.user.livemode
+        merchant=request_client(request).merchant,
+        public_id=public_id,
+        livemode=request_client(request).livemode,
     )
 
 
@@ -206,7 +211,7 @@ class PaymentSimulateView(APIView):
         "events and webhooks go out, exactly as for a real payment.",
     )
     def post(self, request: Request, public_id: str) -> Response:
-        if request.user.livemode:
+        if request_client(request).livemode:
             # Before the idempotency gate: a live key's refusal is never stored as an answer.
             raise TestModeOnly(
                 "Simulating a payment is for test mode: use a test key (cpk_test_…). Live "
@@ -265,6 +270,9 @@ class RateView(APIView):
     def get(self, request: Request) -> Response:
         query = RateQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
-        fiat = query.validated_data.get("fiat") or request.user.merchant.default_fiat_currency
+        fiat = (
+            query.validated_data.get("fiat")
+            or request_client(request).merchant.default_fiat_currency
+        )
         quote = rate_quote(crypto_currency=query.validated_data["crypto"], fiat_currency=fiat)
         return Response({"object": "rate", **quote.provenance()})

@@ -173,7 +173,7 @@ class Watcher:
 
     # --- the poll ---------------------------------------------------------------------------
 
-    def open_payments(self):  # type: ignore[no-untyped-def]
+    def open_payments(self):
         """Payments on this chain's own addresses still within their monitoring window."""
         return Payment.objects.filter(
             crypto_currency__in=self.chain.currencies, monitoring_until__gte=clock.now()

@@ -27,6 +27,7 @@ from django.conf import settings
 
 from payments.rates.providers import (
     PROVIDER_CLASSES,
+    ExchangeProvider,
     PairNotSupported,
     ProviderError,
     ProviderPrice,
@@ -100,7 +101,7 @@ def http_client() -> httpx.Client:
         return _client
 
 
-def configured_providers() -> list:
+def configured_providers() -> list[ExchangeProvider]:
     providers = []
     for name in settings.RATE_PROVIDER_ORDER:
         if name not in PROVIDER_CLASSES:
@@ -116,7 +117,7 @@ def configured_providers() -> list:
     return providers
 
 
-def providers_for(pair: str) -> list:
+def providers_for(pair: str) -> list[ExchangeProvider]:
     return [provider for provider in configured_providers() if provider.supports(pair)]
 
 
@@ -180,7 +181,7 @@ def rate_fetch_live(*, pair: str) -> LiveRate:
     failures: dict[str, str] = {}
     pending = list(candidates)
     with ThreadPoolExecutor(max_workers=width, thread_name_prefix="rates") as pool:
-        in_flight: dict[Future, object] = {}
+        in_flight: dict[Future, ExchangeProvider] = {}
 
         def submit_next() -> None:
             if pending:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from psycopg_pool import ConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
@@ -68,10 +70,14 @@ class ResilientConnectionPool(ConnectionPool):
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    # Django's PostgreSQL backend has these; its type stubs leave them out.
+    _connection_pools: dict[str, ConnectionPool]
+    _configure_connection: Callable[[Any], None]
+
     @property
     def pool(self) -> ConnectionPool | None:
         pool_options = self.settings_dict["OPTIONS"].get("pool")
-        if self.alias == base.NO_DB_ALIAS or not pool_options:
+        if self.alias == NO_DB_ALIAS or not pool_options:
             return None
         if self.alias not in self._connection_pools:
             if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:

@@ -28,9 +28,9 @@ from resilience import clock
 from resilience.breaker import SharedStore, breakers
 from resilience.models import DependencyState
 from resilience.redis_client import fast_fail_client
+from testing.faultproxy import FaultProxy
 from tests.conftest import api_client_for
 from tests.factories import MerchantFactory, make_payment
-from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.django_db
 

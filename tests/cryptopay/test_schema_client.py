@@ -21,9 +21,9 @@ import pytest
 from openapi_spec_validator import validate
 from playwright.sync_api import sync_playwright
 
+from testing.servers import Server, asgi_server
 from tests.factories import ApiKeyFactory, MerchantFactory
 from tests.payments.test_checkout_browser import CHROMIUM, CHROMIUM_ARGS
-from tests.servers import Server, asgi_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

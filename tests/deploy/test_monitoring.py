@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.servers import Server, asgi_server
+from testing.servers import Server, asgi_server
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "cryptopay.json"

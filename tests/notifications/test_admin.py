@@ -15,8 +15,8 @@ from notifications import endpoint_secrets, endpoints
 from notifications.delivery import signing_secrets
 from notifications.dispatcher import dispatch_events
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
+from testing.receivers import Receiver
 from tests.factories import MerchantFactory, make_payment
-from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
 

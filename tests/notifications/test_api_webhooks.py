@@ -19,9 +19,9 @@ from notifications.dispatcher import dispatch_events
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from notifications.outbox import event_publish
 from resilience import clock
+from testing.receivers import Receiver
 from tests.conftest import api_client_for
 from tests.factories import MerchantFactory, make_payment
-from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
 

@@ -38,9 +38,9 @@ from notifications.endpoints import webhook_endpoint_create
 from notifications.models import Event, Priority, WebhookAttempt, WebhookDelivery
 from notifications.outbox import event_publish, events_requeue_lost
 from notifications.sender import AttemptResult, Outcome
-from tests.chaos import redis_stopped
-from tests.notifications.fast_receiver import FastReceiver
-from tests.notifications.receivers import Receiver, stripe_verified
+from testing.fast_receiver import FastReceiver
+from testing.receivers import Receiver, stripe_verified
+from testing.service_control import redis_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 

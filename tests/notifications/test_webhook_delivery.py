@@ -14,8 +14,8 @@ from notifications.dispatcher import dispatch_events
 from notifications.endpoints import webhook_endpoint_create, webhook_endpoint_rotate_secret
 from notifications.models import Event, WebhookAttempt, WebhookDelivery
 from notifications.outbox import event_publish
+from testing.receivers import Receiver
 from tests.factories import make_payment
-from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import sync_playwright
 
+from testing.servers import Server, asgi_server
 from tests.factories import MerchantFactory, make_payment
 from tests.payments.test_checkout_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-from tests.servers import Server, asgi_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

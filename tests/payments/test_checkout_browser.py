@@ -20,8 +20,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 from payments.checkout import checkout_url
 from payments.devchain import payment_simulate
 from payments.models import Payment
+from testing.servers import Server, asgi_server, dispatcher
 from tests.factories import make_payment
-from tests.servers import Server, asgi_server, dispatcher
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -491,7 +491,7 @@ def test_given_embedded_mode_when_another_process_pays_then_the_open_page_shows_
 
     import httpx
 
-    from tests.servers import ROOT
+    from testing.servers import ROOT
 
     env = {
         name: value for name, value in os.environ.items()

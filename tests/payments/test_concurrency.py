@@ -15,8 +15,8 @@ from django.db import connection
 from payments import services
 from payments.errors import DuplicateOrderId
 from payments.models import AddressIndex, Payment
+from testing.servers import server_environment
 from tests.factories import MerchantFactory
-from tests.servers import server_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,8 +16,8 @@ from notifications.models import Event
 from notifications.presence import ConnectionRegistry
 from payments.models import Payment
 from payments.services import payment_transition
+from testing.servers import asgi_server
 from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
-from tests.servers import asgi_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

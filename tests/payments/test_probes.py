@@ -26,8 +26,8 @@ from resilience.degradation import dependencies_monitor, dependencies_recover
 from resilience.failover import redact
 from resilience.models import DependencyState
 from resilience.selectors import dependency_list, operation_chain_list
+from testing.exchanges import refused_url
 from tests.factories import make_payment
-from tests.fakes.exchanges import refused_url
 from tests.resilience.helpers import recovery_count
 
 PROVIDERS = ["kraken", "coinbase", "bitstamp"]

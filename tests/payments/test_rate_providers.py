@@ -35,7 +35,7 @@ from payments.rates.providers import (
     parse_retry_after,
 )
 from resilience.clock import FrozenClock
-from tests.fakes.exchanges import (
+from testing.exchanges import (
     DEFAULT_PRICES,
     FakeExchanges,
     refused_url,

@@ -22,8 +22,8 @@ from payments.models import ExchangeRateEvent, Payment
 from resilience import idempotency
 from resilience.breaker import breakers
 from resilience.models import IdempotencyKey
+from testing.servers import asgi_server, server_environment
 from tests.factories import ApiKeyFactory, MerchantFactory
-from tests.servers import asgi_server, server_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

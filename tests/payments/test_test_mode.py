@@ -26,9 +26,9 @@ from payments.management.commands.bootstrap_demo import demo_api_key
 from payments.models import ApiKey, MerchantWallet, Payment
 from payments.services import api_key_split
 from payments.states import PaymentStatus, PaymentSubStatus
+from testing.receivers import Receiver
 from tests.conftest import api_client_for
 from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
-from tests.notifications.receivers import Receiver
 from tests.payments.chains.conftest import random_account_xpub
 from tests.payments.chains.helpers import poll_chain
 from tests.payments.test_consumers import open_socket, run

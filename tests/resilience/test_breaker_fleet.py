@@ -21,8 +21,8 @@ from django.conf import settings
 from resilience.breaker import CircuitState, SharedStore
 from resilience.models import BreakerIsolation
 from resilience.redis_client import fast_fail_client
-from tests.chaos import redis_stopped
-from tests.servers import served_database_url
+from testing.servers import served_database_url
+from testing.service_control import redis_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_000_000.0  # the processes' clock; a break opened at T0 ends at T0 + 2

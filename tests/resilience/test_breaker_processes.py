@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.chaos import redis_stopped
+from testing.service_control import redis_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 
 from resilience.cache import CACHE, EMERGENCY, LIVE, TieredCache
-from tests.chaos import redis_stopped
+from testing.service_control import redis_stopped
 
 
 class FakeClock:

@@ -1,7 +1,7 @@
 """Recovery from a lost database, over real HTTP, on real PostgreSQL.
 
 daphne runs the gateway in its own process and reaches PostgreSQL through the fault proxy
-(tests/faultproxy.py). Its pool holds several connections when every one of them is killed
+(testing/faultproxy.py). Its pool holds several connections when every one of them is killed
 (``pg_terminate_backend``, as a failover or a restart does) or the database goes away and comes
 back; then ``/health/ready`` is asked one request at a time, as a load balancer does.
 """
@@ -22,8 +22,8 @@ import pytest
 from django.conf import settings
 from django.db import connection, transaction
 
-from tests.faultproxy import FaultProxy
-from tests.servers import Server, asgi_server, served_database_url
+from testing.faultproxy import FaultProxy
+from testing.servers import Server, asgi_server, served_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

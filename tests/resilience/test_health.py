@@ -9,7 +9,7 @@ from django.test import Client
 from resilience import degradation
 from resilience.degradation import Dependency, Probe, dependencies_monitor, registry
 from resilience.models import DependencyState
-from tests.chaos import redis_stopped
+from testing.service_control import redis_stopped
 from tests.factories import make_payment
 
 JSON = {"HTTP_ACCEPT": "application/json"}

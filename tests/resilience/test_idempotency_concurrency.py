@@ -28,7 +28,7 @@ from django.conf import settings
 
 from payments.models import Merchant, Payment
 from resilience.models import IdempotencyKey
-from tests.chaos import redis_alive, redis_stopped
+from testing.service_control import redis_alive, redis_stopped
 from tests.factories import ApiKeyFactory, MerchantFactory
 
 ROOT = Path(__file__).resolve().parents[2]

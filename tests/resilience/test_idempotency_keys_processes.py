@@ -17,9 +17,9 @@ from django.test import Client
 from payments.models import Payment
 from resilience import idempotency
 from resilience.models import IdempotencyKey
+from testing.servers import asgi_server
 from tests.conftest import ALL_SCOPES
 from tests.factories import ApiKeyFactory, MerchantFactory
-from tests.servers import asgi_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import uuid
 from contextlib import ExitStack
@@ -28,6 +27,7 @@ from notifications.tasks import webhooks_deliver_due
 from payments.models import ChainCursor
 from resilience import clock
 from resilience.tasks import dependencies_monitor, dependencies_recover
+from testing.nodes import free_port
 from tests.cryptopay.test_settings import (
     PYTHON,
     REPO,
@@ -84,12 +84,6 @@ def test_given_a_token_when_a_client_scrapes_then_only_the_right_bearer_token_is
 
 
 # --- two processes ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scrape(base: str) -> dict[tuple[str, frozenset], float]:

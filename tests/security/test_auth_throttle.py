@@ -20,9 +20,9 @@ from rest_framework.test import APIClient
 
 from payments import services
 from payments.models import ApiKey
+from testing.faultproxy import FaultProxy
 from tests.conftest import api_client_for
 from tests.factories import ApiKeyFactory
-from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.django_db
 

@@ -13,9 +13,9 @@ import pytest
 import websockets
 from django.test import Client
 
+from testing.servers import asgi_server
 from tests.factories import make_payment
 from tests.security.log_secrets import SECRET, SecretScanner
-from tests.servers import asgi_server
 
 
 @pytest.mark.django_db

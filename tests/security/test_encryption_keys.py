@@ -20,8 +20,8 @@ from notifications.delivery import signing_secrets
 from notifications.dispatcher import dispatch_events
 from notifications.endpoints import webhook_endpoint_create, webhook_endpoint_rotate_secret
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
+from testing.receivers import Receiver
 from tests.factories import make_payment, staff_client
-from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from notifications.dispatcher import dispatch_events
 from notifications.models import Event
 from payments import services
-from tests.notifications.receivers import Receiver
+from testing.receivers import Receiver
 from tests.security.log_secrets import SECRET, SecretScanner, app_handlers
 
 pytestmark = pytest.mark.django_db

@@ -16,9 +16,9 @@ import httpx
 import pytest
 import websockets
 
-from tests.attacks import MIB, multipart_flood, probing
+from testing.attacks import MIB, multipart_flood, probing
+from testing.servers import Server, asgi_server
 from tests.factories import make_payment
-from tests.servers import Server, asgi_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -28,9 +28,9 @@ from notifications.endpoints import webhook_endpoint_create
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from notifications.sender import Claim, Outcome, Sender, Target
 from resilience import clock
+from testing.receivers import Receiver
 from tests.conftest import api_client_for
 from tests.factories import make_payment
-from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
 

@@ -20,12 +20,12 @@ from cryptopay.settings import database_pool_max
 class Command(BaseCommand):
     help = "Serve the gateway with uvicorn (and the beat schedule in-process in embedded mode)."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--workers", type=int, default=settings.SERVER_WORKERS)
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options) -> None:
         workers = options["workers"]
         _port_free(options["host"], options["port"])
         if settings.CELERY_TASK_ALWAYS_EAGER:

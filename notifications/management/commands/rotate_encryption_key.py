@@ -36,14 +36,14 @@ def _in_use(endpoint: WebhookEndpoint) -> list[str]:
 class Command(BaseCommand):
     help = "Re-encrypt the stored webhook secrets under the first configured encryption key."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser) -> None:
         parser.add_argument(
             "--generate-key",
             action="store_true",
             help="Print a new random key for CRYPTOPAY_ENCRYPTION_KEYS and change nothing.",
         )
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options) -> None:
         if options["generate_key"]:
             self.stdout.write(Fernet.generate_key().decode())
             return

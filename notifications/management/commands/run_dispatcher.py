@@ -13,10 +13,10 @@ from notifications.dispatcher import Dispatcher
 class Command(BaseCommand):
     help = "Drain the notification priority queues with adaptive batching."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--max-seconds", type=float, help="Stop after this long (tests).")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options) -> None:
         # Three busy threads share the GIL (dispatch, the delivery loop, the recorder): at the
         # default 5 ms switch interval a High event's database round trips wait for the others'
         # turns. Set for the dispatcher process only, never in a process that merely imports it.

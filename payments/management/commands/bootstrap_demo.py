@@ -43,7 +43,7 @@ def demo_admin_password() -> str:
 class Command(BaseCommand):
     help = "Create the demo merchant, API key and admin user if missing, and print credentials."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser) -> None:
         parser.add_argument(
             "--url", default="http://127.0.0.1:8000", help="Where the gateway will be served."
         )

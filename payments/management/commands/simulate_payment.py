@@ -22,7 +22,7 @@ from payments.money import coins_to_base_units
 class Command(BaseCommand):
     help = "Simulate an on-chain payment to a payment's development-chain address."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser) -> None:
         parser.add_argument("payment_id", help="The payment's id (pay_…).")
         parser.add_argument("--amount", help="Whole coins to send (default: what is still due).")
         parser.add_argument(
@@ -32,7 +32,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--txid", help="Update the confirmations of this earlier transaction.")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options) -> None:
         payment = Payment.objects.filter(public_id=options["payment_id"]).first()
         if payment is None:
             raise CommandError(f"No payment {options['payment_id']!r}.")

@@ -18,12 +18,12 @@ from payments.chains.watch import chain_watch
 class Command(BaseCommand):
     help = "Follow a configured chain's nodes and record payments, printing each poll."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser) -> None:
         parser.add_argument("chain")
         parser.add_argument("--once", action="store_true", help="Poll once and exit.")
         parser.add_argument("--interval", type=float, help="Seconds between polls.")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options) -> None:
         name = options["chain"]
         if name not in chains():
             known = ", ".join(chains()) or "none (set CRYPTOPAY_CHAINS)"

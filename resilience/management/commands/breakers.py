@@ -15,13 +15,13 @@ from resilience.breaker import breakers
 class Command(BaseCommand):
     help = "Show, isolate or close circuit breakers (e.g. rates:kraken)."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser) -> None:
         parser.add_argument(
             "action", nargs="?", choices=["show", "isolate", "close"], default="show"
         )
         parser.add_argument("names", nargs="*", help="Breaker names, e.g. rates:kraken.")
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options) -> None:
         names = options["names"]
         for name in names:
             breaker = breakers.get(name)

@@ -14,10 +14,10 @@ from django.utils import timezone
 from payments import services
 from payments.models import ChainCursor, PaymentEvent, PaymentTransaction
 from payments.states import PaymentStatus as S
+from testing.exchanges import refused_url
+from testing.rpc_interposer import Refused, interposed
 from tests.factories import make_payment
-from tests.fakes.exchanges import refused_url
 from tests.payments.chains.helpers import poll_chain, refresh, statuses
-from tests.payments.chains.rpc_interposer import Refused, interposed
 
 pytestmark = pytest.mark.django_db
 

@@ -18,9 +18,9 @@ from payments.models import Payment, PaymentEvent, PaymentTransaction, Unmatched
 from payments.services import payment_snapshot
 from payments.states import PaymentStatus as S
 from payments.states import PaymentSubStatus
+from testing.rpc_interposer import MethodNotFound, interposed
 from tests.factories import MerchantFactory, make_payment, staff_client
 from tests.payments.chains.helpers import poll_chain, refresh, statuses
-from tests.payments.chains.rpc_interposer import MethodNotFound, interposed
 
 pytestmark = pytest.mark.django_db
 

@@ -6,9 +6,9 @@ import pytest
 
 from payments.models import PaymentTransaction
 from payments.states import PaymentStatus as S
+from testing.rpc_interposer import MethodNotFound, interposed
 from tests.factories import make_payment
 from tests.payments.chains.helpers import poll_chain, refresh, statuses
-from tests.payments.chains.rpc_interposer import MethodNotFound, interposed
 
 pytestmark = pytest.mark.django_db
 

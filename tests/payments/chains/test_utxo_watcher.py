@@ -11,8 +11,8 @@ from django.utils import timezone
 from payments import services
 from payments.models import ChainCursor, PaymentTransaction
 from payments.states import PaymentStatus as S
+from testing.exchanges import refused_url
 from tests.factories import make_payment
-from tests.fakes.exchanges import refused_url
 from tests.payments.chains.helpers import poll_chain, refresh, statuses
 
 pytestmark = pytest.mark.django_db

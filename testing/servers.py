@@ -22,7 +22,7 @@ import httpx
 from django.conf import settings
 from django.db import connection
 
-from tests.nodes import free_port, spawn
+from testing.nodes import free_port, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

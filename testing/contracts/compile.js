@@ -1,5 +1,5 @@
 // Compiles a Solidity file with solc-js and prints {contract, abi, bytecode, methodIdentifiers,
-// solcVersion} as JSON on stdout. Usage: node tests/contracts/compile.js [File.sol [Contract]]
+// solcVersion} as JSON on stdout. Usage: node testing/contracts/compile.js [File.sol [Contract]]
 "use strict";
 const fs = require("fs");
 const path = require("path");

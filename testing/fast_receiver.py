@@ -6,7 +6,7 @@ measure itself rather than the sender.
         ...  # POST to receiver.url
         receiver.counts()  # {webhook id: requests}
 
-Run directly it serves ``python -m tests.notifications.fast_receiver PORT``: POST anything → 200,
+Run directly it serves ``python -m testing.fast_receiver PORT``: POST anything → 200,
 ``GET /counts`` → the requests per ``Webhook-Id`` so far, with the first and last arrival
 (``time.monotonic()``, comparable with the caller's on the same machine); ``GET /received`` →
 how many distinct ids so far.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve(port: int) -> None:
@@ -77,7 +77,7 @@ class FastReceiver:
 
     def __enter__(self) -> FastReceiver:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.notifications.fast_receiver", str(self.port)], cwd=ROOT
+            [sys.executable, "-m", "testing.fast_receiver", str(self.port)], cwd=ROOT
         )
         deadline = time.monotonic() + 20
         while True:

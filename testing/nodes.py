@@ -527,7 +527,7 @@ def _encode_token_constructor(symbol: str, decimals: int, supply: int) -> str:
 
 
 def compiled_contract(name: str = "TestToken") -> dict[str, Any]:
-    """``tests/contracts/<name>.sol`` compiled by solc-js: ``abi``, ``bytecode``,
+    """``testing/contracts/<name>.sol`` compiled by solc-js: ``abi``, ``bytecode``,
     ``methodIdentifiers``. Cached under ``node_modules/.cache`` keyed by the sources and the
     solc version, so only the first run pays for the compile (~2 s)."""
     if name in _COMPILED:

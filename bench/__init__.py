@@ -1,0 +1,1 @@
+"""The benches: each a module run as ``python -m bench.<name>`` from the project root."""
