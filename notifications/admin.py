@@ -139,7 +139,7 @@ class WebhookEndpointAdmin(ModeAdminMixin, admin.ModelAdmin):
             return "ok"
         return UNREADABLE_WARNING
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request, obj, form, change):
         data = form.cleaned_data
         if change:
             endpoints.webhook_endpoint_update(
@@ -168,11 +168,11 @@ class WebhookEndpointAdmin(ModeAdminMixin, admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
         endpoints.webhook_endpoint_delete(endpoint=obj)
 
-    def delete_queryset(self, request: HttpRequest, queryset) -> None:  # type: ignore[no-untyped-def]
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:
         for endpoint in queryset:
             endpoints.webhook_endpoint_delete(endpoint=endpoint)
 
-    def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:  # type: ignore[no-untyped-def]
+    def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:
         return self._secrets_page(request, _created_secrets.pop(request), rotated=False)
 
     def _secrets_page(

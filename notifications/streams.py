@@ -123,7 +123,7 @@ class Replay:
     refetch: str = ""  # why the gap cannot be replayed, if it cannot
 
 
-def _events(stream: Stream):  # type: ignore[no-untyped-def]
+def _events(stream: Stream):
     events = Event.objects.filter(owner=stream.owner, livemode=stream.livemode)
     return events.filter(subject=stream.subject) if stream.by_sequence else events
 

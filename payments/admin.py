@@ -71,7 +71,7 @@ class MerchantForm(forms.ModelForm):
             "underpayment_tolerance_percent", "speed_policy", "brand_color", "support_url",
         ]  # fmt: skip
 
-    def clean_logo_upload(self):  # type: ignore[no-untyped-def]
+    def clean_logo_upload(self):
         upload = self.cleaned_data.get("logo_upload")
         if not upload:
             return None
@@ -98,7 +98,7 @@ class MerchantAdmin(admin.ModelAdmin):
             return "none"
         return f"{merchant.logo_content_type}, {len(bytes(merchant.logo or b''))} bytes"
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request, obj, form, change):
         logo = form.cleaned_data.get("logo_upload")
         if logo is not None:
             obj.logo, obj.logo_content_type = logo
@@ -343,11 +343,11 @@ class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
     def status_shown(self, payment: Payment) -> str:
         return f"{payment.status} ({payment.sub_status})" if payment.sub_status else payment.status
 
-    def get_exclude(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_exclude(self, request, obj=None):
         # The money fields show through their display methods (read-only), not as inputs.
         return ["checkout_token", *PAYMENT_MONEY_FIELDS]
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):  # type: ignore[no-untyped-def]
+    def change_view(self, request, object_id, form_url="", extra_context=None):
         payment = self.get_object(request, object_id)
         if payment is not None and not payment.livemode and request.method == "GET":
             self.message_user(
@@ -406,7 +406,7 @@ class PaymentTransactionAdmin(ExportMixin, admin.ModelAdmin):
     formats = [CSV]
     exclude = ["amount"]  # shown read-only in coin units
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         return [
             "amount_shown" if f.name == "amount" else f.name
             for f in PaymentTransaction._meta.fields
@@ -416,10 +416,10 @@ class PaymentTransactionAdmin(ExportMixin, admin.ModelAdmin):
     def amount_shown(self, row: PaymentTransaction) -> str:
         return crypto_html(row.amount, row.payment.crypto_currency)
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 
@@ -447,7 +447,7 @@ class ExchangeRateEventAdmin(admin.ModelAdmin):
 
     exclude = ["rate", "previous_rate"]  # shown read-only, without trailing zeros
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request, obj=None):
         shown = {"rate": "rate_shown", "previous_rate": "previous_rate_shown"}
         return [shown.get(f.name, f.name) for f in ExchangeRateEvent._meta.fields]
 

@@ -285,7 +285,7 @@ def checkout_language(request: HttpRequest) -> str:
     return base if base in CHECKOUT_LANGUAGES else "en"
 
 
-def _in_language(view):  # type: ignore[no-untyped-def]
+def _in_language(view):
     """Run a checkout view in the buyer's language; remember an explicit ``?lang=``."""
 
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

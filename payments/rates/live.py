@@ -244,7 +244,7 @@ class Reachability:
     unreachable: dict[str, str]  # name -> why (name resolution, refused, no answer)
 
 
-def _probe(provider, timeout: float) -> str | None:  # type: ignore[no-untyped-def]
+def _probe(provider, timeout: float) -> str | None:
     url = httpx.URL(provider.base_url)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:

@@ -48,7 +48,7 @@ class Command(BaseCommand):
             "--url", default="http://127.0.0.1:8000", help="Where the gateway will be served."
         )
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options) -> None:
         base_url = options["url"].rstrip("/")
         admin_url = base_url + "/admin/"
         raw_key = demo_api_key()

@@ -18,7 +18,7 @@ from payments.models import ApiKeyScope, Merchant
 class Command(BaseCommand):
     help = "Create a live or test API key for a merchant and print it once."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser) -> None:
         parser.add_argument("merchant", help="The merchant's public id (mer_…).")
         parser.add_argument("--name", required=True, help="What the key is for.")
         parser.add_argument(
@@ -32,7 +32,7 @@ class Command(BaseCommand):
             help=f"Comma-separated, from {', '.join(ApiKeyScope.values)} (default: all).",
         )
 
-    def handle(self, *args, **options) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args, **options) -> None:
         merchant = Merchant.objects.filter(public_id=options["merchant"]).first()
         if merchant is None:
             raise CommandError(f"No merchant {options['merchant']!r}.")
