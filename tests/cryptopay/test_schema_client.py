@@ -146,22 +146,34 @@ def test_a_generated_client_creates_fetches_lists_and_cancels_a_payment_with_an_
 
 
 def test_the_docs_page_makes_no_request_beyond_the_server(server):
+    """No web fonts or CDN scripts. Redoc's bundle still asks for its attribution logo at
+    cdn.redoc.ly (unconditionally); the page's CSP (img-src 'self' data:) refuses it in the
+    browser, so nothing leaves for another host: no such request gets an answer or even starts."""
     assert CHROMIUM.exists(), "make test installs Debian chromium (make browser)"
     requested: list[str] = []
+    answered: list[str] = []
+    refused: dict[str, str] = {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.on("request", lambda request: requested.append(request.url))
+            page.on("response", lambda response: answered.append(response.url))
+            page.on("requestfailed", lambda r: refused.__setitem__(r.url, r.failure or ""))
             page.goto(f"{server.base_url}/api/docs/", wait_until="networkidle")
             page.get_by_text("Create, fetch, list and cancel payments.").first.wait_for()
+            page.wait_for_load_state("networkidle")
         finally:
             browser.close()
 
-    origins = {
-        f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
-        for url in requested
-        if urlsplit(url).scheme in ("http", "https")
-    }
-    assert origins == {server.base_url}
+    def origin(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    elsewhere = [
+        url for url in requested if url.startswith("http") and origin(url) != server.base_url
+    ]
+    assert {origin(url) for url in answered if url.startswith("http")} == {server.base_url}
+    assert all(refused.get(url) == "csp" for url in elsewhere), refused  # blocked by our CSP
+    assert not [url for url in elsewhere if "font" in url or url.endswith(".js")]
     assert any("/api/schema/" in url for url in requested)
