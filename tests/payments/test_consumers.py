@@ -507,6 +507,43 @@ def test_given_the_group_membership_lost_when_an_event_is_dispatched_then_the_he
     run(scenario())
 
 
+def test_given_several_connections_behind_on_one_stream_then_one_heartbeat_catches_each_up_once(
+    settings,
+):
+    """The process's heartbeat reads where the stream is once and the missed events once, for
+    every connection behind on it; each gets what it lacks, in order, and nothing twice."""
+    settings.WEBSOCKET_HEARTBEAT = timedelta(seconds=0.3)
+    payment = make_payment()
+
+    async def scenario():
+        early = await open_socket(checkout_path(payment))
+        assert (await early.receive_json_from(timeout=5))["position"] == 1
+        group_key = get_channel_layer()._group_key(f"payment.{payment.public_id}")
+        assert fast_fail_client(django_settings.REDIS_URL).delete(group_key) == 1
+        first = await change_status(payment, "processing")
+        await dispatch(first)
+        late = await open_socket(checkout_path(payment) + "&after=1")
+        assert (await late.receive_json_from(timeout=5))["position"] == 1
+        # The late one replayed the first event on connecting; both miss the second live.
+        assert (await late.receive_json_from(timeout=5))["event"]["id"] == first.public_id
+        assert fast_fail_client(django_settings.REDIS_URL).delete(group_key) == 1
+        second = await change_status(payment, "pending")
+        await dispatch(second)
+
+        early_got = [await early.receive_json_from(timeout=5) for _ in range(2)]
+        late_got = await late.receive_json_from(timeout=5)
+        assert [(m["position"], m["event"]["id"]) for m in early_got] == [
+            (2, first.public_id),
+            (3, second.public_id),
+        ]
+        assert (late_got["position"], late_got["event"]["id"]) == (3, second.public_id)
+        assert await early.receive_nothing(timeout=0.5) and await late.receive_nothing(timeout=0.1)
+        await early.disconnect()
+        await late.disconnect()
+
+    run(scenario())
+
+
 def test_given_a_lost_message_on_the_merchant_stream_when_the_next_arrives_then_the_gap_is_filled():
     merchant = MerchantFactory()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
