@@ -20,6 +20,7 @@ from payments.models import (
     MerchantWallet,
     Payment,
     PaymentEvent,
+    PaymentOption,
     PaymentTransaction,
     UnmatchedTransfer,
 )
@@ -226,6 +227,15 @@ class PaymentTransactionInline(admin.TabularInline):
         return False
 
 
+class PaymentOptionInline(PaymentTransactionInline):
+    """The coins the buyer could pick from, with the quote each was priced at (read-only)."""
+
+    model = PaymentOption
+    fields = ["crypto_currency", "crypto_amount", "rate", "rate_source", "rate_fetched_at",
+              "deposit_address", "selected_at"]  # fmt: skip
+    readonly_fields = fields
+
+
 @admin.register(Payment)
 class PaymentAdmin(admin.ModelAdmin):
     list_display = [
@@ -234,7 +244,9 @@ class PaymentAdmin(admin.ModelAdmin):
     ]  # fmt: skip
     list_filter = ["status", "sub_status", "crypto_currency", "fiat_currency"]
     search_fields = ["public_id", "order_id", "deposit_address"]
-    inlines = [PaymentTransactionInline, UnmatchedTransferInline, PaymentEventInline]
+    inlines = [
+        PaymentOptionInline, PaymentTransactionInline, UnmatchedTransferInline, PaymentEventInline,
+    ]  # fmt: skip
     actions = ["mark_settled", "mark_invalid"]
     list_select_related = ["merchant"]
 
