@@ -29,13 +29,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import stamina
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from prometheus_client import Counter, Gauge
 
 from notifications import queues, services
@@ -90,9 +91,10 @@ class AdaptiveBatching:
         return Batching(level=level, interval=interval, size=size)
 
 
-def _positions_write(events: list[Event]) -> None:
+def _positions_write(events: list[Event], *, dispatched_at: datetime | None = None) -> None:
     """Give each event its place in its owner's live stream: 1, 2, 3… in dispatch order (the
-    list's order), without gaps. Inside the caller's transaction, with the events locked.
+    list's order), without gaps. Inside the caller's transaction, with the events locked. With
+    ``dispatched_at``, every event is marked dispatched in the same statement.
 
     Dispatch order, not creation order: a High event overtakes a Normal one, a lost queue is
     rebuilt from the outbox, and a client must still get each of them once. Without gaps, so a
@@ -105,6 +107,8 @@ def _positions_write(events: list[Event]) -> None:
         if event.owner and event.stream_position is None:
             by_owner.setdefault(event.owner, []).append(event)
     if not by_owner:
+        if dispatched_at is not None:
+            _events_write(events, dispatched_at=dispatched_at)
         return
 
     def locked() -> dict[str, EventStream]:
@@ -126,12 +130,39 @@ def _positions_write(events: list[Event]) -> None:
                 streams[owner].position += 1
                 event.stream_position = streams[owner].position
                 given.append(event)
-        services.rows_update(given, ["stream_position"])
         services.rows_update(list(streams.values()), ["position"])
+        _events_write(given if dispatched_at is None else events, dispatched_at=dispatched_at)
     except BaseException:
         for event in given:
             event.stream_position = None  # rolled back with the caller's transaction
         raise
+
+
+def _events_write(events: list[Event], *, dispatched_at: datetime | None) -> None:
+    """The events' stream positions (and ``dispatched_at`` if given) in one statement."""
+    if not events:
+        return
+    connection = transaction.get_connection()
+    if connection.vendor != "postgresql":
+        if dispatched_at is not None:
+            for event in events:
+                event.dispatched_at = dispatched_at
+        services.rows_update(
+            events, ["stream_position"] + ([] if dispatched_at is None else ["dispatched_at"])
+        )
+        return
+    table = Event._meta.db_table
+    mark = "" if dispatched_at is None else ", dispatched_at = %s"
+    # The table name comes from the model's metadata, values are parameters.
+    sql = (
+        f"UPDATE {table} SET stream_position = v.position{mark} "  # noqa: S608
+        "FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS v(id, position) "
+        f"WHERE {table}.id = v.id"
+    )
+    params = [] if dispatched_at is None else [dispatched_at]
+    params += [[event.pk for event in events], [event.stream_position for event in events]]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def stream_position_assign(*, event: Event) -> int | None:
@@ -280,8 +311,7 @@ def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
         claims = services.deliveries_claim_new(events=events)
         # Late in the transaction: the owners' stream rows stay locked until the commit, and
         # every dispatcher with events of the same merchant waits for them.
-        _positions_write(events)
-        Event.objects.filter(pk__in=[e.pk for e in events]).update(dispatched_at=clock.now())
+        _positions_write(events, dispatched_at=clock.now())
     return events, claims
 
 
@@ -390,12 +420,16 @@ class DeliveryLoop:
                 batch.append(more)
             if batch:
                 self._record_batch(batch)
+        connection.close()  # this thread's: back to the pool
 
     def _record_batch(self, batch: list[Outcome]) -> None:
         try:
             for attempt in stamina.retry_context(on=DatabaseError, attempts=5, timeout=30):
                 with attempt:
-                    close_old_connections()
+                    if attempt.num > 1:
+                        # After an error only: handing the connection back to the pool after
+                        # every batch cost a health-check round trip at the next one.
+                        close_old_connections()
                     services.attempts_record(outcomes=batch)
         except DatabaseError:
             # The claims' leases run out and the sweep retries them: sent again, not lost.
