@@ -46,6 +46,12 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "cryptopay-webhooks/1.0"
 # Answers kept per endpoint for its median latency.
 LATENCY_WINDOW = 20
+# A lane whose queue drains within this many seconds at its median answer time is fast: it may
+# hold this many backlogs before releasing claims to the sweep. Without it a dispatcher that claims
+# faster than a healthy endpoint answers (a burst, a busy machine) released hundreds of deliveries
+# to the sweep, which sends them seconds later and 64 at a time.
+FAST_LANE_SECONDS = 10.0
+FAST_LANE_FACTOR = 4
 
 
 def resolve_url(url: str) -> Destination:
@@ -127,11 +133,26 @@ def _breaker_failure(exc: BaseException) -> bool:
 class Lane:
     """One endpoint's queue and its requests in flight."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, *, backlog: int, concurrency: int) -> None:
         self.target = target
+        self.backlog = backlog
+        self.concurrency = concurrency
         self.queue: asyncio.PriorityQueue[tuple[int, int, Claim]] = asyncio.PriorityQueue()
         self.workers = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def full(self) -> bool:
+        """Holding its backlog, and no room beyond. A lane whose queue its answers drain within
+        FAST_LANE_SECONDS (queue x median answer / concurrency) holds up to FAST_LANE_FACTOR
+        backlogs: those deliveries leave within seconds. Others hold one, and so does a lane with
+        no answer yet (a hanging endpoint's deliveries wait for the sweep, not in memory)."""
+        size = self.queue.qsize()
+        if size < self.backlog:
+            return False
+        if size >= self.backlog * FAST_LANE_FACTOR or not self.latencies:
+            return True
+        drain = size * statistics.median(self.latencies) / self.concurrency
+        return drain > FAST_LANE_SECONDS
 
     def slow(self, seconds: float) -> bool:
         self.latencies.append(seconds)
@@ -253,10 +274,12 @@ class Sender:
         for claim in claims:
             lane = self.lanes.get(claim.target.public_id)
             if lane is None:
-                lane = self.lanes[claim.target.public_id] = Lane(claim.target)
+                lane = self.lanes[claim.target.public_id] = Lane(
+                    claim.target, backlog=self.backlog, concurrency=self.concurrency
+                )
             self.pending += 1
             self._idle.clear()
-            if lane.queue.qsize() >= self.backlog:
+            if lane.full():
                 self._report(Outcome(claim, released=True))
                 continue
             lane.queue.put_nowait((claim.priority, next(self._order), claim))
