@@ -226,6 +226,7 @@ class Sender:
         # None: the system's trust store; a context for receivers behind a private CA.
         self.tls = tls
         self._resolver = CheckingResolver(resolve_destination)
+        self._breaker_options = breaker_options_from_settings(is_failure=_breaker_failure)
         # URL -> None once it may be sent to (its host's addresses are checked on connecting),
         # or why it may not (an invalid URL, a refused IP literal): final, whatever the attempt.
         self._routes: dict[str, DestinationRefused | None] = {}
@@ -328,10 +329,7 @@ class Sender:
         return outcome
 
     async def _attempt(self, lane: Lane, claim: Claim) -> AttemptResult:
-        breaker = get_breaker(
-            f"webhook:{claim.target.public_id}",
-            breaker_options_from_settings(is_failure=_breaker_failure),
-        )
+        breaker = get_breaker(f"webhook:{claim.target.public_id}", self._breaker_options)
         refused = self._route(claim.target.url)
         if refused is not None:
             return AttemptResult(None, str(refused)[:500], 0, clock.now(), final=True)
