@@ -395,9 +395,14 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
     if not outcomes:
         return
     if transaction.get_connection().vendor == "postgresql":
-        done = _successes_record(
-            [o for o in outcomes if len(o.attempts) == 1 and o.attempts[0].ok and not o.released]
-        )
+        simple = [o for o in outcomes if len(o.attempts) == 1 and o.attempts[0].ok]
+        # A delivery twice in one lot (claimed again after a lease ran out): the general way.
+        seen: set[int] = set()
+        twice: set[int] = set()
+        for outcome in outcomes:
+            (twice if outcome.claim.delivery_id in seen else seen).add(outcome.claim.delivery_id)
+        simple = [o for o in simple if not o.released and o.claim.delivery_id not in twice]
+        done = _successes_record(simple)
         outcomes = [outcome for outcome in outcomes if outcome.claim.delivery_id not in done]
         if not outcomes:
             return
@@ -494,10 +499,11 @@ def _successes_record(outcomes: list[Outcome]) -> set[int]:
                 last_status_code = v.code, last_error = '', last_latency_ms = v.latency,
                 next_attempt_at = NULL, delivered_at = v.at, claimed_until = NULL
             FROM v WHERE d.id = v.id AND d.claim = v.token AND d.status = %s
-            RETURNING d.id
+            RETURNING d.id, d.claim
         )
         INSERT INTO {attempt} (delivery_id, attempted_at, status_code, latency_ms, error)
-        SELECT v.id, v.at, v.code, v.latency, '' FROM v JOIN done ON done.id = v.id
+        SELECT v.id, v.at, v.code, v.latency, '' FROM v
+        JOIN done ON done.id = v.id AND done.claim = v.token
         RETURNING delivery_id
     """  # noqa: S608
     params = [*columns, WebhookDelivery.Status.SUCCEEDED, WebhookDelivery.Status.PENDING]
