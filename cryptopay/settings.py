@@ -350,6 +350,8 @@ CHAIN_POLL_INTERVAL = env_seconds("CRYPTOPAY_CHAIN_POLL_SECONDS", 5)
 # Health monitoring (the specification's default: every 30 s) updates each dependency's level and
 # alerts on changes; a level older than three of these reads as Unknown.
 HEALTH_MONITOR_INTERVAL = env_seconds("CRYPTOPAY_HEALTH_MONITOR_SECONDS", 30)
+# The dashboard's sparklines: a point every 30 s (120 points below make the last hour).
+TIMESERIES_SAMPLE_SECONDS = env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30)
 # The one beat schedule.
 CELERY_BEAT_SCHEDULE = {
     "chains-watch": {
@@ -401,7 +403,7 @@ CELERY_BEAT_SCHEDULE = {
     "timeseries-sample": {
         "task": "resilience.tasks.timeseries_sample",
         # The resilience dashboard's sparklines: breaker states and queue depths.
-        "schedule": env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30),
+        "schedule": TIMESERIES_SAMPLE_SECONDS,
     },
 }
 # --- Admin CSV exports (django-import-export; payments/exports.py) -----------------------------
@@ -413,7 +415,6 @@ IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
 IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = True
 # --- Dashboard time series (resilience/timeseries.py) -------------------------------------------
 # A point every 30 s and 120 points: the last hour, a few KB of Redis per series.
-TIMESERIES_SAMPLE_SECONDS = env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30)
 TIMESERIES_POINTS = env_int("CRYPTOPAY_TIMESERIES_POINTS", 120)
 # Under the one base prefix, as every Redis key space of ours.
 TIMESERIES_REDIS_PREFIX = f"{REDIS_PREFIX}:timeseries"
