@@ -7,10 +7,17 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from import_export.admin import ExportMixin
 from import_export.formats.base_formats import CSV
 
-from cryptopay.admin_modes import ModeAdminMixin, form_livemode, mode_choice, mode_filter
+from cryptopay.admin_modes import (
+    ModeAdminMixin,
+    form_livemode,
+    mode_badge,
+    mode_choice,
+    mode_filter,
+)
 from notifications.admin import owner_choices_from
 from payments import selectors, services
 from payments.addresses import GapRun, unpaid_address_run, wallet_gap_runs
@@ -280,10 +287,11 @@ class PaymentOptionInline(PaymentTransactionInline):
 @admin.register(Payment)
 class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
     mode_things = "payments"
-    # Eight narrow columns: the list fits a 1280 px screen (amounts carry their currency).
+    # Seven narrow columns: the list fits a 1280 px screen (amounts carry their currency). The
+    # mode is the list's filter (live by default) and a banner on test lists, not a column.
     list_display = [
-        "public_id", "mode", "merchant_shown", "order_shown", "amount", "crypto_due",
-        "status_shown", "created",
+        "public_id", "merchant_shown", "order_shown", "amount", "crypto_due", "status_shown",
+        "created",
     ]  # fmt: skip
     list_filter = [
         mode_filter(), "status", "sub_status", "crypto_currency", "fiat_currency", "created_at"
@@ -337,6 +345,8 @@ class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
 
     @admin.display(description="Rate")
     def rate_shown(self, payment: Payment) -> str:
+        if not payment.crypto_currency:
+            return "-"
         return f"{rate_text(payment.rate)} {payment.fiat_currency}/{payment.crypto_currency}"
 
     @admin.display(description="Rate bid")
@@ -352,8 +362,13 @@ class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
         return f"{payment.created_at:%Y-%m-%d %H:%M}"
 
     @admin.display(description="Status", ordering="status")
-    def status_shown(self, payment: Payment) -> str:
-        return f"{payment.status} ({payment.sub_status})" if payment.sub_status else payment.status
+    def status_shown(self, payment: Payment) -> SafeString | str:
+        status = (
+            f"{payment.status} ({payment.sub_status})" if payment.sub_status else payment.status
+        )
+        # A test payment (shown when the Mode filter asks for them) carries the TEST badge here:
+        # a Mode column of its own would not fit the list in 1280 px.
+        return status if payment.livemode else format_html("{} {}", mode_badge(False), status)
 
     def get_exclude(self, request, obj=None):
         # The money fields show through their display methods (read-only), not as inputs.

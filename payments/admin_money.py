@@ -26,8 +26,9 @@ def crypto_text(amount: int | None, currency: str) -> str:
 
 
 def crypto_html(amount: int | None, currency: str) -> SafeString | str:
-    """The coin amount, with the exact base units as its title (shown on hover)."""
-    if amount is None:
+    """The coin amount, with the exact base units as its title (shown on hover); "-" before the
+    buyer of a coin-choice payment has picked the coin."""
+    if amount is None or not currency:
         return "-"
     return format_html(
         '<span title="{} base units">{}</span>', int(amount), crypto_text(amount, currency)
