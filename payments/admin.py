@@ -237,10 +237,16 @@ class UnmatchedTransferInline(admin.TabularInline):
         return False
 
 
+# Shown, and read-only: transactions come from the chain.
+_TRANSACTION_COLUMNS = (
+    "chain", "txid", "output_index", "coin_amount", "confirmations", "first_seen_at"
+)  # fmt: skip
+
+
 class PaymentTransactionInline(admin.TabularInline):
     model = PaymentTransaction
-    fields = ["chain", "txid", "output_index", "coin_amount", "confirmations", "first_seen_at"]
-    readonly_fields = fields
+    fields = _TRANSACTION_COLUMNS
+    readonly_fields = _TRANSACTION_COLUMNS
     extra = 0
     can_delete = False
 
