@@ -188,7 +188,7 @@ async def _groups_watched(layer, groups: list[str]) -> set[str]:
     by_shard: dict[int, list[str]] = {}
     for group in groups:
         by_shard.setdefault(layer.consistent_hash(group), []).append(group)
-    watched = set()
+    watched: set[str] = set()
     for index, shard in by_shard.items():
         pipe = layer.connection(index).pipeline(transaction=False)
         for group in shard:
