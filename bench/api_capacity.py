@@ -584,10 +584,14 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per load")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 4 clients, 1 round, 1 s")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 worker, 4 clients, 1 round, 1 s"
+    )
     args = parser.parse_args()
     if args.quick:
+        # make test runs every bench this way within minutes: spawned workers are the slow part.
         args.clients, args.warmup, args.duration, args.rounds = 4, 0, 1, 1
+        args.workers = "1"
     workers_list = [int(w) for w in args.workers.split(",") if w.strip()]
     wrk_binary()
     from api_throughput import machine_load
@@ -624,7 +628,7 @@ def main() -> None:
                 ).public_id
                 for _ in range(READ_PAYMENTS if not args.quick else 20)
             ]
-            counts = count_per_request(secret, ids[0])
+            counts = count_per_request(secret, ids[0], samples=5 if args.quick else 20)
             connections.close_all()
             runs: list[Run] = []
             rss: dict[int, list[float]] = {w: [] for w in workers_list}

@@ -43,13 +43,19 @@ class DestinationRefused(ValueError):
     """The URL is not one a webhook may be sent to; the message says why, for the merchant."""
 
 
+class DestinationUnresolved(DestinationRefused):
+    """The host did not resolve. Refused when an endpoint is saved; at send time a failure worth
+    retrying (a DNS outage must not fail deliveries for good)."""
+
+
 @dataclass(frozen=True)
 class Destination:
     url: str  # as the endpoint stores it
     scheme: str
     host: str  # ASCII: IDNA A-labels, or an IP literal
     port: int
-    address: str  # the checked IP address the sender connects to
+    address: str  # the checked IP address the sender connects to (the first of ``addresses``)
+    addresses: tuple[str, ...] = ()  # every address the host resolved to, all checked, in order
 
     @property
     def host_header(self) -> str:
@@ -135,7 +141,8 @@ def address_public(address: IPAddress) -> bool:
 def destination_resolve(
     *, url: str, resolver: Resolver = system_resolve, allow_private: bool | None = None
 ) -> Destination:
-    """Resolve the URL's host once and check every address; the first is the one to connect to.
+    """Resolve the URL's host once and check every address; the sender connects to the first
+    and falls back to the others, in order.
 
     ``allow_private`` defaults to WEBHOOK_ALLOW_PRIVATE_DESTINATIONS; allowed or not, the
     sender is pinned to the address resolved here.
@@ -148,9 +155,9 @@ def destination_resolve(
         try:
             addresses = [ipaddress.ip_address(answer) for answer in resolver(host, port)]
         except (OSError, UnicodeError, ValueError) as exc:
-            raise DestinationRefused(f"The host {host!r} does not resolve.") from exc
+            raise DestinationUnresolved(f"The host {host!r} does not resolve.") from exc
         if not addresses:
-            raise DestinationRefused(f"The host {host!r} does not resolve.")
+            raise DestinationUnresolved(f"The host {host!r} does not resolve.")
     if allow_private is None:
         allow_private = settings.WEBHOOK_ALLOW_PRIVATE_DESTINATIONS
     if not allow_private:
@@ -160,7 +167,10 @@ def destination_resolve(
                     f"{host} resolves to {address}, a private or reserved address; "
                     "webhooks go to public addresses only."
                 )
-    return Destination(url=url, scheme=scheme, host=host, port=port, address=str(addresses[0]))
+    checked = tuple(dict.fromkeys(str(address) for address in addresses))  # once each, in order
+    return Destination(
+        url=url, scheme=scheme, host=host, port=port, address=checked[0], addresses=checked
+    )
 
 
 def destination_check(*, url: str, resolver: Resolver = system_resolve) -> None:

@@ -14,6 +14,7 @@ be sending the same delivery: at most one POST per attempt.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import socket
@@ -30,7 +31,13 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from django.conf import settings
 
 from notifications import signing
-from notifications.destinations import Destination, DestinationRefused, destination_resolve
+from notifications.destinations import (
+    Destination,
+    DestinationRefused,
+    DestinationUnresolved,
+    destination_parse,
+    destination_resolve,
+)
 from resilience import clock
 from resilience.breaker import BrokenCircuitError, breaker_options_from_settings, get_breaker
 
@@ -39,6 +46,12 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "cryptopay-webhooks/1.0"
 # Answers kept per endpoint for its median latency.
 LATENCY_WINDOW = 20
+# A lane whose queue drains within this many seconds at its median answer time is fast: it may
+# hold this many backlogs before releasing claims to the sweep. Without it a dispatcher that claims
+# faster than a healthy endpoint answers (a burst, a busy machine) released hundreds of deliveries
+# to the sweep, which sends them seconds later and 64 at a time.
+FAST_LANE_SECONDS = 10.0
+FAST_LANE_FACTOR = 4
 
 
 def resolve_url(url: str) -> Destination:
@@ -122,41 +135,82 @@ def _breaker_failure(exc: BaseException) -> bool:
 class Lane:
     """One endpoint's queue and its requests in flight."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, *, backlog: int, concurrency: int) -> None:
         self.target = target
+        self.backlog = backlog
+        self.concurrency = concurrency
         self.queue: asyncio.PriorityQueue[tuple[int, int, Claim]] = asyncio.PriorityQueue()
         self.workers = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def full(self) -> bool:
+        """Holding its backlog, and no room beyond. A lane whose queue its answers drain within
+        FAST_LANE_SECONDS (queue x median answer / concurrency) holds up to FAST_LANE_FACTOR
+        backlogs: those deliveries leave within seconds. Others hold one, and so does a lane with
+        no answer yet (a hanging endpoint's deliveries wait for the sweep, not in memory)."""
+        size = self.queue.qsize()
+        if size < self.backlog:
+            return False
+        if size >= self.backlog * FAST_LANE_FACTOR or not self.latencies:
+            return True
+        drain = size * statistics.median(self.latencies) / self.concurrency
+        return drain > FAST_LANE_SECONDS
 
     def slow(self, seconds: float) -> bool:
         self.latencies.append(seconds)
         return statistics.median(self.latencies) > settings.WEBHOOK_SLOW.total_seconds()
 
 
-class PinnedResolver(AbstractResolver):
-    """Answers a host name with the address the destination check last approved for it, and
-    nothing else: the connection goes where the check looked, never through a second lookup that
-    could answer differently (DNS rebinding). A name never checked does not resolve."""
+class CheckingResolver(AbstractResolver):
+    """Resolves a host only through the destination check, when aiohttp opens a connection to
+    it: the socket goes to an address the check approved (the first, then the others in turn if
+    it refuses), never through a second lookup that could answer differently (DNS rebinding). A
+    keep-alive connection was checked when it was opened, so a reused one costs no lookup. A name
+    no claim asked for does not resolve.
 
-    def __init__(self) -> None:
-        self.pins: dict[str, str] = {}
+    A host that does not resolve is a connection error (retried, counted by the breaker): a DNS
+    outage must not fail deliveries for good. A refused address (private) is raised as
+    ``DestinationRefused``, which the sender makes a final failure."""
+
+    def __init__(self, check: Callable[[str], Destination]) -> None:
+        self.check = check
+        self.urls: dict[str, str] = {}  # host -> a URL on it, what the check is given
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        address = self.pins.get(host.rstrip(".").lower())
-        if address is None:
+        url = self.urls.get(host.rstrip(".").lower())
+        if url is None:
             raise OSError(f"{host} was not checked before connecting")
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            # The lookup blocks, so off the loop.
+            destination = await asyncio.to_thread(self.check, url)
+        except DestinationUnresolved as exc:
+            # As getaddrinfo fails: aiohttp makes it a ClientConnectorDNSError with this text.
+            raise socket.gaierror(socket.EAI_NONAME, str(exc)) from exc
         return [
             ResolveResult(
-                hostname=host, host=address, port=port, family=family, proto=0,
+                hostname=host, host=address, port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET, proto=0,
                 flags=socket.AI_NUMERICHOST,
             )
+            for address in destination.addresses or (destination.address,)
         ]  # fmt: skip
 
     async def close(self) -> None:
         pass
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# URLs whose route a sender remembers (a bound on memory, not a cache policy).
+ROUTES_KEPT = 10_000
 
 
 class Sender:
@@ -173,7 +227,11 @@ class Sender:
         self.resolve_destination = resolve_destination
         # None: the system's trust store; a context for receivers behind a private CA.
         self.tls = tls
-        self._resolver = PinnedResolver()
+        self._resolver = CheckingResolver(resolve_destination)
+        self._breaker_options = breaker_options_from_settings(is_failure=_breaker_failure)
+        # URL -> None once it may be sent to (its host's addresses are checked on connecting),
+        # or why it may not (an invalid URL, a refused IP literal): final, whatever the attempt.
+        self._routes: dict[str, DestinationRefused | None] = {}
         self.concurrency = max(1, settings.WEBHOOK_ENDPOINT_CONCURRENCY)
         self.backlog = settings.WEBHOOK_ENDPOINT_BACKLOG
         self.timeout = settings.WEBHOOK_TIMEOUT.total_seconds()
@@ -219,10 +277,12 @@ class Sender:
         for claim in claims:
             lane = self.lanes.get(claim.target.public_id)
             if lane is None:
-                lane = self.lanes[claim.target.public_id] = Lane(claim.target)
+                lane = self.lanes[claim.target.public_id] = Lane(
+                    claim.target, backlog=self.backlog, concurrency=self.concurrency
+                )
             self.pending += 1
             self._idle.clear()
-            if lane.queue.qsize() >= self.backlog:
+            if lane.full():
                 self._report(Outcome(claim, released=True))
                 continue
             lane.queue.put_nowait((claim.priority, next(self._order), claim))
@@ -271,17 +331,10 @@ class Sender:
         return outcome
 
     async def _attempt(self, lane: Lane, claim: Claim) -> AttemptResult:
-        breaker = get_breaker(
-            f"webhook:{claim.target.public_id}",
-            breaker_options_from_settings(is_failure=_breaker_failure),
-        )
-        try:
-            # Again at send time (DNS may have changed), and the connection is pinned to the
-            # address checked. The lookup blocks, so off the loop.
-            destination = await asyncio.to_thread(self.resolve_destination, claim.target.url)
-        except DestinationRefused as exc:
-            return AttemptResult(None, str(exc)[:500], 0, clock.now(), final=True)
-        self._resolver.pins[destination.host.rstrip(".").lower()] = destination.address
+        breaker = get_breaker(f"webhook:{claim.target.public_id}", self._breaker_options)
+        refused = self._route(claim.target.url)
+        if refused is not None:
+            return AttemptResult(None, str(refused)[:500], 0, clock.now(), final=True)
         if not claim.target.secrets:
             # No configured key decrypts the secret: final, an operator restores the key (or
             # rotates the secret) and redelivers; nothing unsigned is ever sent.
@@ -294,9 +347,31 @@ class Sender:
             return await breaker.call_async(self._post, lane, claim)
         except (ReceiverFailed, ReceiverSlow) as exc:
             return exc.result
+        except DestinationRefused as exc:  # from the resolver, when connecting
+            return AttemptResult(None, str(exc)[:500], 0, clock.now(), final=True)
         except BrokenCircuitError as exc:
             error = f"circuit open for this endpoint ({exc.retry_after:.0f} s)"
             return AttemptResult(None, error, 0, clock.now(), circuit_open=True)
+
+    def _route(self, url: str) -> DestinationRefused | None:
+        """Why ``url`` may not be sent to, or None; the host's addresses are checked by the
+        resolver on connecting. An IP literal is checked here: aiohttp never resolves one."""
+        if url in self._routes:
+            return self._routes[url]
+        if len(self._routes) >= ROUTES_KEPT:
+            self._routes.clear()
+            self._resolver.urls.clear()
+        refused = None
+        try:
+            _, host, _ = destination_parse(url)
+            if _ip_literal(host):
+                self.resolve_destination(url)  # no lookup for a literal: the address check
+            else:
+                self._resolver.urls[host.rstrip(".").lower()] = url
+        except DestinationRefused as exc:
+            refused = exc
+        self._routes[url] = refused
+        return refused
 
     async def _post(self, lane: Lane, claim: Claim) -> AttemptResult:
         at = clock.now()

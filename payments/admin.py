@@ -28,6 +28,7 @@ from payments.models import (
     MerchantWallet,
     Payment,
     PaymentEvent,
+    PaymentOption,
     PaymentTransaction,
     UnmatchedTransfer,
 )
@@ -273,6 +274,15 @@ PAYMENT_MONEY_FIELDS = {
 }
 
 
+class PaymentOptionInline(PaymentTransactionInline):
+    """The coins the buyer could pick from, with the quote each was priced at (read-only)."""
+
+    model = PaymentOption
+    fields = ["crypto_currency", "crypto_amount", "rate", "rate_source", "rate_fetched_at",
+              "deposit_address", "selected_at"]  # fmt: skip
+    readonly_fields = fields
+
+
 @admin.register(Payment)
 class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
     mode_things = "payments"
@@ -285,7 +295,9 @@ class PaymentAdmin(ModeAdminMixin, ExportMixin, admin.ModelAdmin):
         mode_filter(), "status", "sub_status", "crypto_currency", "fiat_currency", "created_at"
     ]  # fmt: skip
     search_fields = ["public_id", "order_id", "deposit_address"]
-    inlines = [PaymentTransactionInline, UnmatchedTransferInline, PaymentEventInline]
+    inlines = [
+        PaymentOptionInline, PaymentTransactionInline, UnmatchedTransferInline, PaymentEventInline,
+    ]  # fmt: skip
     actions = ["mark_settled", "mark_invalid"]
     list_select_related = ["merchant"]
     resource_classes = [PaymentResource]

@@ -1272,8 +1272,9 @@ def payments_expire_due() -> dict[str, int]:
     counts = {
         "expired": _sweep(
             due=Q(status=PaymentStatus.PENDING, expires_at__lte=now)
-            # Development-chain payments (test mode) wait for no real chain.
-            & (~Q(crypto_currency__in=held) | Q(deposit_address__startswith="dev"))
+            # Test payments are on the development chain: they wait for no real chain (a live
+            # payment on it stays held like any other of its currency).
+            & (~Q(crypto_currency__in=held) | Q(livemode=False))
             & _expiry_seen(),
             to_status=PaymentStatus.EXPIRED,
             reason="expired",

@@ -23,7 +23,7 @@ from payments.api.serializers import (
 )
 from payments.auth import request_client
 from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto
-from payments.devchain import payment_simulate
+from payments.devchain import SimulationRefused, payment_simulate
 from payments.errors import TestModeOnly
 from payments.models import ApiKeyScope, Payment
 from payments.money import format_base_units
@@ -222,6 +222,8 @@ class PaymentSimulateView(APIView):
     @idempotent()
     def _simulate(self, request: Request, *, public_id: str) -> Response:
         payment = _payment(request, public_id)
+        if not payment.crypto_currency:  # a coin-choice payment whose buyer has not picked yet
+            raise SimulationRefused("The buyer has not picked a coin yet (no address to pay).")
         serializer = PaymentSimulateSerializer(data=request.data, context={"payment": payment})
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

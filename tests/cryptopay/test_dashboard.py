@@ -136,7 +136,7 @@ def messages_of(response) -> list[str]:
 
 
 def test_given_a_system_in_use_when_staff_opens_the_dashboard_then_every_section_shows_it(
-    staff, settings
+    staff, settings, frozen_clock
 ):
     # Given: a breaker this process opened, a dependency degraded with a failed recovery, a
     # pending webhook delivery, a payment (its pair in use, its event queued), an open WebSocket

@@ -24,6 +24,7 @@ from django.utils import timezone
 from notifications import queues
 from notifications.delivery import (
     attempts_record,
+    deliveries_claim_due,
     deliveries_claim_new,
     deliveries_create,
     webhooks_deliver_due,
@@ -574,6 +575,29 @@ def test_a_claimed_delivery_is_not_swept_until_its_lease_has_passed(
     # The dead holder's late report (same token, a claim later) decides nothing.
     attempts_record(outcomes=[Outcome(claim, [AttemptResult(500, "", 1, frozen_clock.now())])])
     assert WebhookDelivery.objects.get().status == "succeeded"
+
+
+@pytest.mark.django_db
+def test_a_late_success_from_a_replaced_holder_is_logged_but_only_the_holder_finishes_it(
+    frozen_clock, receiver, settings
+):
+    webhook_endpoint_create(owner="mer_late", url=receiver.url)
+    (event,) = [event_publish(owner="mer_late", type="payment.created", data={})]
+    (stale,) = deliveries_claim_new(events=[event])
+    frozen_clock.advance(settings.WEBHOOK_CLAIM)
+    (current,) = deliveries_claim_due(limit=10)  # the lease passed: the sweep holds it now
+
+    attempts_record(outcomes=[Outcome(stale, [AttemptResult(200, "", 1, frozen_clock.now())])])
+
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.claim, delivery.log.count()) == ("pending", current.token, 1)
+    assert delivery.claimed_until is not None
+
+    attempts_record(outcomes=[Outcome(current, [AttemptResult(200, "", 1, frozen_clock.now())])])
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.log.count()) == ("succeeded", 2, 2)
+    assert delivery.claimed_until is None
 
 
 @pytest.mark.django_db

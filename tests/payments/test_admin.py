@@ -322,3 +322,24 @@ def test_a_merchant_logo_is_uploaded_sniffed_and_size_limited(admin_client_, set
     assert bad_colour.status_code == 200 and "#1a7f5a" in bad_colour.content.decode()
     merchant.refresh_from_db()
     assert (bytes(merchant.logo), merchant.brand_color) == (PNG, "#1a7f5a")
+
+
+def test_a_payment_with_a_choice_shows_its_coins_and_quotes_before_and_after_the_pick(
+    admin_client_,
+):
+    from decimal import Decimal
+
+    payment = services.payment_create_with_choice(
+        merchant=MerchantFactory(), fiat_amount=Decimal("12.00"), fiat_currency="USD",
+        accepted_currencies=["BTC", "LTC"],
+    )  # fmt: skip
+    url = reverse("admin:payments_payment_change", args=[payment.pk])
+
+    before = admin_client_.get(url).content.decode()
+    services.payment_select_currency(payment=payment, crypto_currency="LTC")
+    after = admin_client_.get(url).content.decode()
+
+    assert "Bitcoin" in before and "Litecoin" in before
+    assert payment.deposit_address not in before
+    assert payment.deposit_address in after
+    assert admin_client_.get(changelist("payment")).status_code == 200

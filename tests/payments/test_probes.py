@@ -188,6 +188,7 @@ def test_given_no_node_of_a_chain_answers_when_expiry_sweeps_then_its_payments_w
     dead, _ = litecoin
     settings.CHAINS["litecoin"]["nodes"] = [dead, refused_url()]
     held_ltc = make_payment(crypto_currency="LTC")
+    test_ltc = make_payment(crypto_currency="LTC", livemode=False)  # development chain
     btc = make_payment(crypto_currency="BTC")
     assert dependencies_monitor()["chain:litecoin"] == "critical"
     assert expiry_held_currencies() == ["LTC"]
@@ -201,6 +202,8 @@ def test_given_no_node_of_a_chain_answers_when_expiry_sweeps_then_its_payments_w
     held_ltc.refresh_from_db()
     btc.refresh_from_db()
     assert (held_ltc.status, btc.status) == (PaymentStatus.PENDING, PaymentStatus.EXPIRED)
+    test_ltc.refresh_from_db()
+    assert test_ltc.status == PaymentStatus.EXPIRED  # a test payment waits for no real chain
 
     # A node answers again: the timers resume and the overdue payment expires.
     settings.CHAINS["litecoin"]["nodes"] = litecoin[::-1]

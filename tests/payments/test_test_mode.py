@@ -236,6 +236,21 @@ def test_simulating_what_cannot_be_paid_is_a_409(test_api):
     assert unknown_tx["error"]["code"] == "simulation_refused"
 
 
+def test_simulating_a_coin_choice_payment_before_the_buyer_picks_is_a_409(settings, test_api):
+    settings.DEV_CHAIN_ENABLED = False  # test payments still take every coin
+    response = test_api.post(
+        "/api/v1/payments",
+        {"amount": "30.00", "currency": "USD", "accepted_currencies": ["BTC", "ETH"]},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    payment = response.json()
+
+    error = simulate(test_api, payment["id"], {"amount": "0.0001"}, status=409)["error"]
+
+    assert error["code"] == "simulation_refused" and "not picked a coin" in error["message"]
+
+
 def test_simulate_with_an_idempotency_key_pays_once(test_api):
     payment = create(test_api)
     body, headers = {"amount": "0.0001"}, {"HTTP_IDEMPOTENCY_KEY": "sim-1"}

@@ -185,6 +185,38 @@ def test_given_a_name_that_rebinds_to_another_address_when_sent_then_the_checked
         assert rebound.requests == []
 
 
+class FailingDns:
+    """A DNS that is down: every lookup fails as getaddrinfo does."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.asked += 1
+        raise OSError(-3, "Temporary failure in name resolution")
+
+
+def test_given_dns_down_at_send_time_when_sent_then_the_attempt_fails_retryably_not_for_good():
+    outcome = _send("http://hooks.example.test:9/hooks", FailingDns())
+
+    (attempt,) = outcome.attempts
+    assert attempt.status_code is None
+    assert "does not resolve" in attempt.error
+    assert not attempt.final  # retried on the delivery's schedule, counted by the breaker
+
+
+def test_given_a_name_with_two_addresses_when_the_first_refuses_then_the_second_receives_it():
+    with Receiver() as receiver:
+        # Nothing listens on 127.0.0.3 at this port: connection refused, then the next address.
+        resolver = RecordingResolver(["127.0.0.3", "127.0.0.1"])
+
+        outcome = _send(f"http://two.test:{receiver.port}/hooks", resolver)
+
+        assert [a.status_code for a in outcome.attempts] == [200]
+        assert resolver.asked == [("two.test", receiver.port)]
+        assert len(receiver.requests) == 1
+
+
 def _certificate_authority(name: str) -> tuple[ssl.SSLContext, ssl.SSLContext, list[str]]:
     """(server context for ``name``, client context trusting only its CA, SNI names seen)."""
     now = datetime.now(UTC)
