@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.options import Options
 from prometheus_client import Counter, Histogram
 
@@ -444,7 +445,9 @@ def _successes_record(outcomes: list[Outcome]) -> set[int]:
     return done
 
 
-def _arrays(connection, fields: list[models.Field], rows: list[list]) -> tuple[str, list]:  # type: ignore[no-untyped-def]
+def _arrays(
+    connection: BaseDatabaseWrapper, fields: list[models.Field], rows: list[list]
+) -> tuple[str, list]:
     """``unnest(CAST(%s AS type[]), …)`` with one array per column: a statement of a few
     placeholders whatever the rows, so psycopg does not parse and bind thousands of them (with
     ``VALUES (%s, …), …`` that was most of the recorder's time)."""
