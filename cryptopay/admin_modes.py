@@ -7,7 +7,7 @@ Test objects are those made with a test key (``cpk_test_…``): their ``livemode
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -90,7 +90,14 @@ def test_mode_banner(request: HttpRequest, model_admin: admin.ModelAdmin, things
         )
 
 
-class ModeAdminMixin:
+if TYPE_CHECKING:
+    # What the mixin is mixed into, so the checker knows what ``super()`` has.
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:
+    _ModelAdmin = object
+
+
+class ModeAdminMixin(_ModelAdmin):
     """For a ModelAdmin of objects with a mode: a ``mode`` column (TEST badge), the badge's
     stylesheet and the banner over lists showing test objects. Put ``mode_filter(…)`` in the
     admin's ``list_filter`` (lists default to live)."""
@@ -100,7 +107,7 @@ class ModeAdminMixin:
 
     @property
     def media(self) -> forms.Media:
-        return super().media + forms.Media(css={"all": [MEDIA_CSS]})  # type: ignore[misc]
+        return super().media + forms.Media(css={"all": [MEDIA_CSS]})
 
     @admin.display(description="Mode")
     def mode(self, obj: Any) -> SafeString | str:
@@ -109,5 +116,5 @@ class ModeAdminMixin:
         return mode_badge(obj)
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
-        test_mode_banner(request, self, self.mode_things)  # type: ignore[arg-type]
-        return super().changelist_view(request, extra_context)  # type: ignore[misc]
+        test_mode_banner(request, self, self.mode_things)
+        return super().changelist_view(request, extra_context)

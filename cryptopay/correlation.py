@@ -124,7 +124,7 @@ class CorrelationIdMiddleware:
 
     def _bind(self, request: HttpRequest) -> str:
         value = valid_correlation_id(request.META.get(META_KEY)) or new_correlation_id()
-        request.correlation_id = value  # type: ignore[attr-defined]
+        request.correlation_id = value  # type: ignore[attr-defined]  # the stub's HttpRequest has no per-request attributes
         _correlation_id.set(value)
         _context.set({})
         return value

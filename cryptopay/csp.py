@@ -65,7 +65,7 @@ class ContentSecurityPolicyMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         nonce = secrets.token_urlsafe(16)
-        request.csp_nonce = nonce  # type: ignore[attr-defined]
+        request.csp_nonce = nonce  # type: ignore[attr-defined]  # the stub's HttpRequest has no per-request attributes
         response = self.get_response(request)
         response.headers.setdefault("Content-Security-Policy", policy(request, nonce))
         response.headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)

@@ -172,7 +172,7 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes_fed = 0
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's H11Protocol narrows asyncio's BaseTransport to Transport; kept as uvicorn has it
         super().connection_made(transport)
         self._arm_header_timer()
 

@@ -171,8 +171,8 @@ def _events_write(events: list[Event], *, dispatched_at: datetime | None) -> Non
         "FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS v(id, position) "
         f"WHERE {table}.id = v.id"
     )
-    params = [] if dispatched_at is None else [dispatched_at]
-    params += [[event.pk for event in events], [event.stream_position for event in events]]
+    columns = ([event.pk for event in events], [event.stream_position for event in events])
+    params = columns if dispatched_at is None else (dispatched_at, *columns)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
@@ -219,7 +219,7 @@ async def _groups_watched(layer, groups: list[str]) -> set[str]:
     by_shard: dict[int, list[str]] = {}
     for group in groups:
         by_shard.setdefault(layer.consistent_hash(group), []).append(group)
-    watched = set()
+    watched: set[str] = set()
     for index, shard in by_shard.items():
         pipe = layer.connection(index).pipeline(transaction=False)
         for group in shard:

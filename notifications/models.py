@@ -33,7 +33,8 @@ class Priority(models.TextChoices):
 
 
 # Sortable ranks: the names sort high, low, normal.
-PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+# By the stored value (a str: what ``Event.priority`` reads back).
+PRIORITY_RANK: dict[str, int] = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 
 
 class Event(models.Model):

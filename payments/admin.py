@@ -245,10 +245,9 @@ class UnmatchedTransferInline(admin.TabularInline):
         return False
 
 
-class PaymentTransactionInline(admin.TabularInline):
-    model = PaymentTransaction
-    fields = ["chain", "txid", "output_index", "coin_amount", "confirmations", "first_seen_at"]
-    readonly_fields = fields
+class _ReadOnlyInline(admin.TabularInline):
+    """Rows shown as they are: none added, changed or deleted from the payment's page."""
+
     extra = 0
     can_delete = False
 
@@ -257,6 +256,13 @@ class PaymentTransactionInline(admin.TabularInline):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+class PaymentTransactionInline(_ReadOnlyInline):
+    model = PaymentTransaction
+    fields = readonly_fields = (
+        "chain", "txid", "output_index", "coin_amount", "confirmations", "first_seen_at"
+    )  # fmt: skip
 
     @admin.display(description="Amount")
     def coin_amount(self, row: PaymentTransaction) -> str:
@@ -275,13 +281,14 @@ PAYMENT_MONEY_FIELDS = {
 }
 
 
-class PaymentOptionInline(PaymentTransactionInline):
+class PaymentOptionInline(_ReadOnlyInline):
     """The coins the buyer could pick from, with the quote each was priced at (read-only)."""
 
     model = PaymentOption
-    fields = ["crypto_currency", "crypto_amount", "rate", "rate_source", "rate_fetched_at",
-              "deposit_address", "selected_at"]  # fmt: skip
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "crypto_currency", "crypto_amount", "rate", "rate_source", "rate_fetched_at",
+        "deposit_address", "selected_at",
+    )  # fmt: skip
 
 
 @admin.register(Payment)

@@ -62,9 +62,9 @@ def payment_uri(payment: Payment) -> str | None:
     currency = crypto(payment.crypto_currency)
     address = payment.deposit_address
     # What is still due: after a partial payment the link asks for the rest, not the whole.
-    due = payment.crypto_amount - payment.amount_received
+    due = payment.priced_amount - payment.amount_received
     if due <= 0:
-        due = payment.crypto_amount
+        due = payment.priced_amount
     if payment.crypto_currency in BIP21_SCHEMES:
         # BIP21 amounts are decimal coins; trailing zeros are noise to a wallet.
         amount = format_base_units(amount=due, currency=currency).rstrip("0").rstrip(".")

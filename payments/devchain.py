@@ -67,7 +67,7 @@ def payment_simulate(
         )
     else:
         if amount is None:
-            amount = payment.crypto_amount - payment.amount_received
+            amount = payment.priced_amount - payment.amount_received
             if amount <= 0:
                 raise SimulationRefused("Nothing is due; give an amount to pay more.")
         if amount <= 0:

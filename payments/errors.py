@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from django.conf import settings
 from django.http import Http404
@@ -32,9 +33,9 @@ class RateUnavailable(ApiError):
     error_type = API
     code = "rate_unavailable"
 
-    @property
-    def retry_after(self) -> int:  # type: ignore[override]
-        return max(1, math.ceil(settings.RATES_RETRY_AFTER.total_seconds()))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_after = max(1, math.ceil(settings.RATES_RETRY_AFTER.total_seconds()))
 
 
 class AddressUnavailable(ApiError):

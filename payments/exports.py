@@ -49,12 +49,10 @@ class PaymentResource(resources.ModelResource):
         return fiat_text(payment.fiat_amount, payment.fiat_currency)
 
     def dehydrate_crypto_amount(self, payment: Payment) -> str:
-        return crypto_units(
-            amount=int(payment.crypto_amount), currency=crypto(payment.crypto_currency)
-        )
+        return crypto_units(amount=payment.priced_amount, currency=crypto(payment.crypto_currency))
 
     def dehydrate_crypto_amount_base_units(self, payment: Payment) -> str:
-        return str(int(payment.crypto_amount))
+        return str(payment.priced_amount)
 
     def dehydrate_amount_received(self, payment: Payment) -> str:
         return crypto_units(

@@ -345,6 +345,14 @@ class Payment(models.Model):
     def currency_selected(self) -> bool:
         return bool(self.crypto_currency)
 
+    @property
+    def priced_amount(self) -> int:
+        """``crypto_amount`` of a payment priced in its coin; asking before a coin is picked is a
+        caller's mistake (check ``currency_selected`` first)."""
+        if self.crypto_amount is None:
+            raise ValueError(f"payment {self.public_id} has no amount until a coin is picked")
+        return self.crypto_amount
+
 
 class PaymentOption(models.Model):
     """One coin a buyer may pay a payment in, priced at creation (its quote's provenance kept).

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Field, Model, Q
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 
@@ -188,12 +188,13 @@ def payment_snapshot(payment: Payment) -> dict[str, Any]:
             ("crypto_amount", "amount_received", "amount_confirmed", "amount_due")
         )
     currency = crypto(payment.crypto_currency)
+    amount = payment.priced_amount
     return snapshot | {
-        "crypto_amount": format_base_units(amount=payment.crypto_amount, currency=currency),
+        "crypto_amount": format_base_units(amount=amount, currency=currency),
         "amount_received": format_base_units(amount=payment.amount_received, currency=currency),
         "amount_confirmed": format_base_units(amount=payment.amount_confirmed, currency=currency),
         "amount_due": format_base_units(
-            amount=max(payment.crypto_amount - payment.amount_received, 0), currency=currency
+            amount=max(amount - payment.amount_received, 0), currency=currency
         ),
     }
 
@@ -300,20 +301,20 @@ def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
     [(payment_sql, payment_params)] = compiler.as_sql()
     ops = connection.ops
     columns = ", ".join(
-        ops.quote_name(PaymentEvent._meta.get_field(name).column)
+        _column(PaymentEvent, name)
         for name in ("payment", "sequence", "type", "data", "created_at")
     )
+    event_fields = {f.name: f for f in PaymentEvent._meta.concrete_fields}
     values = [
-        PaymentEvent._meta.get_field(name).get_db_prep_save(getattr(event, name), connection)
+        event_fields[name].get_db_prep_save(getattr(event, name), connection)
         for name in ("sequence", "type", "data", "created_at")
     ]
     # Names are the models'; every value is a parameter.
     sql = (
         f"WITH p AS ({payment_sql}) "  # noqa: S608
         f"INSERT INTO {ops.quote_name(PaymentEvent._meta.db_table)} ({columns}) "
-        f"SELECT p.{ops.quote_name(Payment._meta.pk.column)}, %s, %s, %s, %s FROM p "
-        f"RETURNING {ops.quote_name(PaymentEvent._meta.pk.column)}, "
-        f"{ops.quote_name(PaymentEvent._meta.get_field('payment').column)}"
+        f"SELECT p.{_column(Payment)}, %s, %s, %s, %s FROM p "
+        f"RETURNING {_column(PaymentEvent)}, {_column(PaymentEvent, 'payment')}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*payment_params, *values])
@@ -327,6 +328,14 @@ def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
     for instance in (payment, event):
         instance._state.adding, instance._state.db = False, connection.alias
     return True
+
+
+def _column(model: type[Model], name: str | None = None) -> str:
+    """The quoted column of ``model``'s field ``name`` (its primary key without), for raw SQL."""
+    field = model._meta.pk if name is None else model._meta.get_field(name)
+    if not isinstance(field, Field) or field.column is None:
+        raise LookupError(f"{model.__name__}.{name or 'pk'} has no column")
+    return connection.ops.quote_name(field.column)
 
 
 def _order_id_taken(payment: Payment) -> bool:
@@ -466,10 +475,10 @@ def _quote_fields(quote: Quote) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def option_quote(option: PaymentOption | Payment) -> dict[str, Any]:
-    """The provenance of the quote an option (or a selected payment) was priced from."""
+def option_quote(option: PaymentOption) -> dict[str, Any]:
+    """The provenance of the quote an option was priced from."""
     return Quote(
-        pair=f"{option.crypto_currency}-{_fiat_of(option)}",
+        pair=f"{option.crypto_currency}-{option.payment.fiat_currency}",
         value=option.rate,
         source=option.rate_source,
         fetched_at=option.rate_fetched_at,
@@ -478,10 +487,6 @@ def option_quote(option: PaymentOption | Payment) -> dict[str, Any]:
         bid=option.rate_bid,
         ask=option.rate_ask,
     ).provenance()
-
-
-def _fiat_of(option: PaymentOption | Payment) -> str:
-    return option.fiat_currency if isinstance(option, Payment) else option.payment.fiat_currency
 
 
 def payment_create_with_choice(
@@ -958,7 +963,10 @@ def payment_transactions_apply(*, observations: Sequence[tuple[int, ObservedOutp
         recorded = {(tx.chain, tx.txid, tx.kind, tx.output_index): tx for tx in rows}
         spending = [o for _, o in observations if o.spends]
         replacing = _replacing_txids(spending, recorded) if spending else set()
-        writes, new, dirty, changed_fields = _Writes(), [], {}, set()
+        writes = _Writes()
+        new: list[PaymentTransaction] = []
+        dirty: dict[int, PaymentTransaction] = {}
+        changed_fields: set[str] = set()
         touched: set[int] = set()
         one_by_one: list[tuple[int, ObservedOutput]] = []
         count = 0
@@ -1173,7 +1181,7 @@ def _payment_reevaluate(
         sub_status=payment.sub_status,
         received=received,
         policy=states.Policy(
-            amount_due=payment.crypto_amount,
+            amount_due=payment.priced_amount,
             underpayment_tolerance_percent=payment.underpayment_tolerance_percent,
             required_confirmations=payment.required_confirmations,
             expires_at=payment.expires_at,

@@ -29,6 +29,7 @@ levels, single-flight refresh across processes and XFetch early refresh.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import random
@@ -36,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import redis
 from django.core.cache import caches
@@ -47,7 +48,12 @@ T = TypeVar("T")
 
 LIVE, CACHE, EMERGENCY = "live", "cache", "emergency"
 
-_AGAIN = object()  # a waiter's turn to try leading the refresh
+
+class _Again(enum.Enum):
+    AGAIN = enum.auto()  # a waiter's turn to try leading the refresh
+
+
+_AGAIN: Final = _Again.AGAIN
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,7 @@ class TieredCache(Generic[T]):
         try:
             backend = getattr(cache, "client", None)
             client = self._redis() if slide else None
-            if client is not None and hasattr(backend, "decode"):
+            if client is not None and backend is not None and hasattr(backend, "decode"):
                 # One round trip for a warm read: read and re-arm the lifetime together (GETEX).
                 raw = client.getex(backend.make_key(self._key(key)), ex=self._shared_lifetime())
                 entry = None if raw is None else backend.decode(raw)
@@ -294,11 +300,11 @@ class TieredCache(Generic[T]):
                 return None  # another process is refreshing and the caller has a value
             outcome = self._await_leader(client, key, channel, timeout=remaining)
             if outcome is not _AGAIN:
-                return outcome  # type: ignore[return-value]
+                return outcome
 
     def _await_leader(
         self, client: redis.Redis, key: str, channel: str, *, timeout: float
-    ) -> Entry[T] | object | None:
+    ) -> Entry[T] | Literal[_Again.AGAIN] | None:
         """The leader's entry; None when it failed or Redis did; ``_AGAIN`` when a whole lease
         passed without a word (its process may have died: the caller tries to lead)."""
         pubsub = client.pubsub(ignore_subscribe_messages=True)

@@ -390,10 +390,10 @@ class IdempotencyGate:
             )
             SELECT held.ok, (SELECT id FROM inserted) FROM held
         """  # noqa: S608 (the table name is ours; every value is a parameter)
-        params = [
+        params = (
             lock_id, owner, key, automatic, method, path, request_fingerprint,
             IdempotencyKey.Status.IN_PROGRESS, now, now, now + self.expiry,
-        ]  # fmt: skip
+        )  # fmt: skip
         for attempt in range(2):
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)

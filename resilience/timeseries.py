@@ -111,7 +111,7 @@ def read(names: list[str], *, since: float) -> dict[str, Series]:
         for name in names:
             pipe.lrange(_key(name), 0, -1)
         raw = {
-            name: [tuple(float(part) for part in entry.split()) for entry in entries]
+            name: [(float(at), float(value)) for at, value in (e.split() for e in entries)]
             for name, entries in zip(names, pipe.execute(), strict=True)
         }
     return {

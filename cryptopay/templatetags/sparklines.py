@@ -17,7 +17,9 @@ register = template.Library()
 WIDTH, HEIGHT, PAD = 120, 24, 2
 
 
-def sparkline_svg(series: Series | None, *, since: float, until: float, top: float | None) -> str:
+def sparkline_svg(
+    series: Series | None, *, since: float, until: float, top: float | None
+) -> SafeString:
     """A step line of ``series`` between ``since`` and ``until`` (unix times), scaled to ``top``
     (or the series' own maximum). Its title says the range, for a hover."""
     points = series.points if series else []

@@ -228,7 +228,9 @@ class EventSerializer(serializers.ModelSerializer):
     )
     sequence = serializers.IntegerField(help_text="Position in the subject's stream.")
     livemode = serializers.BooleanField(help_text="False: a test-mode event (a test key's).")
-    data = serializers.DictField(help_text="The event's payload, as sent in webhooks.")
+    data = serializers.DictField(  # type: ignore[assignment]  # DRF moves declared fields off the class
+        help_text="The event's payload, as sent in webhooks."
+    )
     deliveries = WebhookDeliverySerializer(
         many=True, help_text="Its deliveries to your webhook endpoints."
     )

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -109,9 +109,35 @@ def idempotent_when_keyed(*, response_has_secret: bool = False) -> Callable:
     return decorate
 
 
-def _caller(request: Request) -> dict[str, Any]:
+@runtime_checkable
+class Caller(Protocol):
+    """Who an API request acts for, as notifications see it: the authentication of the project
+    that mounts these views sets ``request.user`` to one (payments' ``ApiClient``)."""
+
+    @property
+    def owner(self) -> str: ...
+
+    @property
+    def livemode(self) -> bool: ...
+
+
+def request_caller(request: Request) -> Caller:
+    """The caller of an authenticated request (typed, unlike ``request.user``)."""
+    user = request.user
+    if not isinstance(user, Caller):
+        raise exceptions.NotAuthenticated("Authentication required: send a Bearer API key.")
+    return user
+
+
+class Scope(TypedDict):
+    owner: str
+    livemode: bool
+
+
+def _caller(request: Request) -> Scope:
     """What every read and write here is scoped by: the caller's owner and mode."""
-    return {"owner": request.user.owner, "livemode": request.user.livemode}
+    caller = request_caller(request)
+    return {"owner": caller.owner, "livemode": caller.livemode}
 
 
 class PageQuerySerializer(serializers.Serializer):

@@ -353,7 +353,11 @@ def _quote(priced: Payment | PaymentOption) -> dict[str, Any]:
         "ask": _plain(priced.rate_ask),
         "source": priced.rate_source,
         "providers": priced.rate_providers,
-        "fetched_at": serializers.DateTimeField().to_representation(priced.rate_fetched_at),
+        "fetched_at": (
+            None
+            if priced.rate_fetched_at is None
+            else serializers.DateTimeField().to_representation(priced.rate_fetched_at)
+        ),
         "age_seconds": priced.rate_age_seconds,
     }
 
@@ -372,9 +376,8 @@ class PaymentOptionSerializer(serializers.Serializer):
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_crypto_amount(self, priced: Payment | PaymentOption) -> str:
-        return format_base_units(
-            amount=priced.crypto_amount, currency=crypto(priced.crypto_currency)
-        )
+        amount = priced.priced_amount if isinstance(priced, Payment) else priced.crypto_amount
+        return format_base_units(amount=amount, currency=crypto(priced.crypto_currency))
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_crypto_amount_base_units(self, priced: Payment | PaymentOption) -> str:
@@ -470,9 +473,9 @@ class PaymentSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         return request.build_absolute_uri(path) if request is not None else path
 
-    def _crypto(self, payment: Payment, amount: int) -> str | None:
+    def _crypto(self, payment: Payment, amount: int | None) -> str | None:
         # Amounts are in the picked coin: none before the buyer picks one.
-        if not payment.crypto_currency:
+        if not payment.crypto_currency or amount is None:
             return None
         return format_base_units(amount=amount, currency=crypto(payment.crypto_currency))
 

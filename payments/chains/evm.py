@@ -44,6 +44,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -133,8 +134,9 @@ def _trace_value_calls(traces: list[dict[str, Any]]) -> list[tuple[str, int, str
             to, value = action.get("refundAddress"), action.get("balance")
         else:
             continue  # delegatecall, staticcall, callcode: no value moves to another account
-        if path and to and _int(value or "0x0") > 0:
-            found.append((txid, position, to.lower(), _int(value)))
+        wei = _int(value or "0x0")
+        if path and to and wei > 0:
+            found.append((txid, position, to.lower(), wei))
     return found
 
 
@@ -146,12 +148,14 @@ def _value_calls(
     frames: list[dict[str, Any]], transactions: list[Any]
 ) -> list[tuple[str, int, str, int]]:
     """(tx hash, position in the call tree, to, wei) of each sub-call that moved ETH and stuck."""
-    found = []
+    found: list[tuple[str, int, str, int]] = []
     for number, item in enumerate(frames):
         txid = item.get("txHash")
         if not txid and number < len(transactions):
             entry = transactions[number]
             txid = entry["hash"] if isinstance(entry, dict) else entry
+        if not txid:
+            continue  # a frame no transaction of the block answers to: nothing to credit it to
         positions = itertools.count()
         stack = [(item.get("result") or {}, 0)]
         while stack:
@@ -164,6 +168,24 @@ def _value_calls(
                 found.append((txid, position, frame["to"].lower(), value))
             stack.extend((sub, depth + 1) for sub in reversed(frame.get("calls") or []))
     return found
+
+
+@dataclass(frozen=True)
+class _MinedIn:
+    """What every credit found in one scanned block shares."""
+
+    chain: str
+    confirmations: int
+    block_hash: str
+    block_height: int
+    mined_at: datetime
+
+    def output(self, *, txid: str, kind: str, output_index: int, amount: int) -> ObservedOutput:
+        return ObservedOutput(
+            chain=self.chain, txid=txid, kind=kind, output_index=output_index, amount=amount,
+            confirmations=self.confirmations, block_hash=self.block_hash,
+            block_height=self.block_height, mined_at=self.mined_at,
+        )  # fmt: skip
 
 
 class EvmWatcher(Watcher):
@@ -225,10 +247,10 @@ class EvmWatcher(Watcher):
             at[address][currency] = payment
         if not at:
             return block_hash, block["parentHash"], 0
-        found = {
-            "chain": self.chain.name, "confirmations": tip - height + 1, "block_hash": block_hash,
-            "block_height": height, "mined_at": block_time(_int(block["timestamp"])),
-        }  # fmt: skip
+        found = _MinedIn(
+            chain=self.chain.name, confirmations=tip - height + 1, block_hash=block_hash,
+            block_height=height, mined_at=block_time(_int(block["timestamp"])),
+        )  # fmt: skip
         try:
             calls = self._traced_calls(block)
         except BlockReplaced:
@@ -256,18 +278,17 @@ class EvmWatcher(Watcher):
             if not arriving or not succeeded:
                 continue  # reverted: no value moved
             explained[to] += value
-            output = ObservedOutput(
-                txid=tx["hash"], kind=PaymentTransaction.Kind.NATIVE, output_index=0, amount=value,
-                **found,
-            )  # fmt: skip
+            output = found.output(
+                txid=tx["hash"], kind=PaymentTransaction.Kind.NATIVE, output_index=0, amount=value
+            )
             count += self._take(at[to], self.chain.currency, to, output)
         count += self._scan_logs(block_hash, at, found)
         if calls is not None:
             for txid, position, to, value in calls:
                 if to in at:
-                    output = ObservedOutput(
+                    output = found.output(
                         txid=txid, kind=PaymentTransaction.Kind.INTERNAL, output_index=position,
-                        amount=value, **found,
+                        amount=value,
                     )  # fmt: skip
                     count += self._take(at[to], self.chain.currency, to, output)
         else:
@@ -311,7 +332,9 @@ class EvmWatcher(Watcher):
                     return {txid: by_hash.get(txid) for txid in txids}
         return {txid: self.client.call("eth_getTransactionReceipt", txid) for txid in txids}
 
-    def _scan_logs(self, block_hash: str, at: dict[str, dict[str, Payment]], found: dict) -> int:
+    def _scan_logs(
+        self, block_hash: str, at: dict[str, dict[str, Payment]], found: _MinedIn
+    ) -> int:
         tokens = self.tokens()
         if not tokens:
             return 0
@@ -335,9 +358,9 @@ class EvmWatcher(Watcher):
             amount = _int(log["data"]) if log["data"] not in ("0x", "") else 0
             if to not in at or amount <= 0:
                 continue
-            output = ObservedOutput(
+            output = found.output(
                 txid=log["transactionHash"], kind=PaymentTransaction.Kind.LOG,
-                output_index=_int(log["logIndex"]), amount=amount, **found,
+                output_index=_int(log["logIndex"]), amount=amount,
             )  # fmt: skip
             count += self._take(at[to], token.currency, to, output)
         return count
@@ -388,7 +411,7 @@ class EvmWatcher(Watcher):
         block: dict[str, Any],
         at: dict[str, dict[str, Payment]],
         explained: dict[str, int],
-        found: dict,
+        found: _MinedIn,
     ) -> int:
         if _int(block["number"]) == 0:
             return 0
@@ -400,17 +423,19 @@ class EvmWatcher(Watcher):
             unexplained = change - explained.get(address, 0)
             if unexplained <= 0:
                 continue
-            output = ObservedOutput(
+            output = found.output(
                 txid=f"{BALANCE_DIFF_PREFIX}{block['hash']}:{address}",
                 kind=PaymentTransaction.Kind.INTERNAL, output_index=0, amount=unexplained,
-                **found,
             )  # fmt: skip
             count += self._take(at[address], self.chain.currency, address, output)
         return count
 
     def recount(self, tx: PaymentTransaction, tip: int) -> ObservedOutput | None:
-        same = {"chain": tx.chain, "txid": tx.txid, "kind": tx.kind,
-                "output_index": tx.output_index, "amount": tx.amount}  # fmt: skip
+        # As recorded, unconfirmed; what the node says now replaces the rest.
+        same = ObservedOutput(
+            chain=tx.chain, txid=tx.txid, kind=tx.kind, output_index=tx.output_index,
+            amount=tx.amount, confirmations=0,
+        )  # fmt: skip
         if tx.txid.startswith(BALANCE_DIFF_PREFIX):
             return self._recount_balance_credit(tx, tip, same)
         receipt = self.client.call("eth_getTransactionReceipt", tx.txid)
@@ -418,20 +443,20 @@ class EvmWatcher(Watcher):
             pending = self.client.call("eth_getTransactionByHash", tx.txid)
             if pending is None:
                 return None
-            return ObservedOutput(**same, confirmations=0)
+            return same
         if _int(receipt.get("status", "0x1")) != 1:
             return None
         height = _int(receipt["blockNumber"])
         block = self._block(height, False)
         if block is None or block["hash"] != receipt["blockHash"]:
-            return ObservedOutput(**same, confirmations=0)  # its block is being replaced
-        return ObservedOutput(
-            **same, confirmations=max(0, tip - height + 1), block_hash=receipt["blockHash"],
+            return same  # its block is being replaced
+        return replace(
+            same, confirmations=max(0, tip - height + 1), block_hash=receipt["blockHash"],
             block_height=height, mined_at=block_time(_int(block["timestamp"])),
         )  # fmt: skip
 
     def _recount_balance_credit(
-        self, tx: PaymentTransaction, tip: int, same: dict[str, Any]
+        self, tx: PaymentTransaction, tip: int, same: ObservedOutput
     ) -> ObservedOutput | None:
         """A balance-check credit lives exactly as long as its block is on the chain."""
         block_hash = tx.txid.split(":")[1]
@@ -442,7 +467,7 @@ class EvmWatcher(Watcher):
         canonical = self._block(height, False)
         if canonical is None or canonical["hash"] != block_hash:
             return None  # reorged out; the replacing block was scanned on its own
-        return ObservedOutput(
-            **same, confirmations=max(0, tip - height + 1), block_hash=block_hash,
+        return replace(
+            same, confirmations=max(0, tip - height + 1), block_hash=block_hash,
             block_height=height, mined_at=block_time(_int(block["timestamp"])),
         )  # fmt: skip

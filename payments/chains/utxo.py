@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -55,7 +56,10 @@ class UtxoWatcher(Watcher):
     ) -> list[tuple[Payment, int, int]]:
         found = []
         for vout in tx.get("vout", []):
-            payment = watched.get((self.chain.currency, _address(vout.get("scriptPubKey", {}))))
+            address = _address(vout.get("scriptPubKey", {}))
+            if address is None:
+                continue  # no single address (bare multisig, OP_RETURN): pays no deposit address
+            payment = watched.get((self.chain.currency, address))
             if payment is not None:
                 found.append((payment, int(vout["n"]), self.units(vout["value"])))
         return found
@@ -160,8 +164,11 @@ class UtxoWatcher(Watcher):
         """Works without -txindex: a mined transaction is followed through its block's header,
         an unconfirmed one through the mempool; blocks are scanned by the poll before this, so a
         transaction that left the mempool for a block has already been found there."""
-        same = {"chain": tx.chain, "txid": tx.txid, "kind": tx.kind,
-                "output_index": tx.output_index, "amount": tx.amount}  # fmt: skip
+        # As recorded, unconfirmed; what the node says now replaces the rest.
+        same = ObservedOutput(
+            chain=tx.chain, txid=tx.txid, kind=tx.kind, output_index=tx.output_index,
+            amount=tx.amount, confirmations=0,
+        )  # fmt: skip
         if tx.block_hash:
             try:
                 header = self.client.call("getblockheader", tx.block_hash)
@@ -173,8 +180,8 @@ class UtxoWatcher(Watcher):
                 header = {"confirmations": -1}
             confirmations = int(header.get("confirmations", -1))
             if confirmations >= 1:
-                return ObservedOutput(
-                    **same, confirmations=confirmations, block_hash=tx.block_hash,
+                return replace(
+                    same, confirmations=confirmations, block_hash=tx.block_hash,
                     block_height=int(header["height"]), mined_at=block_time(header["time"]),
                     replaceable=tx.replaceable,
                 )  # fmt: skip
@@ -183,9 +190,7 @@ class UtxoWatcher(Watcher):
         except RpcError:
             entry = None
         if entry is not None:
-            return ObservedOutput(
-                **same, confirmations=0, replaceable=bool(entry.get("bip125-replaceable"))
-            )
+            return replace(same, replaceable=bool(entry.get("bip125-replaceable")))
         # The UTXO set knows an unspent output's depth without -txindex: mined in a block we
         # have not tied it to (the node lost the block we recorded, then mined it again).
         unspent = self.client.call("gettxout", tx.txid, tx.output_index, True)
@@ -194,8 +199,8 @@ class UtxoWatcher(Watcher):
             height = int(best["height"]) - int(unspent["confirmations"]) + 1
             block_hash = self.client.call("getblockhash", height)
             header = self.client.call("getblockheader", block_hash)
-            return ObservedOutput(
-                **same, confirmations=int(unspent["confirmations"]), block_hash=block_hash,
+            return replace(
+                same, confirmations=int(unspent["confirmations"]), block_hash=block_hash,
                 block_height=height, mined_at=block_time(header["time"]),
                 replaceable=tx.replaceable,
             )  # fmt: skip
@@ -204,7 +209,7 @@ class UtxoWatcher(Watcher):
         # Not in the mempool, not in a block we know, and nothing else spent its inputs: evicted
         # or not relayed to this node. It may still confirm; it counts as unconfirmed meanwhile
         # and the monitoring window decides.
-        return ObservedOutput(**same, confirmations=0, replaceable=tx.replaceable)
+        return replace(same, replaceable=tx.replaceable)
 
     def _spent_elsewhere(self, tx: PaymentTransaction) -> bool:
         """Evidence that ``tx`` can never confirm: another transaction spent one of its inputs.

@@ -407,6 +407,7 @@ class Watcher:
             .select_related("payment")
         )
         for tx in relevant:
+            observed: ObservedOutput | None
             if tx.state == PaymentTransaction.State.CONFIRMED and tx.block_height is not None:
                 confirmations = max(0, tip - tx.block_height + 1)
                 if tx.confirmations >= tx.payment.required_confirmations or (
