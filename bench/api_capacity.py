@@ -57,8 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api_throughput import PROVIDERS, WRK_THREADS, WRK_TIMEOUT, cpu_seconds_of, wrk_binary
-
+from bench.api_throughput import PROVIDERS, WRK_THREADS, WRK_TIMEOUT, cpu_seconds_of, wrk_binary
 from bench.results import emit, figure
 from testing.scratch import scratch_environment
 
@@ -369,7 +368,7 @@ def server_env(exchange_url: str, metrics_dir: Path, workers: int) -> dict[str, 
     env = {
         "DJANGO_SETTINGS_MODULE": "bench.api_throughput_settings",
         "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         ),
         "CRYPTOPAY_DEV_CHAIN": "1",
         "WEB_CONCURRENCY": str(workers),
@@ -435,7 +434,7 @@ def report(
     runs: list[Run], counts: dict[str, Any], rss: dict[int, list[float]], args: argparse.Namespace,
     workers_list: list[int], load_start: str,
 ) -> None:  # fmt: skip
-    from api_throughput import machine_load
+    from bench.api_throughput import machine_load
 
     print(
         f"\nAPI capacity on manage.py serve: wrk {WRK_THREADS} threads, {args.clients} clients, "
@@ -594,7 +593,7 @@ def main() -> None:
         args.workers = "1"
     workers_list = [int(w) for w in args.workers.split(",") if w.strip()]
     wrk_binary()
-    from api_throughput import machine_load
+    from bench.api_throughput import machine_load
 
     load_start = machine_load()
     from testing.exchanges import FakeExchanges
