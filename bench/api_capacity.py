@@ -367,9 +367,7 @@ def count_per_request(secret: str, read_id: str, samples: int = 20) -> dict[str,
 def server_env(exchange_url: str, metrics_dir: Path, workers: int) -> dict[str, str]:
     env = {
         "DJANGO_SETTINGS_MODULE": "bench.api_throughput_settings",
-        "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-        ),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "CRYPTOPAY_DEV_CHAIN": "1",
         "WEB_CONCURRENCY": str(workers),
         "CRYPTOPAY_WEB_WORKERS": str(workers),  # the name before WEB_CONCURRENCY
