@@ -48,13 +48,19 @@ class PaymentResource(resources.ModelResource):
     def dehydrate_amount_text(self, payment: Payment) -> str:
         return fiat_text(payment.fiat_amount, payment.fiat_currency)
 
+    # A coin-choice payment whose buyer has not picked the coin has no crypto amount yet: its
+    # crypto cells are empty (nothing can have been received either).
     def dehydrate_crypto_amount(self, payment: Payment) -> str:
+        if not payment.currency_selected:
+            return ""
         return crypto_units(amount=payment.priced_amount, currency=crypto(payment.crypto_currency))
 
     def dehydrate_crypto_amount_base_units(self, payment: Payment) -> str:
-        return str(payment.priced_amount)
+        return str(payment.priced_amount) if payment.currency_selected else ""
 
     def dehydrate_amount_received(self, payment: Payment) -> str:
+        if not payment.currency_selected:
+            return ""
         return crypto_units(
             amount=int(payment.amount_received), currency=crypto(payment.crypto_currency)
         )

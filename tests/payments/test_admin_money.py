@@ -202,3 +202,26 @@ def test_the_admin_index_names_webhook_deliveries_in_english(admin_client_):
 
     assert "Webhook deliveries" in html
     assert "deliverys" not in html
+
+
+def test_given_a_coin_choice_payment_not_yet_picked_when_exported_then_its_crypto_cells_are_empty(
+    admin_client_,
+):
+    # Given: a payment the buyer has not picked a coin for (no crypto amount yet)
+    payment = services.payment_create_with_choice(
+        merchant=MerchantFactory(),
+        fiat_amount=Decimal("12.00"),
+        fiat_currency="USD",
+        accepted_currencies=["BTC", "LTC"],
+    )
+
+    # When: the payments are exported
+    response = admin_client_.get(reverse("admin:payments_payment_export"))
+    rows = list(csv.DictReader(io.StringIO(response.content.decode("utf-8-sig"))))
+
+    # Then: the row is there with its fiat amount, and no crypto figure is made up
+    assert response.status_code == 200
+    [row] = [row for row in rows if row["id"] == payment.public_id]
+    assert row["amount"] == "12.00"
+    assert (row["crypto_amount"], row["crypto_amount_base_units"]) == ("", "")
+    assert row["amount_received"] == ""
