@@ -319,8 +319,8 @@ class Counts:
         import redis
 
         redis.connection.AbstractConnection.send_packed_command = self._original_send  # type: ignore[method-assign]
-        type(self._connection)._commit = self._original_commit  # type: ignore[method-assign]
-        type(self._connection)._rollback = self._original_rollback  # type: ignore[method-assign]
+        type(self._connection)._commit = self._original_commit  # type: ignore[attr-defined]  # a private of the backend the stubs omit
+        type(self._connection)._rollback = self._original_rollback  # type: ignore[attr-defined]  # a private of the backend the stubs omit
         self._wrapper.__exit__(None, None, None)
 
 

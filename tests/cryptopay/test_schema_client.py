@@ -84,7 +84,7 @@ def test_operations_are_tagged_per_resource_in_the_docs_order(served_schema):
     assert all(len(t) == 1 for t in tags.values())
 
 
-def _generated_client(server: Server, directory: Path):  # type: ignore[no-untyped-def]
+def _generated_client(server: Server, directory: Path):
     """openapi-python-client's package for the served schema, imported from ``directory``."""
     result = subprocess.run(
         [
@@ -105,7 +105,8 @@ def _generated_client(server: Server, directory: Path):  # type: ignore[no-untyp
 def test_a_generated_client_creates_fetches_lists_and_cancels_a_payment_with_an_idempotency_key(
     server, tmp_path
 ):
-    _, secret = ApiKeyFactory.create_with_secret(merchant=MerchantFactory())
+    merchant = MerchantFactory.create()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     package = _generated_client(server, tmp_path)
     from cryptopay_client import AuthenticatedClient
     from cryptopay_client.api.payments import (

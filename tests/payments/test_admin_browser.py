@@ -28,7 +28,7 @@ def test_given_payments_when_the_list_is_shown_at_1280_px_then_it_needs_no_horiz
     gateway, django_user_model
 ):
     django_user_model.objects.create_superuser("operator", "ops@example.com", PASSWORD)
-    merchant = MerchantFactory(name="A merchant with a rather long trading name, Ltd.")
+    merchant = MerchantFactory.create(name="A merchant with a rather long trading name, Ltd.")
     for n, currency in enumerate(("BTC", "LTC", "ETH", "USDC", "USDT")):
         make_payment(
             merchant=merchant, amount="1234567.89", crypto_currency=currency,

@@ -96,7 +96,9 @@ def test_given_staff_with_change_breaker_when_posting_isolate_then_it_is_isolate
 ):
     client = staff_with(django_user_model, "view_dependencystate", "change_breaker")
     page = client.get(DASHBOARD).content.decode()
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert found is not None, "the dashboard renders a CSRF token for its breaker form"
+    token = found.group(1)
 
     response = client.post(
         ACTION, {"csrfmiddlewaretoken": token, "name": breaker.name, "action": "isolate"}
