@@ -33,7 +33,9 @@ def test_given_a_flow_that_handles_every_kind_of_secret_when_logged_at_debug_the
         api = APIClient()
         api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
         wrong = APIClient()
-        wrong.credentials(HTTP_AUTHORIZATION=f"Bearer {key[:-1]}x")
+        # A different last character: a key that happens to end in "x" must not stay valid.
+        forged = key[:-1] + ("y" if key.endswith("x") else "x")
+        wrong.credentials(HTTP_AUTHORIZATION=f"Bearer {forged}")
         assert wrong.get("/api/v1/payments").status_code == 401
 
         created = api.post("/api/v1/webhook-endpoints", {"url": receiver.url}, format="json")
