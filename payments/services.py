@@ -22,6 +22,7 @@ from django.db.models import Field, Model, Q
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 
+from notifications.delivery import rows_insert, rows_update
 from notifications.models import Event
 from notifications.outbox import event_publish, events_publish
 from payments import states
@@ -215,13 +216,13 @@ class _Writes:
         if self.payments:
             for payment in self.payments.values():
                 payment.updated_at = at  # bulk_update skips auto_now
-            Payment.objects.bulk_update(
+            rows_update(
                 list(self.payments.values()),
                 ["event_sequence", "status", "sub_status", "amount_received", "amount_confirmed",
                  "settled_at", "updated_at"],
             )  # fmt: skip
         if self.events:
-            PaymentEvent.objects.bulk_create(self.events)
+            rows_insert(self.events)
             events_publish(
                 events=[
                     Event(owner=e.payment.merchant.public_id, type=e.type,
@@ -1015,7 +1016,7 @@ def payment_transactions_apply(*, observations: Sequence[tuple[int, ObservedOutp
                 )
         PaymentTransaction.objects.bulk_create(new)
         if dirty:
-            PaymentTransaction.objects.bulk_update(list(dirty.values()), sorted(changed_fields))
+            rows_update(list(dirty.values()), sorted(changed_fields))
         live: dict[int, list[PaymentTransaction]] = defaultdict(list)
         for tx in recorded.values():
             if tx.payment_id in locked and tx.state != PaymentTransaction.State.DROPPED:
