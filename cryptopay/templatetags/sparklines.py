@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from django import template
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from resilience.timeseries import Series
 
@@ -24,7 +24,7 @@ def sparkline_svg(
     (or the series' own maximum). Its title says the range, for a hover."""
     points = series.points if series else []
     if not points:
-        return format_html('<span class="note sparkline-empty">no samples yet</span>')
+        return mark_safe('<span class="note sparkline-empty">no samples yet</span>')
     values = [value for _, value in points]
     ceiling = top if top is not None else max(max(values), 1.0)
     span = max(until - since, 1.0)
@@ -56,7 +56,7 @@ def sparkline_svg(
 def sparkline(history: Mapping | None, name: str, top: float | None = None) -> SafeString:
     """``history`` is the view's {"series": {name: Series}, "since": t, "until": t}."""
     if not history:
-        return format_html('<span class="note">no history</span>')
+        return mark_safe('<span class="note">no history</span>')
     return sparkline_svg(
         history["series"].get(name), since=history["since"], until=history["until"], top=top
     )
