@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import Merchant
 from cryptopay import urls as project_urls
 from payments import services
-from payments.models import Merchant, Payment
+from payments.models import Payment
 from resilience import idempotency
 from resilience.idempotency import (
     IdempotencyGate,

@@ -7,8 +7,8 @@ from django import db
 from django.urls import path
 from rest_framework.views import APIView
 
+from accounts.api_errors import api_exception_handler
 from cryptopay import urls as project_urls
-from cryptopay.api_errors import api_exception_handler
 from payments.models import Payment
 from tests.conftest import api_client_for
 
