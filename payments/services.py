@@ -1,4 +1,5 @@
-"""Writes: every change to merchants, keys and payments goes through a function here.
+"""Writes: every change to payments goes through a function here (merchants and API keys: in
+``accounts.services``).
 
 Each payment state change locks the payment row, applies the change and appends its event in the
 same transaction, so the event log and the payment never disagree.

@@ -22,7 +22,7 @@ from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from accounts.models import ApiKeyScope, Merchant
+from accounts.models import ApiKeyScope, Merchant, random_token
 from accounts.services import (
     API_KEY_PREFIX,
     API_KEY_PREFIX_LENGTH,
@@ -33,7 +33,6 @@ from cryptopay.currencies import FIAT_EXPONENTS
 from notifications.endpoints import webhook_endpoint_create
 from notifications.models import Event
 from payments.currencies import CRYPTO_CURRENCIES
-from payments.services import random_token
 from tests.factories import make_payment
 
 pytestmark = pytest.mark.django_db

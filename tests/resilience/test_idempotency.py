@@ -129,7 +129,12 @@ def test_a_malformed_key_is_a_400_and_nothing_is_created(api, merchant, raw):
     )
 
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_idempotency_key"
+    assert response.json()["error"] == {
+        "type": "invalid_request_error",
+        "code": "invalid_idempotency_key",
+        "message": response.json()["error"]["message"],
+        "param": "Idempotency-Key",
+    }
     assert Payment.objects.count() == 0
 
 
