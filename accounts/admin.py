@@ -1,5 +1,5 @@
 """Merchants and their API keys in the admin. A new key's secret is shown once, on the page
-right after it is created; keys are revoked, never deleted from here."""
+right after it is created. payments extends the merchant page (``payments.admin``)."""
 
 from __future__ import annotations
 
