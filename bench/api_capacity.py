@@ -609,11 +609,12 @@ def main() -> None:
         with scratch_environment("apicapacity", extra), tempfile.TemporaryDirectory() as logs:
             from django.db import connections
 
+            from accounts import services as accounts_services
+            from accounts.models import ApiKeyScope
             from payments import services
-            from payments.models import ApiKeyScope
 
-            merchant = services.merchant_create(name="bench")
-            _, secret = services.api_key_create(
+            merchant = accounts_services.merchant_create(name="bench")
+            _, secret = accounts_services.api_key_create(
                 merchant=merchant, name="bench", scopes=list(ApiKeyScope.values)
             )
             ids = [

@@ -561,8 +561,8 @@ def main() -> None:
     with scratch_environment("apithroughput", {"CRYPTOPAY_DEV_CHAIN": "1"}):
         from django.db import connections
 
-        from payments import services
-        from payments.models import ApiKeyScope
+        from accounts import services
+        from accounts.models import ApiKeyScope
         from testing.exchanges import FakeExchanges
 
         merchant = services.merchant_create(name="bench")

@@ -335,8 +335,8 @@ def run(anvil: Any, args: argparse.Namespace) -> None:
     from django.conf import settings
     from django.db.models import Count
 
+    from accounts.services import merchant_create
     from payments.models import MerchantWallet, Payment, PaymentEvent, PaymentTransaction
-    from payments.services import merchant_create
     from payments.states import PaymentStatus
     from resilience import clock
 

@@ -106,8 +106,9 @@ def run(rounds: int, per_round: int) -> None:
     from django.test import override_settings
     from rest_framework.test import APIClient
 
-    from payments import services
-    from payments.models import ApiKeyScope, Payment
+    from accounts import services
+    from accounts.models import ApiKeyScope
+    from payments.models import Payment
     from resilience.idempotency import default_gate
 
     install_urlconf()

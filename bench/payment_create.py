@@ -86,11 +86,13 @@ def main() -> None:
         from django.utils import timezone
         from rest_framework.test import APIClient
 
+        from accounts import services as accounts_services
+        from accounts.models import ApiKeyScope
         from payments import services
-        from payments.models import ApiKeyScope, Payment
+        from payments.models import Payment
 
-        merchant = services.merchant_create(name="bench")
-        _, secret = services.api_key_create(
+        merchant = accounts_services.merchant_create(name="bench")
+        _, secret = accounts_services.api_key_create(
             merchant=merchant, name="bench", scopes=list(ApiKeyScope.values)
         )
         client = APIClient(HTTP_HOST="127.0.0.1")

@@ -91,7 +91,18 @@ BENCHES = (
     Bench(
         "notifications",
         (),
-        ("--flood", "1000", "--high", "5", "--gap", "0.02", "--events", "50", "--deliveries", "200"),
+        (
+            "--flood",
+            "1000",
+            "--high",
+            "5",
+            "--gap",
+            "0.02",
+            "--events",
+            "50",
+            "--deliveries",
+            "200",
+        ),
         "dispatcher: High latency under a Low flood per batching policy, throughput",
     ),
     Bench(

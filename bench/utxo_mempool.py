@@ -255,9 +255,10 @@ def random_ltc_account_xpub() -> str:
 
 
 def run(node: Any, args: argparse.Namespace) -> None:
+    from accounts.services import merchant_create
     from payments.chains import utxo
     from payments.models import MerchantWallet, Payment, PaymentTransaction
-    from payments.services import merchant_create, payment_create
+    from payments.services import payment_create
     from payments.states import PaymentStatus
 
     n = args.mempool

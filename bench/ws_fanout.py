@@ -216,7 +216,8 @@ def asgi_server(kind: str, log_dir: Path) -> Iterator[Server]:
 def create_payment():  # type: ignore[no-untyped-def]
     from decimal import Decimal
 
-    from payments.services import merchant_create, payment_create
+    from accounts.services import merchant_create
+    from payments.services import payment_create
 
     merchant = merchant_create(name="WebSocket fan-out bench")
     return payment_create(

@@ -524,9 +524,10 @@ class Scenario:
     def merchant_setup(self) -> None:
         from bip_utils import Bip44, Bip44Coins, Bip84, Bip84Coins
 
+        from accounts.models import ApiKeyScope, Merchant
+        from accounts.services import api_key_create
         from notifications.endpoints import webhook_endpoint_create
-        from payments.models import ApiKeyScope, Merchant, MerchantWallet
-        from payments.services import api_key_create
+        from payments.models import MerchantWallet
 
         self.merchant = Merchant.objects.create(name="Chaos shop", speed_policy=1)
         ltc = Bip84.FromSeed(os.urandom(64), Bip84Coins.LITECOIN).Purpose().Coin().Account(0)

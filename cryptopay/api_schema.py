@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from accounts.openapi import ERROR_REF
 from resilience.idempotency import HEADER, MAX_KEY_LENGTH, REPLAYED_HEADER
 
 WRITE_METHODS = ("post", "put", "patch", "delete")
@@ -27,7 +28,6 @@ RESOURCES = (
 )
 TAGS = [{"name": tag, "description": text} for tag, text, _ in RESOURCES]
 
-ERROR_REF = {"$ref": "#/components/schemas/Error"}
 IDEMPOTENCY_PARAMETER = {
     "in": "header",
     "name": HEADER,

@@ -31,7 +31,7 @@ import h11
 from django.conf import settings
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cryptopay.api_errors import INVALID_REQUEST, error_body
+from accounts.api_errors import INVALID_REQUEST, error_body
 
 logger = logging.getLogger(__name__)
 

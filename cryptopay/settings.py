@@ -139,6 +139,7 @@ INSTALLED_APPS = [
     "import_export",
     "cryptopay",
     "resilience",
+    "accounts",
     "notifications",
     "payments",
 ]
@@ -149,11 +150,11 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "cryptopay.correlation.CorrelationIdMiddleware",
     # Before anything asks for the host: a wrong Host must not reach Django's debug page.
-    "cryptopay.api_errors.DisallowedHostMiddleware",
+    "accounts.api_errors.DisallowedHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "cryptopay.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "cryptopay.api_errors.ApiErrorMiddleware",
+    "accounts.api_errors.ApiErrorMiddleware",
     "resilience.idempotency.IdempotencyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -433,7 +434,7 @@ AXES_COOLOFF_TIME = env_seconds("CRYPTOPAY_ADMIN_LOGIN_LOCKOUT_SECONDS", 15 * 60
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 # The same client address as the API key throttle (CRYPTOPAY_TRUSTED_PROXIES).
-AXES_CLIENT_IP_CALLABLE = "payments.auth_throttle.client_ip_address"
+AXES_CLIENT_IP_CALLABLE = "accounts.auth_throttle.client_ip_address"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -490,11 +491,11 @@ SECURE_REDIRECT_EXEMPT = [r"^health(/|$)", r"^metrics$"]
 
 # --- REST API -----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["payments.auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["payments.auth.HasApiKeyScope"],
-    "DEFAULT_PARSER_CLASSES": ["cryptopay.api_errors.DecimalJSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.auth.HasApiKeyScope"],
+    "DEFAULT_PARSER_CLASSES": ["accounts.api_errors.DecimalJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "EXCEPTION_HANDLER": "cryptopay.api_errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "accounts.api_errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
@@ -519,7 +520,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"CryptoCurrencyEnum": "payments.currencies.CRYPTO_CODES"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "cryptopay.api_fields.close_request_bodies",
+        "accounts.api_fields.close_request_bodies",
         "cryptopay.api_schema.document_operations",
     ],
 }
@@ -703,7 +704,9 @@ IDEMPOTENCY_SEALING_KEY = env_str("CRYPTOPAY_IDEMPOTENCY_SEALING_KEY")
 # Extra paths (regexes) the middleware makes idempotent; the API's write views carry the decorator.
 IDEMPOTENCY_MIDDLEWARE_PATHS = env_list("CRYPTOPAY_IDEMPOTENCY_PATHS", "")
 # Who a request belongs to, for the middleware (keys are scoped by it).
-IDEMPOTENCY_OWNER_RESOLVER = "payments.auth.idempotency_owner"
+IDEMPOTENCY_OWNER_RESOLVER = "accounts.auth.idempotency_owner"
+# How resilience (idempotency refusals, the health endpoint's 401) renders an error: the API's shape.
+RESILIENCE_ERROR_RESPONSE = "accounts.api_errors.status_error_response"
 # Circuit breaker (Polly v8 advanced breaker semantics).
 BREAKER_FAILURE_RATIO = env_decimal("CRYPTOPAY_BREAKER_FAILURE_RATIO", "0.5")
 BREAKER_SAMPLING_DURATION = env_seconds("CRYPTOPAY_BREAKER_SAMPLING_SECONDS", 30)

@@ -22,7 +22,7 @@ import secrets
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
-from cryptopay.sealing import fernet
+from resilience.sealing import fernet
 
 PREFIX = "whsec_"
 

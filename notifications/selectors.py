@@ -10,9 +10,9 @@ from datetime import datetime
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404
 
-from cryptopay.pagination import Page
-from cryptopay.pagination import after as _after
-from cryptopay.pagination import page_of as _page
+from accounts.pagination import Page
+from accounts.pagination import after as _after
+from accounts.pagination import page_of as _page
 from notifications.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 # --- endpoints ----------------------------------------------------------------------------------

@@ -24,10 +24,11 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 
+from accounts.models import Merchant
 from payments.chains.config import chain_for_currency
 from payments.chains.derivation import GAP_LIMIT, derive_address, extract_key
 from payments.errors import AddressUnavailable
-from payments.models import AddressIndex, Merchant, MerchantWallet, Payment
+from payments.models import AddressIndex, MerchantWallet, Payment
 
 logger = logging.getLogger(__name__)
 

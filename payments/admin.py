@@ -1,25 +1,23 @@
 from __future__ import annotations
 
-from weakref import WeakKeyDictionary
-
 from django import forms
 from django.contrib import admin, messages
-from django.http import HttpRequest, HttpResponse
-from django.template.response import TemplateResponse
+from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from import_export.admin import ExportMixin
 from import_export.formats.base_formats import CSV
 
+from accounts import admin as accounts_admin
+from accounts.models import Merchant
+from accounts.selectors import merchant_choices
 from cryptopay.admin_modes import (
     ModeAdminMixin,
-    form_livemode,
     mode_badge,
-    mode_choice,
     mode_filter,
 )
 from notifications.admin import owner_choices_from
-from payments import selectors, services
+from payments import services
 from payments.addresses import GapRun, unpaid_address_run, wallet_gap_runs
 from payments.admin_money import crypto_html, fiat_text, rate_text
 from payments.chains.derivation import GAP_LIMIT, InvalidExtendedKey, wallet_validate
@@ -27,11 +25,8 @@ from payments.checkout import checkout_url
 from payments.errors import InvalidTransition
 from payments.exports import PaymentResource, PaymentTransactionResource
 from payments.models import (
-    ApiKey,
-    ApiKeyScope,
     ChainCursor,
     ExchangeRateEvent,
-    Merchant,
     MerchantWallet,
     Payment,
     PaymentEvent,
@@ -55,64 +50,18 @@ def gap_warning(gap: GapRun) -> str:
     )
 
 
-class MerchantForm(forms.ModelForm):
-    """The merchant with its checkout branding: the logo arrives as an upload, is checked
-    (``services.merchant_logo_read``) and stored as bytes."""
-
-    logo_upload = forms.FileField(
-        required=False,
-        label="Logo",
-        help_text="PNG, JPEG or WebP, at most the configured size (CRYPTOPAY_MERCHANT_LOGO_MAX_BYTES)."
-        " Shown on the checkout page.",
-    )
-    logo_clear = forms.BooleanField(required=False, label="Remove the logo")
-    support_url = forms.URLField(
-        required=False,
-        assume_scheme="https",
-        help_text="Where buyers can reach you (shown when a payment needs help).",
-    )
-
-    class Meta:
-        model = Merchant
-        fields = [
-            "name", "default_fiat_currency", "payment_expiry", "monitoring_window",
-            "underpayment_tolerance_percent", "speed_policy", "brand_color", "support_url",
-        ]  # fmt: skip
-
-    def clean_logo_upload(self):
-        upload = self.cleaned_data.get("logo_upload")
-        if not upload:
-            return None
-        try:
-            return services.merchant_logo_read(upload)
-        except services.LogoRefused as refused:
-            raise forms.ValidationError(str(refused)) from refused
-
-
 # Webhook endpoints belong to a merchant: their admin offers the merchants as a select.
-owner_choices_from(selectors.merchant_choices)
+owner_choices_from(merchant_choices)
+
+
+# The merchant page is the accounts app's; payments adds what its wallets need watched: how many
+# unpaid addresses in a row each has issued, against the wallets' gap limit.
+admin.site.unregister(Merchant)
 
 
 @admin.register(Merchant)
-class MerchantAdmin(admin.ModelAdmin):
-    form = MerchantForm
-    list_display = ["name", "public_id", "default_fiat_currency", "speed_policy", "created_at"]
-    search_fields = ["name", "public_id"]
+class MerchantAdmin(accounts_admin.MerchantAdmin):
     readonly_fields = ["public_id", "created_at", "address_gap", "logo_preview"]
-
-    @admin.display(description="Current logo")
-    def logo_preview(self, merchant: Merchant) -> str:
-        if not merchant.logo_content_type:
-            return "none"
-        return f"{merchant.logo_content_type}, {len(bytes(merchant.logo or b''))} bytes"
-
-    def save_model(self, request, obj, form, change):
-        logo = form.cleaned_data.get("logo_upload")
-        if logo is not None:
-            obj.logo, obj.logo_content_type = logo
-        elif form.cleaned_data.get("logo_clear"):
-            obj.logo, obj.logo_content_type = None, ""
-        super().save_model(request, obj, form, change)
 
     @admin.display(description=f"Unpaid addresses in a row (gap limit {GAP_LIMIT})")
     def address_gap(self, merchant: Merchant) -> str:
@@ -131,90 +80,6 @@ class MerchantAdmin(admin.ModelAdmin):
                 if gap.over:
                     self.message_user(request, gap_warning(gap), messages.WARNING)
         return super().change_view(request, object_id, form_url, extra_context)
-
-
-class ApiKeyAddForm(forms.ModelForm):
-    scopes = forms.MultipleChoiceField(
-        choices=ApiKeyScope.choices,
-        widget=forms.CheckboxSelectMultiple,
-        initial=[ApiKeyScope.PAYMENTS_READ, ApiKeyScope.PAYMENTS_WRITE],
-    )
-    mode = mode_choice(
-        live="Live (cpk_…)",
-        test="Test (cpk_test_…)",
-        help_text="A test key's payments are test payments on the development chain, paid with "
-        "POST /api/v1/payments/{id}/simulate; it sees test objects only.",
-    )
-
-    class Meta:
-        model = ApiKey
-        fields = ["merchant", "name", "scopes"]
-
-
-# A new key's secret, between saving it and rendering the one page that shows it.
-_created_keys: WeakKeyDictionary[HttpRequest, tuple[ApiKey, str]] = WeakKeyDictionary()
-
-
-@admin.register(ApiKey)
-class ApiKeyAdmin(ModeAdminMixin, admin.ModelAdmin):
-    mode_things = "API keys"
-    list_display = [
-        "name",
-        "prefix",
-        "merchant",
-        "mode",
-        "scopes",
-        "created_at",
-        "last_used_at",
-        "revoked_at",
-    ]
-    list_filter = [mode_filter(), "revoked_at"]
-    search_fields = ["name", "prefix", "merchant__name"]
-    actions = ["revoke"]
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        if obj is None:
-            kwargs["form"] = ApiKeyAddForm
-        return super().get_form(request, obj, change=change, **kwargs)
-
-    def get_fields(self, request, obj=None):
-        if obj is None:
-            return ["merchant", "name", "mode", "scopes"]
-        return [
-            "merchant", "name", "prefix", "mode", "scopes", "created_at", "last_used_at",
-            "revoked_at",
-        ]  # fmt: skip
-
-    def get_readonly_fields(self, request, obj=None):
-        if obj is None:
-            return []
-        return ["merchant", "prefix", "mode", "scopes", "created_at", "last_used_at", "revoked_at"]
-
-    def save_model(self, request, obj, form, change):
-        if change:
-            obj.save(update_fields=["name"])
-            return
-        api_key, secret = services.api_key_create(
-            merchant=form.cleaned_data["merchant"],
-            name=form.cleaned_data["name"],
-            scopes=form.cleaned_data["scopes"],
-            livemode=form_livemode(form.cleaned_data),
-        )
-        # The admin logs and redirects with ``obj``: make it the key the service created.
-        obj.__dict__.update({f.attname: getattr(api_key, f.attname) for f in ApiKey._meta.fields})
-        _created_keys[request] = (api_key, secret)
-
-    def response_add(self, request: HttpRequest, obj, post_url_continue=None) -> HttpResponse:
-        api_key, secret = _created_keys.pop(request)
-        context = {**self.admin_site.each_context(request), "api_key": api_key, "secret": secret}
-        response = TemplateResponse(request, "admin/payments/apikey/created.html", context)
-        response["Cache-Control"] = "no-store"
-        return response
-
-    @admin.action(description="Revoke selected API keys", permissions=["change"])
-    def revoke(self, request: HttpRequest, queryset) -> None:
-        revoked = sum(services.api_key_revoke(api_key=api_key) for api_key in queryset)
-        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
 
 class PaymentEventInline(admin.TabularInline):

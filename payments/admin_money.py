@@ -9,7 +9,8 @@ from decimal import Decimal
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from payments.currencies import crypto, fiat_exponent
+from cryptopay.currencies import fiat_exponent
+from payments.currencies import crypto
 from payments.money import crypto_units, format_fiat, plain_decimal
 
 

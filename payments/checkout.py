@@ -32,7 +32,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from cryptopay.api_errors import error_response
+from accounts.api_errors import error_response
 from notifications.destinations import DestinationRefused, address_public, destination_parse
 from payments.chains.config import chain_for_currency
 from payments.currencies import CRYPTO_CURRENCIES, crypto

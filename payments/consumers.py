@@ -16,6 +16,8 @@ from django.utils.crypto import constant_time_compare
 from rest_framework import exceptions
 from rest_framework.request import Request
 
+from accounts.auth import ApiKeyAuthentication
+from accounts.models import ApiKeyScope, Merchant
 from notifications.streams import (
     CLOSE_FORBIDDEN,
     CLOSE_UNAUTHENTICATED,
@@ -25,8 +27,7 @@ from notifications.streams import (
     StreamDenied,
     owner_group,
 )
-from payments.auth import ApiKeyAuthentication
-from payments.models import ApiKeyScope, Merchant, Payment
+from payments.models import Payment
 
 
 class PaymentStreamConsumer(EventStreamConsumer):

@@ -12,7 +12,7 @@ import secrets
 from django.conf import settings
 from rest_framework import status
 
-from cryptopay.api_errors import ApiError
+from accounts.api_errors import ApiError
 from payments.addresses import DEV_CHAIN
 from payments.models import Payment, PaymentTransaction
 from payments.services import ObservedOutput, payment_apply_transaction

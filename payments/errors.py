@@ -9,7 +9,7 @@ from django.conf import settings
 from django.http import Http404
 from rest_framework import status
 
-from cryptopay.api_errors import API, PERMISSION, ApiError
+from accounts.api_errors import API, PERMISSION, ApiError
 
 
 class InvalidTransition(ApiError):

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from import_export import fields, resources
 
+from cryptopay.currencies import fiat_exponent
 from payments.admin_money import crypto_text, fiat_text, rate_text
-from payments.currencies import crypto, fiat_exponent
+from payments.currencies import crypto
 from payments.models import Payment, PaymentTransaction
 from payments.money import crypto_units, format_fiat
 

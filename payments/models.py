@@ -1,32 +1,16 @@
 from __future__ import annotations
 
-import secrets
-import string
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models.expressions import Combinable
 
-from payments.currencies import CRYPTO_CHOICES, FIAT_CHOICES
+from accounts.models import Merchant, random_token
+from cryptopay.currencies import FIAT_CHOICES
+from payments.currencies import CRYPTO_CHOICES
 from payments.money import plain_decimal
 from payments.states import PaymentStatus, PaymentSubStatus
-
-_ALPHABET = string.ascii_letters + string.digits
-
-
-_SYSTEM_RANDOM = secrets.SystemRandom()
-
-
-def random_token(length: int) -> str:
-    # SystemRandom draws from os.urandom like secrets.choice, in one call for the whole token.
-    return "".join(_SYSTEM_RANDOM.choices(_ALPHABET, k=length))
-
-
-def new_merchant_id() -> str:
-    return "mer_" + random_token(20)
 
 
 def new_payment_id() -> str:
@@ -139,101 +123,6 @@ class SqliteBaseUnitsSum:
     def finalize(self) -> str | None:
         # Text, not an int: sqlite3 cannot hand back an integer wider than 64 bits.
         return None if self.total is None else str(self.total)
-
-
-class SpeedPolicy(models.IntegerChoices):
-    """Confirmations required before a payment is settled (BTCPay's speed policies)."""
-
-    HIGH = 0, "High speed (0 confirmations)"
-    MEDIUM = 1, "Medium speed (1 confirmation)"
-    LOW_MEDIUM = 2, "Low-medium speed (2 confirmations)"
-    LOW = 6, "Low speed (6 confirmations)"
-
-
-def _default_expiry():
-    return settings.PAYMENT_EXPIRY_DEFAULT
-
-
-def _default_monitoring_window():
-    return settings.PAYMENT_MONITORING_WINDOW_DEFAULT
-
-
-def _default_tolerance():
-    return settings.PAYMENT_UNDERPAYMENT_TOLERANCE_DEFAULT
-
-
-class Merchant(models.Model):
-    public_id = models.CharField(
-        max_length=32, unique=True, default=new_merchant_id, editable=False
-    )
-    name = models.CharField(max_length=200)
-    default_fiat_currency = models.CharField(max_length=3, choices=FIAT_CHOICES, default="USD")
-    payment_expiry = models.DurationField(
-        default=_default_expiry, help_text="How long a buyer has to pay a new payment."
-    )
-    monitoring_window = models.DurationField(
-        default=_default_monitoring_window,
-        help_text="After expiry, how long an unconfirmed payment is watched before it is invalid.",
-    )
-    underpayment_tolerance_percent = models.DecimalField(
-        max_digits=5,
-        decimal_places=2,
-        default=_default_tolerance,
-        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
-        help_text="A payment short by at most this percentage counts as paid in full.",
-    )
-    speed_policy = models.PositiveSmallIntegerField(
-        choices=SpeedPolicy.choices, default=SpeedPolicy.MEDIUM
-    )
-    # The checkout page's branding. The logo is kept in the database (no media server in embedded
-    # mode) as sniffed PNG/JPEG/WebP bytes only: never SVG, which can carry script.
-    brand_color = models.CharField(
-        max_length=7,
-        blank=True,
-        validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "A colour such as #1a7f5a.")],
-        help_text="Accent colour of the checkout page, #rrggbb (empty: the default green).",
-    )
-    logo = models.BinaryField(null=True, blank=True, editable=False)
-    logo_content_type = models.CharField(max_length=20, blank=True, editable=False)
-    support_url = models.URLField(
-        blank=True, help_text="Where buyers can reach you (shown when a payment needs help)."
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class ApiKeyScope(models.TextChoices):
-    PAYMENTS_READ = "payments:read", "Read payments"
-    PAYMENTS_WRITE = "payments:write", "Create and cancel payments"
-    WEBHOOKS_MANAGE = "webhooks:manage", "Manage webhook endpoints"
-
-
-class ApiKey(models.Model):
-    """A merchant's API key. Only a SHA-256 hash of the secret is stored; the prefix is shown."""
-
-    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=32, unique=True, editable=False)
-    key_hash = models.CharField(max_length=64, editable=False)
-    scopes = models.JSONField(default=list)
-    created_at = models.DateTimeField(auto_now_add=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    # False for a test key (cpk_test_…): its payments are test payments on the development chain,
-    # and it sees only test objects (Stripe's test mode). Set from the key at creation.
-    livemode = models.BooleanField(default=True, editable=False)
-
-    class Meta:
-        verbose_name = "API key"
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None
 
 
 class Payment(models.Model):

@@ -10,11 +10,12 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.http import Http404
 
-from cryptopay.pagination import Page, newest_first
+from accounts.models import Merchant
+from accounts.pagination import Page, newest_first
 from payments.chains.config import chain_for_currency
 from payments.currencies import CRYPTO_CURRENCIES
 from payments.errors import PaymentInOtherMode
-from payments.models import Merchant, MerchantWallet, Payment, PaymentOption
+from payments.models import MerchantWallet, Payment, PaymentOption
 
 
 def merchant_accepted_currencies(*, merchant: Merchant, livemode: bool = True) -> list[str]:
@@ -91,14 +92,3 @@ def payment_list(
         found = payment_get(merchant=merchant, public_id=starting_after, livemode=livemode)
         cursor = (found.created_at, found.pk)
     return newest_first(qs, limit=limit, cursor=cursor)
-
-
-def merchant_choices() -> list[tuple[str, str]]:
-    """(public id, "name (public id)") of every merchant, by name: the webhook endpoint admin's
-    owner select."""
-    return [
-        (public_id, f"{name} ({public_id})")
-        for public_id, name in Merchant.objects.order_by("name", "pk").values_list(
-            "public_id", "name"
-        )
-    ]

@@ -36,14 +36,14 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 from health_check.views import HealthCheckView
 
-from cryptopay.api_errors import AUTHENTICATION, error_body
 from resilience import clock
 from resilience.degradation import Dependency, Probe, probe_run, registry, state_read_all
+from resilience.errors import error_response
 from resilience.metrics import bearer_token_matches
 from resilience.probes import uptime_seconds
 
@@ -182,14 +182,11 @@ async def _may_see_details(request) -> bool:
     return bool(user.is_active and user.is_staff)
 
 
-def _refusal() -> JsonResponse:
-    response = JsonResponse(
-        error_body(
-            error_type=AUTHENTICATION,
-            code="authentication_required",
-            message="Health diagnostics need the health token (Bearer) or a staff session.",
-        ),
-        status=401,
+def _refusal() -> HttpResponse:
+    response = error_response(
+        status_code=401,
+        code="authentication_required",
+        message="Health diagnostics need the health token (Bearer) or a staff session.",
     )
     response["WWW-Authenticate"] = 'Bearer realm="health"'
     return response

@@ -59,11 +59,11 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 from prometheus_client import Counter
 
-from cryptopay.api_errors import INVALID_REQUEST, error_response
-from cryptopay.sealing import fernet
 from resilience import clock
+from resilience.errors import error_response
 from resilience.models import IdempotencyKey
 from resilience.redis_client import fast_fail_client
+from resilience.sealing import fernet
 
 logger = logging.getLogger(__name__)
 
@@ -512,7 +512,6 @@ class IdempotencyGate:
         OUTCOMES.labels("mismatch").inc()
         return error_response(
             status_code=422,
-            error_type=INVALID_REQUEST,
             code="idempotency_key_reused",
             message=(
                 "This Idempotency-Key was already used with a different request "
@@ -524,7 +523,6 @@ class IdempotencyGate:
     def _unreadable(self) -> HttpResponse:
         response = error_response(
             status_code=409,
-            error_type=INVALID_REQUEST,
             code="idempotency_response_unavailable",
             message=(
                 "This request was executed, but its answer carried a secret that can no longer "
@@ -537,7 +535,6 @@ class IdempotencyGate:
     def _in_use(self) -> HttpResponse:
         response = error_response(
             status_code=409,
-            error_type=INVALID_REQUEST,
             code="idempotency_key_in_use",
             message="A request with this Idempotency-Key is still being processed; retry shortly.",
             param=HEADER,
@@ -618,9 +615,7 @@ def default_gate() -> IdempotencyGate:
 
 
 def _bad_key(message: str, code: str = "invalid_idempotency_key") -> HttpResponse:
-    return error_response(
-        status_code=400, error_type=INVALID_REQUEST, code=code, message=message, param=HEADER
-    )
+    return error_response(status_code=400, code=code, message=message, param=HEADER)
 
 
 def names_its_object(data: Any) -> bool:

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from payments.models import ApiKeyScope
+from accounts.models import ApiKeyScope
 from resilience import clock
 from resilience.clock import FrozenClock
 from testing.exchanges import fake_exchanges  # noqa: F401 - a fixture for every test

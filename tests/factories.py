@@ -6,8 +6,10 @@ import factory
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from accounts import services as accounts_services
+from accounts.models import ApiKey, ApiKeyScope, Merchant
 from payments import services
-from payments.models import ApiKey, ApiKeyScope, Merchant, Payment
+from payments.models import Payment
 
 
 class MerchantFactory(factory.django.DjangoModelFactory):
@@ -29,7 +31,7 @@ class ApiKeyFactory:
         livemode: bool = True,
     ) -> tuple[ApiKey, str]:
         """``livemode`` False: a test key (``cpk_test_…``)."""
-        return services.api_key_create(
+        return accounts_services.api_key_create(
             merchant=merchant or MerchantFactory(),
             name=name,
             scopes=scopes if scopes is not None else list(ApiKeyScope.values),

@@ -10,7 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from cryptopay.api_fields import StrictBooleanField, StrictCharField, StrictSerializer
+from accounts.api_fields import StrictBooleanField, StrictCharField, StrictSerializer
 from notifications.event_types import event_types
 from notifications.models import Event, Priority, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 

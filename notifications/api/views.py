@@ -1,7 +1,7 @@
 """Thin API views for webhooks and events: parse and validate, call a service or selector, serialize.
 
-The caller is ``request.user`` (an API client): ``request.user.owner`` is its merchant's public
-id, which is what notifications call the owner, and ``request.user.livemode`` its key's mode.
+The caller is ``request.user`` (an ``accounts.auth.ApiClient``): its ``owner`` is its merchant's
+public id, which is what notifications call the owner, and its ``livemode`` its key's mode.
 Another owner's endpoints and events, and the other mode's, answer 404, as if they did not exist.
 """
 
@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from typing import Any, TypedDict
 
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import exceptions, serializers, status
+from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cryptopay.api_errors import ApiError
-from cryptopay.api_fields import (
+from accounts.api_errors import ApiError
+from accounts.api_fields import (
     QueryBooleanField,
     StrictCharField,
     query_data,
     refuse_body_parameters,
 )
-from cryptopay.pagination import invalid_cursor, list_response
+from accounts.auth import request_client
+from accounts.models import ApiKeyScope
+from accounts.openapi import ERRORS, error_response
+from accounts.pagination import invalid_cursor, list_response
 from notifications import endpoints, selectors
 from notifications.api.serializers import (
     EventListSerializer,
@@ -45,27 +48,10 @@ from notifications.models import WebhookEndpoint
 from resilience.idempotency import HEADER as IDEMPOTENCY_HEADER
 from resilience.idempotency import idempotent
 
-# The API key scopes (payments.models.ApiKeyScope values; notifications does not import payments).
-MANAGE = "webhooks:manage"
-READ = "payments:read"
+MANAGE = ApiKeyScope.WEBHOOKS_MANAGE.value
+READ = ApiKeyScope.PAYMENTS_READ.value
 
-# The API's one error component, registered by the payments API (payments.api.serializers.
-# ErrorSerializer). Referenced, not redefined: a second serializer named "Error" would collide.
-ERROR = {"$ref": "#/components/schemas/Error"}
-ERRORS = {
-    code: OpenApiResponse(ERROR, description=text)
-    for code, text in {
-        400: "Invalid request",
-        401: "Missing, invalid or revoked API key",
-        403: "The API key lacks the required scope",
-        404: "No such object (or it belongs to another merchant)",
-        405: "Method not allowed",
-        413: "Body too large",
-        415: "Unsupported media type",
-        500: "Unexpected error",
-    }.items()
-}
-CONFLICT = {409: OpenApiResponse(ERROR, description="Nothing to redeliver (see the code)")}
+CONFLICT = {409: error_response("Nothing to redeliver (see the code)")}
 
 
 class UrlNotAllowed(ApiError):
@@ -109,26 +95,6 @@ def idempotent_when_keyed(*, response_has_secret: bool = False) -> Callable:
     return decorate
 
 
-@runtime_checkable
-class Caller(Protocol):
-    """Who an API request acts for, as notifications see it: the authentication of the project
-    that mounts these views sets ``request.user`` to one (payments' ``ApiClient``)."""
-
-    @property
-    def owner(self) -> str: ...
-
-    @property
-    def livemode(self) -> bool: ...
-
-
-def request_caller(request: Request) -> Caller:
-    """The caller of an authenticated request (typed, unlike ``request.user``)."""
-    user = request.user
-    if not isinstance(user, Caller):
-        raise exceptions.NotAuthenticated("Authentication required: send a Bearer API key.")
-    return user
-
-
 class Scope(TypedDict):
     owner: str
     livemode: bool
@@ -136,7 +102,7 @@ class Scope(TypedDict):
 
 def _caller(request: Request) -> Scope:
     """What every read and write here is scoped by: the caller's owner and mode."""
-    caller = request_caller(request)
+    caller = request_client(request)
     return {"owner": caller.owner, "livemode": caller.livemode}
 
 

@@ -10,9 +10,10 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from cryptopay.api_fields import StrictCharField, StrictSerializer
+from accounts.api_fields import StrictCharField, StrictSerializer
+from cryptopay.currencies import FIAT_EXPONENTS, fiat_exponent
 from payments.checkout import ReturnUrlRefused, checkout_url, return_url_check
-from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto, fiat_exponent
+from payments.currencies import CRYPTO_CURRENCIES, crypto
 from payments.models import Payment, PaymentOption
 from payments.money import coins_to_base_units, format_base_units, format_fiat
 from payments.selectors import merchant_accepted_currencies
@@ -569,25 +570,3 @@ class SimulatedTransactionSerializer(serializers.Serializer):
     @extend_schema_field(PaymentSerializer)
     def get_payment(self, simulated: dict[str, Any]) -> dict[str, Any]:
         return PaymentSerializer(simulated["payment"], context=self.context).data
-
-
-class ErrorDetailSerializer(serializers.Serializer):
-    type = serializers.ChoiceField(
-        choices=[
-            "invalid_request_error",
-            "authentication_error",
-            "permission_error",
-            "api_error",
-            "rate_limit_error",
-        ]
-    )
-    code = serializers.CharField()
-    message = serializers.CharField()
-    param = serializers.CharField(allow_null=True)
-    errors = serializers.ListField(  # type: ignore[assignment]  # DRF moves declared fields off the class
-        child=serializers.DictField(), required=False, help_text="Every validation error (400)."
-    )
-
-
-class ErrorSerializer(serializers.Serializer):
-    error = ErrorDetailSerializer()

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from django.http import Http404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cryptopay.api_fields import StrictCharField, query_data, refuse_body_parameters
-from cryptopay.pagination import invalid_cursor, list_response
+from accounts.api_fields import StrictCharField, query_data, refuse_body_parameters
+from accounts.auth import request_client
+from accounts.models import ApiKeyScope
+from accounts.openapi import ERRORS, ErrorSerializer
+from accounts.pagination import invalid_cursor, list_response
+from cryptopay.currencies import FIAT_EXPONENTS
 from payments import selectors, services
 from payments.api.serializers import (
-    ErrorSerializer,
     PaymentCreateSerializer,
     PaymentListSerializer,
     PaymentSerializer,
@@ -21,11 +24,10 @@ from payments.api.serializers import (
     RateSerializer,
     SimulatedTransactionSerializer,
 )
-from payments.auth import request_client
-from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS, crypto
+from payments.currencies import CRYPTO_CURRENCIES, crypto
 from payments.devchain import SimulationRefused, payment_simulate
 from payments.errors import TestModeOnly
-from payments.models import ApiKeyScope, Payment
+from payments.models import Payment
 from payments.money import format_base_units
 from payments.rates import Quote, rate_quote
 from payments.states import PaymentStatus
@@ -33,20 +35,6 @@ from resilience.idempotency import idempotent
 
 READ = ApiKeyScope.PAYMENTS_READ.value
 WRITE = ApiKeyScope.PAYMENTS_WRITE.value
-
-ERRORS = {
-    code: OpenApiResponse(ErrorSerializer, description=text)
-    for code, text in {
-        400: "Invalid request",
-        401: "Missing, invalid or revoked API key",
-        403: "The API key lacks the required scope",
-        404: "No such object (or it belongs to another merchant)",
-        405: "Method not allowed",
-        413: "Body too large",
-        415: "Unsupported media type",
-        500: "Unexpected error",
-    }.items()
-}
 
 
 class PaymentListQuerySerializer(serializers.Serializer):

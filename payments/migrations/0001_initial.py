@@ -2,6 +2,8 @@
 
 import django.core.validators
 import django.db.models.deletion
+# The merchant id and policy defaults moved to accounts.models with the Merchant model.
+import accounts.models
 import payments.models
 from decimal import Decimal
 from django.db import migrations, models
@@ -19,12 +21,12 @@ class Migration(migrations.Migration):
             name='Merchant',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.CharField(default=payments.models.new_merchant_id, editable=False, max_length=32, unique=True)),
+                ('public_id', models.CharField(default=accounts.models.new_merchant_id, editable=False, max_length=32, unique=True)),
                 ('name', models.CharField(max_length=200)),
                 ('default_fiat_currency', models.CharField(choices=[('AED', 'AED'), ('ARS', 'ARS'), ('AUD', 'AUD'), ('BGN', 'BGN'), ('BHD', 'BHD'), ('BRL', 'BRL'), ('CAD', 'CAD'), ('CHF', 'CHF'), ('CLP', 'CLP'), ('CNY', 'CNY'), ('COP', 'COP'), ('CZK', 'CZK'), ('DKK', 'DKK'), ('EGP', 'EGP'), ('EUR', 'EUR'), ('GBP', 'GBP'), ('HKD', 'HKD'), ('HUF', 'HUF'), ('IDR', 'IDR'), ('ILS', 'ILS'), ('INR', 'INR'), ('ISK', 'ISK'), ('JOD', 'JOD'), ('JPY', 'JPY'), ('KES', 'KES'), ('KRW', 'KRW'), ('KWD', 'KWD'), ('MXN', 'MXN'), ('MYR', 'MYR'), ('NGN', 'NGN'), ('NOK', 'NOK'), ('NZD', 'NZD'), ('OMR', 'OMR'), ('PEN', 'PEN'), ('PHP', 'PHP'), ('PLN', 'PLN'), ('QAR', 'QAR'), ('RON', 'RON'), ('SAR', 'SAR'), ('SEK', 'SEK'), ('SGD', 'SGD'), ('THB', 'THB'), ('TRY', 'TRY'), ('TWD', 'TWD'), ('UAH', 'UAH'), ('USD', 'USD'), ('VND', 'VND'), ('ZAR', 'ZAR')], default='USD', max_length=3)),
-                ('payment_expiry', models.DurationField(default=payments.models._default_expiry, help_text='How long a buyer has to pay a new payment.')),
-                ('monitoring_window', models.DurationField(default=payments.models._default_monitoring_window, help_text='After expiry, how long an unconfirmed payment is watched before it is invalid.')),
-                ('underpayment_tolerance_percent', models.DecimalField(decimal_places=2, default=payments.models._default_tolerance, help_text='A payment short by at most this percentage counts as paid in full.', max_digits=5, validators=[django.core.validators.MinValueValidator(Decimal('0')), django.core.validators.MaxValueValidator(Decimal('100'))])),
+                ('payment_expiry', models.DurationField(default=accounts.models._default_expiry, help_text='How long a buyer has to pay a new payment.')),
+                ('monitoring_window', models.DurationField(default=accounts.models._default_monitoring_window, help_text='After expiry, how long an unconfirmed payment is watched before it is invalid.')),
+                ('underpayment_tolerance_percent', models.DecimalField(decimal_places=2, default=accounts.models._default_tolerance, help_text='A payment short by at most this percentage counts as paid in full.', max_digits=5, validators=[django.core.validators.MinValueValidator(Decimal('0')), django.core.validators.MaxValueValidator(Decimal('100'))])),
                 ('speed_policy', models.PositiveSmallIntegerField(choices=[(0, 'High speed (0 confirmations)'), (1, 'Medium speed (1 confirmation)'), (2, 'Low-medium speed (2 confirmations)'), (6, 'Low speed (6 confirmations)')], default=1)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
             ],

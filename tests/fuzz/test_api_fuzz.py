@@ -22,17 +22,17 @@ from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from notifications.endpoints import webhook_endpoint_create
-from notifications.models import Event
-from payments.currencies import CRYPTO_CURRENCIES, FIAT_EXPONENTS
-from payments.models import ApiKeyScope, Merchant
-from payments.services import (
+from accounts.models import ApiKeyScope, Merchant, random_token
+from accounts.services import (
     API_KEY_PREFIX,
     API_KEY_PREFIX_LENGTH,
     API_KEY_SECRET_LENGTH,
     api_key_create,
-    random_token,
 )
+from cryptopay.currencies import FIAT_EXPONENTS
+from notifications.endpoints import webhook_endpoint_create
+from notifications.models import Event
+from payments.currencies import CRYPTO_CURRENCIES
 from tests.factories import make_payment
 
 pytestmark = pytest.mark.django_db

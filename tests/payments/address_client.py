@@ -21,8 +21,8 @@ def main() -> None:
     django.setup()
     from django.db import transaction
 
+    from accounts.models import Merchant
     from payments.addresses import address_allocate
-    from payments.models import Merchant
 
     merchant = Merchant.objects.get(pk=int(sys.argv[1]))
     print(json.dumps({"ready": True}), flush=True)

@@ -149,7 +149,7 @@ def test_given_a_malformed_payment_id_then_the_checkout_answers_404_not_500(paym
 
 
 def test_the_merchants_logo_is_served_with_its_sniffed_type_and_never_run():
-    from payments.models import Merchant
+    from accounts.models import Merchant
 
     payment = make_payment()
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16

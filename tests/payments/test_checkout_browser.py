@@ -233,7 +233,7 @@ def choice_payment(**fields) -> Payment:  # type: ignore[no-untyped-def]
 def test_every_checkout_state_reads_plainly_fits_a_phone_and_passes_axe(gateway, browser_context):
     from datetime import timedelta
 
-    from payments.models import Merchant, SpeedPolicy
+    from accounts.models import Merchant, SpeedPolicy
     from payments.services import payment_select_currency, payment_transition
     from resilience import clock
 

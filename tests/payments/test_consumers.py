@@ -18,6 +18,7 @@ from django.conf import settings as django_settings
 from django.db import connections
 from django.test import Client
 
+from accounts.models import ApiKeyScope
 from cryptopay.asgi import application
 from notifications.dispatcher import dispatch_events, stream_position_assign
 from notifications.models import Event
@@ -29,7 +30,7 @@ from notifications.streams import (
     CLOSE_UNAUTHENTICATED,
     MAX_POSITION,
 )
-from payments.models import ApiKeyScope, Payment
+from payments.models import Payment
 from payments.services import payment_transition
 from resilience.redis_client import fast_fail_client
 from tests.factories import ApiKeyFactory, MerchantFactory, make_payment

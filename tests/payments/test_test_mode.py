@@ -17,14 +17,15 @@ from django.core.management import call_command
 from django.test import Client
 from prometheus_client import REGISTRY
 
+from accounts.models import ApiKey
+from accounts.services import api_key_split
 from notifications import queues, signing
 from notifications.dispatcher import Dispatcher, dispatch_events
 from notifications.endpoints import webhook_endpoint_create
 from notifications.metrics import sample_webhook_backlog
 from notifications.models import Event, WebhookDelivery
 from payments.management.commands.bootstrap_demo import demo_api_key
-from payments.models import ApiKey, MerchantWallet, Payment
-from payments.services import api_key_split
+from payments.models import MerchantWallet, Payment
 from payments.states import PaymentStatus, PaymentSubStatus
 from testing.receivers import Receiver
 from tests.conftest import api_client_for
@@ -101,7 +102,7 @@ def test_create_api_key_command_makes_a_working_test_key(merchant):
 
 def test_the_admin_adds_a_test_key_when_test_mode_is_chosen(merchant, admin_client):
     response = admin_client.post(
-        "/admin/payments/apikey/add/",
+        "/admin/accounts/apikey/add/",
         {"merchant": merchant.pk, "name": "staging", "mode": "test", "scopes": ["payments:read"]},
     )
 

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import Merchant
 from cryptopay import urls as project_urls
 from payments import services
-from payments.models import Merchant, Payment
+from payments.models import Payment
 from resilience import idempotency
 from resilience.idempotency import (
     IdempotencyGate,
@@ -128,7 +129,12 @@ def test_a_malformed_key_is_a_400_and_nothing_is_created(api, merchant, raw):
     )
 
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_idempotency_key"
+    assert response.json()["error"] == {
+        "type": "invalid_request_error",
+        "code": "invalid_idempotency_key",
+        "message": response.json()["error"]["message"],
+        "param": "Idempotency-Key",
+    }
     assert Payment.objects.count() == 0
 
 

@@ -26,7 +26,8 @@ import httpx
 import pytest
 from django.conf import settings
 
-from payments.models import Merchant, Payment
+from accounts.models import Merchant
+from payments.models import Payment
 from resilience.models import IdempotencyKey
 from testing.service_control import redis_alive, redis_stopped
 from tests.factories import ApiKeyFactory, MerchantFactory

@@ -7,11 +7,11 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from payments.models import Merchant
+from accounts.models import Merchant
 
 pytestmark = pytest.mark.django_db
 
-ADD_MERCHANT = "admin:payments_merchant_add"
+ADD_MERCHANT = "admin:accounts_merchant_add"
 
 
 @pytest.fixture

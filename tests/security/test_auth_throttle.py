@@ -18,8 +18,8 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from payments import services
-from payments.models import ApiKey
+from accounts import services
+from accounts.models import ApiKey
 from testing.faultproxy import FaultProxy
 from tests.conftest import api_client_for
 from tests.factories import ApiKeyFactory

@@ -12,10 +12,11 @@ import pytest
 from django.forms.models import model_to_dict
 from django.urls import resolve
 
+from accounts.models import ApiKey
 from notifications.dispatcher import dispatch_events
 from notifications.endpoints import webhook_endpoint_create
 from notifications.models import Event, WebhookDelivery, WebhookEndpoint
-from payments.models import ApiKey, Payment
+from payments.models import Payment
 from tests.conftest import api_client_for
 from tests.factories import MerchantFactory, make_payment
 from tests.routes import api_url_patterns

@@ -47,6 +47,8 @@ def test_given_no_or_wrong_credentials_when_full_health_is_asked_then_401_in_the
         assert response.status_code == 401
         assert response["WWW-Authenticate"] == 'Bearer realm="health"'
         assert response.json()["error"]["code"] == "authentication_required"
+        # resilience renders it through RESILIENCE_ERROR_RESPONSE: the API's type for a 401
+        assert response.json()["error"]["type"] == "authentication_error"
         assert b"database" not in response.content
 
 

@@ -9,9 +9,9 @@ import logging
 import pytest
 from rest_framework.test import APIClient
 
+from accounts import services
 from notifications.dispatcher import dispatch_events
 from notifications.models import Event
-from payments import services
 from testing.receivers import Receiver
 from tests.security.log_secrets import SECRET, SecretScanner, app_handlers
 

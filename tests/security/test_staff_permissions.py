@@ -14,9 +14,9 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
+from accounts.models import ApiKey
 from notifications.models import WebhookDelivery
 from notifications.streams import CLOSE_FORBIDDEN
-from payments.models import ApiKey
 from resilience.breaker import breakers
 from tests.factories import ApiKeyFactory
 from tests.payments.test_consumers import closed_with, open_socket, run
@@ -160,7 +160,7 @@ def post_action(client: Client, model: str, action: str, pk: int):
     ("model", "action", "view_permission"),
     [
         ("payments_payment", "mark_settled", "view_payment"),
-        ("payments_apikey", "revoke", "view_apikey"),
+        ("accounts_apikey", "revoke", "view_apikey"),
         ("notifications_webhookendpoint", "rotate_secret", "view_webhookendpoint"),
         ("notifications_webhookdelivery", "redeliver", "view_webhookdelivery"),
     ],
@@ -172,7 +172,7 @@ def test_given_staff_with_view_only_when_posting_an_admin_action_then_nothing_ch
     api_key, _ = ApiKeyFactory.create_with_secret(merchant=owner.payment.merchant)
     target = {
         "payments_payment": owner.payment,
-        "payments_apikey": api_key,
+        "accounts_apikey": api_key,
         "notifications_webhookendpoint": owner.endpoint,
         "notifications_webhookdelivery": WebhookDelivery.objects.get(endpoint=owner.endpoint),
     }[model]

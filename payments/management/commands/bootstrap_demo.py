@@ -16,8 +16,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from payments import services
-from payments.models import ApiKey, ApiKeyScope, Merchant
+from accounts import services
+from accounts.models import ApiKey, ApiKeyScope, Merchant
 
 DEMO_MERCHANT_NAME = "Demo Shop"
 ADMIN_USERNAME = "admin"

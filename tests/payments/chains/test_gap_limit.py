@@ -42,7 +42,7 @@ def test_unpaid_addresses_past_the_gap_limit_degrade_health_and_warn_until_one_i
     settings.CHAINS = {"ethereum": {"kind": "evm", "currency": "ETH", "confirmations": 1,
                                     "nodes": [anvil.url],
                                     "tokens": {"USDC": {"address": token, "decimals": 6}}}}  # fmt: skip
-    merchant_page = f"/admin/payments/merchant/{wallet_merchant.pk}/change/"
+    merchant_page = f"/admin/accounts/merchant/{wallet_merchant.pk}/change/"
     poll_chain("ethereum")
 
     # Given GAP_LIMIT + 1 unpaid addresses of the merchant's ETH/USDC key

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from payments import services
-from payments.models import ApiKeyScope, Merchant
+from accounts import services
+from accounts.models import ApiKeyScope, Merchant
 
 
 class Command(BaseCommand):

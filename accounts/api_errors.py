@@ -76,6 +76,30 @@ def error_response(
     )
 
 
+def _error_type(status_code: int) -> str:
+    if status_code == status.HTTP_401_UNAUTHORIZED:
+        return AUTHENTICATION
+    if status_code == status.HTTP_403_FORBIDDEN:
+        return PERMISSION
+    if status_code == status.HTTP_429_TOO_MANY_REQUESTS:
+        return RATE_LIMIT
+    return API if status_code >= 500 else INVALID_REQUEST
+
+
+def status_error_response(
+    *, status_code: int, code: str, message: str, param: str | None = None
+) -> JsonResponse:
+    """An error answer whose type follows from its status: the renderer of code that does not
+    know the API's error types (resilience's, through RESILIENCE_ERROR_RESPONSE)."""
+    return error_response(
+        status_code=status_code,
+        error_type=_error_type(status_code),
+        code=code,
+        message=message,
+        param=param,
+    )
+
+
 class DecimalJSONParser(JSONParser):
     """JSON parser that reads numbers with a fraction as ``Decimal``: no float touches an amount.
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django import db
 from django.urls import path
 from rest_framework.views import APIView
 
+from accounts.api_errors import api_exception_handler, status_error_response
 from cryptopay import urls as project_urls
-from cryptopay.api_errors import api_exception_handler
 from payments.models import Payment
 from tests.conftest import api_client_for
 
@@ -139,3 +141,25 @@ def test_a_broken_database_connection_is_a_retryable_503_not_a_500(error):
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
     assert response.data["error"]["code"] == "service_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (409, "invalid_request_error"),
+        (422, "invalid_request_error"),
+        (429, "rate_limit_error"),
+        (503, "api_error"),
+    ],
+)
+def test_an_error_rendered_from_its_status_gets_the_type_of_that_status(status, error_type):
+    # The renderer resilience is given (RESILIENCE_ERROR_RESPONSE) knows only the status.
+    response = status_error_response(status_code=status, code="some_code", message="Why.")
+
+    assert response.status_code == status
+    assert json.loads(response.content) == {
+        "error": {"type": error_type, "code": "some_code", "message": "Why.", "param": None}
+    }

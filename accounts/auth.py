@@ -12,9 +12,9 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from payments import auth_throttle
-from payments.models import ApiKey, Merchant
-from payments.services import api_key_matches, api_key_split
+from accounts import auth_throttle
+from accounts.models import ApiKey, Merchant
+from accounts.services import api_key_matches, api_key_split
 from resilience import clock
 
 # last_used_at is a hint for operators, not an audit log: write it at most once a minute per key.
@@ -151,7 +151,7 @@ class HasApiKeyScope(BasePermission):
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     """Describes the Bearer API key in the OpenAPI schema."""
 
-    target_class = "payments.auth.ApiKeyAuthentication"
+    target_class = "accounts.auth.ApiKeyAuthentication"
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema):

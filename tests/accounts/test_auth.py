@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from payments import services
-from payments.models import ApiKey, ApiKeyScope, Payment
+from accounts import services
+from accounts.models import ApiKey, ApiKeyScope
+from payments.models import Payment
 from tests.conftest import api_client_for
 from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
 
