@@ -3,7 +3,6 @@ shown once), rotate secrets, read events and deliveries with their attempt logs,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from weakref import WeakKeyDictionary
 
 from django import forms
@@ -11,6 +10,7 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from accounts.selectors import merchant_choices
 from cryptopay.admin_modes import ModeAdminMixin, form_livemode, mode_choice, mode_filter
 from notifications import endpoint_secrets, endpoints
 from notifications.delivery import webhook_redeliver
@@ -32,18 +32,9 @@ def _no_store(response: HttpResponse) -> HttpResponse:
     return response
 
 
-# Who may own an endpoint, as (owner id, label) pairs: notifications knows owners only as ids,
-# the app that has them (payments: its merchants) says which exist (``owner_choices_from``).
-_owner_choices: Callable[[], list[tuple[str, str]]] | None = None
-
-
-def owner_choices_from(source: Callable[[], list[tuple[str, str]]]) -> None:
-    global _owner_choices
-    _owner_choices = source
-
-
 def _owners() -> list[tuple[str, str]]:
-    return [("", "---------"), *(_owner_choices() if _owner_choices else [])]
+    # Endpoints belong to merchants: a select of the existing ones, not a free-text id.
+    return [("", "---------"), *merchant_choices()]
 
 
 class WebhookEndpointForm(forms.ModelForm):

@@ -10,13 +10,11 @@ from import_export.formats.base_formats import CSV
 
 from accounts import admin as accounts_admin
 from accounts.models import Merchant
-from accounts.selectors import merchant_choices
 from cryptopay.admin_modes import (
     ModeAdminMixin,
     mode_badge,
     mode_filter,
 )
-from notifications.admin import owner_choices_from
 from payments import services
 from payments.addresses import GapRun, unpaid_address_run, wallet_gap_runs
 from payments.admin_money import crypto_html, fiat_text, rate_text
@@ -48,10 +46,6 @@ def gap_warning(gap: GapRun) -> str:
     return f"{'/'.join(gap.currencies)} wallet: {gap.run} unpaid addresses in a row, over the " + (
         f"gap limit of {gap.limit}. " + GAP_ADVICE.format(limit=gap.limit, want=gap.run + gap.limit)
     )
-
-
-# Webhook endpoints belong to a merchant: their admin offers the merchants as a select.
-owner_choices_from(merchant_choices)
 
 
 # The merchant page is the accounts app's; payments adds what its wallets need watched: how many
