@@ -81,11 +81,16 @@ def endpoints_for(*, events: list[Event]) -> dict[int, list[WebhookEndpoint]]:
     """The enabled endpoints that want each event: the owner's endpoints of the event's mode
     (system events, the same in both modes: every endpoint that asks)."""
     owners = {event.owner for event in events if event.owner}
-    candidates = list(
-        WebhookEndpoint.objects.filter(enabled=True).filter(
-            models.Q(owner__in=owners) | ~models.Q(event_types=[])
-        )
-    )
+    system_types = {event.type for event in events if not event.owner}
+    # Only the owners' endpoints, and those asking for one of the batch's system events by name:
+    # every endpoint with a type filter, fetched for each batch, grew with the merchants.
+    wanted_by = models.Q(owner__in=owners) if owners else models.Q(pk__in=[])
+    if system_types and transaction.get_connection().vendor != "postgresql":
+        wanted_by |= ~models.Q(event_types=[])  # no JSON containment lookup elsewhere
+    elif system_types:
+        for event_type in sorted(system_types):
+            wanted_by |= models.Q(event_types__contains=[event_type])
+    candidates = list(WebhookEndpoint.objects.filter(wanted_by, enabled=True))
     wanted: dict[int, list[WebhookEndpoint]] = {}
     for event in events:
         wanted[event.pk] = [
@@ -262,6 +267,7 @@ def _claims(
     targets: dict[int, Target] = {}
     bodies: dict[int, bytes] = {}
     claims = []
+    high_retries = settings.NOTIFY_HIGH_PRIORITY_RETRIES
     for pk, token, endpoint_id, event_id, rank, until in rows:
         event, endpoint = events[event_id], endpoints[endpoint_id]
         if endpoint_id not in targets:
@@ -287,9 +293,7 @@ def _claims(
                 target=targets[endpoint_id],
                 webhook_id=event.public_id,
                 body=bodies[event_id],
-                immediate_retries=(
-                    settings.NOTIFY_HIGH_PRIORITY_RETRIES if event.priority == Priority.HIGH else 0
-                ),
+                immediate_retries=high_retries if event.priority == Priority.HIGH else 0,
             )
         )
     return claims
