@@ -188,7 +188,7 @@ def _deliveries_insert_claimed(
     ]
     if not pairs:
         return []
-    endpoints, event_ids, ranks = (list(column) for column in zip(*pairs, strict=True))
+    endpoints, event_ids, ranks = (array_literal(column) for column in zip(*pairs, strict=True))
     # The table name comes from the model's metadata, values are parameters.
     sql = f"""
         INSERT INTO {WebhookDelivery._meta.db_table} (endpoint_id, event_id, priority, status,
@@ -406,12 +406,13 @@ def _successes_record(outcomes: list[Outcome]) -> set[int]:
         return set()
     delivery, attempt = WebhookDelivery._meta.db_table, WebhookAttempt._meta.db_table
     endpoint = WebhookEndpoint._meta.db_table
+    now = clock.now()
     columns = [
-        [outcome.claim.delivery_id for outcome in outcomes],
-        [outcome.claim.token for outcome in outcomes],
-        [outcome.attempts[0].at or clock.now() for outcome in outcomes],
-        [outcome.attempts[0].status_code for outcome in outcomes],
-        [outcome.attempts[0].latency_ms for outcome in outcomes],
+        array_literal([outcome.claim.delivery_id for outcome in outcomes]),
+        array_literal([outcome.claim.token for outcome in outcomes]),
+        array_literal([outcome.attempts[0].at or now for outcome in outcomes]),
+        array_literal([outcome.attempts[0].status_code for outcome in outcomes]),
+        array_literal([outcome.attempts[0].latency_ms for outcome in outcomes]),
     ]
     # Table names come from the models' metadata, values are parameters.
     sql = f"""
@@ -457,6 +458,23 @@ def _arrays(
     ``VALUES (%s, …), …`` that was most of the recorder's time)."""
     casts = ", ".join(f"CAST(%s AS {field.cast_db_type(connection)}[])" for field in fields)
     return f"unnest({casts})", [list(column) for column in zip(*rows, strict=True)]
+
+
+def array_literal(values: Iterable[int | datetime | None]) -> str:
+    """A PostgreSQL array literal (``{1,2,NULL}``) of integers or aware timestamps, for
+    ``CAST(%s AS bigint[])``: one string to bind. A list is dumped element by element, each
+    checked for quoting, which cost the dispatcher more than the database spent on the rows.
+    Neither an integer nor an ISO timestamp holds a character that needs quoting."""
+    return (
+        "{"
+        + ",".join(
+            "NULL" if value is None
+            else value.isoformat() if isinstance(value, datetime)
+            else str(int(value))
+            for value in values
+        )
+        + "}"
+    )  # fmt: skip
 
 
 def rows_insert(objs: Sequence[models.Model], *, suffix: str = "") -> list[tuple]:

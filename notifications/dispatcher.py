@@ -172,7 +172,10 @@ def _events_write(events: list[Event], *, dispatched_at: datetime | None) -> Non
         "FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS v(id, position) "
         f"WHERE {table}.id = v.id"
     )
-    columns = ([event.pk for event in events], [event.stream_position for event in events])
+    columns = (
+        delivery.array_literal([event.pk for event in events]),
+        delivery.array_literal([event.stream_position for event in events]),
+    )
     params = columns if dispatched_at is None else (dispatched_at, *columns)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
