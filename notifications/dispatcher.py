@@ -326,13 +326,27 @@ def dispatch_events(*, event_ids: list[int], runtime: DeliveryLoop | None = None
     return len(events)
 
 
+def _undispatched_locked(event_ids: list[int]) -> list[Event]:
+    """The events not yet dispatched, locked; those another dispatcher holds are skipped. On
+    PostgreSQL the ids go as one array literal: ``pk__in`` prepared and bound each id apart."""
+    if transaction.get_connection().vendor != "postgresql":
+        return list(
+            Event.objects.select_for_update(skip_locked=True).filter(
+                pk__in=event_ids, dispatched_at__isnull=True
+            )
+        )
+    # The table name comes from the model's metadata, the ids are a parameter.
+    sql = (
+        f"SELECT * FROM {Event._meta.db_table} "  # noqa: S608
+        "WHERE id = ANY(CAST(%s AS bigint[])) AND dispatched_at IS NULL FOR UPDATE SKIP LOCKED"
+    )
+    return list(Event.objects.raw(sql, [delivery.array_literal(event_ids)]))
+
+
 def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
     with transaction.atomic():
         events = sorted(
-            Event.objects.select_for_update(skip_locked=True).filter(
-                pk__in=event_ids, dispatched_at__isnull=True
-            ),
-            key=lambda e: (PRIORITY_RANK[e.priority], e.pk),
+            _undispatched_locked(event_ids), key=lambda e: (PRIORITY_RANK[e.priority], e.pk)
         )
         if not events:
             return [], []
