@@ -142,6 +142,7 @@ class Lane:
         self.queue: asyncio.PriorityQueue[tuple[int, int, Claim]] = asyncio.PriorityQueue()
         self.workers = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.slow_after = settings.WEBHOOK_SLOW.total_seconds()
 
     def full(self) -> bool:
         """Holding its backlog, and no room beyond. A lane whose queue its answers drain within
@@ -158,7 +159,7 @@ class Lane:
 
     def slow(self, seconds: float) -> bool:
         self.latencies.append(seconds)
-        return statistics.median(self.latencies) > settings.WEBHOOK_SLOW.total_seconds()
+        return statistics.median(self.latencies) > self.slow_after
 
 
 class CheckingResolver(AbstractResolver):
@@ -258,6 +259,11 @@ class Sender:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
                 skip_auto_headers=("Accept-Encoding",),
+                # One session serves every merchant: a cookie one receiver sets must never go
+                # to another (nor back to it), so none is kept.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                # The answer's body is drained for the connection's sake, never decoded.
+                auto_decompress=False,
             )
         return self._session
 
@@ -318,11 +324,12 @@ class Sender:
     async def _deliver(self, lane: Lane, claim: Claim) -> Outcome:
         outcome = Outcome(claim)
         for _ in range(1 + claim.immediate_retries):
-            if (clock.now() - claim.until).total_seconds() > -(self.timeout + 1):
+            at = clock.now()
+            if (claim.until - at).total_seconds() < self.timeout + 1:
                 # Not enough lease left to finish: another sender may take it after the lease.
                 outcome.released = not outcome.attempts
                 return outcome
-            result = await self._attempt(lane, claim)
+            result = await self._attempt(lane, claim, at)
             outcome.attempts.append(result)
             if result.ok or result.final or not retryable(result.status_code):
                 break
@@ -330,7 +337,7 @@ class Sender:
                 break
         return outcome
 
-    async def _attempt(self, lane: Lane, claim: Claim) -> AttemptResult:
+    async def _attempt(self, lane: Lane, claim: Claim, at: datetime) -> AttemptResult:
         breaker = get_breaker(f"webhook:{claim.target.public_id}", self._breaker_options)
         refused = self._route(claim.target.url)
         if refused is not None:
@@ -344,7 +351,7 @@ class Sender:
             )
             return AttemptResult(None, error, 0, clock.now(), final=True)
         try:
-            return await breaker.call_async(self._post, lane, claim)
+            return await breaker.call_async(self._post, lane, claim, at)
         except (ReceiverFailed, ReceiverSlow) as exc:
             return exc.result
         except DestinationRefused as exc:  # from the resolver, when connecting
@@ -373,12 +380,12 @@ class Sender:
         self._routes[url] = refused
         return refused
 
-    async def _post(self, lane: Lane, claim: Claim) -> AttemptResult:
-        at = clock.now()
+    async def _post(self, lane: Lane, claim: Claim, at: datetime) -> AttemptResult:
+        """One POST, signed at ``at`` (when the attempt started)."""
         headers = {
             "Webhook-Id": claim.webhook_id,
             signing.HEADER: signing.sign(
-                body=claim.body, secrets=list(claim.target.secrets), timestamp=int(at.timestamp())
+                body=claim.body, secrets=claim.target.secrets, timestamp=int(at.timestamp())
             ),
         }
         started = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 HEADER = "Cryptopay-Signature"
 TOLERANCE_SECONDS = 300
@@ -20,11 +21,11 @@ class SignatureError(ValueError):
     pass
 
 
-def sign(*, body: bytes, secrets: list[str], timestamp: int) -> str:
+def sign(*, body: bytes, secrets: Sequence[str], timestamp: int) -> str:
+    signed = f"{timestamp}.".encode() + body
     parts = [f"t={timestamp}"]
     for secret in secrets:
-        mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-        parts.append(f"v1={mac.hexdigest()}")
+        parts.append(f"v1={hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()}")
     return ",".join(parts)
 
 

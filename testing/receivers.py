@@ -53,9 +53,12 @@ class Receiver:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: ssl.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """``host``: another loopback address (127.0.0.2) tells which address a sender reached;
-        ``tls``: a server context, to serve HTTPS."""
+        ``tls``: a server context, to serve HTTPS; ``headers``: sent with every answer (a
+        ``Set-Cookie``)."""
+        self.headers = dict(headers or {})
         self.default_status = default_status
         self.delay = delay
         self.host = host
@@ -185,6 +188,8 @@ class Receiver:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
 

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
 
 from notifications import signing
-from notifications.delivery import webhooks_deliver_due
+from notifications.delivery import array_literal, webhooks_deliver_due
 from notifications.dispatcher import dispatch_events
 from notifications.endpoints import webhook_endpoint_create, webhook_endpoint_rotate_secret
 from notifications.models import Event, WebhookAttempt, WebhookDelivery
@@ -234,3 +235,19 @@ def test_normal_priority_gets_no_immediate_retries(frozen_clock, receiver):
     dispatch_events(event_ids=[event.pk])
     assert attempt_codes(event) == [500]
     assert delivery_of(event).status == "pending"
+
+
+# --- bulk statements ----------------------------------------------------------------------------
+
+
+def test_array_literals_read_back_as_the_values_they_were_made_from():
+    at = datetime(2026, 12, 3, 13, 54, 59, 358267, tzinfo=UTC)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT CAST(%s AS bigint[]), CAST(%s AS timestamptz[])",
+            [array_literal([1, None, 2**62]), array_literal([at, None])],
+        )
+        numbers, times = cursor.fetchone()
+    assert numbers == [1, None, 2**62]
+    assert times == [at, None]
+    assert array_literal([]) == "{}"

@@ -185,6 +185,41 @@ def test_given_a_name_that_rebinds_to_another_address_when_sent_then_the_checked
         assert rebound.requests == []
 
 
+def test_given_two_merchants_on_one_host_when_one_receiver_sets_a_cookie_then_no_request_carries_it():
+    # One session sends for every merchant: a kept cookie would go from one to the other.
+    with Receiver(headers={"Set-Cookie": "session=merchant-a; Path=/"}) as receiver:
+        resolver = RecordingResolver(["127.0.0.1"])
+        base = f"http://shared.test:{receiver.port}"
+
+        def claim(n: int, path: str) -> Claim:
+            return Claim(
+                delivery_id=n, token=1, until=clock.now() + timedelta(minutes=5), priority=1,
+                target=Target(public_id=f"we_{path}", url=f"{base}/{path}", secrets=("whsec_c",)),
+                webhook_id=f"evt_cookie{n}", body=b"{}",
+            )  # fmt: skip
+
+        async def run() -> list[Outcome]:
+            outcomes: list[Outcome] = []
+            sender = Sender(
+                on_outcome=outcomes.append,
+                resolve_destination=lambda u: destination_resolve(
+                    url=u, resolver=resolver, allow_private=True
+                ),
+            )
+            try:
+                for one in (claim(1, "merchant-a"), claim(2, "merchant-b"), claim(3, "merchant-a")):
+                    sender.submit([one])  # one after the other: the cookie is set before the next
+                    await sender.wait_idle()
+            finally:
+                await sender.close()
+            return outcomes
+
+        outcomes = asyncio.run(run())
+
+        assert [o.attempts[-1].status_code for o in outcomes] == [200, 200, 200]
+        assert [r.headers.get("cookie") for r in receiver.requests] == [None, None, None]
+
+
 class FailingDns:
     """A DNS that is down: every lookup fails as getaddrinfo does."""
 
