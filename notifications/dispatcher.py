@@ -40,6 +40,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from prometheus_client import Counter, Gauge
 
+from cryptopay import bulk_writes
 from notifications import delivery, queues
 from notifications.models import PRIORITY_RANK, Event, EventStream
 from notifications.sender import Claim, Outcome, Sender
@@ -143,7 +144,7 @@ def _positions_write(events: list[Event], *, dispatched_at: datetime | None = No
                 streams[stream].position += 1
                 event.stream_position = streams[stream].position
                 given.append(event)
-        delivery.rows_update([streams[stream] for stream in by_owner], ["position"])
+        bulk_writes.rows_update([streams[stream] for stream in by_owner], ["position"])
         _events_write(given if dispatched_at is None else events, dispatched_at=dispatched_at)
     except BaseException:
         for event in given:
@@ -160,7 +161,7 @@ def _events_write(events: list[Event], *, dispatched_at: datetime | None) -> Non
         if dispatched_at is not None:
             for event in events:
                 event.dispatched_at = dispatched_at
-        delivery.rows_update(
+        bulk_writes.rows_update(
             events, ["stream_position"] + ([] if dispatched_at is None else ["dispatched_at"])
         )
         return
@@ -173,8 +174,8 @@ def _events_write(events: list[Event], *, dispatched_at: datetime | None) -> Non
         f"WHERE {table}.id = v.id"
     )
     columns = (
-        delivery.array_literal([event.pk for event in events]),
-        delivery.array_literal([event.stream_position for event in events]),
+        bulk_writes.array_literal([event.pk for event in events]),
+        bulk_writes.array_literal([event.stream_position for event in events]),
     )
     params = columns if dispatched_at is None else (dispatched_at, *columns)
     with connection.cursor() as cursor:
@@ -340,7 +341,7 @@ def _undispatched_locked(event_ids: list[int]) -> list[Event]:
         f"SELECT * FROM {Event._meta.db_table} "  # noqa: S608
         "WHERE id = ANY(CAST(%s AS bigint[])) AND dispatched_at IS NULL FOR UPDATE SKIP LOCKED"
     )
-    return list(Event.objects.raw(sql, [delivery.array_literal(event_ids)]))
+    return list(Event.objects.raw(sql, [bulk_writes.array_literal(event_ids)]))
 
 
 def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:

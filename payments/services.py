@@ -21,8 +21,8 @@ from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 
 from accounts.models import Merchant
+from cryptopay.bulk_writes import rows_insert, rows_update
 from cryptopay.currencies import fiat_exponent
-from notifications.delivery import rows_insert, rows_update
 from notifications.models import Event
 from notifications.outbox import event_publish, events_publish
 from payments import states

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 
+from cryptopay.bulk_writes import array_literal
 from notifications import signing
-from notifications.delivery import array_literal, webhooks_deliver_due
+from notifications.delivery import webhooks_deliver_due
 from notifications.dispatcher import dispatch_events
 from notifications.endpoints import webhook_endpoint_create, webhook_endpoint_rotate_secret
 from notifications.models import Event, WebhookAttempt, WebhookDelivery
