@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -29,7 +29,7 @@ from payments.models import ApiKeyScope, Payment
 from payments.money import format_base_units
 from payments.rates import Quote, rate_quote
 from payments.states import PaymentStatus
-from resilience.idempotency import idempotent
+from resilience.idempotency import cached_replay, idempotent
 
 READ = ApiKeyScope.PAYMENTS_READ.value
 WRITE = ApiKeyScope.PAYMENTS_WRITE.value
@@ -100,7 +100,12 @@ class PaymentListCreateView(APIView):
             **ERRORS,
         },
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
+        # A replay the cache holds is answered before validation and pricing, which it would
+        # not use.
+        replay = cached_replay(request)
+        if replay is not None:
+            return replay
         # Priced before the idempotency gate: the provider fetch runs outside the request's
         # transaction and the key's lock (a replay does not use the quote). An invalid body is
         # not priced; the gate still judges it first (a reused key is a 422, not a 400).
