@@ -29,8 +29,10 @@ lease ran out, which only a crash between statements of a future multi-step endp
 the take-over is a compare-and-set on it, and completing bumps it.
 
 Redis is a fast path only: a stored response is cached there by its first replay (from the
-row), so later replays skip the database; an execution costs it one read. A Redis error skips the
-fast path; it is never taken as permission to execute.
+row), so later replays skip the database; an execution costs it one read, which the caller may
+make together with its own reads (``request_cache_read``: authentication does, with its throttle
+check). A view may answer a cached replay before any work of its own (``cached_replay``). A Redis
+error skips the fast path; it is never taken as permission to execute.
 
 Why our own: django-idempotency-key locks only the lookup (concurrent duplicates both execute) and
 djangorestframework-idempotency-key runs before authentication, so keys are not scoped per client.
@@ -270,10 +272,21 @@ class IdempotencyGate:
             response_has_secret=response_has_secret,
         )
 
+    def owns(self, read: CacheRead, *, owner: str, key: str) -> bool:
+        """Is ``read`` the read of this owner's key in this gate's cache?"""
+        return read.matches(owner=owner, key=key, prefix=self._prefix)
+
+    def replay_cached(
+        self, *, owner: str, key: str, request_fingerprint: str, read: CacheRead | None = None
+    ) -> HttpResponse | None:
+        """The answer the cache holds for the key (a 422 for another request's), or None: the
+        database decides. ``read``: made already (reused when it is this key's)."""
+        return self._replay_from_cache(owner, key, request_fingerprint, read)
+
     def _replay_from_cache(
         self, owner: str, key: str, fp: str, read: CacheRead | None = None
     ) -> HttpResponse | None:
-        if read is not None and read.matches(owner=owner, key=key, prefix=self._prefix):
+        if read is not None and self.owns(read, owner=owner, key=key):
             cached = self._cache_decode(read.value) if read.done else None
         else:
             cached = self._cache_get(owner, key)
@@ -750,15 +763,18 @@ def cached_replay(request: Any) -> HttpResponse | None:
     key_value, _ = key
     gate = default_gate()
     read = _attached_read(request)
-    if read is None or not read.matches(owner=owner, key=key_value, prefix=gate._prefix):
+    if read is None or not gate.owns(read, owner=owner, key=key_value):
         read = gate.cache_read(owner=owner, key=key_value)
         if read is None:
             return None
         gate.cache_fetch(read)
         setattr(getattr(request, "_request", request), _CACHE_READ, read)
     method = request.method or ""
-    return gate._replay_from_cache(
-        owner, key_value, fingerprint(method=method, path=request.path, body=body), read
+    return gate.replay_cached(
+        owner=owner,
+        key=key_value,
+        request_fingerprint=fingerprint(method=method, path=request.path, body=body),
+        read=read,
     )
 
 

@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from cryptopay.api_fields import StrictCharField, query_data, refuse_body_parameters
 from cryptopay.pagination import invalid_cursor, list_response
 from payments import selectors, services
+from payments.addresses import AllocatedAddress
 from payments.api.serializers import (
     ErrorSerializer,
     PaymentCreateSerializer,
@@ -29,7 +30,7 @@ from payments.models import ApiKeyScope, Payment
 from payments.money import format_base_units
 from payments.rates import Quote, rate_quote
 from payments.states import PaymentStatus
-from resilience.idempotency import cached_replay, idempotent
+from resilience.idempotency import REPLAYED_HEADER, cached_replay, idempotent
 
 READ = ApiKeyScope.PAYMENTS_READ.value
 WRITE = ApiKeyScope.PAYMENTS_WRITE.value
@@ -115,13 +116,29 @@ class PaymentListCreateView(APIView):
             context={"merchant": merchant, "livemode": request_client(request).livemode},
         )
         quotes: dict[str, Quote] = {}
-        if serializer.is_valid():
-            data = serializer.validated_data
-            for code in data.get("accepted_currencies") or [data["crypto_currency"]]:
-                quotes[code] = services.payment_price(
-                    crypto_currency=code, fiat_currency=data["currency"]
-                )
-        return self._create(request, quotes=quotes, serializer=serializer)
+        if not serializer.is_valid():
+            return self._create(request, quotes=quotes, serializer=serializer)
+        data = serializer.validated_data
+        for code in data.get("accepted_currencies") or [data["crypto_currency"]]:
+            quotes[code] = services.payment_price(
+                crypto_currency=code, fiat_currency=data["currency"]
+            )
+        if data.get("accepted_currencies"):
+            return self._create(request, quotes=quotes, serializer=serializer)
+        # The address too is taken before the gate's transaction (see the reservation).
+        with services.payment_address_reservation(
+            merchant=merchant,
+            crypto_currency=data["crypto_currency"],
+            livemode=request_client(request).livemode,
+        ) as reservation:
+            response = self._create(
+                request, quotes=quotes, serializer=serializer, address=reservation.address
+            )
+            if response.status_code == status.HTTP_201_CREATED and not response.has_header(
+                REPLAYED_HEADER
+            ):
+                reservation.keep()  # this request's own payment, committed by the gate
+        return response
 
     @idempotent()
     def _create(
@@ -130,6 +147,7 @@ class PaymentListCreateView(APIView):
         *,
         quotes: dict[str, Quote],
         serializer: PaymentCreateSerializer | None = None,
+        address: AllocatedAddress | None = None,
     ) -> Response:
         merchant = request_client(request).merchant
         if serializer is None:
@@ -158,6 +176,7 @@ class PaymentListCreateView(APIView):
             payment = services.payment_create(
                 quote=quotes.get(data["crypto_currency"]),
                 crypto_currency=data["crypto_currency"],
+                address=address,
                 **common,
             )
         return Response(
