@@ -16,9 +16,14 @@ from accounts import auth_throttle
 from accounts.models import ApiKey, Merchant
 from accounts.services import api_key_matches, api_key_split
 from resilience import clock
+from resilience.idempotency import request_cache_read
 
 # last_used_at is a hint for operators, not an audit log: write it at most once a minute per key.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# Key prefix -> the idempotency scope of its owner, as this process last authenticated it (a key
+# never changes merchant or mode); bounded, it only saves a round trip.
+_owners: dict[str, str] = {}
+MAX_REMEMBERED_OWNERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -60,14 +65,27 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         django_request = getattr(request, "_request", request)
         prefix = self._presented_prefix(header)
+        # A key this process authenticated before names its owner: the read of this request's
+        # stored idempotent answer then shares the throttle check's round trip. The gate uses it
+        # only if the key, authenticated below, has that owner.
+        owner = _owners.get(prefix) if prefix else None
+        read = None if owner is None else request_cache_read(django_request, owner=owner)
         # Only this key's own failures hold it back: another key's never refuse a valid one.
-        wait = auth_throttle.retry_after(django_request, prefix)
+        wait, values = auth_throttle.retry_after_reading(
+            django_request, prefix, [] if read is None else [read.redis_key]
+        )
         if wait is not None:
             raise exceptions.Throttled(
                 wait=wait, detail="Too many failed attempts with this API key from this address."
             )
+        if read is not None and values is not None:
+            read.deliver(values[0])
         try:
-            return self._check(header)
+            client, api_key = self._check(header)
+            if len(_owners) >= MAX_REMEMBERED_OWNERS:
+                _owners.clear()
+            _owners[api_key.prefix] = client.idempotency_scope
+            return client, api_key
         except exceptions.AuthenticationFailed:
             auth_throttle.record_failure(django_request, prefix)
             wait = auth_throttle.ip_retry_after(django_request)

@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import math
 import threading
+from collections.abc import Sequence
 
 import redis
 from django.conf import settings
@@ -132,8 +133,37 @@ def _wait(bucket: str, limit: int) -> int | None:
 
 def retry_after(request: HttpRequest, prefix: str) -> int | None:
     """Seconds this IP must wait before presenting this key prefix again, or None."""
+    return retry_after_reading(request, prefix, ())[0]
+
+
+def retry_after_reading(
+    request: HttpRequest, prefix: str, keys: Sequence[str]
+) -> tuple[int | None, list[bytes | None] | None]:
+    """``retry_after``, with the other Redis ``keys`` read in the same round trip (a pipeline):
+    (seconds to wait or None, their values, or None when Redis could not be read)."""
     key_bucket, _ = _buckets(client_ip(request), prefix)
-    return _wait(key_bucket, settings.API_AUTH_FAILURE_LIMIT)
+    window, left = _window()
+    client = _redis()
+    values: list[bytes | None] | None = None
+    count: int | None = None
+    if client is not None:
+        try:
+            if keys:
+                pipe = client.pipeline(transaction=False)
+                pipe.get(_key(key_bucket, window))
+                for key in keys:
+                    pipe.get(key)
+                first, *values = pipe.execute()
+            else:
+                first, values = client.get(_key(key_bucket, window)), []
+            count = int(first or 0)
+        except redis.RedisError:
+            values = None
+    if count is None:
+        with _local_lock:
+            count = _local.get((key_bucket, window), 0)
+    wait = None if count < settings.API_AUTH_FAILURE_LIMIT else max(1, math.ceil(left))
+    return wait, values
 
 
 def ip_retry_after(request: HttpRequest) -> int | None:

@@ -682,6 +682,10 @@ RATES_IN_USE_WINDOW = env_seconds("CRYPTOPAY_RATES_IN_USE_SECONDS", 3600)
 # --- Resilience: rate cache, retries, idempotency, breakers, WebSocket connections ---------------
 # Fresh rates live this long in the shared cache before a provider is asked again.
 RATE_CACHE_TTL = env_seconds("CRYPTOPAY_RATE_CACHE_SECONDS", 5 * 60)
+# A process reuses the rate it last read from the shared cache for this long without asking Redis
+# (one round trip fewer per payment); a newer rate stored by another process is seen that much
+# later, and every rate served is still one the shared cache held fresh.
+RATE_CACHE_LOCAL_TTL = env_seconds("CRYPTOPAY_RATE_CACHE_LOCAL_SECONDS", 1)
 # Stale rates may still be served this long when every provider is down.
 RATE_EMERGENCY_CACHE_MAX_AGE = env_seconds("CRYPTOPAY_RATE_EMERGENCY_MAX_AGE_SECONDS", 2 * 3600)
 # The single-flight refresh lease, renewed every third of it while the refresh runs: a process

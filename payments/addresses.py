@@ -1,11 +1,17 @@
 """Deposit address allocation: one fresh address per payment, never reused.
 
 The derivation index is taken from a counter per merchant and wallet key (``key_space``) by one
-increment-and-return statement in the caller's transaction (its row lock lasts until that commit), so concurrent creations never share an index. The counter is
+increment-and-return statement, so concurrent creations never share an index. The counter is
 per key, not per currency, because ETH and every ERC-20 of one chain are normally received on one
 BIP44 account key: a counter per currency would hand ETH payment #0 and USDC payment #0 the same
-address. A creation that rolls back gives its index back together with its payment, so no address
-a buyer has seen is ever reused.
+address.
+
+Inside a transaction the counter's row stays locked until that transaction ends, which serialises
+a merchant's creations: the API therefore takes the index in its own statement (autocommit) before
+its transaction opens (``payments.services.payment_address_reservation``). An index whose payment
+is then not made is given back only while it is still the last one handed out; otherwise it stays
+a gap. A gap is an unused address, never a reused one: it counts against the gap limit
+(``unpaid_address_run``) like the address of a payment nobody paid.
 
 Sources, in order: the merchant's wallet for the currency (an extended public key, derived at the
 allocated index on the chain configured for the currency), else the development chain when it is
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, Q
 
 from accounts.models import Merchant
 from payments.chains.config import chain_for_currency
@@ -66,16 +72,18 @@ def wallet_key_space(wallet: MerchantWallet) -> str:
 
 
 def _next_index(*, merchant: Merchant, space: str) -> int:
-    """Take the counter's next index in one statement (an upsert that increments and returns),
-    so the counter row is locked from here to the caller's commit only: callers allocate as late
-    in their transaction as they can. A concurrent allocation of the same counter waits for that
-    commit (or rollback, which gives the index back) and then reads the incremented value."""
+    """Take the counter's next index in one statement (an upsert that increments and returns).
+    Outside a transaction it commits at once; inside one the counter row stays locked to the
+    caller's commit, so such callers allocate as late in their transaction as they can: a
+    concurrent allocation of the same counter waits for that commit (or rollback, which gives
+    the index back) and then reads the incremented value."""
     if connection.vendor != "postgresql":
-        counter, _ = AddressIndex.objects.select_for_update().get_or_create(
-            merchant=merchant, key_space=space
-        )
-        index = counter.next_index
-        AddressIndex.objects.filter(pk=counter.pk).update(next_index=index + 1)
+        with transaction.atomic():  # its own when the caller has none (a reservation)
+            counter, _ = AddressIndex.objects.select_for_update().get_or_create(
+                merchant=merchant, key_space=space
+            )
+            index = counter.next_index
+            AddressIndex.objects.filter(pk=counter.pk).update(next_index=index + 1)
         return index
     table = connection.ops.quote_name(AddressIndex._meta.db_table)
     with connection.cursor() as cursor:
@@ -159,12 +167,21 @@ def _dev_chain_allocate(*, merchant: Merchant, crypto_currency: str) -> Allocate
     return AllocatedAddress(address=address, index=index, chain=DEV_CHAIN, key_space=space)
 
 
-def address_release(*, merchant: Merchant, allocated: AllocatedAddress) -> None:
-    """Give back an index allocated in this transaction whose payment was not made (its caller
-    still holds the counter's row lock, so the index is the last one handed out)."""
-    AddressIndex.objects.filter(
-        merchant=merchant, key_space=allocated.key_space, next_index=allocated.index + 1
-    ).update(next_index=allocated.index)
+def address_release(*, merchant: Merchant, allocated: AllocatedAddress) -> bool:
+    """Give back an index no payment was made with, when it is still the last one handed out (a
+    compare-and-set on the counter) and no committed payment holds it (after an ambiguous commit).
+    Otherwise it stays a gap. Call it at most once per allocation, from its allocator: once given
+    back, the index may be handed out again. True when given back."""
+    taken = Payment.objects.filter(
+        merchant=merchant, key_space=allocated.key_space, derivation_index=allocated.index
+    )
+    return bool(
+        AddressIndex.objects.filter(
+            merchant=merchant, key_space=allocated.key_space, next_index=allocated.index + 1
+        )
+        .filter(~Exists(taken))
+        .update(next_index=allocated.index)
+    )
 
 
 @dataclass(frozen=True)

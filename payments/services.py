@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Field, Model, Q
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
@@ -26,7 +27,7 @@ from cryptopay.currencies import fiat_exponent
 from notifications.models import Event
 from notifications.outbox import event_publish, events_publish
 from payments import states
-from payments.addresses import address_allocate, address_release
+from payments.addresses import AllocatedAddress, address_allocate, address_release
 from payments.chains.config import chain_for_currency
 from payments.currencies import crypto
 from payments.errors import (
@@ -248,10 +249,13 @@ def payment_create(
     redirect_url: str = "",
     cancel_url: str = "",
     livemode: bool = True,
+    address: AllocatedAddress | None = None,
 ) -> Payment:
     """``quote``: fetched beforehand (``payment_price``) by a caller about to open a transaction
     or hold an idempotency key; without it the rate is fetched here. ``livemode`` False (a test
-    key's payment): an address on the development chain, whatever chains are configured."""
+    key's payment): an address on the development chain, whatever chains are configured.
+    ``address``: reserved beforehand (``payment_address_reservation``) for this merchant, mode and
+    currency; its reservation, not this function, gives it back if no payment is made."""
     if quote is None:
         quote = rate_quote_for_payment(crypto_currency=crypto_currency, fiat_currency=fiat_currency)
     else:
@@ -292,11 +296,13 @@ def payment_create(
     # is allocated as late as possible, so the counter's row lock is held only to the commit.
     refused: AddressUnavailable | None = None
     created = False
+    reserved = address is not None
     with transaction.atomic(savepoint=False):
         try:
-            address = address_allocate(
-                merchant=merchant, crypto_currency=crypto_currency, livemode=livemode
-            )
+            if address is None:
+                address = address_allocate(
+                    merchant=merchant, crypto_currency=crypto_currency, livemode=livemode
+                )
         except AddressUnavailable as exc:
             refused = exc  # nothing was written; raised past the block, which must exit cleanly
         else:
@@ -316,7 +322,7 @@ def payment_create(
             created = _payment_insert(payment=payment, event=event)
             if created:
                 _event_publish(payment=payment, event=event)
-            else:
+            elif not reserved:
                 address_release(merchant=merchant, allocated=address)
     if refused is not None:
         raise refused
@@ -335,6 +341,48 @@ def payment_create(
         quote.source,
     )
     return payment
+
+
+class AddressReservation:
+    """An address taken for a payment about to be created; given back on leaving the block
+    unless ``keep`` was called (its payment was committed)."""
+
+    def __init__(self, *, merchant: Merchant, address: AllocatedAddress | None) -> None:
+        self.merchant = merchant
+        self.address = address
+        self._kept = False
+
+    def keep(self) -> None:
+        self._kept = True
+
+
+@contextmanager
+def payment_address_reservation(
+    *, merchant: Merchant, crypto_currency: str, livemode: bool
+) -> Iterator[AddressReservation]:
+    """An address for a payment the block creates in a transaction of its own, taken now in its
+    own statement: the counter's row is locked for that statement only, not until the block's
+    commit, so a merchant's creations do not queue behind each other's transactions (across
+    workers too). The block calls ``keep()`` once its payment is committed; otherwise the index
+    is given back if it is still the last one handed out, or stays a gap (never reused).
+    ``address`` is None when none can be allocated now: ``payment_create`` then allocates, and
+    refuses, inside the block's transaction as it would have. Call it outside any transaction."""
+    try:
+        address: AllocatedAddress | None = address_allocate(
+            merchant=merchant, crypto_currency=crypto_currency, livemode=livemode
+        )
+    except AddressUnavailable:
+        address = None
+    reservation = AddressReservation(merchant=merchant, address=address)
+    try:
+        yield reservation
+    finally:
+        if address is not None and not reservation._kept:
+            try:
+                address_release(merchant=merchant, allocated=address)
+            except DatabaseError:
+                # Its transaction failed already (the error is on its way); the index stays a gap.
+                logger.warning("address index %d not given back", address.index, exc_info=True)
 
 
 def _raise_if_duplicate_order(

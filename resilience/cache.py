@@ -3,7 +3,10 @@
 Levels, each answer labelled with the one it came from and its age:
 
 ``live``       computed now by this caller (it won the single-flight refresh).
-``cache``      the shared Django cache (Redis via django-redis), no older than ``ttl``.
+``cache``      the shared Django cache (Redis via django-redis), no older than ``ttl``; with
+               ``local_ttl`` set, a copy this process read from it at most ``local_ttl`` seconds
+               ago is served from memory without asking Redis (a hot key then costs one round
+               trip per ``local_ttl`` per process, not one per read).
 ``emergency``  older than ``ttl`` but no older than ``emergency_max_age``: the shared copy kept
                alive by sliding expiration, or this process's own in-memory copy (which also
                survives Redis being down). Entries older than the bound are dropped on cleanup.
@@ -127,9 +130,14 @@ class TieredCache(Generic[T]):
         beta: float = 1.0,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        local_ttl: float = 0.0,
     ) -> None:
         self.namespace = namespace
         self.ttl = ttl
+        # A value another process stored (a refresh, an invalidation) is seen here at most this
+        # much later; 0 reads the shared level every time.
+        self.local_ttl = local_ttl
+        self._recent: dict[str, tuple[Entry[T], float]] = {}  # key -> (entry, when read)
         self.lock_lease = lock_lease
         self.wait_timeout = wait_timeout
         self.beta = beta
@@ -151,9 +159,16 @@ class TieredCache(Generic[T]):
         Returns None when no level has a value (the caller falls back further).
         """
         now = self._clock()
+        recent = None if force_refresh else self._recent.get(key)
+        if recent is not None and now - recent[1] < self.local_ttl:
+            entry = recent[0]
+            if now - entry.stored_at <= self.ttl and not self._refresh_early(entry, now):
+                return self._answer(entry, CACHE, now)
         shared = self._read_shared(key)
         if shared is not None:
             self.emergency.put(key, shared)
+            if self.local_ttl > 0:
+                self._recent[key] = (shared, now)
         if (
             not force_refresh
             and shared is not None
@@ -188,6 +203,7 @@ class TieredCache(Generic[T]):
 
     def invalidate(self, key: str) -> None:
         """Forget ``key`` at every level (recovery: drop a provider's possibly bad values)."""
+        self._recent.pop(key, None)
         self.emergency.clear(key)
         try:
             caches[self._cache_alias].delete(self._key(key))
@@ -354,6 +370,8 @@ class TieredCache(Generic[T]):
             entry = Entry(value=value, stored_at=finished, compute_seconds=finished - started)
             self.emergency.put(key, entry)
             self._write_shared(key, entry)
+            if self.local_ttl > 0:
+                self._recent[key] = (entry, finished)
             return entry
         finally:
             if renewing is not None:

@@ -29,8 +29,10 @@ lease ran out, which only a crash between statements of a future multi-step endp
 the take-over is a compare-and-set on it, and completing bumps it.
 
 Redis is a fast path only: a stored response is cached there by its first replay (from the
-row), so later replays skip the database; an execution costs it one read. A Redis error skips the
-fast path; it is never taken as permission to execute.
+row), so later replays skip the database; an execution costs it one read, which the caller may
+make together with its own reads (``request_cache_read``: authentication does, with its throttle
+check). A view may answer a cached replay before any work of its own (``cached_replay``). A Redis
+error skips the fast path; it is never taken as permission to execute.
 
 Why our own: django-idempotency-key locks only the lookup (concurrent duplicates both execute) and
 djangorestframework-idempotency-key runs before authentication, so keys are not scoped per client.
@@ -174,6 +176,31 @@ def default_should_store(status: int) -> bool:
     return status < 500 and status not in (400, 404)
 
 
+@dataclass
+class CacheRead:
+    """One request's read of its key's cached answer, made ahead of the gate: by authentication
+    together with its own Redis read (one round trip for both), or by ``cached_replay``. The
+    gate uses the value (``done``) instead of reading again; a read that failed (not ``done``)
+    skips the fast path, as a failed read of the gate's own would."""
+
+    owner: str
+    key: str
+    prefix: str
+    redis_key: str
+    done: bool = False
+    value: bytes | str | None = None
+
+    def deliver(self, value: bytes | str | None) -> None:
+        self.value, self.done = value, True
+
+    def matches(self, *, owner: str, key: str, prefix: str) -> bool:
+        return (self.owner, self.key, self.prefix) == (owner, key, prefix)
+
+
+# Where a request carries its CacheRead (on Django's request, under DRF's wrapper).
+_CACHE_READ = "_idempotency_cache_read"
+
+
 @dataclass(frozen=True)
 class _Claimed:
     pk: int
@@ -224,8 +251,11 @@ class IdempotencyGate:
         execute: Callable[[], HttpResponse],
         should_store: Callable[[int], bool] = default_should_store,
         response_has_secret: bool = False,
+        cache_read: CacheRead | None = None,
     ) -> HttpResponse:
-        cached = self._replay_from_cache(owner, key, request_fingerprint)
+        """``cache_read``: this request's Redis read of the key, already made (``CacheRead``):
+        the gate does not read it again."""
+        cached = self._replay_from_cache(owner, key, request_fingerprint, cache_read)
         if cached is not None:
             return cached
         # No Redis lock around the execution: the database claim below decides on its own, and
@@ -242,8 +272,24 @@ class IdempotencyGate:
             response_has_secret=response_has_secret,
         )
 
-    def _replay_from_cache(self, owner: str, key: str, fp: str) -> HttpResponse | None:
-        cached = self._cache_get(owner, key)
+    def owns(self, read: CacheRead, *, owner: str, key: str) -> bool:
+        """Is ``read`` the read of this owner's key in this gate's cache?"""
+        return read.matches(owner=owner, key=key, prefix=self._prefix)
+
+    def replay_cached(
+        self, *, owner: str, key: str, request_fingerprint: str, read: CacheRead | None = None
+    ) -> HttpResponse | None:
+        """The answer the cache holds for the key (a 422 for another request's), or None: the
+        database decides. ``read``: made already (reused when it is this key's)."""
+        return self._replay_from_cache(owner, key, request_fingerprint, read)
+
+    def _replay_from_cache(
+        self, owner: str, key: str, fp: str, read: CacheRead | None = None
+    ) -> HttpResponse | None:
+        if read is not None and self.owns(read, owner=owner, key=key):
+            cached = self._cache_decode(read.value) if read.done else None
+        else:
+            cached = self._cache_get(owner, key)
         if cached is None:
             return None
         cached_fingerprint, stored = cached
@@ -547,17 +593,45 @@ class IdempotencyGate:
     def _redis_key(self, kind: str, owner: str, key: str) -> str:
         return f"{self._prefix}:{kind}:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
 
+    def cache_read(self, *, owner: str, key: str) -> CacheRead | None:
+        """The read of the key's cached answer, for a caller to make with its own Redis reads
+        (one round trip for both) and hand back through ``CacheRead.deliver``; None without
+        Redis."""
+        if self._redis is None:
+            return None
+        return CacheRead(
+            owner=owner,
+            key=key,
+            prefix=self._prefix,
+            redis_key=self._redis_key("response", owner, key),
+        )
+
+    def cache_fetch(self, read: CacheRead) -> None:
+        """Make ``read`` now, on its own (left not ``done`` when Redis fails)."""
+        if self._redis is None:
+            return
+        try:
+            read.deliver(self._redis.get(read.redis_key))
+        except redis.RedisError as exc:
+            self._cache_unavailable(exc)
+
     def _cache_get(self, owner: str, key: str) -> tuple[str, StoredResponse] | None:
         if self._redis is None:
             return None
         try:
             raw = self._redis.get(self._redis_key("response", owner, key))
         except redis.RedisError as exc:
-            now = time.monotonic()
-            if now >= self._next_redis_warning:  # one line per 10 s, not one per request
-                self._next_redis_warning = now + 10
-                logger.warning("idempotency cache unavailable (%s); the database decides", exc)
+            self._cache_unavailable(exc)
             return None
+        return self._cache_decode(raw)
+
+    def _cache_unavailable(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now >= self._next_redis_warning:  # one line per 10 s, not one per request
+            self._next_redis_warning = now + 10
+            logger.warning("idempotency cache unavailable (%s); the database decides", exc)
+
+    def _cache_decode(self, raw: bytes | str | None) -> tuple[str, StoredResponse] | None:
         if raw is None:
             return None
         try:
@@ -645,6 +719,60 @@ def _key_for(
         return _bad_key(f"Invalid {HEADER}: {exc}.")
 
 
+def request_cache_read(request: HttpRequest, *, owner: str) -> CacheRead | None:
+    """The cache read of the answer stored for this request's ``Idempotency-Key`` header (unsafe
+    methods only), attached to the request for the gate; the caller makes it together with its
+    own Redis reads and ``deliver``s the value. ``owner``: the authenticated caller's scope, so a
+    read can only ever find that owner's answer. None: nothing to read."""
+    raw = request.headers.get(HEADER)
+    if raw is None or request.method not in IdempotencyMiddleware.UNSAFE:
+        return None
+    try:
+        key = parse_key(raw)
+    except InvalidKey:
+        return None  # the gate answers 400
+    read = default_gate().cache_read(owner=owner, key=key)
+    setattr(request, _CACHE_READ, read)
+    return read
+
+
+def _attached_read(request: Any) -> CacheRead | None:
+    django_request = getattr(request, "_request", request)  # DRF wraps Django's request
+    read = getattr(django_request, _CACHE_READ, None)
+    return read if isinstance(read, CacheRead) else None
+
+
+def cached_replay(request: Any) -> HttpResponse | None:
+    """The stored answer to this DRF request if Redis holds it, before the view validates,
+    prices or reads anything: all of that is wasted on a replay. Authentication has run, and the
+    answer is looked up under the caller's own scope. None: the gate decides as usual (the read
+    made here is kept for it, so it costs no second round trip)."""
+    owner = getattr(request.user, "idempotency_scope", None)
+    if owner is None:
+        return None
+    data = request.data  # a parse error here is DRF's 400, as in the gate
+    body = canonical_body(data)
+    key = _key_for(request, owner=owner, data=data, body=body, required=False)
+    if key is None or isinstance(key, HttpResponse):
+        return None
+    key_value, _ = key
+    gate = default_gate()
+    read = _attached_read(request)
+    if read is None or not gate.owns(read, owner=owner, key=key_value):
+        read = gate.cache_read(owner=owner, key=key_value)
+        if read is None:
+            return None
+        gate.cache_fetch(read)
+        setattr(getattr(request, "_request", request), _CACHE_READ, read)
+    method = request.method or ""
+    return gate.replay_cached(
+        owner=owner,
+        key=key_value,
+        request_fingerprint=fingerprint(method=method, path=request.path, body=body),
+        read=read,
+    )
+
+
 def _gate_request(
     request: Any,
     *,
@@ -676,6 +804,7 @@ def _gate_request(
         should_store=should_store,
         response_has_secret=response_has_secret,
         request_fingerprint=fingerprint(method=method, path=request.path, body=body),
+        cache_read=_attached_read(request),
     )
 
 

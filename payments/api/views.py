@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -16,6 +16,7 @@ from accounts.openapi import ERRORS, ErrorSerializer
 from accounts.pagination import invalid_cursor, list_response
 from cryptopay.currencies import FIAT_EXPONENTS
 from payments import selectors, services
+from payments.addresses import AllocatedAddress
 from payments.api.serializers import (
     PaymentCreateSerializer,
     PaymentListSerializer,
@@ -31,7 +32,7 @@ from payments.models import Payment
 from payments.money import format_base_units
 from payments.rates import Quote, rate_quote
 from payments.states import PaymentStatus
-from resilience.idempotency import idempotent
+from resilience.idempotency import REPLAYED_HEADER, cached_replay, idempotent
 
 READ = ApiKeyScope.PAYMENTS_READ.value
 WRITE = ApiKeyScope.PAYMENTS_WRITE.value
@@ -88,7 +89,12 @@ class PaymentListCreateView(APIView):
             **ERRORS,
         },
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
+        # A replay the cache holds is answered before validation and pricing, which it would
+        # not use.
+        replay = cached_replay(request)
+        if replay is not None:
+            return replay
         # Priced before the idempotency gate: the provider fetch runs outside the request's
         # transaction and the key's lock (a replay does not use the quote). An invalid body is
         # not priced; the gate still judges it first (a reused key is a 422, not a 400).
@@ -98,13 +104,29 @@ class PaymentListCreateView(APIView):
             context={"merchant": merchant, "livemode": request_client(request).livemode},
         )
         quotes: dict[str, Quote] = {}
-        if serializer.is_valid():
-            data = serializer.validated_data
-            for code in data.get("accepted_currencies") or [data["crypto_currency"]]:
-                quotes[code] = services.payment_price(
-                    crypto_currency=code, fiat_currency=data["currency"]
-                )
-        return self._create(request, quotes=quotes, serializer=serializer)
+        if not serializer.is_valid():
+            return self._create(request, quotes=quotes, serializer=serializer)
+        data = serializer.validated_data
+        for code in data.get("accepted_currencies") or [data["crypto_currency"]]:
+            quotes[code] = services.payment_price(
+                crypto_currency=code, fiat_currency=data["currency"]
+            )
+        if data.get("accepted_currencies"):
+            return self._create(request, quotes=quotes, serializer=serializer)
+        # The address too is taken before the gate's transaction (see the reservation).
+        with services.payment_address_reservation(
+            merchant=merchant,
+            crypto_currency=data["crypto_currency"],
+            livemode=request_client(request).livemode,
+        ) as reservation:
+            response = self._create(
+                request, quotes=quotes, serializer=serializer, address=reservation.address
+            )
+            if response.status_code == status.HTTP_201_CREATED and not response.has_header(
+                REPLAYED_HEADER
+            ):
+                reservation.keep()  # this request's own payment, committed by the gate
+        return response
 
     @idempotent()
     def _create(
@@ -113,6 +135,7 @@ class PaymentListCreateView(APIView):
         *,
         quotes: dict[str, Quote],
         serializer: PaymentCreateSerializer | None = None,
+        address: AllocatedAddress | None = None,
     ) -> Response:
         merchant = request_client(request).merchant
         if serializer is None:
@@ -141,6 +164,7 @@ class PaymentListCreateView(APIView):
             payment = services.payment_create(
                 quote=quotes.get(data["crypto_currency"]),
                 crypto_currency=data["crypto_currency"],
+                address=address,
                 **common,
             )
         return Response(

@@ -72,6 +72,7 @@ def rate_cache() -> TieredCache[LiveRate]:
         lock_lease=settings.RATE_REFRESH_LEASE.total_seconds(),
         # A cold pair's callers wait for the one refresh rather than answer 503 at once.
         wait_timeout=settings.RATE_PROVIDER_BUDGET.total_seconds(),
+        local_ttl=settings.RATE_CACHE_LOCAL_TTL.total_seconds(),
         clock=lambda: clock.now().timestamp(),
     )
 

@@ -256,3 +256,27 @@ def test_cancel_is_refused_for_a_settled_payment(api):
 
     assert_error(api.post(f"{URL}/{payment_id}/cancel"), 409, "invalid_state_transition")
     assert Payment.objects.get(public_id=payment_id).status == S.SETTLED
+
+
+def test_an_address_reserved_for_a_create_that_made_no_payment_is_given_back(
+    api, merchant, django_capture_on_commit_callbacks
+):
+    from payments.models import AddressIndex
+
+    def post(order_id: str, key: str):
+        body = {"amount": "10.00", "crypto_currency": "LTC", "order_id": order_id}
+        with django_capture_on_commit_callbacks(execute=True):
+            return api.post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+    first = post("o-1", "k-1")
+    refused = post("o-1", "k-2")  # the same order: a 409 after an address was taken for it
+    replayed = post("o-1", "k-1")  # a replay from the database, past the reservation
+    second = post("o-2", "k-3")
+
+    assert (first.status_code, refused.status_code, second.status_code) == (201, 409, 201)
+    assert replayed["Idempotent-Replayed"] == "true"
+    indexes = [
+        Payment.objects.get(public_id=r.json()["id"]).derivation_index for r in (first, second)
+    ]
+    assert indexes == [0, 1]  # the refused and the replayed request's addresses came back
+    assert AddressIndex.objects.get(merchant=merchant, key_space="dev:LTC").next_index == 2

@@ -114,9 +114,9 @@ def test_given_two_processes_allocating_at_once_then_no_index_is_handed_out_twic
 
 
 def test_a_create_costs_eight_statements_at_most(settings):
-    """The API's create path: authentication, then in one transaction the idempotency claim, the
-    address, the payment with its first event, the outbox event and the key's completion; BEGIN
-    and COMMIT are among the captured statements."""
+    """The API's create path: authentication, the address (its own statement), then in one
+    transaction the idempotency claim, the payment with its first event, the outbox event and the
+    key's completion; BEGIN and COMMIT are among the captured statements."""
     from django.test.utils import CaptureQueriesContext
     from rest_framework.test import APIClient
 
@@ -137,3 +137,53 @@ def test_a_create_costs_eight_statements_at_most(settings):
     assert len(statements) <= 8, "\n".join(s[:100] for s in statements)
     assert not any(s.startswith('UPDATE "payments_payment"') for s in statements)
     assert sum(s.startswith("SAVEPOINT") for s in statements) <= 1
+
+
+def test_given_two_processes_creating_through_the_api_at_once_then_no_address_is_shared():
+    """The API takes the address before its transaction (the counter's row is not held to its
+    commit) and gives back the address of a refused create: across processes, no index and no
+    address is ever handed to two payments."""
+    from tests.factories import ApiKeyFactory
+
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    per_process = 30
+    clients = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.payments.api_create_client",
+                secret,
+                str(per_process),
+                tag,
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            env=server_environment({"CRYPTOPAY_DEV_CHAIN": "1"}),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for tag in ("a", "b")
+    ]
+    try:
+        for client in clients:
+            assert json.loads(client.stdout.readline()) == {"ready": True}
+        for client in clients:
+            client.stdin.write("go\n")
+            client.stdin.flush()
+        answers = [json.loads(client.stdout.readline())["answers"] for client in clients]
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+
+    statuses = sorted(status for batch in answers for status, _ in batch)
+    assert statuses == [201] * 40 + [409] * 20
+    payments = Payment.objects.filter(merchant=merchant)
+    assert payments.count() == 40
+    indexes = list(payments.values_list("derivation_index", flat=True))
+    assert len(set(indexes)) == 40
+    assert payments.values("deposit_address").distinct().count() == 40
+    counter = AddressIndex.objects.get(merchant=merchant, key_space="dev:LTC").next_index
+    assert counter > max(indexes)  # gaps (refused creates' indexes) are allowed, reuse is not

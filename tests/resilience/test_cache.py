@@ -179,3 +179,58 @@ def test_with_redis_stopped_the_emergency_level_still_answers(tiered, clock):
         answer = tiered.get("k", source)
 
     assert (answer.level, answer.value, answer.age) == (EMERGENCY, 1, 600)
+
+
+def test_with_a_local_ttl_a_process_reuses_its_read_and_sees_another_process_s_value_after_it(
+    clock,
+):
+    namespace = f"test-cache-{uuid.uuid4().hex}"
+
+    def make() -> TieredCache[int]:
+        return TieredCache(
+            namespace=namespace,
+            ttl=300,
+            emergency_max_age=7200,
+            clock=clock,
+            rand=lambda: 1.0,
+            local_ttl=1.0,
+        )
+
+    here, elsewhere = make(), make()  # two processes sharing one Redis
+    source = Source()
+    assert here.get("k", source).value == 1
+    source.value = 2
+    elsewhere.get("k", source, force_refresh=True)  # the other process stores a newer value
+
+    clock.now += 0.5
+    within = here.get("k", source)
+    clock.now += 0.5
+    after = here.get("k", source)
+
+    assert (within.level, within.value, within.age) == (CACHE, 1, 0.5)  # from memory
+    assert (after.level, after.value) == (CACHE, 2)  # read again from the shared level
+    assert source.calls == 2
+
+
+def test_a_local_copy_is_never_served_past_its_freshness_nor_after_invalidate(clock):
+    tiered = TieredCache(
+        namespace=f"test-cache-{uuid.uuid4().hex}",
+        ttl=300,
+        emergency_max_age=7200,
+        clock=clock,
+        rand=lambda: 1.0,
+        local_ttl=600.0,  # longer than the freshness: the freshness still rules
+    )
+    source = Source()
+    tiered.get("k", source)
+    source.value = 2
+    clock.now += 301
+
+    stale = tiered.get("k", source)  # the memory copy is past ttl: refreshed from the source
+    source.value = 3
+    tiered.invalidate("k")
+    invalidated = tiered.get("k", source)
+
+    assert (stale.level, stale.value) == (LIVE, 2)
+    assert (invalidated.level, invalidated.value) == (LIVE, 3)
+    assert source.calls == 3

@@ -481,3 +481,56 @@ def test_given_a_slow_request_when_it_completes_then_the_row_and_the_redis_copy_
     window_ms = settings.IDEMPOTENCY_EXPIRY // timedelta(milliseconds=1)
     redis_ms = gate._redis.pttl(gate._redis_key("response", "o", "slow"))
     assert window_ms - 1000 < redis_ms <= window_ms
+
+
+def test_a_replay_the_cache_holds_is_answered_after_authentication_alone(
+    api, merchant, django_capture_on_commit_callbacks
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(api)
+    post(api)  # the first replay copies the answer to Redis
+
+    with CaptureQueriesContext(connection) as queries:
+        replayed = post(api)
+
+    assert replayed["Idempotent-Replayed"] == "true"
+    assert replayed.content == first.content
+    # The key's lookup only: no validation, no pricing, no transaction.
+    assert [q["sql"].split('"')[1] for q in queries.captured_queries] == ["payments_apikey"]
+
+
+def test_a_cached_answer_is_never_replayed_to_another_merchant(
+    db, django_capture_on_commit_callbacks
+):
+    first_merchant, other_merchant = MerchantFactory(), MerchantFactory()
+    first_api, other_api = api_client_for(first_merchant), api_client_for(other_merchant)
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(first_api)
+    assert post(first_api)["Idempotent-Replayed"] == "true"  # now in Redis too
+
+    with django_capture_on_commit_callbacks(execute=True):
+        other = post(other_api)  # the same key and body, another merchant's API key
+    other_replayed = post(other_api)
+
+    assert other.status_code == 201
+    assert not other.has_header("Idempotent-Replayed")
+    assert other.json()["id"] != first.json()["id"]
+    assert other_replayed.content == other.content
+    assert Payment.objects.filter(merchant=other_merchant).count() == 1
+    assert Payment.objects.filter(merchant=first_merchant).count() == 1
+
+
+def test_a_cached_answer_of_another_body_is_a_422_before_validation(
+    api, merchant, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        post(api)
+    post(api)
+
+    reused = post(api, body={"amount": "not a number", "crypto_currency": "BTC"})
+
+    assert reused.status_code == 422
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
