@@ -7,9 +7,12 @@ the missing events from the outbox before sending the later one: in order, none 
 Apps subclass ``EventStreamConsumer`` and say who may read which stream (``authorize``); this
 module does the rest.
 
-Every heartbeat a connection also rejoins its Channels group and replays from the outbox what came
-after its position: a Redis restart empties the groups, and a message the dispatcher could not
-hand to the channel layer is then delivered late rather than lost. The heartbeat is one task per
+A server process joins each Channels group once for all its connections of that stream and
+hands each group message to them, encoded once (``notifications.hub``, which says why).
+
+Every heartbeat the process also rejoins its groups and replays from the outbox what came after
+each connection's position: a Redis restart empties the groups, and a message the dispatcher
+could not hand to the channel layer is then delivered late rather than lost. The heartbeat is one task per
 process (per event loop) for all its connections, not one per connection: their registry entries
 are refreshed in one Redis round trip, and one query per heartbeat reads the latest position of
 every payment stream they follow (one per merchant stream), so only a connection that is behind
@@ -47,7 +50,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -57,11 +62,15 @@ import redis
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.db.models import Max
 
 from cryptopay.correlation import bound_correlation_id, correlation_id_from_scope
+from notifications.hub import GroupHub, group_hub, group_hub_forget, hub_of
 from notifications.models import Event
 from notifications.presence import CONNECTIONS, connection_registry
 from resilience import clock
@@ -212,6 +221,7 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
 
     stream_kind = "stream"
     access: StreamAccess | None = None
+    hub: GroupHub | None = None
 
     def authorize(self) -> StreamAccess:
         raise NotImplementedError
@@ -221,7 +231,7 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         # log lines and whatever it causes downstream.
         with bound_correlation_id(correlation_id_from_scope(scope)):
             try:
-                await super().__call__(scope, receive, send)
+                await self._serve(scope, receive, send)
             except (redis.RedisError, OSError) as exc:
                 # The channel layer (Redis) failed under the connection: close it with "try
                 # again later" instead of a crash, before any clean-up that could wait on the
@@ -232,6 +242,33 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
                                 "reason": "try_again: live events briefly unavailable"})  # fmt: skip
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
+            finally:
+                # However it ended (a handler raised, the server cancelled it), the connection
+                # leaves its group's room and the cap: nothing is queued for it any more.
+                if self.access is not None:
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
+
+    async def _serve(self, scope, receive, send) -> None:
+        """Channels' ``AsyncConsumer.__call__`` with a third source of messages: what the
+        process's hub hands this connection from its group (``hub_deliver``)."""
+        self.scope = scope
+        self.base_send = send
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        try:
+            await await_many_dispatch(
+                [receive, self.channel_receive, self.inbox.get], self.dispatch
+            )
+        except StopConsumer:
+            pass
+
+    def hub_deliver(self, message: dict[str, Any], frame: Callable[[int], str]) -> None:
+        """A group message from the hub, queued for this connection's dispatch loop (so it is
+        handled in order with everything else the connection does)."""
+        self.inbox.put_nowait({"type": "event.frame", "message": message, "frame": frame})
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch without its ``aclose_old_connections``: that is a hop to the one
@@ -281,7 +318,8 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         try:
             for name in evicted:
                 await self._evict(name)
-            await self.channel_layer.group_add(access.stream.group, self.channel_name)
+            self.hub = group_hub(self.channel_layer)
+            await self.hub.join(access.stream.group, self)
             _heartbeat_ensure(self.loop)
             await self._subscribe(after=after)
         except BaseException:
@@ -299,27 +337,9 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         await sync_to_async(connection_registry().unregister, thread_sensitive=False)(
             user=self.access.user, connection=self.channel_name
         )
-        try:
-            await asyncio.wait_for(
-                self.channel_layer.group_discard(self.access.stream.group, self.channel_name),
-                timeout=2,
-            )
-        except Exception as exc:
-            logger.info("websocket group_discard failed: %s", exc)
+        if self.hub is not None:
+            await self.hub.leave(self.access.stream.group, self, timeout=2)
         self.access = None
-
-    async def _rejoin(self, timeout: float) -> None:
-        """Join the group again (a Redis restart emptied it); bounded: a channel-layer connection
-        can hang on a lost reply."""
-        if self.access is None:
-            return
-        try:
-            await asyncio.wait_for(
-                self.channel_layer.group_add(self.access.stream.group, self.channel_name),
-                timeout=timeout,
-            )
-        except Exception as exc:  # Redis is down: the outbox still works
-            logger.info("websocket group rejoin failed: %s", exc)
 
     async def _catch_up(self) -> None:
         """Send what the outbox has after our position (dispatched while we missed it)."""
@@ -390,6 +410,19 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         self.position = position
         await self.send_json({"type": "event", "position": position, "event": envelope})
 
+    async def event_frame(self, item: dict[str, Any]) -> None:
+        """A live event from the hub: the next position is sent as the frame the hub encoded
+        once for the whole group; anything else (a gap, a repeat) goes the way of any event."""
+        message = item["message"]
+        if self.access is None:
+            return
+        position = self.access.stream.position(message)
+        if self.position is not None and position == self.position + 1:
+            self.position = position
+            await self.send(text_data=item["frame"](position))
+            return
+        await self.event_message(message)
+
     async def event_message(self, message: dict[str, Any]) -> None:
         """A live event from the dispatcher (group message type ``event.message``)."""
         if self.access is None:
@@ -455,10 +488,6 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
 # (which is Redis, and may be what is down).
 _live: dict[str, EventStreamConsumer] = {}
 
-# Group rejoins in flight at once in a heartbeat: a thousand at once would each take a channel-layer
-# connection from its pool (up to CRYPTOPAY_CHANNELS_MAX_CONNECTIONS) in one burst.
-REJOIN_CONCURRENCY = 20
-
 # The heartbeat task of each event loop that has connections (a server has one loop).
 _beats: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
 
@@ -475,7 +504,7 @@ def _beating(loop: asyncio.AbstractEventLoop) -> list[EventStreamConsumer]:
 
 async def _heartbeat(loop: asyncio.AbstractEventLoop) -> None:
     """Every WEBSOCKET_HEARTBEAT, for every connection of ``loop``: refresh its registry entry,
-    rejoin its group, and catch it up from the outbox if its stream moved past it. Ends when the
+    rejoin its group (once for all the connections of a group), and catch it up from the outbox if its stream moved past it. Ends when the
     loop has no connection left (the next connect starts it again)."""
     registry = connection_registry()
     interval = settings.WEBSOCKET_HEARTBEAT.total_seconds()
@@ -485,29 +514,22 @@ async def _heartbeat(loop: asyncio.AbstractEventLoop) -> None:
         if not consumers:
             if not any(c.loop is loop for c in _live.values()):
                 _beats.pop(loop, None)  # no await since the check: a connect starts a new one
+                group_hub_forget(loop)
                 return
             continue
         try:
             await sync_to_async(registry.refresh_many, thread_sensitive=False)(
                 [(c.access.user, c.channel_name) for c in consumers if c.access is not None]
             )
-            await _rejoin_all(consumers, timeout=interval)
+            hub = hub_of(loop)
+            if hub is not None:
+                await hub.rejoin(timeout=interval)
         except Exception:  # whatever it was, the beat goes on for every connection
             logger.exception("websocket heartbeat failed; next beat in %s s", interval)
         try:
             await _catch_up_behind(consumers)
         except Exception as exc:  # the database is down: next beat
             logger.info("websocket catch-up skipped: %s", exc)
-
-
-async def _rejoin_all(consumers: list[EventStreamConsumer], *, timeout: float) -> None:
-    gate = asyncio.Semaphore(REJOIN_CONCURRENCY)
-
-    async def rejoin(consumer: EventStreamConsumer) -> None:
-        async with gate:
-            await consumer._rejoin(timeout)
-
-    await asyncio.gather(*(rejoin(c) for c in consumers))
 
 
 async def _catch_up_behind(consumers: list[EventStreamConsumer]) -> None:
