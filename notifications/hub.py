@@ -84,7 +84,7 @@ class GroupHub:
                 # one that joins after a Redis restart is live at once, not from the next beat.
                 await self.layer.group_add(group, room.channel)
         except BaseException:
-            await self.leave(group, member)
+            await self._depart(room, member, timeout=2)
             raise
 
     async def _open(self, room: Room) -> None:
@@ -108,15 +108,24 @@ class GroupHub:
         A join racing this one opens a new room (a new channel), so the two never undo each
         other's membership."""
         room = self.rooms.get(group)
-        if room is None:
-            return
+        if room is not None:
+            await self._depart(room, member, timeout=timeout)
+
+    async def _depart(self, room: Room, member: Member, *, timeout: float) -> None:
         room.members.discard(member)
-        if room.members:
+        if room.members or self.rooms.get(room.group) is not room:
             return
-        del self.rooms[group]
+        del self.rooms[room.group]
+        group = room.group
         if room.reader is not None:
             room.reader.cancel()
-        if room.opened is not None and room.opened.done() and not room.opened.exception():
+        opened = room.opened
+        if (
+            opened is not None
+            and opened.done()
+            and not opened.cancelled()
+            and not opened.exception()
+        ):
             try:
                 await asyncio.wait_for(self.layer.group_discard(group, room.channel), timeout)
             except Exception as exc:  # the group's expiry removes the channel in the end

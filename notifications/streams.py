@@ -267,8 +267,12 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
 
     def hub_deliver(self, message: dict[str, Any], frame: Callable[[int], str]) -> None:
         """A group message from the hub, queued for this connection's dispatch loop (so it is
-        handled in order with everything else the connection does)."""
-        self.inbox.put_nowait({"type": "event.frame", "message": message, "frame": frame})
+        handled in order with everything else the connection does). A live event comes with
+        the hub's frame; any other message type is dispatched as a group message would be."""
+        if message.get("type") == "event.message":
+            self.inbox.put_nowait({"type": "event.frame", "message": message, "frame": frame})
+        else:
+            self.inbox.put_nowait(message)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch without its ``aclose_old_connections``: that is a hop to the one
