@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,10 +61,7 @@ import redis
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.layers import get_channel_layer
-from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.db.models import Max
 
@@ -222,6 +218,12 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
     stream_kind = "stream"
     access: StreamAccess | None = None
     hub: GroupHub | None = None
+    hub_reader: asyncio.Task | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Taken by whatever handles a message for this connection (its dispatch, its hub reader).
+        self.turn = asyncio.Lock()
 
     def authorize(self) -> StreamAccess:
         raise NotImplementedError
@@ -231,7 +233,7 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         # log lines and whatever it causes downstream.
         with bound_correlation_id(correlation_id_from_scope(scope)):
             try:
-                await self._serve(scope, receive, send)
+                await super().__call__(scope, receive, send)
             except (redis.RedisError, OSError) as exc:
                 # The channel layer (Redis) failed under the connection: close it with "try
                 # again later" instead of a crash, before any clean-up that could wait on the
@@ -249,36 +251,43 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
                     with contextlib.suppress(BaseException):
                         await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
 
-    async def _serve(self, scope, receive, send) -> None:
-        """Channels' ``AsyncConsumer.__call__`` with a third source of messages: what the
-        process's hub hands this connection from its group (``hub_deliver``)."""
-        self.scope = scope
-        self.base_send = send
-        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        self.channel_name = await self.channel_layer.new_channel()
-        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
-        try:
-            await await_many_dispatch(
-                [receive, self.channel_receive, self.inbox.get], self.dispatch
-            )
-        except StopConsumer:
-            pass
-
     def hub_deliver(self, message: dict[str, Any], frame: Callable[[int], str]) -> None:
-        """A group message from the hub, queued for this connection's dispatch loop (so it is
-        handled in order with everything else the connection does). A live event comes with
-        the hub's frame; any other message type is dispatched as a group message would be."""
+        """A group message from the hub, queued for this connection's reader of the hub
+        (``_read_hub``). A live event comes with the hub's frame; any other message type is
+        dispatched as a group message would be."""
         if message.get("type") == "event.message":
             self.inbox.put_nowait({"type": "event.frame", "message": message, "frame": frame})
         else:
             self.inbox.put_nowait(message)
+
+    async def _read_hub(self) -> None:
+        """Hands what the hub queued to the handlers, one at a time and never while ``dispatch``
+        runs one (``turn``), so a connection's frames go out in the order it decided them. One
+        task per connection waiting on its queue costs a wake-up per event, where a third
+        source in Channels' dispatch loop cost a new task and an ``asyncio.wait`` each time."""
+        while True:
+            message = await self.inbox.get()
+            try:
+                async with self.turn:
+                    await self._handle(message)
+            except Exception:
+                # As when a Channels handler raises, the connection ends; the client resumes.
+                logger.exception("websocket %s: a live event failed", self.stream_kind)
+                with contextlib.suppress(Exception):
+                    await self.close(code=CLOSE_TRY_AGAIN, reason="try_again: live events failed")
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
+                return
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch without its ``aclose_old_connections``: that is a hop to the one
         sync thread for every message, so one group message fanned out to a thousand connections
         of a process queued a thousand hops behind each other. Every database read here goes
         through ``database_sync_to_async``, which closes stale connections around itself."""
+        async with self.turn:
+            await self._handle(message)
+
+    async def _handle(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -322,6 +331,8 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         try:
             for name in evicted:
                 await self._evict(name)
+            self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            self.hub_reader = asyncio.ensure_future(self._read_hub())
             self.hub = group_hub(self.channel_layer)
             await self.hub.join(access.stream.group, self)
             _heartbeat_ensure(self.loop)
@@ -341,6 +352,9 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         await sync_to_async(connection_registry().unregister, thread_sensitive=False)(
             user=self.access.user, connection=self.channel_name
         )
+        if self.hub_reader is not None and self.hub_reader is not asyncio.current_task():
+            self.hub_reader.cancel()
+        self.hub_reader = None
         if self.hub is not None:
             await self.hub.leave(self.access.stream.group, self, timeout=2)
         self.access = None
@@ -552,9 +566,10 @@ async def _catch_up_behind(consumers: list[EventStreamConsumer]) -> None:
         after = min(c.position or 0 for c in group)
         replay = await database_sync_to_async(stream_replay)(stream=stream, after=after)
         for c in group:
-            if replay.refetch:
-                await c._catch_up()
-                continue
-            for position, envelope in replay.events:
-                if c.access is not None:
-                    await c._send_event(position, envelope)
+            async with c.turn:  # not between two frames its hub reader is sending
+                if replay.refetch:
+                    await c._catch_up()
+                    continue
+                for position, envelope in replay.events:
+                    if c.access is not None:
+                        await c._send_event(position, envelope)
