@@ -7,9 +7,9 @@ but then hands it to every consumer through the layer's receive: each consumer's
 (two new tasks and a lock race per consumer per message), and each consumer encodes the same JSON
 frame. With a thousand buyers on one payment that was most of the ~0.4 ms of server CPU per
 socket per event. Here a process joins each group once, with a channel of its own (a "room")
-read by one task; a message is encoded once and handed to the local consumers of that group
-through a queue each, which their own dispatch loop reads, so what is left per socket is that
-hand-over and the socket write.
+read by one task; a message is encoded once and put on the queue of each local consumer of that
+group, which one task per consumer reads in turn with its Channels dispatch, so what is left per
+socket is that wake-up and the socket write.
 
 Why not channels-redis's ``RedisPubSubChannelLayer``, which also receives a group message once
 per process: it subscribes every consumer's channel in Redis (a thousand SUBSCRIBEs for a thousand
