@@ -12,13 +12,14 @@ hands each group message to them, encoded once (``notifications.hub``, which say
 
 Every heartbeat the process also rejoins its groups and replays from the outbox what came after
 each connection's position: a Redis restart empties the groups, and a message the dispatcher
-could not hand to the channel layer is then delivered late rather than lost. The heartbeat is one task per
-process (per event loop) for all its connections, not one per connection: their registry entries
-are refreshed in one Redis round trip, and one query per heartbeat reads the latest position of
-every payment stream they follow (one per merchant stream), so only a connection that is behind
-reads the outbox, and the connections behind on one stream share one read. A thousand buyers
-watching one payment then cost one query a beat instead of two thousand, which would otherwise
-queue in the database thread in front of everything else the process does.
+could not hand to the channel layer is then delivered late rather than lost. The heartbeat is
+one task per process (per event loop) for all its connections, not one per connection: their
+registry entries are refreshed in one Redis round trip, and one query per heartbeat reads the
+latest position of every payment stream they follow (one per merchant stream), so only a
+connection that is behind reads the outbox, and the connections behind on one stream share one
+read. A thousand buyers watching one payment then cost one query a beat instead of two
+thousand, which would otherwise queue in the database thread in front of everything else the
+process does.
 
 Protocol (JSON text frames):
 
@@ -283,7 +284,8 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         """Channels' dispatch without its ``aclose_old_connections``: that is a hop to the one
         sync thread for every message, so one group message fanned out to a thousand connections
         of a process queued a thousand hops behind each other. Every database read here goes
-        through ``database_sync_to_async``, which closes stale connections around itself."""
+        through ``database_sync_to_async``, which closes stale connections around itself.
+        Handled in turn with the hub's messages (``_read_hub``)."""
         async with self.turn:
             await self._handle(message)
 
@@ -522,8 +524,9 @@ def _beating(loop: asyncio.AbstractEventLoop) -> list[EventStreamConsumer]:
 
 async def _heartbeat(loop: asyncio.AbstractEventLoop) -> None:
     """Every WEBSOCKET_HEARTBEAT, for every connection of ``loop``: refresh its registry entry,
-    rejoin its group (once for all the connections of a group), and catch it up from the outbox if its stream moved past it. Ends when the
-    loop has no connection left (the next connect starts it again)."""
+    rejoin its group (once for all the connections of a group), and catch it up from the outbox
+    if its stream moved past it. Ends when the loop has no connection left (the next connect
+    starts it again)."""
     registry = connection_registry()
     interval = settings.WEBSOCKET_HEARTBEAT.total_seconds()
     while True:
