@@ -28,9 +28,10 @@ For each server kind, daphne first and then uvicorn, in the same run:
    t0, then ``payment_transition`` (pending <-> processing, alternating; the event is written to
    the outbox in the same transaction), then ``dispatch_events`` on that event: the real path of
    the dispatcher, ``channel_layer.group_send`` through channels-redis to the groups
-   ``payment.<id>`` and ``merchant.<id>``. channels-redis puts ONE message on the server process's
-   Redis key listing every channel of the group; the server fans it out to its consumers in
-   process, each of which sends ``{"type": "event", "position": P, "event": {...}}``. Each
+   ``payment.<id>`` and ``merchant.<id>``. The server process is in the group once (its hub,
+   ``notifications/hub.py``), so channels-redis puts ONE message on that process's Redis key;
+   the hub hands it to the process's consumers of that payment, each of which sends
+   ``{"type": "event", "position": P, "event": {...}}`` as the frame the hub encoded once. Each
    client timestamps every frame as it reads it and matches it to the round by the event's id.
    Latency = receipt - t0, for every client and round (``--clients`` x ``--rounds`` samples,
    nearest-rank percentiles). Messages/s = received / (last receipt - t0), averaged over rounds.

@@ -7,15 +7,19 @@ the missing events from the outbox before sending the later one: in order, none 
 Apps subclass ``EventStreamConsumer`` and say who may read which stream (``authorize``); this
 module does the rest.
 
-Every heartbeat a connection also rejoins its Channels group and replays from the outbox what came
-after its position: a Redis restart empties the groups, and a message the dispatcher could not
-hand to the channel layer is then delivered late rather than lost. The heartbeat is one task per
-process (per event loop) for all its connections, not one per connection: their registry entries
-are refreshed in one Redis round trip, and one query per heartbeat reads the latest position of
-every payment stream they follow (one per merchant stream), so only a connection that is behind
-reads the outbox, and the connections behind on one stream share one read. A thousand buyers
-watching one payment then cost one query a beat instead of two thousand, which would otherwise
-queue in the database thread in front of everything else the process does.
+A server process joins each Channels group once for all its connections of that stream and
+hands each group message to them, encoded once (``notifications.hub``, which says why).
+
+Every heartbeat the process also rejoins its groups and replays from the outbox what came after
+each connection's position: a Redis restart empties the groups, and a message the dispatcher
+could not hand to the channel layer is then delivered late rather than lost. The heartbeat is
+one task per process (per event loop) for all its connections, not one per connection: their
+registry entries are refreshed in one Redis round trip, and one query per heartbeat reads the
+latest position of every payment stream they follow (one per merchant stream), so only a
+connection that is behind reads the outbox, and the connections behind on one stream share one
+read. A thousand buyers watching one payment then cost one query a beat instead of two
+thousand, which would otherwise queue in the database thread in front of everything else the
+process does.
 
 Protocol (JSON text frames):
 
@@ -48,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -62,6 +67,7 @@ from django.conf import settings
 from django.db.models import Max
 
 from cryptopay.correlation import bound_correlation_id, correlation_id_from_scope
+from notifications.hub import GroupHub, group_hub, group_hub_forget, hub_of
 from notifications.models import Event
 from notifications.presence import CONNECTIONS, connection_registry
 from resilience import clock
@@ -212,6 +218,13 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
 
     stream_kind = "stream"
     access: StreamAccess | None = None
+    hub: GroupHub | None = None
+    hub_reader: asyncio.Task | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Taken by whatever handles a message for this connection (its dispatch, its hub reader).
+        self.turn = asyncio.Lock()
 
     def authorize(self) -> StreamAccess:
         raise NotImplementedError
@@ -232,12 +245,51 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
                                 "reason": "try_again: live events briefly unavailable"})  # fmt: skip
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
+            finally:
+                # However it ended (a handler raised, the server cancelled it), the connection
+                # leaves its group's room and the cap: nothing is queued for it any more.
+                if self.access is not None:
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
+
+    def hub_deliver(self, message: dict[str, Any], frame: Callable[[int], str]) -> None:
+        """A group message from the hub, queued for this connection's reader of the hub
+        (``_read_hub``). A live event comes with the hub's frame; any other message type is
+        dispatched as a group message would be."""
+        if message.get("type") == "event.message":
+            self.inbox.put_nowait({"type": "event.frame", "message": message, "frame": frame})
+        else:
+            self.inbox.put_nowait(message)
+
+    async def _read_hub(self) -> None:
+        """Hands what the hub queued to the handlers, one at a time and never while ``dispatch``
+        runs one (``turn``), so a connection's frames go out in the order it decided them. One
+        task per connection waiting on its queue costs a wake-up per event, where a third
+        source in Channels' dispatch loop cost a new task and an ``asyncio.wait`` each time."""
+        while True:
+            message = await self.inbox.get()
+            try:
+                async with self.turn:
+                    await self._handle(message)
+            except Exception:
+                # As when a Channels handler raises, the connection ends; the client resumes.
+                logger.exception("websocket %s: a live event failed", self.stream_kind)
+                with contextlib.suppress(Exception):
+                    await self.close(code=CLOSE_TRY_AGAIN, reason="try_again: live events failed")
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.disconnect(CLOSE_TRY_AGAIN), timeout=5)
+                return
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch without its ``aclose_old_connections``: that is a hop to the one
         sync thread for every message, so one group message fanned out to a thousand connections
         of a process queued a thousand hops behind each other. Every database read here goes
-        through ``database_sync_to_async``, which closes stale connections around itself."""
+        through ``database_sync_to_async``, which closes stale connections around itself.
+        Handled in turn with the hub's messages (``_read_hub``)."""
+        async with self.turn:
+            await self._handle(message)
+
+    async def _handle(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -281,7 +333,10 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         try:
             for name in evicted:
                 await self._evict(name)
-            await self.channel_layer.group_add(access.stream.group, self.channel_name)
+            self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            self.hub_reader = asyncio.ensure_future(self._read_hub())
+            self.hub = group_hub(self.channel_layer)
+            await self.hub.join(access.stream.group, self)
             _heartbeat_ensure(self.loop)
             await self._subscribe(after=after)
         except BaseException:
@@ -299,27 +354,12 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         await sync_to_async(connection_registry().unregister, thread_sensitive=False)(
             user=self.access.user, connection=self.channel_name
         )
-        try:
-            await asyncio.wait_for(
-                self.channel_layer.group_discard(self.access.stream.group, self.channel_name),
-                timeout=2,
-            )
-        except Exception as exc:
-            logger.info("websocket group_discard failed: %s", exc)
+        if self.hub_reader is not None and self.hub_reader is not asyncio.current_task():
+            self.hub_reader.cancel()
+        self.hub_reader = None
+        if self.hub is not None:
+            await self.hub.leave(self.access.stream.group, self, timeout=2)
         self.access = None
-
-    async def _rejoin(self, timeout: float) -> None:
-        """Join the group again (a Redis restart emptied it); bounded: a channel-layer connection
-        can hang on a lost reply."""
-        if self.access is None:
-            return
-        try:
-            await asyncio.wait_for(
-                self.channel_layer.group_add(self.access.stream.group, self.channel_name),
-                timeout=timeout,
-            )
-        except Exception as exc:  # Redis is down: the outbox still works
-            logger.info("websocket group rejoin failed: %s", exc)
 
     async def _catch_up(self) -> None:
         """Send what the outbox has after our position (dispatched while we missed it)."""
@@ -390,6 +430,19 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
         self.position = position
         await self.send_json({"type": "event", "position": position, "event": envelope})
 
+    async def event_frame(self, item: dict[str, Any]) -> None:
+        """A live event from the hub: the next position is sent as the frame the hub encoded
+        once for the whole group; anything else (a gap, a repeat) goes the way of any event."""
+        message = item["message"]
+        if self.access is None:
+            return
+        position = self.access.stream.position(message)
+        if self.position is not None and position == self.position + 1:
+            self.position = position
+            await self.send(text_data=item["frame"](position))
+            return
+        await self.event_message(message)
+
     async def event_message(self, message: dict[str, Any]) -> None:
         """A live event from the dispatcher (group message type ``event.message``)."""
         if self.access is None:
@@ -455,10 +508,6 @@ class EventStreamConsumer(AsyncJsonWebsocketConsumer):
 # (which is Redis, and may be what is down).
 _live: dict[str, EventStreamConsumer] = {}
 
-# Group rejoins in flight at once in a heartbeat: a thousand at once would each take a channel-layer
-# connection from its pool (up to CRYPTOPAY_CHANNELS_MAX_CONNECTIONS) in one burst.
-REJOIN_CONCURRENCY = 20
-
 # The heartbeat task of each event loop that has connections (a server has one loop).
 _beats: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
 
@@ -475,8 +524,9 @@ def _beating(loop: asyncio.AbstractEventLoop) -> list[EventStreamConsumer]:
 
 async def _heartbeat(loop: asyncio.AbstractEventLoop) -> None:
     """Every WEBSOCKET_HEARTBEAT, for every connection of ``loop``: refresh its registry entry,
-    rejoin its group, and catch it up from the outbox if its stream moved past it. Ends when the
-    loop has no connection left (the next connect starts it again)."""
+    rejoin its group (once for all the connections of a group), and catch it up from the outbox
+    if its stream moved past it. Ends when the loop has no connection left (the next connect
+    starts it again)."""
     registry = connection_registry()
     interval = settings.WEBSOCKET_HEARTBEAT.total_seconds()
     while True:
@@ -485,29 +535,22 @@ async def _heartbeat(loop: asyncio.AbstractEventLoop) -> None:
         if not consumers:
             if not any(c.loop is loop for c in _live.values()):
                 _beats.pop(loop, None)  # no await since the check: a connect starts a new one
+                group_hub_forget(loop)
                 return
             continue
         try:
             await sync_to_async(registry.refresh_many, thread_sensitive=False)(
                 [(c.access.user, c.channel_name) for c in consumers if c.access is not None]
             )
-            await _rejoin_all(consumers, timeout=interval)
+            hub = hub_of(loop)
+            if hub is not None:
+                await hub.rejoin(timeout=interval)
         except Exception:  # whatever it was, the beat goes on for every connection
             logger.exception("websocket heartbeat failed; next beat in %s s", interval)
         try:
             await _catch_up_behind(consumers)
         except Exception as exc:  # the database is down: next beat
             logger.info("websocket catch-up skipped: %s", exc)
-
-
-async def _rejoin_all(consumers: list[EventStreamConsumer], *, timeout: float) -> None:
-    gate = asyncio.Semaphore(REJOIN_CONCURRENCY)
-
-    async def rejoin(consumer: EventStreamConsumer) -> None:
-        async with gate:
-            await consumer._rejoin(timeout)
-
-    await asyncio.gather(*(rejoin(c) for c in consumers))
 
 
 async def _catch_up_behind(consumers: list[EventStreamConsumer]) -> None:
@@ -526,9 +569,10 @@ async def _catch_up_behind(consumers: list[EventStreamConsumer]) -> None:
         after = min(c.position or 0 for c in group)
         replay = await database_sync_to_async(stream_replay)(stream=stream, after=after)
         for c in group:
-            if replay.refetch:
-                await c._catch_up()
-                continue
-            for position, envelope in replay.events:
-                if c.access is not None:
-                    await c._send_event(position, envelope)
+            async with c.turn:  # not between two frames its hub reader is sending
+                if replay.refetch:
+                    await c._catch_up()
+                    continue
+                for position, envelope in replay.events:
+                    if c.access is not None:
+                        await c._send_event(position, envelope)

@@ -56,7 +56,8 @@ class PaymentStreamConsumer(EventStreamConsumer):
         while self.access is not None:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):  # the database is busy: the next round
-                await self._catch_up()
+                async with self.turn:
+                    await self._catch_up()
 
     def authorize(self) -> StreamAccess:
         token = self.query_param("token")

@@ -148,3 +148,22 @@ def test_given_a_dead_process_when_stats_are_read_then_its_connections_are_gone(
 
     assert reader.stats().per_user == {}
     assert reader.cleanup() == 0  # already pruned on read
+
+
+def test_given_redis_lost_the_registry_when_the_heartbeat_refreshes_many_users_then_each_counts_its_own_again(
+    registry, frozen_clock
+):
+    """One heartbeat writes each user's keys once for all its connections, none in another's."""
+    for user, connection in [("u1", "a"), ("u1", "b"), ("u2", "c"), ("u1", "d")]:
+        registry.register(user=user, connection=connection, limit=5)
+        frozen_clock.advance(timedelta(seconds=1))
+    client = registry._redis()
+    client.delete(*client.keys(f"{registry.prefix}:*"))  # what a Redis restart leaves
+    assert registry.stats().per_user == {}
+
+    gone = registry.refresh_many([("u1", "a"), ("u1", "b"), ("u2", "c"), ("u1", "d"), ("u2", "x")])
+
+    assert gone == {("u2", "x")}  # never registered here: not brought back
+    assert registry.stats().per_user == {"u1": 3, "u2": 1}
+    assert registry.register(user="u2", connection="e", limit=2) == []
+    assert registry.register(user="u2", connection="f", limit=2) == ["c"]

@@ -569,3 +569,30 @@ def test_given_a_lost_message_on_the_merchant_stream_when_the_next_arrives_then_
         await socket.disconnect()
 
     run(scenario())
+
+
+def test_given_three_buyers_on_one_process_then_the_process_is_in_the_payments_group_once_until_the_last_leaves():
+    """The process's hub holds the group membership for all its connections of the stream."""
+    payment = make_payment()
+
+    async def scenario():
+        group_key = get_channel_layer()._group_key(f"payment.{payment.public_id}")
+        redis = fast_fail_client(django_settings.REDIS_URL)
+        sockets = [await open_socket(checkout_path(payment)) for _ in range(3)]
+        for socket in sockets:
+            assert (await socket.receive_json_from(timeout=5))["type"] == "subscribed"
+        assert redis.zcard(group_key) == 1
+
+        event = await change_status(payment, "processing")
+        await dispatch(event)
+        for socket in sockets:
+            message = await socket.receive_json_from(timeout=5)
+            assert (message["position"], message["event"]["id"]) == (2, event.public_id)
+
+        for socket in sockets[:2]:
+            await socket.disconnect()
+        assert redis.zcard(group_key) == 1
+        await sockets[2].disconnect()
+        assert redis.zcard(group_key) == 0
+
+    run(scenario())

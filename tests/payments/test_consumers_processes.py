@@ -158,3 +158,95 @@ def test_given_a_connection_idle_longer_than_10_s_when_an_event_is_dispatched_th
 
         asyncio.run(scenario())
         assert "Traceback" not in server.output()
+
+
+# More tabs of one checkout link than the default cap (5 per payment) allows, in every process.
+MANY = {"CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER": "20"}
+
+
+def _change_and_dispatch(payment: Payment, to_status: str) -> Event:
+    try:
+        payment_transition(
+            payment=Payment.objects.get(pk=payment.pk), to_status=to_status, reason="test"
+        )
+        event = Event.objects.filter(subject=payment.public_id).order_by("-sequence").first()
+        assert event is not None
+        assert dispatch_events(event_ids=[event.pk]) == 1
+        return event
+    finally:
+        connections.close_all()  # this thread's connection would pin the test database
+
+
+async def next_event(socket) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    message = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
+    assert message["type"] == "event", message
+    return message["position"], message["event"]["id"]
+
+
+def test_given_buyers_of_two_payments_on_two_processes_when_one_payment_changes_then_each_of_its_buyers_gets_it_once_and_no_other_buyer_does(
+    tmp_path,
+):
+    """Each process is in the payment's group once (its hub) and hands the event to its own
+    connections of that payment only; uvicorn (``manage.py serve``) and daphne alike."""
+    merchant = MerchantFactory()
+    watched, other = make_payment(merchant=merchant), make_payment(merchant=merchant)
+
+    def path(payment: Payment) -> str:
+        return f"/ws/payments/{payment.public_id}/?token={payment.checkout_token}"
+
+    with asgi_server(tmp_path, env=MANY) as a, asgi_server(tmp_path, kind="daphne", env=MANY) as b:
+
+        async def scenario() -> None:
+            buyers = [await open_stream(s.ws_url + path(watched)) for s in (a, b) for _ in range(4)]
+            others = [await open_stream(s.ws_url + path(other)) for s in (a, b) for _ in range(2)]
+
+            first = await asyncio.to_thread(_change_and_dispatch, watched, "processing")
+            second = await asyncio.to_thread(_change_and_dispatch, watched, "pending")
+            for socket in buyers:
+                assert [await next_event(socket) for _ in range(2)] == [
+                    (2, first.public_id),
+                    (3, second.public_id),
+                ]
+            # The other payment's buyers got nothing of it: their next frame is their own event.
+            theirs = await asyncio.to_thread(_change_and_dispatch, other, "processing")
+            for socket in others:
+                assert await next_event(socket) == (2, theirs.public_id)
+            for socket in [*buyers, *others]:
+                await socket.close()
+
+        asyncio.run(scenario())
+        assert "Traceback" not in a.output() + b.output()
+
+
+def test_given_buyers_whose_connections_die_when_the_payment_changes_then_every_other_buyer_still_gets_it(
+    tmp_path,
+):
+    """Connections cut without a closing handshake (a browser killed, a network gone) are still
+    perhaps in their process's room when the event comes; the others of that room and of the other
+    process get it, and the next one too."""
+    payment = make_payment()
+    path = f"/ws/payments/{payment.public_id}/?token={payment.checkout_token}"
+
+    with asgi_server(tmp_path, env=MANY) as a, asgi_server(tmp_path, kind="daphne", env=MANY) as b:
+
+        async def scenario() -> None:
+            on_a = [await open_stream(a.ws_url + path) for _ in range(6)]
+            on_b = [await open_stream(b.ws_url + path) for _ in range(3)]
+            dying, living = on_a[::2], [*on_a[1::2], *on_b]
+            for socket in dying:
+                socket.transport.abort()
+
+            first = await asyncio.to_thread(_change_and_dispatch, payment, "processing")
+            for socket in living:
+                assert await next_event(socket) == (2, first.public_id)
+            second = await asyncio.to_thread(_change_and_dispatch, payment, "pending")
+            for socket in living:
+                assert await next_event(socket) == (3, second.public_id)
+            # Heard of since: a new buyer on the process that lost three joins the same room.
+            late = await open_stream(a.ws_url + path)
+            third = await asyncio.to_thread(_change_and_dispatch, payment, "processing")
+            for socket in [*living, late]:
+                assert await next_event(socket) == (4, third.public_id)
+                await socket.close()
+
+        asyncio.run(scenario())
