@@ -85,6 +85,8 @@ class Merchant(models.Model):
         validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "A colour such as #1a7f5a.")],
         help_text="Accent colour of the checkout page, #rrggbb (empty: the default green).",
     )
+    # Up to CRYPTOPAY_MERCHANT_LOGO_MAX_BYTES: the queries that join a merchant on every request
+    # (API keys, checkout, streams, the watcher's locks) defer it; the logo view and admin read it.
     logo = models.BinaryField(null=True, blank=True, editable=False)
     logo_content_type = models.CharField(max_length=20, blank=True, editable=False)
     support_url = models.URLField(

@@ -255,7 +255,12 @@ def checkout_state(payment: Payment) -> dict[str, Any]:
 
 def _payment_for(request: HttpRequest, payment_id: str) -> Payment:
     token = request.GET.get("token", "")
-    payment = Payment.objects.select_related("merchant").filter(public_id=payment_id).first()
+    payment = (
+        Payment.objects.select_related("merchant")
+        .defer("merchant__logo")
+        .filter(public_id=payment_id)
+        .first()
+    )
     # One answer for "no such payment" and "wrong token": the page must not confirm ids.
     if payment is None or not token or not constant_time_compare(payment.checkout_token, token):
         raise Http404("No such checkout.")
