@@ -278,12 +278,15 @@ class Counts:
         from django.db import connections
 
         counts = self
-        connection = self._connection = connections["default"]
+        connection = connections["default"]
         self._wrapper = connection.execute_wrapper(self._statement)
         self._wrapper.__enter__()
+        # The backend class as Any: _commit/_rollback are privates the type stubs do not declare.
+        backend: Any = type(connection)
+        self._backend = backend
         self._original_send = redis.connection.AbstractConnection.send_packed_command
-        self._original_commit = type(connection)._commit
-        self._original_rollback = type(connection)._rollback
+        self._original_commit = backend._commit
+        self._original_rollback = backend._rollback
         original_send, original_commit = self._original_send, self._original_commit
         original_rollback = self._original_rollback
 
@@ -307,8 +310,8 @@ class Counts:
             return original_rollback(wrapper)
 
         redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
-        type(connection)._commit = commit  # type: ignore[method-assign]
-        type(connection)._rollback = rollback  # type: ignore[method-assign]
+        backend._commit = commit
+        backend._rollback = rollback
         return self
 
     def _statement(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
@@ -319,8 +322,8 @@ class Counts:
         import redis
 
         redis.connection.AbstractConnection.send_packed_command = self._original_send  # type: ignore[method-assign]
-        type(self._connection)._commit = self._original_commit  # type: ignore[attr-defined]  # a private of the backend the stubs omit
-        type(self._connection)._rollback = self._original_rollback  # type: ignore[attr-defined]  # a private of the backend the stubs omit
+        self._backend._commit = self._original_commit
+        self._backend._rollback = self._original_rollback
         self._wrapper.__exit__(None, None, None)
 
 

@@ -52,6 +52,33 @@ def create(merchant, order_id=None):
     )
 
 
+def released_together(modules: list[list[str]]) -> list[dict]:
+    """Start one process per ``[module, *args]``, wait until each says it is ready, release them
+    at once, and return each one's answer (a JSON line): two processes racing for real."""
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-m", *module],
+            cwd=Path(__file__).resolve().parents[2],
+            env=server_environment({"CRYPTOPAY_DEV_CHAIN": "1"}),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for module in modules
+    ]
+    try:
+        for client in clients:
+            assert json.loads(client.stdout.readline()) == {"ready": True}
+        for client in clients:
+            client.stdin.write("go\n")
+            client.stdin.flush()
+        return [json.loads(client.stdout.readline()) for client in clients]
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+
+
 def test_concurrent_creations_never_share_an_address_or_index():
     merchant = MerchantFactory()
 
@@ -79,34 +106,12 @@ def test_concurrent_creations_with_one_order_id_make_exactly_one_payment():
 def test_given_two_processes_allocating_at_once_then_no_index_is_handed_out_twice(settings):
     merchant = MerchantFactory()
     per_process = 40
-    clients = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.payments.address_client",
-                str(merchant.pk),
-                str(per_process),
-            ],
-            cwd=Path(__file__).resolve().parents[2],
-            env=server_environment({"CRYPTOPAY_DEV_CHAIN": "1"}),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+    answers = [
+        answer["indexes"]
+        for answer in released_together(
+            [["tests.payments.address_client", str(merchant.pk), str(per_process)]] * 2
         )
-        for _ in range(2)
     ]
-    try:
-        for client in clients:
-            assert json.loads(client.stdout.readline()) == {"ready": True}
-        for client in clients:
-            client.stdin.write("go\n")
-            client.stdin.flush()
-        answers = [json.loads(client.stdout.readline())["indexes"] for client in clients]
-    finally:
-        for client in clients:
-            client.kill()
-            client.wait()
 
     handed_out = answers[0] + answers[1]
     assert sorted(handed_out) == list(range(2 * per_process))
@@ -148,35 +153,15 @@ def test_given_two_processes_creating_through_the_api_at_once_then_no_address_is
     merchant = MerchantFactory()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     per_process = 30
-    clients = [
-        subprocess.Popen(
+    answers = [
+        answer["answers"]
+        for answer in released_together(
             [
-                sys.executable,
-                "-m",
-                "tests.payments.api_create_client",
-                secret,
-                str(per_process),
-                tag,
-            ],
-            cwd=Path(__file__).resolve().parents[2],
-            env=server_environment({"CRYPTOPAY_DEV_CHAIN": "1"}),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+                ["tests.payments.api_create_client", secret, str(per_process), tag]
+                for tag in ("a", "b")
+            ]
         )
-        for tag in ("a", "b")
     ]
-    try:
-        for client in clients:
-            assert json.loads(client.stdout.readline()) == {"ready": True}
-        for client in clients:
-            client.stdin.write("go\n")
-            client.stdin.flush()
-        answers = [json.loads(client.stdout.readline())["answers"] for client in clients]
-    finally:
-        for client in clients:
-            client.kill()
-            client.wait()
 
     statuses = sorted(status for batch in answers for status, _ in batch)
     assert statuses == [201] * 40 + [409] * 20
