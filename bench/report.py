@@ -109,7 +109,7 @@ BENCHES = (
         "ws_fanout",
         (),
         ("--quick",),
-        "WebSocket fan-out of one status change to many buyers, daphne vs uvicorn",
+        "WebSocket fan-out of one status change to many buyers, daphne vs uvicorn vs the gateway",
     ),
     Bench(
         "api_throughput",

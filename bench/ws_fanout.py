@@ -1,7 +1,9 @@
-"""Live WebSocket fan-out: one payment's status change to 1,000 connected buyers, daphne vs uvicorn.
+"""Live WebSocket fan-out: one payment's status change to 1,000 connected buyers, daphne vs uvicorn vs
+the gateway (``manage.py serve``).
 
     .venv/bin/python -m bench.ws_fanout [--clients 1000] [--rounds 20] [--concurrency 100]
-        [--timeout 5] [--servers daphne,uvicorn] [--no-compression] [--log-dir DIR] [--quick]
+        [--timeout 5] [--servers daphne,uvicorn,gateway] [--no-compression] [--log-dir DIR]
+        [--quick]
 
 ``--quick`` is a smoke run: 50 clients, 3 rounds. About 90 s for the default run on 2 cores.
 
@@ -9,10 +11,12 @@ Runs against PostgreSQL and Redis (DATABASE_URL / REDIS_URL, defaulting to the t
 scratch database ``cryptopay_wsfanout_<pid>`` created for the run and dropped at the end, with Redis
 keys under a per-run prefix (channel layer, connection registry, queues, cache) deleted at the end.
 
-For each server kind, daphne first and then uvicorn, in the same run:
+For each server kind, daphne first, then uvicorn, then the gateway, in the same run:
 
-1. ONE server process is started on ``cryptopay.asgi:application`` (daphne with its defaults, the
-   Procfile's server; uvicorn with ``--ws websockets --lifespan off``, as testing/servers.py), with
+1. ONE server process is started on ``cryptopay.asgi:application`` (daphne with its defaults;
+   uvicorn's bare command line with ``--ws websockets --lifespan off``, as testing/servers.py; the
+   gateway, ``manage.py serve`` with ``WEB_CONCURRENCY=1``: uvicorn with the production settings of
+   cryptopay/server.py, which is what the Procfile and the container run), with
    the scratch database and the run's Redis prefixes, DEBUG=0, LOG_LEVEL=WARNING and
    ``CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER=100000``: the per-user cap (default 5) is keyed per
    payment for buyer streams, so with the default every connection after the 5th would evict an
@@ -58,7 +62,7 @@ Also printed: what each server logged (daphne's access log is on by default and 
 by phase (start, connect, rounds, close: the bench writes a marker line into the log), with
 exception summaries first; and a warning if Redis restarted during a server's run (its run_id
 changed), which voids that server's figures. Last, a ``RESULT {json}`` line (bench/results.py)
-when that module is present: uvicorn's figures against daphne's.
+when that module is present: uvicorn's and the gateway's figures against daphne's.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ from testing.scratch import scratch_environment
 from testing.servers import server_command
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("daphne", "uvicorn")
+SERVERS = ("daphne", "uvicorn", "gateway")
 MAX_CONNECTIONS_PER_USER = "100000"
 PAUSE = 0.1  # seconds between rounds
 # daphne's access log (on by default): "127.0.0.1:5555 - - [date] "WSCONNECT /ws/…" - -"
@@ -169,6 +173,8 @@ def asgi_server(kind: str, log_dir: Path) -> Iterator[Server]:
         **os.environ,
         "CRYPTOPAY_WS_MAX_CONNECTIONS_PER_USER": MAX_CONNECTIONS_PER_USER,
         "PYTHONUNBUFFERED": "1",
+        # The gateway runs one worker per core by default; the bench measures ONE process.
+        "WEB_CONCURRENCY": "1",
     }
     command = server_command(kind, port)
     # On Linux the server also gets SIGKILL if this process dies, so none outlives a killed bench.
@@ -505,17 +511,19 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"  {r.kind:8} {len(r.latencies):8d} {s['p50']:8.1f} {s['p95']:8.1f} {s['p99']:8.1f} "
             f"{s['max']:8.1f} {s['rate']:8.0f} {r.lost:5d} {r.duplicates:4d} {len(r.closed):6d}"
         )
-    if len(results) == 2:
-        a, b = sums[results[0].kind], sums[results[1].kind]
+    base = results[0]
 
-        def ratio(key: str) -> str:
-            return f"{b[key] / a[key]:.2f}x" if a[key] else "n/a"
+    def ratio(other: Result, key: str) -> str:
+        a, b = sums[base.kind][key], sums[other.kind][key]
+        return f"{b / a:.2f}x" if a else "n/a"
 
-        cpu = [mean(r.server_cpu_ms) for r in results]
+    for compared in results[1:]:
+        cpu = mean(compared.server_cpu_ms) / mean(base.server_cpu_ms)
         print(
-            f"  {results[1].kind}/{results[0].kind}: p50 {ratio('p50')}, p95 {ratio('p95')}, "
-            f"p99 {ratio('p99')}, max {ratio('max')}, msgs/s {ratio('rate')}, "
-            f"connect wall {ratio('connect_s')}, server CPU per round {cpu[1] / cpu[0]:.2f}x"
+            f"  {compared.kind}/{base.kind}: p50 {ratio(compared, 'p50')}, "
+            f"p95 {ratio(compared, 'p95')}, p99 {ratio(compared, 'p99')}, "
+            f"max {ratio(compared, 'max')}, msgs/s {ratio(compared, 'rate')}, "
+            f"connect wall {ratio(compared, 'connect_s')}, server CPU per round {cpu:.2f}x"
         )
     print("Where the time goes: median per round, ms from t0; CPU ms per round (mean)")
     print(
@@ -589,7 +597,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100, help="connects in flight at most")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait per round")
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help="comma-separated: daphne,uvicorn"
+        "--servers", default=",".join(SERVERS), help="comma-separated: daphne,uvicorn,gateway"
     )
     parser.add_argument(
         "--no-compression", action="store_true", help="clients do not offer permessage-deflate"
