@@ -10,14 +10,14 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from accounts import services
+from accounts import selectors, services
 from accounts.models import ApiKey, ApiKeyScope, Merchant
 from cryptopay.admin_modes import ModeAdminMixin, form_livemode, mode_choice, mode_filter
 
 
 class MerchantForm(forms.ModelForm):
     """The merchant with its checkout branding: the logo arrives as an upload, is checked
-    (``services.merchant_logo_read``) and stored as bytes."""
+    (``services.merchant_logo_read``) and stored as bytes in its own table."""
 
     logo_upload = forms.FileField(
         required=False,
@@ -58,17 +58,21 @@ class MerchantAdmin(admin.ModelAdmin):
 
     @admin.display(description="Current logo")
     def logo_preview(self, merchant: Merchant) -> str:
-        if not merchant.logo_content_type:
+        summary = selectors.merchant_logo_summary(merchant_id=merchant.pk) if merchant.pk else None
+        if summary is None:
             return "none"
-        return f"{merchant.logo_content_type}, {len(bytes(merchant.logo or b''))} bytes"
+        content_type, size = summary
+        return f"{content_type}, {size} bytes"
 
     def save_model(self, request, obj, form, change):
+        # The admin's change view is one transaction: the merchant and its logo change together.
+        super().save_model(request, obj, form, change)
         logo = form.cleaned_data.get("logo_upload")
         if logo is not None:
-            obj.logo, obj.logo_content_type = logo
+            image, content_type = logo
+            services.merchant_logo_set(merchant=obj, image=image, content_type=content_type)
         elif form.cleaned_data.get("logo_clear"):
-            obj.logo, obj.logo_content_type = None, ""
-        super().save_model(request, obj, form, change)
+            services.merchant_logo_remove(merchant=obj)
 
 
 class ApiKeyAddForm(forms.ModelForm):

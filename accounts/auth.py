@@ -115,10 +115,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid API key.", code="invalid_api_key")
         prefix = api_key_split(raw_key)
         api_key = (
-            ApiKey.objects.select_related("merchant")
-            .defer("merchant__logo")
-            .filter(prefix=prefix)
-            .first()
+            ApiKey.objects.select_related("merchant").filter(prefix=prefix).first()
             if prefix
             else None
         )

@@ -77,18 +77,13 @@ class Merchant(models.Model):
     speed_policy = models.PositiveSmallIntegerField(
         choices=SpeedPolicy.choices, default=SpeedPolicy.MEDIUM
     )
-    # The checkout page's branding. The logo is kept in the database (no media server in embedded
-    # mode) as sniffed PNG/JPEG/WebP bytes only: never SVG, which can carry script.
+    # The checkout page's branding; the logo is a MerchantLogo.
     brand_color = models.CharField(
         max_length=7,
         blank=True,
         validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "A colour such as #1a7f5a.")],
         help_text="Accent colour of the checkout page, #rrggbb (empty: the default green).",
     )
-    # Up to CRYPTOPAY_MERCHANT_LOGO_MAX_BYTES: the queries that join a merchant on every request
-    # (API keys, checkout, streams, the watcher's locks) defer it; the logo view and admin read it.
-    logo = models.BinaryField(null=True, blank=True, editable=False)
-    logo_content_type = models.CharField(max_length=20, blank=True, editable=False)
     support_url = models.URLField(
         blank=True, help_text="Where buyers can reach you (shown when a payment needs help)."
     )
@@ -99,6 +94,24 @@ class Merchant(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class MerchantLogo(models.Model):
+    """The checkout page's logo of a merchant, kept in the database (embedded mode has no media
+    server) as sniffed PNG/JPEG/WebP bytes only: never SVG, which can carry script.
+
+    A table of its own so that no query joining a merchant (every API key lookup, checkout page,
+    stream connect and watcher lock) can carry up to CRYPTOPAY_MERCHANT_LOGO_MAX_BYTES with it;
+    only the logo view and the admin read it."""
+
+    merchant = models.OneToOneField(
+        Merchant, on_delete=models.CASCADE, primary_key=True, related_name="checkout_logo"
+    )
+    image = models.BinaryField()
+    content_type = models.CharField(max_length=20)
+
+    def __str__(self) -> str:
+        return f"logo of merchant {self.merchant_id}"
 
 
 class ApiKeyScope(models.TextChoices):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from accounts.models import Merchant
+from django.db.models.functions import Length
+
+from accounts.models import Merchant, MerchantLogo
 
 
 def merchant_choices() -> list[tuple[str, str]]:
@@ -14,3 +16,22 @@ def merchant_choices() -> list[tuple[str, str]]:
             "public_id", "name"
         )
     ]
+
+
+def merchant_logo(*, merchant_id: int) -> MerchantLogo | None:
+    """The logo with its bytes: for the logo view only."""
+    return MerchantLogo.objects.filter(merchant_id=merchant_id).first()
+
+
+def merchant_has_logo(*, merchant_id: int) -> bool:
+    return MerchantLogo.objects.filter(merchant_id=merchant_id).exists()
+
+
+def merchant_logo_summary(*, merchant_id: int) -> tuple[str, int] | None:
+    """(content type, size in bytes) of the logo, measured by the database without reading it."""
+    return (
+        MerchantLogo.objects.filter(merchant_id=merchant_id)
+        .annotate(size=Length("image"))
+        .values_list("content_type", "size")
+        .first()
+    )

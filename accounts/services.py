@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
-from accounts.models import ApiKey, ApiKeyScope, Merchant, random_token
+from accounts.models import ApiKey, ApiKeyScope, Merchant, MerchantLogo, random_token
 from resilience import clock
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,19 @@ def merchant_logo_read(upload: Any) -> tuple[bytes, str]:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return data, "image/webp"
     raise LogoRefused("The logo must be a PNG, JPEG or WebP image.")
+
+
+def merchant_logo_set(*, merchant: Merchant, image: bytes, content_type: str) -> MerchantLogo:
+    """Store (or replace) the checkout logo; ``image``/``content_type`` as ``merchant_logo_read``
+    returned them."""
+    logo, _ = MerchantLogo.objects.update_or_create(
+        merchant=merchant, defaults={"image": image, "content_type": content_type}
+    )
+    return logo
+
+
+def merchant_logo_remove(*, merchant: Merchant) -> None:
+    MerchantLogo.objects.filter(merchant=merchant).delete()
 
 
 def api_key_hash(raw_key: str) -> str:

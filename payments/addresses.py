@@ -242,11 +242,7 @@ def gap_limit_check(*, merchant: Merchant, wallet: MerchantWallet) -> bool:
 
 def wallet_gap_runs(*, merchant: Merchant | None = None) -> list[GapRun]:
     """One entry per merchant wallet key (wallets sharing a key are one entry)."""
-    wallets = (
-        MerchantWallet.objects.select_related("merchant")
-        .defer("merchant__logo")
-        .order_by("merchant_id", "pk")
-    )
+    wallets = MerchantWallet.objects.select_related("merchant").order_by("merchant_id", "pk")
     if merchant is not None:
         wallets = wallets.filter(merchant=merchant)
     seen: set[tuple[int, str]] = set()

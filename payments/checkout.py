@@ -33,6 +33,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.api_errors import error_response
+from accounts.selectors import merchant_has_logo, merchant_logo
 from notifications.destinations import DestinationRefused, address_public, destination_parse
 from payments.chains.config import chain_for_currency
 from payments.currencies import CRYPTO_CURRENCIES, crypto
@@ -255,12 +256,7 @@ def checkout_state(payment: Payment) -> dict[str, Any]:
 
 def _payment_for(request: HttpRequest, payment_id: str) -> Payment:
     token = request.GET.get("token", "")
-    payment = (
-        Payment.objects.select_related("merchant")
-        .defer("merchant__logo")
-        .filter(public_id=payment_id)
-        .first()
-    )
+    payment = Payment.objects.select_related("merchant").filter(public_id=payment_id).first()
     # One answer for "no such payment" and "wrong token": the page must not confirm ids.
     if payment is None or not token or not constant_time_compare(payment.checkout_token, token):
         raise Http404("No such checkout.")
@@ -405,7 +401,7 @@ def checkout_page(request: HttpRequest, payment_id: str) -> HttpResponse:
         "options": _options(payment),
         "seconds_left": seconds_left(payment.expires_at),
         "brand": _brand_colors(merchant.brand_color),
-        "has_logo": bool(merchant.logo_content_type),
+        "has_logo": merchant_has_logo(merchant_id=merchant.pk),
         "language": language,
         "languages": [
             {"code": code, "name": name, "current": code == language}
@@ -454,10 +450,10 @@ def checkout_select(request: HttpRequest, payment_id: str) -> HttpResponse:
 def checkout_logo(request: HttpRequest, payment_id: str) -> HttpResponse:
     """The merchant's logo: sniffed raster bytes only, served so no browser runs them."""
     payment = _payment_for(request, payment_id)
-    merchant = payment.merchant
-    if not merchant.logo_content_type or not merchant.logo:
+    logo = merchant_logo(merchant_id=payment.merchant_id)
+    if logo is None:
         raise Http404("No logo.")
-    response = HttpResponse(bytes(merchant.logo), content_type=merchant.logo_content_type)
+    response = HttpResponse(bytes(logo.image), content_type=logo.content_type)
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response["Content-Disposition"] = "inline; filename=logo"

@@ -64,12 +64,7 @@ class PaymentStreamConsumer(EventStreamConsumer):
         if not token:
             raise StreamDenied(CLOSE_UNAUTHENTICATED, "unauthenticated: checkout token required")
         payment_id = self.scope["url_route"]["kwargs"]["payment_id"]
-        payment = (
-            Payment.objects.select_related("merchant")
-            .defer("merchant__logo")
-            .filter(public_id=payment_id)
-            .first()
-        )
+        payment = Payment.objects.select_related("merchant").filter(public_id=payment_id).first()
         # The same answer for an unknown payment and a wrong token: ids are not confirmed.
         if payment is None or not constant_time_compare(payment.checkout_token, token):
             raise StreamDenied(CLOSE_FORBIDDEN, "forbidden: no such payment for this token")

@@ -601,7 +601,6 @@ def _lock(payment_id: int) -> Payment:
     return (
         Payment.objects.select_for_update(of=("self",))
         .select_related("merchant")
-        .defer("merchant__logo")
         .get(pk=payment_id)
     )
 
@@ -879,7 +878,6 @@ def payment_transactions_apply(*, observations: Sequence[tuple[int, ObservedOutp
             payment.pk: payment
             for payment in Payment.objects.select_for_update(of=("self",))
             .select_related("merchant")
-            .defer("merchant__logo")
             .filter(pk__in=payment_ids)
             .order_by("pk")
         }

@@ -168,3 +168,39 @@ def test_the_move_runs_no_sql_on_the_tables(app_label, name):
     ]
     assert statements == ["BEGIN;", "COMMIT;"]
     assert "-- (no-op)" in out.getvalue()
+
+
+@pytest.fixture
+def before_the_logo_table():
+    try:
+        yield migrate([("accounts", "0001_initial")])
+    finally:
+        migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+
+def test_logos_stored_on_merchant_rows_move_to_their_table_and_back(before_the_logo_table):
+    # Given one merchant with a logo in the old columns and one without
+    apps = before_the_logo_table
+    merchants = apps.get_model("accounts", "Merchant").objects
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+    branded = merchants.create(name="Branded", logo=png, logo_content_type="image/png")
+    plain = merchants.create(name="Plain")
+
+    # When the logo table's migration runs
+    apps = migrate([("accounts", "0002_merchant_logo_table")])
+
+    # Then the logo is in its table, byte for byte, and the plain merchant has none
+    logos = apps.get_model("accounts", "MerchantLogo").objects
+    moved = logos.get(merchant_id=branded.pk)
+    assert (bytes(moved.image), moved.content_type) == (png, "image/png")
+    assert not logos.filter(merchant_id=plain.pk).exists()
+    with connection.cursor() as cursor:
+        columns = {c.name for c in connection.introspection.get_table_description(
+            cursor, "payments_merchant"
+        )}  # fmt: skip
+    assert not {"logo", "logo_content_type"} & columns
+
+    # And migrating back puts it on the merchant row again
+    apps = migrate([("accounts", "0001_initial")])
+    back = apps.get_model("accounts", "Merchant").objects.get(pk=branded.pk)
+    assert (bytes(back.logo), back.logo_content_type) == (png, "image/png")

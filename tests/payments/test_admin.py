@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts import services as accounts_services
-from accounts.models import ApiKey, ApiKeyScope
+from accounts.models import ApiKey, ApiKeyScope, Merchant, MerchantLogo
 from payments import services
 from payments.models import Payment, PaymentEvent
 from payments.states import PaymentStatus, PaymentSubStatus
@@ -315,8 +315,11 @@ def test_a_merchant_logo_is_uploaded_sniffed_and_size_limited(admin_client_, set
     )  # fmt: skip
     merchant.refresh_from_db()
     assert saved.status_code == 302
-    assert (bytes(merchant.logo), merchant.logo_content_type) == (PNG, "image/png")
+    logo = merchant.checkout_logo
+    assert (bytes(logo.image), logo.content_type) == (PNG, "image/png")
     assert merchant.brand_color == "#1a7f5a"
+    page = admin_client_.get(url).content.decode()
+    assert f"image/png, {len(PNG)} bytes" in page
 
     svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
     refused = admin_client_.post(
@@ -330,8 +333,16 @@ def test_a_merchant_logo_is_uploaded_sniffed_and_size_limited(admin_client_, set
     assert "larger than 32 bytes" in too_big.content.decode()
     bad_colour = admin_client_.post(url, merchant_form(merchant, brand_color="red;}"))
     assert bad_colour.status_code == 200 and "#1a7f5a" in bad_colour.content.decode()
-    merchant.refresh_from_db()
-    assert (bytes(merchant.logo), merchant.brand_color) == (PNG, "#1a7f5a")
+    merchant = Merchant.objects.get(pk=merchant.pk)
+    assert (bytes(merchant.checkout_logo.image), merchant.brand_color) == (PNG, "#1a7f5a")
+
+    removed = admin_client_.post(url, merchant_form(merchant, logo_clear="on"))
+    assert removed.status_code == 302
+    assert not MerchantLogo.objects.filter(merchant=merchant).exists()
+    assert re.search(
+        r"Current logo:</label>\s*<div class=\"readonly\">none</div>",
+        admin_client_.get(url).content.decode(),
+    )
 
 
 def test_a_payment_with_a_choice_shows_its_coins_and_quotes_before_and_after_the_pick(

@@ -149,12 +149,13 @@ def test_given_a_malformed_payment_id_then_the_checkout_answers_404_not_500(paym
 
 
 def test_the_merchants_logo_is_served_with_its_sniffed_type_and_never_run():
-    from accounts.models import Merchant
+    from accounts.models import Merchant, MerchantLogo
 
     payment = make_payment()
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
-    Merchant.objects.filter(pk=payment.merchant_id).update(
-        logo=png, logo_content_type="image/png", brand_color="#ffcc00"
+    Merchant.objects.filter(pk=payment.merchant_id).update(brand_color="#ffcc00")
+    MerchantLogo.objects.create(
+        merchant_id=payment.merchant_id, image=png, content_type="image/png"
     )
 
     html = page(Client(), payment).content.decode()
