@@ -6,6 +6,8 @@ out of its default lists; live webhook metrics leave test endpoints out."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import time
@@ -383,6 +385,27 @@ def test_the_admin_lists_live_payments_unless_test_ones_are_asked_for(merchant, 
     assert 'class="cp-test-badge"' in tests and "Test mode: these payments" in tests
     assert re.search(r"cryptopay/admin_test_mode\.(?:[0-9a-f]{12}\.)?css", tests)
     assert "Test mode: this payment was made with a test key" in page
+
+
+def test_the_payments_export_holds_live_payments_unless_test_ones_are_asked_for(
+    merchant, admin_client
+):
+    # Given a live and a test payment
+    live = make_payment(merchant=merchant)
+    test = make_payment(merchant=merchant, livemode=False)
+    export = "/admin/payments/payment/export/"
+
+    # When an operator exports the list as it opens, and then the test list
+    def exported(query: str) -> list[str]:
+        response = admin_client.get(export + query)
+        assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+        return [
+            row["id"] for row in csv.DictReader(io.StringIO(response.content.decode("utf-8-sig")))
+        ]
+
+    # Then accounting's default export has the live payment only
+    assert exported("") == [live.public_id]
+    assert exported("?mode=test") == [test.public_id]
 
 
 # --- end to end ---------------------------------------------------------------------------------
