@@ -40,7 +40,7 @@ from payments.currencies import CRYPTO_CURRENCIES, crypto
 from payments.devchain import SimulationRefused, payment_simulate, simulation_allowed
 from payments.errors import CurrencyNotSwitchable
 from payments.models import Payment, PaymentTransaction
-from payments.money import format_base_units
+from payments.money import coin_text, crypto_units, format_base_units
 from payments.services import (
     payment_currency_switchable,
     payment_select_currency,
@@ -175,12 +175,12 @@ def _step_texts(payment: Payment, step: str, confirmations: int) -> tuple[str, s
         )
     if step == "underpaid":
         return _("Partly paid: %(due)s %(unit)s still due") % {
-            "due": snapshot["amount_due"],
+            "due": coin_text(snapshot["amount_due"]),
             "unit": unit,
         }, _(
             "We received %(received)s %(unit)s. Send the rest to the same address; the code below "
             "asks for the rest only."
-        ) % {"received": snapshot["amount_received"], "unit": unit}
+        ) % {"received": coin_text(snapshot["amount_received"]), "unit": unit}
     if step == "detected":
         return _("Payment detected — waiting for confirmations (%(done)s of %(needed)s)") % {
             "done": confirmations,
@@ -216,8 +216,9 @@ def _step_texts(payment: Payment, step: str, confirmations: int) -> tuple[str, s
         return _("Time ran out before the full amount arrived"), _(
             "We received %(received)s of %(total)s %(unit)s. Contact %(merchant)s about what you "
             "sent; do not send more to this address."
-        ) % {"received": snapshot["amount_received"], "total": snapshot["crypto_amount"],
-             "unit": unit, "merchant": merchant}  # fmt: skip
+        ) % {"received": coin_text(snapshot["amount_received"]),
+             "total": coin_text(snapshot["crypto_amount"]), "unit": unit,
+             "merchant": merchant}  # fmt: skip
     if step == "paid_late":
         return _("Your payment arrived after the deadline"), _(
             "%(merchant)s will review it and contact you about whether it is accepted or refunded."
@@ -342,7 +343,7 @@ def _options(payment: Payment) -> list[dict[str, Any]]:
         {
             "code": option.crypto_currency,
             "name": CRYPTO_CURRENCIES[option.crypto_currency].name,
-            "amount": format_base_units(
+            "amount": crypto_units(
                 amount=option.crypto_amount, currency=crypto(option.crypto_currency)
             ),
             "selected": option.crypto_currency == payment.crypto_currency,
@@ -392,6 +393,11 @@ def checkout_page(request: HttpRequest, payment_id: str) -> HttpResponse:
         "payment": payment,
         "merchant": merchant,
         "state": state,
+        # The page's crypto amounts as people read them; the script trims live updates alike.
+        "coin": {
+            field: coin_text(state[field]) if state[field] else state[field]
+            for field in ("crypto_amount", "amount_due")
+        },
         "step": state["step"],
         "payment_uri": payment_uri(payment),
         "currency": crypto(payment.crypto_currency) if payment.crypto_currency else None,

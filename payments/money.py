@@ -79,6 +79,19 @@ def crypto_units(*, amount: int, currency: CryptoCurrency) -> str:
     return f"{whole}.{fraction}" if fraction else whole
 
 
+def coin_text(amount: str) -> str:
+    """An exact amount string as ``crypto_units`` shows it: "0.008909090909090910" (ETH) ->
+    "0.00890909090909091", "0.00050000" (BTC) unchanged. Only zeros past DISPLAY_MIN_DECIMALS go,
+    so the value is unchanged (what a buyer copies is still exactly what is due)."""
+    if "." not in amount:
+        return amount
+    whole, fraction = amount.split(".")
+    if len(fraction) <= DISPLAY_MIN_DECIMALS:
+        return amount
+    kept = fraction[:DISPLAY_MIN_DECIMALS] + fraction[DISPLAY_MIN_DECIMALS:].rstrip("0")
+    return f"{whole}.{kept}"
+
+
 def plain_decimal(value: Decimal) -> str:
     """A rate without trailing zeros or exponent: 60000.000000 -> "60000", 0.0000165 stays."""
     text = format(value, "f")

@@ -91,6 +91,29 @@ def test_payment_uris_follow_bip21_and_eip681(settings):
     assert payment_uri(usdt) is None  # no contract configured: no link a wallet could act on
 
 
+def test_given_an_ether_payment_then_the_page_trims_zeros_past_satoshi_precision_and_the_link_stays_exact():
+    from payments.currencies import crypto
+    from payments.money import format_base_units
+
+    # Given an ETH payment whose exact amount ends in zeros (18 decimals)
+    payment = make_payment(amount="10.00", crypto_currency="ETH")
+    Payment.objects.filter(pk=payment.pk).update(crypto_amount=8_909_090_909_090_910)
+    payment.refresh_from_db()
+    exact = format_base_units(amount=payment.crypto_amount, currency=crypto("ETH"))
+
+    # When the buyer opens the page
+    html = page(Client(), payment).content.decode()
+
+    # Then the amounts read without the trailing zero, and what the wallet gets is exact
+    assert exact == "0.008909090909090910"
+    assert (
+        '<span id="amount-due" data-field="amount_due" data-coin>0.00890909090909091</span>' in html
+    )
+    assert '<span data-field="crypto_amount" data-coin>0.00890909090909091</span>' in html
+    assert exact not in html.split('id="checkout-config"')[0]
+    assert payment_uri(payment).endswith("value=8909090909090910")
+
+
 def test_the_qr_code_is_an_svg_of_the_payment_link():
     payment = make_payment()
 

@@ -66,3 +66,21 @@ def test_money_module_never_uses_float():
     ]
     assert "float" not in names
     assert floats == []
+
+
+@given(units=st.integers(min_value=0, max_value=10**30), code=currencies)
+def test_coin_text_keeps_the_value_and_satoshi_precision_and_matches_crypto_units(units, code):
+    currency = crypto(code)
+    exact = format_base_units(amount=units, currency=currency)
+
+    shown = money.coin_text(exact)
+
+    assert Decimal(shown) == Decimal(exact)
+    assert shown == money.crypto_units(amount=units, currency=currency)
+
+
+def test_coin_text_trims_only_zeros_past_eight_decimals():
+    assert money.coin_text("0.008909090909090910") == "0.00890909090909091"
+    assert money.coin_text("1.000000000000000000") == "1.00000000"
+    assert money.coin_text("0.00050000") == "0.00050000"
+    assert money.coin_text("26.630435") == "26.630435"

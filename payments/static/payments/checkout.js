@@ -33,6 +33,9 @@
 
   function hasValue(amount) { return /[1-9]/.test(amount || ""); }
 
+  // Exact, but no zeros past satoshi precision (payments.money.coin_text does the same).
+  function coin(amount) { return String(amount).replace(/(\.\d{8}\d*?)0+$/, "$1"); }
+
   function renderSteps() {
     var current = STEP_INDEX[state.step];
     var items = root.querySelectorAll(".progress-steps li");
@@ -59,6 +62,7 @@
     var fields = root.querySelectorAll("[data-field]");
     for (var i = 0; i < fields.length; i++) {
       var value = state[fields[i].getAttribute("data-field")];
+      if (value !== undefined && value !== null && fields[i].hasAttribute("data-coin")) value = coin(value);
       if (value !== undefined && value !== null && fields[i].textContent !== value) fields[i].textContent = value;
     }
     var qr = document.getElementById("qr");
