@@ -88,7 +88,11 @@ def test_given_an_eth_payment_of_a_million_usd_when_created_then_create_get_chec
     config = json.loads(re.search(r'id="checkout-config"[^>]*>(.*?)</script>', html, re.S).group(1))
     assert config["state"]["crypto_amount"] == body["crypto_amount"]
     assert config["state"]["amount_due"] == body["amount_due"]
-    assert f'<span id="amount-due" data-field="amount_due">{body["amount_due"]}</span>' in html
+    # Shown as people read it (no zeros past satoshi precision; none to trim here): still exact.
+    assert (
+        f'<span id="amount-due" data-field="amount_due" data-coin>{body["amount_due"]}</span>'
+        in html
+    )
     assert f'id="wallet-link" href="{link}"' in html
 
     qr = Client().get(f"/pay/{payment.public_id}/qr.svg", {"token": payment.checkout_token})
