@@ -138,13 +138,13 @@ def retry_after(request: HttpRequest, prefix: str) -> int | None:
 
 def retry_after_reading(
     request: HttpRequest, prefix: str, keys: Sequence[str]
-) -> tuple[int | None, list[bytes | None] | None]:
+) -> tuple[int | None, list[bytes | str | None] | None]:
     """``retry_after``, with the other Redis ``keys`` read in the same round trip (one MGET):
     (seconds to wait or None, their values, or None when Redis could not be read)."""
     key_bucket, _ = _buckets(client_ip(request), prefix)
     window, left = _window()
     client = _redis()
-    values: list[bytes | None] | None = None
+    values: list[bytes | str | None] | None = None
     count: int | None = None
     if client is not None:
         try:
