@@ -77,7 +77,8 @@ test: services nodes browser wrk promtool lint
 EMBEDDED_TESTS ?= tests/payments/test_money.py tests/payments/test_base_units_exact.py \
 	tests/payments/test_state_machine.py tests/payments/test_payment_flow.py \
 	tests/payments/test_api_payments.py tests/payments/test_api_amount_strings.py \
-	tests/payments/test_checkout.py tests/payments/test_api_payment_options.py
+	tests/payments/test_checkout.py tests/payments/test_api_payment_options.py \
+	tests/payments/test_api_payment_representation.py tests/cryptopay/test_compiled_query.py
 test-embedded: $(VENV)/.installed-dev
 	DATABASE_URL= REDIS_URL= $(PY) -m pytest $(EMBEDDED_TESTS)
 

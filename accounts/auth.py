@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from accounts import auth_throttle
 from accounts.models import ApiKey, Merchant
 from accounts.services import api_key_matches, api_key_split
+from cryptopay.compiled_query import CompiledQuery
 from resilience import clock
 from resilience.idempotency import request_cache_read
 
@@ -24,6 +25,13 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 # never changes merchant or mode); bounded, it only saves a round trip.
 _owners: dict[str, str] = {}
 MAX_REMEMBERED_OWNERS = 10_000
+
+# Every authenticated request makes this lookup: its SQL is compiled once (the database is still
+# asked every time, so a revoked key is refused on its next request).
+_API_KEY_BY_PREFIX = CompiledQuery(
+    lambda prefix: ApiKey.objects.select_related("merchant").filter(prefix=prefix),
+    prefix="cpk_compiled_example",
+)
 
 
 @dataclass(frozen=True)
@@ -114,11 +122,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.", code="invalid_api_key")
         prefix = api_key_split(raw_key)
-        api_key = (
-            ApiKey.objects.select_related("merchant").filter(prefix=prefix).first()
-            if prefix
-            else None
-        )
+        api_key = _API_KEY_BY_PREFIX.first(prefix=prefix) if prefix else None
         if api_key is None or not api_key_matches(api_key=api_key, raw_key=raw_key):
             raise exceptions.AuthenticationFailed("Invalid API key.", code="invalid_api_key")
         if api_key.revoked_at is not None:

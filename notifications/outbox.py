@@ -28,18 +28,28 @@ def event_publish(
 ) -> Event:
     """Write the event in the caller's transaction; queue it once that transaction commits.
     ``livemode`` False: a test-mode event, for the owner's test endpoints and stream only."""
-    event = Event.objects.create(
-        owner=owner,
-        type=type,
-        priority=event_priority(type),
-        subject=subject,
-        sequence=sequence,
-        livemode=livemode,
-        data=data,
-        created_at=clock.now(),
+    event = event_prepare(
+        Event(
+            owner=owner, type=type, subject=subject, sequence=sequence, livemode=livemode, data=data
+        )
     )
-    transaction.on_commit(lambda: queues.enqueue(event_id=event.pk, priority=event.priority))
+    event.save(force_insert=True)
+    event_queue_on_commit(event)
     return event
+
+
+def event_prepare(event: Event) -> Event:
+    """What ``event_publish`` sets on the event besides the caller's fields (its priority and
+    time), for a caller that inserts it in a statement of its own and then calls
+    ``event_queue_on_commit``."""
+    event.priority = event_priority(event.type)
+    event.created_at = clock.now()
+    return event
+
+
+def event_queue_on_commit(event: Event) -> None:
+    """Queue a written event for the dispatcher once the caller's transaction commits."""
+    transaction.on_commit(lambda: queues.enqueue(event_id=event.pk, priority=event.priority))
 
 
 def events_publish(*, events: list[Event]) -> list[Event]:

@@ -12,6 +12,7 @@ from django.http import Http404
 
 from accounts.models import Merchant
 from accounts.pagination import Page, newest_first
+from cryptopay.compiled_query import CompiledQuery
 from payments.chains.config import chain_for_currency
 from payments.currencies import CRYPTO_CURRENCIES
 from payments.errors import PaymentInOtherMode
@@ -35,10 +36,21 @@ def payment_options(*, payment: Payment) -> list[PaymentOption]:
     return list(PaymentOption.objects.filter(payment=payment).select_related("payment"))
 
 
+# The API's read of one payment, on every GET and cancel: its SQL is compiled once.
+_PAYMENT_BY_PUBLIC_ID = CompiledQuery(
+    lambda merchant_id, livemode, public_id: Payment.objects.filter(
+        merchant_id=merchant_id, livemode=livemode, public_id=public_id
+    ),
+    merchant_id=-1,
+    livemode=False,
+    public_id="pay_compiled_example",
+)
+
+
 def payment_get(*, merchant: Merchant, public_id: str, livemode: bool = True) -> Payment:
-    payment = Payment.objects.filter(
-        merchant=merchant, livemode=livemode, public_id=public_id
-    ).first()
+    payment = _PAYMENT_BY_PUBLIC_ID.first(
+        merchant_id=merchant.pk, livemode=livemode, public_id=public_id
+    )
     if payment is None:
         _other_mode_check(merchant=merchant, public_id=public_id, livemode=livemode)
         raise Http404("No such payment.")

@@ -25,7 +25,7 @@ from accounts.models import Merchant
 from cryptopay.bulk_writes import rows_insert, rows_update
 from cryptopay.currencies import fiat_exponent
 from notifications.models import Event
-from notifications.outbox import event_publish, events_publish
+from notifications.outbox import event_prepare, event_publish, event_queue_on_commit, events_publish
 from payments import states
 from payments.addresses import AllocatedAddress, address_allocate, address_release
 from payments.chains.config import chain_for_currency
@@ -146,23 +146,27 @@ def _event_append(
 
 def _event_publish(*, payment: Payment, event: PaymentEvent) -> None:
     """The outbox row for browsers and webhooks, in the same transaction."""
-    event_publish(
-        owner=payment.merchant.public_id,
-        type=event.type,
-        subject=payment.public_id,
-        sequence=event.sequence,
-        livemode=payment.livemode,
-        data=event.data,
-    )
+    event_publish(**_outbox_fields(payment=payment, event=event))
+
+
+def _outbox_fields(*, payment: Payment, event: PaymentEvent) -> dict[str, Any]:
+    return {
+        "owner": payment.merchant.public_id,
+        "type": event.type,
+        "subject": payment.public_id,
+        "sequence": event.sequence,
+        "livemode": payment.livemode,
+        "data": event.data,
+    }
 
 
 def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
-    """Insert a new payment and its first event; False, writing nothing, when the merchant
-    already has a payment with its ``order_id``.
+    """Insert a new payment, its first event and that event's outbox row; False, writing
+    nothing, when the merchant already has a payment with its ``order_id``.
 
-    On PostgreSQL one statement does both (the payment's INSERT ... ON CONFLICT DO NOTHING in a
-    CTE feeding the event's INSERT): no savepoint, no error that would poison the caller's
-    transaction, one round trip instead of three.
+    On PostgreSQL one statement does all three (the payment's INSERT ... ON CONFLICT DO NOTHING
+    in a CTE feeding the event's INSERT, which feeds the outbox's): no savepoint, no error that
+    would poison the caller's transaction, one round trip instead of four.
     """
     if connection.vendor != "postgresql":
         try:
@@ -174,6 +178,7 @@ def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
             if _order_id_taken(payment):
                 return False
             raise
+        _event_publish(payment=payment, event=event)
         return True
     query = InsertQuery(Payment, on_conflict=OnConflict.IGNORE)
     query.insert_values(
@@ -192,24 +197,36 @@ def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
         event_fields[name].get_db_prep_save(getattr(event, name), connection)
         for name in ("sequence", "type", "data", "created_at")
     ]
+    outbox = event_prepare(Event(**_outbox_fields(payment=payment, event=event)))
+    outbox_fields = [f for f in Event._meta.local_concrete_fields if not f.primary_key]
+    outbox_values = [
+        f.get_db_prep_save(f.pre_save(outbox, True), connection) for f in outbox_fields
+    ]
+    placeholders = ", ".join(["%s"] * len(outbox_fields))
     # Names are the models'; every value is a parameter.
     sql = (
-        f"WITH p AS ({payment_sql}) "  # noqa: S608
-        f"INSERT INTO {ops.quote_name(PaymentEvent._meta.db_table)} ({columns}) "
+        f"WITH p AS ({payment_sql}), "  # noqa: S608
+        f"e AS (INSERT INTO {ops.quote_name(PaymentEvent._meta.db_table)} ({columns}) "
         f"SELECT p.{_column(Payment)}, %s, %s, %s, %s FROM p "
-        f"RETURNING {_column(PaymentEvent)}, {_column(PaymentEvent, 'payment')}"
+        f"RETURNING {_column(PaymentEvent)}, {_column(PaymentEvent, 'payment')}), "
+        f"o AS (INSERT INTO {ops.quote_name(Event._meta.db_table)} "
+        f"({', '.join(_column(Event, f.name) for f in outbox_fields)}) "
+        f"SELECT {placeholders} FROM e RETURNING {_column(Event)}) "
+        f"SELECT e.{_column(PaymentEvent)}, e.{_column(PaymentEvent, 'payment')}, "
+        f"o.{_column(Event)} FROM e CROSS JOIN o"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*payment_params, *values])
+        cursor.execute(sql, [*payment_params, *values, *outbox_values])
         row = cursor.fetchone()
     if row is None:
         if _order_id_taken(payment):
             return False
         raise IntegrityError(f"payment {payment.public_id} conflicts with an existing one")
-    event.pk, payment.pk = row
+    event.pk, payment.pk, outbox.pk = row
     event.payment = payment
-    for instance in (payment, event):
+    for instance in (payment, event, outbox):
         instance._state.adding, instance._state.db = False, connection.alias
+    event_queue_on_commit(outbox)
     return True
 
 
@@ -320,9 +337,7 @@ def payment_create(
                 created_at=now,
             )
             created = _payment_insert(payment=payment, event=event)
-            if created:
-                _event_publish(payment=payment, event=event)
-            elif not reserved:
+            if not created and not reserved:
                 address_release(merchant=merchant, allocated=address)
     if refused is not None:
         raise refused

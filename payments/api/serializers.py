@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -343,6 +344,10 @@ class RateSerializer(QuoteSerializer):
     pair = serializers.CharField(help_text='e.g. "BTC-USD".')
 
 
+# One field object for every timestamp written out (it keeps no state between calls).
+_DATETIME = serializers.DateTimeField()
+
+
 def _plain(value: Decimal | None) -> str | None:
     return None if value is None else f"{value.normalize():f}"
 
@@ -357,7 +362,7 @@ def _quote(priced: Payment | PaymentOption) -> dict[str, Any]:
         "fetched_at": (
             None
             if priced.rate_fetched_at is None
-            else serializers.DateTimeField().to_representation(priced.rate_fetched_at)
+            else _DATETIME.to_representation(priced.rate_fetched_at)
         ),
         "age_seconds": priced.rate_age_seconds,
     }
@@ -466,41 +471,36 @@ class PaymentSerializer(serializers.ModelSerializer):
             "settled_at",
         ]
 
+    def to_representation(self, instance: Payment) -> dict[str, Any]:
+        # Written out: the declared fields (and their getters below) describe the schema; DRF's
+        # field-by-field walk built and copied some 40 field objects per payment, most of a
+        # payment read's time. tests/payments/test_api_payment_representation.py holds the two
+        # to the same JSON.
+        return payment_representation(instance, request=self.context.get("request"))
+
     def get_object(self, payment: Payment) -> str:
         return "payment"
 
     def get_checkout_url(self, payment: Payment) -> str:
-        path = checkout_url(payment)
-        request = self.context.get("request")
-        return request.build_absolute_uri(path) if request is not None else path
-
-    def _crypto(self, payment: Payment, amount: int | None) -> str | None:
-        # Amounts are in the picked coin: none before the buyer picks one.
-        if not payment.crypto_currency or amount is None:
-            return None
-        return format_base_units(amount=amount, currency=crypto(payment.crypto_currency))
+        return _checkout_url(payment, self.context.get("request"))
 
     def get_amount(self, payment: Payment) -> str:
-        return format_fiat(
-            amount=payment.fiat_amount, exponent=fiat_exponent(payment.fiat_currency)
-        )
+        return _fiat_amount(payment)
 
     def get_crypto_amount(self, payment: Payment) -> str | None:
-        return self._crypto(payment, payment.crypto_amount)
+        return _crypto(payment, payment.crypto_amount)
 
     def get_crypto_amount_base_units(self, payment: Payment) -> str | None:
         return None if payment.crypto_amount is None else str(payment.crypto_amount)
 
     def get_amount_received(self, payment: Payment) -> str | None:
-        return self._crypto(payment, payment.amount_received)
+        return _crypto(payment, payment.amount_received)
 
     def get_amount_confirmed(self, payment: Payment) -> str | None:
-        return self._crypto(payment, payment.amount_confirmed)
+        return _crypto(payment, payment.amount_confirmed)
 
     def get_amount_due(self, payment: Payment) -> str | None:
-        if payment.crypto_amount is None:
-            return None
-        return self._crypto(payment, max(payment.crypto_amount - payment.amount_received, 0))
+        return _amount_due(payment)
 
     @extend_schema_field({"type": "string", "nullable": True, "enum": [*CRYPTO_CURRENCIES, None]})
     def get_selected_currency(self, payment: Payment) -> str | None:
@@ -518,21 +518,13 @@ class PaymentSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(PaymentOptionSerializer(many=True))
     def get_payment_options(self, payment: Payment) -> list[dict[str, Any]]:
-        if not payment.accepted_currencies:
-            # One coin named at creation: the payment itself is its only option.
-            return [PaymentOptionSerializer(payment, context={"selected": True}).data]
-        options = (
-            payment.options.all()
-            if "options" in getattr(payment, "_prefetched_objects_cache", {})
-            else PaymentOption.objects.filter(payment=payment)
-        )
+        # DRF's way, as the reference the written-out options are held to.
         return [
             PaymentOptionSerializer(
-                option, context={"selected": option.crypto_currency == payment.crypto_currency,
-                                 "fiat": payment.fiat_currency}
+                option, context={"selected": selected, "fiat": payment.fiat_currency}
             ).data
-            for option in options
-        ]  # fmt: skip
+            for option, selected in _options(payment)
+        ]
 
     @extend_schema_field(
         {"type": "string", "nullable": True, "enum": [*PaymentSubStatus.values[1:], None]}
@@ -543,6 +535,106 @@ class PaymentSerializer(serializers.ModelSerializer):
     @extend_schema_field(QuoteSerializer(allow_null=True))
     def get_quote(self, payment: Payment) -> dict[str, Any] | None:
         return _quote(payment) if payment.crypto_currency else None
+
+
+def _checkout_url(payment: Payment, request: Any) -> str:
+    path = checkout_url(payment)
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+def _fiat_amount(payment: Payment) -> str:
+    return format_fiat(amount=payment.fiat_amount, exponent=fiat_exponent(payment.fiat_currency))
+
+
+def _crypto(payment: Payment, amount: int | None) -> str | None:
+    # Amounts are in the picked coin: none before the buyer picks one.
+    if not payment.crypto_currency or amount is None:
+        return None
+    return format_base_units(amount=amount, currency=crypto(payment.crypto_currency))
+
+
+def _amount_due(payment: Payment) -> str | None:
+    if payment.crypto_amount is None:
+        return None
+    return _crypto(payment, max(payment.crypto_amount - payment.amount_received, 0))
+
+
+def _option_representation(priced: Payment | PaymentOption, *, selected: bool) -> dict[str, Any]:
+    """PaymentOptionSerializer's output, written out as PaymentSerializer's is."""
+    amount = priced.priced_amount if isinstance(priced, Payment) else priced.crypto_amount
+    return {
+        "crypto_currency": str(priced.crypto_currency),
+        "crypto_amount": format_base_units(amount=amount, currency=crypto(priced.crypto_currency)),
+        "crypto_amount_base_units": str(priced.crypto_amount),
+        "deposit_address": None if priced.deposit_address is None else str(priced.deposit_address),
+        "selected": selected,
+        "quote": _quote(priced),
+    }
+
+
+def _options(payment: Payment) -> list[tuple[Payment | PaymentOption, bool]]:
+    """The coins of a payment, each with whether it is the one picked."""
+    if not payment.accepted_currencies:
+        # One coin named at creation: the payment itself is its only option.
+        return [(payment, True)]
+    options = (
+        payment.options.all()
+        if "options" in getattr(payment, "_prefetched_objects_cache", {})
+        else PaymentOption.objects.filter(payment=payment)
+    )
+    return [(option, option.crypto_currency == payment.crypto_currency) for option in options]
+
+
+_STATUS_VALUES = {str(value): value for value, _ in PaymentStatus.choices}
+
+
+def _datetime(value: datetime | None) -> str | None:
+    return _DATETIME.to_representation(value) if value else None
+
+
+def payment_representation(payment: Payment, *, request: Any = None) -> dict[str, Any]:
+    """What DRF's walk over PaymentSerializer's fields gives, in the same order and types."""
+    status = payment.status
+    order_id = payment.order_id
+    deposit_address = payment.deposit_address
+    coin = payment.crypto_currency
+    return {
+        "id": str(payment.public_id),
+        "object": "payment",
+        "livemode": bool(payment.livemode),
+        "order_id": None if order_id is None else str(order_id),
+        "description": str(payment.description),
+        "metadata": payment.metadata,
+        "amount": _fiat_amount(payment),
+        "currency": str(payment.fiat_currency),
+        "crypto_currency": coin or None,
+        "selected_currency": coin or None,
+        "accepted_currencies": list(payment.accepted_currencies) or [coin],
+        "payment_options": [
+            _option_representation(priced, selected=selected)
+            for priced, selected in _options(payment)
+        ],
+        "crypto_amount": _crypto(payment, payment.crypto_amount),
+        "crypto_amount_base_units": (
+            None if payment.crypto_amount is None else str(payment.crypto_amount)
+        ),
+        "amount_received": _crypto(payment, payment.amount_received),
+        "amount_confirmed": _crypto(payment, payment.amount_confirmed),
+        "amount_due": _amount_due(payment),
+        "quote": _quote(payment) if coin else None,
+        "deposit_address": None if deposit_address is None else str(deposit_address),
+        "checkout_url": _checkout_url(payment, request),
+        "redirect_url": str(payment.redirect_url),
+        "cancel_url": str(payment.cancel_url),
+        "status": status if status in ("", None) else _STATUS_VALUES.get(str(status), status),
+        "sub_status": payment.sub_status or None,
+        "required_confirmations": int(payment.required_confirmations),
+        "expires_at": _datetime(payment.expires_at),
+        "monitoring_until": _datetime(payment.monitoring_until),
+        "created_at": _datetime(payment.created_at),
+        "updated_at": _datetime(payment.updated_at),
+        "settled_at": _datetime(payment.settled_at),
+    }
 
 
 for _name in ("get_object", "get_amount"):

@@ -212,3 +212,27 @@ def test_simulate_payment_command_refuses_when_the_dev_chain_is_off(settings):
 
     with pytest.raises(CommandError, match="development chain is off"):
         call_command("simulate_payment", payment.public_id, stdout=StringIO())
+
+
+def test_given_a_new_payment_then_its_outbox_event_is_written_with_it_and_queued_at_commit(
+    django_capture_on_commit_callbacks, settings
+):
+    from notifications import queues
+    from notifications.event_types import event_priority
+    from notifications.models import Event
+
+    with django_capture_on_commit_callbacks(execute=True):
+        payment = make_payment(livemode=False, order_id="o-outbox")
+
+    created = PaymentEvent.objects.get(payment=payment)
+    outbox = Event.objects.get(subject=payment.public_id)
+    assert (outbox.owner, outbox.type, outbox.sequence, outbox.livemode, outbox.priority) == (
+        payment.merchant.public_id,
+        "payment.created",
+        1,
+        False,
+        event_priority("payment.created"),
+    )
+    assert outbox.data == created.data and outbox.created_at is not None
+    if settings.REDIS_URL:  # embedded mode fans out at once instead of queueing
+        assert outbox.pk in queues.queued_ids()
