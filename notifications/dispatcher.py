@@ -9,8 +9,8 @@ interval bounds idle polling, it never delays an event that is already there.
 Per batch the database work is done in bulk (stream positions, deliveries created and claimed,
 events marked dispatched) and the sends go to one long-lived asyncio loop (``DeliveryLoop``):
 browser groups through one channel-layer connection pool, webhooks through ``sender.Sender``
-(pooled keep-alive connections, a lane of at most 4 requests per endpoint, High first), outcomes
-recorded in bulk by a recorder thread.
+(pooled keep-alive connections, a lane of at most 4 requests per endpoint, 16 while it answers
+fast, High first), outcomes recorded in bulk by a recorder thread.
 
 Several dispatchers may run: Redis hands each id to one of them, and everything done per event is
 idempotent (deliveries are unique per endpoint and event and claimed once per attempt; browsers
