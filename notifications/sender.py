@@ -6,10 +6,11 @@ answers 2xx within FAST_ANSWER_SECONDS at the median). A hanging, slow, refusing
 endpoint fills only its own lane, so it delays nobody else; its breaker (timeouts, retryable
 answers, and a median answer slower than WEBHOOK_SLOW) soon makes its attempts fail at once.
 
-No database here: what to send comes in as ``Claim``s (``notifications.delivery`` made them) and
-what happened goes out as ``Outcome``s to a callback, which records them in bulk. A sender only
-starts an attempt it can finish before its claim's lease ends, so no other sender (the sweep) can
-be sending the same delivery: at most one POST per attempt.
+No database here (but for each breaker's first read of its isolation ledger, on a worker thread):
+what to send comes in as ``Claim``s (``notifications.delivery`` made them) and what happened goes
+out as ``Outcome``s to a callback, which records them in bulk. A sender only starts an attempt it
+can finish before its claim's lease ends, so no other sender (the sweep) can be sending the same
+delivery: at most one POST per attempt.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from datetime import datetime
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from django.conf import settings
+from django.db import connection
 
 from notifications import signing
 from notifications.destinations import (
@@ -40,7 +42,12 @@ from notifications.destinations import (
     destination_resolve,
 )
 from resilience import clock
-from resilience.breaker import BrokenCircuitError, breaker_options_from_settings, get_breaker
+from resilience.breaker import (
+    BrokenCircuitError,
+    CircuitBreaker,
+    breaker_options_from_settings,
+    get_breaker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +157,7 @@ class Lane:
         self.workers = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.median = 0.0  # of the latencies, once there are any
+        self.ready: asyncio.Task | None = None  # the breaker's first read (Sender._lane)
         self.answering = False  # the latest attempt got a 2xx
         self.slow_after = settings.WEBHOOK_SLOW.total_seconds()
 
@@ -301,9 +309,7 @@ class Sender:
         for claim in claims:
             lane = self.lanes.get(claim.target.public_id)
             if lane is None:
-                lane = self.lanes[claim.target.public_id] = Lane(
-                    claim.target, backlog=self.backlog, concurrency=self.concurrency
-                )
+                lane = self.lanes[claim.target.public_id] = self._lane(claim.target)
             self.pending += 1
             self._idle.clear()
             if lane.full():
@@ -312,6 +318,19 @@ class Sender:
             lane.queue.put_nowait((claim.priority, next(self._order), claim))
             if lane.workers < lane.limit():
                 self._hire(lane, 1)
+
+    def _lane(self, target: Target) -> Lane:
+        lane = Lane(target, backlog=self.backlog, concurrency=self.concurrency)
+        # A breaker's first use reads the isolation ledger, a database query: done in a thread
+        # before the lane's first attempt, it no longer holds up the loop (every other endpoint)
+        # nor lets a burst of claims queue behind it on this one.
+        breaker = get_breaker(f"webhook:{target.public_id}", self._breaker_options)
+        lane.ready = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(_breaker_read, breaker)
+        )
+        self._workers.add(lane.ready)
+        lane.ready.add_done_callback(self._workers.discard)
+        return lane
 
     def _hire(self, lane: Lane, count: int) -> None:
         for _ in range(count):
@@ -333,6 +352,8 @@ class Sender:
         # Workers end when their lane is empty, an idle endpoint holds no task, and when the
         # lane has more than its limit (its answers slowed down or failed).
         try:
+            if lane.ready is not None and not lane.ready.done():
+                await asyncio.wait([lane.ready])  # its outcome is the breaker's business
             while not lane.queue.empty() and lane.workers <= lane.limit():
                 _, _, claim = lane.queue.get_nowait()
                 try:
@@ -433,6 +454,16 @@ class Sender:
         if slow:
             raise ReceiverSlow(result)
         return result
+
+
+def _breaker_read(breaker: CircuitBreaker) -> None:
+    """On a worker thread: the breaker's first read of its state (the isolation ledger in
+    PostgreSQL, the shared state in Redis; it handles their errors itself). The thread's database
+    connection goes back to the pool after."""
+    try:
+        breaker.snapshot()
+    finally:
+        connection.close()
 
 
 def deliver_now(claims: list[Claim]) -> list[Outcome]:
