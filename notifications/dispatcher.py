@@ -366,7 +366,9 @@ def _undispatched_locked(event_ids: list[int]) -> list[Event]:
 
 
 def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
-    if transaction.get_connection().vendor == "postgresql":
+    db = transaction.get_connection()
+    # Several statements in one query need client-side binding (Django's default with psycopg).
+    if db.vendor == "postgresql" and not db.settings_dict["OPTIONS"].get("server_side_binding"):
         return _dispatch_postgresql(event_ids)
     with transaction.atomic():
         events = sorted(
