@@ -620,7 +620,8 @@ WEBHOOK_RETRY_FOR = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_FOR_SECONDS", 3 * 24 * 
 # First retry delay and cap of the backoff.
 WEBHOOK_RETRY_INITIAL = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_INITIAL_SECONDS", 10)
 WEBHOOK_RETRY_MAX = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_MAX_SECONDS", 3600)
-# Requests in flight per endpoint: a hanging or slow receiver ties up only its own four.
+# Requests in flight per endpoint: a hanging or slow receiver ties up only its own four (an
+# endpoint answering 2xx fast may have four times as many: notifications.sender).
 WEBHOOK_ENDPOINT_CONCURRENCY = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_CONCURRENCY", 4)
 # Deliveries a dispatcher holds for one endpoint; beyond, they wait for the sweep (memory bound).
 WEBHOOK_ENDPOINT_BACKLOG = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_BACKLOG", 1000)

@@ -89,7 +89,16 @@ def endpoints_for(*, events: list[Event]) -> dict[int, list[WebhookEndpoint]]:
     elif system_types:
         for event_type in sorted(system_types):
             wanted_by |= models.Q(event_types__contains=[event_type])
-    candidates = list(WebhookEndpoint.objects.filter(wanted_by, enabled=True))
+    return endpoints_matching(
+        events=events, candidates=list(WebhookEndpoint.objects.filter(wanted_by, enabled=True))
+    )
+
+
+def endpoints_matching(
+    *, events: list[Event], candidates: list[WebhookEndpoint]
+) -> dict[int, list[WebhookEndpoint]]:
+    """Of ``candidates`` (enabled endpoints, at least those that want one of the events), the
+    ones that want each event (see ``endpoints_for``)."""
     wanted: dict[int, list[WebhookEndpoint]] = {}
     for event in events:
         wanted[event.pk] = [
@@ -145,20 +154,38 @@ def deliveries_claim_new(*, events: list[Event]) -> list[Claim]:
         return []
     now = clock.now()
     wanted = endpoints_for(events=events)
-    by_id = {event.pk: event for event in events}
     # No savepoint inside the dispatcher's transaction: two round trips per batch saved.
     with transaction.atomic(savepoint=False):
         if transaction.get_connection().vendor == "postgresql":
-            claims = _deliveries_insert_claimed(events, wanted, now=now)
-            inserted = {row[0] for row in claims}
-            if len(inserted) < sum(len(targets) for targets in wanted.values()):
-                # Some existed already (a re-dispatch): claim those the old way.
-                claims += _claim(_unattempted(by_id, now=now).exclude(pk__in=inserted), now=now)
-        else:
-            _deliveries_insert(events, wanted, now=now)
-            claims = _claim(_unattempted(by_id, now=now), now=now)
-    endpoints = {endpoint.pk: endpoint for targets in wanted.values() for endpoint in targets}
-    return _claims(claims, events=by_id, endpoints=endpoints)
+            inserted = _deliveries_insert_claimed(events, wanted, now=now)
+            return deliveries_claims_complete(
+                events=events, wanted=wanted, inserted=inserted, now=now
+            )
+        _deliveries_insert(events, wanted, now=now)
+        by_id = {event.pk: event for event in events}
+        claims = _claim(_unattempted(by_id, now=now), now=now)
+    return _claims(claims, events=by_id, endpoints=_endpoints_by_id(wanted))
+
+
+def deliveries_claims_complete(
+    *,
+    events: list[Event],
+    wanted: dict[int, list[WebhookEndpoint]],
+    inserted: list[tuple],
+    now: datetime,
+) -> list[Claim]:
+    """The claims of deliveries just inserted claimed (``claimed_rows``), and of those that
+    existed already (a re-dispatch) claimed the old way, inside the caller's transaction."""
+    by_id = {event.pk: event for event in events}
+    claims = list(inserted)
+    ids = {row[0] for row in inserted}
+    if len(ids) < sum(len(targets) for targets in wanted.values()):
+        claims += _claim(_unattempted(by_id, now=now).exclude(pk__in=ids), now=now)
+    return _claims(claims, events=by_id, endpoints=_endpoints_by_id(wanted))
+
+
+def _endpoints_by_id(wanted: dict[int, list[WebhookEndpoint]]) -> dict[int, WebhookEndpoint]:
+    return {endpoint.pk: endpoint for targets in wanted.values() for endpoint in targets}
 
 
 def _unattempted(event_ids: Iterable[int], *, now: datetime) -> models.QuerySet:
@@ -179,6 +206,22 @@ def _deliveries_insert_claimed(
     exists is left as it is and not returned. Rows as ``_claim`` returns them. Only the columns
     that differ between rows are sent, as arrays (no model instances: their per-field
     preparation cost more than the database spent on the rows)."""
+    statement = claimed_insert_statement(events, wanted, now=now)
+    if statement is None:
+        return []
+    sql, params, until = statement
+    with transaction.get_connection().cursor() as cursor:
+        cursor.execute(sql, params)
+        returned = cursor.fetchall()
+    return claimed_rows(returned, until=until)
+
+
+def claimed_insert_statement(
+    events: list[Event], wanted: dict[int, list[WebhookEndpoint]], *, now: datetime
+) -> tuple[str, list, datetime] | None:
+    """The ``INSERT … RETURNING`` of ``_deliveries_insert_claimed``, its parameters and the
+    claims' lease end; None when no endpoint wants any of the events. For a caller that sends it
+    along with other statements (the dispatcher), then reads its rows with ``claimed_rows``."""
     until = now + settings.WEBHOOK_CLAIM
     pairs = [
         (endpoint.pk, event.pk, PRIORITY_RANK[event.priority])
@@ -186,7 +229,7 @@ def _deliveries_insert_claimed(
         for endpoint in wanted[event.pk]
     ]
     if not pairs:
-        return []
+        return None
     endpoints, event_ids, ranks = (array_literal(column) for column in zip(*pairs, strict=True))
     # The table name comes from the model's metadata, values are parameters.
     sql = f"""
@@ -198,9 +241,11 @@ def _deliveries_insert_claimed(
         ON CONFLICT DO NOTHING RETURNING id, claim, endpoint_id, event_id, priority
     """  # noqa: S608
     params = [WebhookDelivery.Status.PENDING, now, now, until, endpoints, event_ids, ranks]
-    with transaction.get_connection().cursor() as cursor:
-        cursor.execute(sql, params)
-        returned = cursor.fetchall()
+    return sql, params, until
+
+
+def claimed_rows(returned: list[tuple], *, until: datetime) -> list[tuple]:
+    """The rows ``claimed_insert_statement`` returned, as ``_claim`` returns them."""
     return [
         (pk, token, endpoint, event, rank, until) for pk, token, endpoint, event, rank in returned
     ]

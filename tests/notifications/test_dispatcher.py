@@ -684,3 +684,61 @@ def test_an_event_whose_stream_position_cannot_be_written_stays_undispatched(rec
     second.refresh_from_db()
     assert second.stream_position == 2
     assert receiver.ids() == [first.public_id, second.public_id]
+
+
+@pytest.mark.django_db
+def test_one_dispatch_sends_each_event_to_exactly_the_endpoints_that_want_it(receiver):
+    """Merchant events go to their owner's endpoints of their mode that take their type; a
+    system event (no owner) to every endpoint naming its type, whoever owns it."""
+    every = webhook_endpoint_create(owner="mer_pick", url=receiver.url + "?every")[0]
+    named = webhook_endpoint_create(
+        owner="mer_pick", url=receiver.url + "?named", event_types=["exchange_rate.updated"]
+    )[0]
+    other = webhook_endpoint_create(
+        owner="mer_pick", url=receiver.url + "?other", event_types=["payment.status_changed"]
+    )[0]
+    test = webhook_endpoint_create(owner="mer_pick", url=receiver.url + "?test", livemode=False)[0]
+    stranger = webhook_endpoint_create(
+        owner="mer_stranger", url=receiver.url + "?stranger", event_types=["exchange_rate.updated"]
+    )[0]
+    with transaction.atomic():
+        live = event_publish(owner="mer_pick", type="payment.created", data={})
+        test_mode = event_publish(owner="mer_pick", type="payment.created", data={}, livemode=False)
+        rate = event_publish(owner="", type="exchange_rate.updated", data={})
+
+    assert dispatch_events(event_ids=[live.pk, test_mode.pk, rate.pk]) == 3
+
+    sent = Counter(WebhookDelivery.objects.values_list("event_id", "endpoint_id"))
+    assert sent == {
+        (live.pk, every.pk): 1,
+        (test_mode.pk, test.pk): 1,
+        (rate.pk, named.pk): 1,
+        (rate.pk, stranger.pk): 1,
+    }
+    assert other.pk not in {endpoint for _, endpoint in sent}
+    assert Counter(receiver.ids()) == {live.public_id: 1, test_mode.public_id: 1, rate.public_id: 2}
+    live.refresh_from_db()
+    test_mode.refresh_from_db()
+    rate.refresh_from_db()
+    # Each mode numbers its own stream; a system event is in none.
+    assert (live.stream_position, test_mode.stream_position, rate.stream_position) == (1, 1, None)
+
+
+@pytest.mark.django_db
+def test_a_redispatched_event_sends_its_unattempted_deliveries_once_and_keeps_its_position(
+    receiver,
+):
+    webhook_endpoint_create(owner="mer_redo", url=receiver.url)
+    (event,) = publish_many("mer_redo", 1)
+    (existing,) = deliveries_create(event=event)  # its dispatcher died before committing
+    webhook_endpoint_create(owner="mer_redo", url=receiver.url + "?second")
+
+    assert dispatch_events(event_ids=[event.pk]) == 1
+    assert dispatch_events(event_ids=[event.pk]) == 0  # dispatched: nothing twice
+
+    assert Counter(receiver.ids()) == {event.public_id: 2}
+    statuses = dict(WebhookDelivery.objects.values_list("pk", "status"))
+    assert len(statuses) == 2 and existing.pk in statuses
+    assert set(statuses.values()) == {"succeeded"}
+    event.refresh_from_db()
+    assert event.stream_position == 1 and event.dispatched_at is not None

@@ -11,11 +11,12 @@ from django.db import connection
 
 from cryptopay.bulk_writes import array_literal
 from notifications import signing
-from notifications.delivery import webhooks_deliver_due
+from notifications.delivery import deliveries_claim_new, webhooks_deliver_due
 from notifications.dispatcher import dispatch_events
 from notifications.endpoints import webhook_endpoint_create, webhook_endpoint_rotate_secret
 from notifications.models import Event, WebhookAttempt, WebhookDelivery
 from notifications.outbox import event_publish
+from notifications.sender import deliver_now
 from testing.receivers import Receiver
 from tests.factories import make_payment
 
@@ -252,3 +253,32 @@ def test_array_literals_read_back_as_the_values_they_were_made_from():
     assert numbers == [1, None, 2**62]
     assert times == [at, None]
     assert array_literal([]) == "{}"
+
+
+# --- requests in flight per endpoint ------------------------------------------------------------
+
+
+def most_in_flight(receiver: Receiver) -> int:
+    """The most requests that arrived within one answer's delay of each other: each of them was
+    still waiting for its answer when the last one came."""
+    arrivals = sorted(received.at for received in receiver.requests)
+    return max(
+        sum(1 for earlier in arrivals[: n + 1] if at - earlier < receiver.delay)
+        for n, at in enumerate(arrivals)
+    )
+
+
+def test_an_endpoint_gets_more_requests_in_flight_only_while_it_answers_fast(settings):
+    settings.WEBHOOK_ENDPOINT_CONCURRENCY = 4
+    with Receiver(delay=0.01) as fast, Receiver(delay=0.12) as slow:
+        webhook_endpoint_create(owner="mer_fast", url=fast.url)
+        webhook_endpoint_create(owner="mer_slow", url=slow.url)
+        events = [publish(owner=owner) for owner in ("mer_fast", "mer_slow") for _ in range(40)]
+        claims = deliveries_claim_new(events=events)
+        outcomes = deliver_now(claims)
+
+        assert len(outcomes) == 80 and all(outcome.attempts[-1].ok for outcome in outcomes)
+        # Answering in 10 ms: after its first answers the fast endpoint has up to 16 at once,
+        assert 4 < most_in_flight(fast) <= 16
+        # while one answering in 120 ms (over FAST_ANSWER_SECONDS) keeps the configured four.
+        assert most_in_flight(slow) <= 4
