@@ -620,9 +620,12 @@ WEBHOOK_RETRY_FOR = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_FOR_SECONDS", 3 * 24 * 
 # First retry delay and cap of the backoff.
 WEBHOOK_RETRY_INITIAL = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_INITIAL_SECONDS", 10)
 WEBHOOK_RETRY_MAX = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_MAX_SECONDS", 3600)
-# Requests in flight per endpoint: a hanging or slow receiver ties up only its own four (an
-# endpoint answering 2xx fast may have four times as many: notifications.sender).
+# Requests in flight per endpoint: a hanging or slow receiver ties up only its own four.
 WEBHOOK_ENDPOINT_CONCURRENCY = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_CONCURRENCY", 4)
+# ... and while its latest answer was a 2xx and its median answer is under 50 ms: with four, a
+# receiver answering in 1-2 ms capped a dispatcher at 2,000-4,000 deliveries/s (bench/notifications.py).
+# Set it to the value above for a hard limit.
+WEBHOOK_ENDPOINT_FAST_CONCURRENCY = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_FAST_CONCURRENCY", 16)
 # Deliveries a dispatcher holds for one endpoint; beyond, they wait for the sweep (memory bound).
 WEBHOOK_ENDPOINT_BACKLOG = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_BACKLOG", 1000)
 # An endpoint whose median answer takes longer counts as failing for its breaker, even on 2xx.

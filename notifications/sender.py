@@ -1,8 +1,8 @@
 """Webhook POSTs on one asyncio loop: a lane per endpoint, pooled keep-alive connections.
 
 Each endpoint has its own lane: a priority queue (High, Normal, Low, then arrival) served by at
-most WEBHOOK_ENDPOINT_CONCURRENCY requests at a time (four times as many while the endpoint
-answers 2xx within FAST_ANSWER_SECONDS at the median). A hanging, slow, refusing or failing
+most WEBHOOK_ENDPOINT_CONCURRENCY requests at a time (WEBHOOK_ENDPOINT_FAST_CONCURRENCY while
+the endpoint answers 2xx within FAST_ANSWER_SECONDS at the median). A hanging, slow, refusing or failing
 endpoint fills only its own lane, so it delays nobody else; its breaker (timeouts, retryable
 answers, and a median answer slower than WEBHOOK_SLOW) soon makes its attempts fail at once.
 
@@ -61,7 +61,7 @@ LATENCY_WINDOW = 20
 FAST_LANE_SECONDS = 10.0
 FAST_LANE_FACTOR = 4
 # An endpoint whose latest answer was a 2xx and whose median answer is quicker than this may have
-# FAST_LANE_FACTOR times WEBHOOK_ENDPOINT_CONCURRENCY requests in flight. With four, one endpoint
+# WEBHOOK_ENDPOINT_FAST_CONCURRENCY requests in flight. With four, one endpoint
 # got at most four per round trip: a fast receiver on a busy machine (a round trip of 1-2 ms)
 # capped the dispatcher at 2,000-4,000 deliveries/s whatever its own speed. A hanging, slow or
 # failing endpoint, and one not answered yet, keeps the configured concurrency.
@@ -149,10 +149,13 @@ def _breaker_failure(exc: BaseException) -> bool:
 class Lane:
     """One endpoint's queue and its requests in flight."""
 
-    def __init__(self, target: Target, *, backlog: int, concurrency: int) -> None:
+    def __init__(
+        self, target: Target, *, backlog: int, concurrency: int, fast_concurrency: int
+    ) -> None:
         self.target = target
         self.backlog = backlog
         self.concurrency = concurrency
+        self.fast_concurrency = max(concurrency, fast_concurrency)
         self.queue: asyncio.PriorityQueue[tuple[int, int, Claim]] = asyncio.PriorityQueue()
         self.workers = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -164,7 +167,7 @@ class Lane:
     def limit(self) -> int:
         """Requests in flight allowed now (see FAST_ANSWER_SECONDS)."""
         if self.answering and self.median < FAST_ANSWER_SECONDS:
-            return self.concurrency * FAST_LANE_FACTOR
+            return self.fast_concurrency
         return self.concurrency
 
     def full(self) -> bool:
@@ -260,6 +263,7 @@ class Sender:
         # or why it may not (an invalid URL, a refused IP literal): final, whatever the attempt.
         self._routes: dict[str, DestinationRefused | None] = {}
         self.concurrency = max(1, settings.WEBHOOK_ENDPOINT_CONCURRENCY)
+        self.fast_concurrency = settings.WEBHOOK_ENDPOINT_FAST_CONCURRENCY
         self.backlog = settings.WEBHOOK_ENDPOINT_BACKLOG
         self.timeout = settings.WEBHOOK_TIMEOUT.total_seconds()
         self.lanes: dict[str, Lane] = {}
@@ -320,7 +324,12 @@ class Sender:
                 self._hire(lane, 1)
 
     def _lane(self, target: Target) -> Lane:
-        lane = Lane(target, backlog=self.backlog, concurrency=self.concurrency)
+        lane = Lane(
+            target,
+            backlog=self.backlog,
+            concurrency=self.concurrency,
+            fast_concurrency=self.fast_concurrency,
+        )
         # A breaker's first use reads the isolation ledger, a database query: done in a thread
         # before the lane's first attempt, it no longer holds up the loop (every other endpoint)
         # nor lets a burst of claims queue behind it on this one.

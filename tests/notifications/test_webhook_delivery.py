@@ -270,6 +270,7 @@ def most_in_flight(receiver: Receiver) -> int:
 
 def test_an_endpoint_gets_more_requests_in_flight_only_while_it_answers_fast(settings):
     settings.WEBHOOK_ENDPOINT_CONCURRENCY = 4
+    settings.WEBHOOK_ENDPOINT_FAST_CONCURRENCY = 16
     with Receiver(delay=0.01) as fast, Receiver(delay=0.12) as slow:
         webhook_endpoint_create(owner="mer_fast", url=fast.url)
         webhook_endpoint_create(owner="mer_slow", url=slow.url)
@@ -282,3 +283,19 @@ def test_an_endpoint_gets_more_requests_in_flight_only_while_it_answers_fast(set
         assert 4 < most_in_flight(fast) <= 16
         # while one answering in 120 ms (over FAST_ANSWER_SECONDS) keeps the configured four.
         assert most_in_flight(slow) <= 4
+
+
+def test_given_fast_concurrency_set_to_the_limit_then_a_fast_endpoint_never_gets_more(settings):
+    # Given an operator who wants a hard limit of four per endpoint
+    settings.WEBHOOK_ENDPOINT_CONCURRENCY = 4
+    settings.WEBHOOK_ENDPOINT_FAST_CONCURRENCY = 4
+    with Receiver(delay=0.01) as fast:
+        webhook_endpoint_create(owner="mer_fast", url=fast.url)
+        claims = deliveries_claim_new(events=[publish(owner="mer_fast") for _ in range(40)])
+
+        # When forty webhooks go to an endpoint answering in 10 ms
+        outcomes = deliver_now(claims)
+
+        # Then all arrive, never more than four at once
+        assert len(outcomes) == 40 and all(outcome.attempts[-1].ok for outcome in outcomes)
+        assert most_in_flight(fast) <= 4
