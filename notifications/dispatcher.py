@@ -591,18 +591,13 @@ class Dispatcher:
         logger.info("dispatcher started")
         try:
             while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                done = 0
                 try:
-                    done = self.run_once()
+                    self.run_once()
                 except Exception:
                     logger.exception("dispatcher batch failed; retrying")
                     self._stop.wait(1)
                 finally:
-                    # Handed back to the pool when idle or after an error (a broken one is
-                    # replaced there); kept from one busy batch to the next, since taking it
-                    # back cost the pool's health-check round trip every time.
-                    if not done or connection.errors_occurred:
-                        close_old_connections()
+                    close_old_connections()
         finally:
             self.close()
         logger.info("dispatcher stopped after %d events", self.processed)
@@ -617,13 +612,17 @@ def _select_list(model: type[Model], alias: str) -> str:
 def _instances(model: type[M], rows: list[tuple]) -> list[M]:
     """Model instances from rows of ``_select_list`` columns, converted as the ORM does (a JSON
     column arrives as text, for instance)."""
-    db = transaction.get_connection()  # not the thread-local proxy: it is read for every row
     fields = model._meta.concrete_fields
     columns = [field.get_col(model._meta.db_table) for field in fields]
     converters = [
         (index, converting)
         for index, column in enumerate(columns)
-        if (converting := [*db.ops.get_db_converters(column), *column.get_db_converters(db)])
+        if (
+            converting := [
+                *connection.ops.get_db_converters(column),
+                *column.get_db_converters(connection),
+            ]
+        )
     ]
     names = [field.attname for field in fields]
     instances = []
@@ -631,8 +630,8 @@ def _instances(model: type[M], rows: list[tuple]) -> list[M]:
         values = list(row)
         for index, converting in converters:
             for convert in converting:
-                values[index] = convert(values[index], columns[index], db)
-        instances.append(model.from_db(db.alias, names, values))
+                values[index] = convert(values[index], columns[index], connection)
+        instances.append(model.from_db(connection.alias, names, values))
     return instances
 
 
