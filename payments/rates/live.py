@@ -206,6 +206,9 @@ def rate_fetch_live(*, pair: str) -> LiveRate:
                     failures[provider.name] = f"{exc.__class__.__name__}: {exc}"
                     submit_next()
     if not answers:
+        # In the providers' order, not the order their answers came in: the same failures make
+        # the same line, which RepeatedWarningFilter recognises.
+        failures = {p.name: failures[p.name] for p in candidates if p.name in failures}
         logger.warning("no live rate for %s: %s", pair, failures)
         raise RatesUnavailable(f"every provider failed for {pair}: {failures}")
     order = {provider.name: i for i, provider in enumerate(candidates)}
