@@ -13,7 +13,9 @@ What runs (every part real, on 127.0.0.1):
 * a load generator: threads creating payments with an ``Idempotency-Key``, retrying a 409, 503,
   429 or a broken connection with the same key on the same or the other daphne, as a client
   behind a load balancer would; buyers paying a third of the payments on chain; two merchant
-  WebSocket clients that reconnect with ``?after=<last position>``.
+  WebSocket clients that reconnect with ``?after=<last position>`` and, told to ``refetch`` (a gap
+  longer than CRYPTOPAY_WS_REPLAY_LIMIT events, which a Redis restart under this load can
+  make), read the events over ``GET /api/v1/events`` as the stream protocol asks.
 
 Faults, one after the other, each held for a while and then removed: Redis restarted (really
 stopped and started: queues and caches are lost), a daphne SIGKILLed and started again, litecoind
@@ -23,9 +25,10 @@ PostgreSQL latency (the full run adds a PostgreSQL black hole and resets).
 
 Figures printed at the end, with their goals: requests answered correctly or with a retryable
 409/503 (>= 99.9 %), duplicate payments (0), payments paid and confirmed on chain but not settled
-in the gateway (0), webhook events and WebSocket events lost after recovery (0), and for each fault
-the time from the dependency's return until health, traffic and breakers are back to normal
-(< 1 s; breakers < 1 s after the break duration). Exit status 1 when a goal is missed.
+in the gateway (0), webhook events and WebSocket events lost after recovery (0: neither received
+nor read after a refetch; a refetch from a position the stream never reached fails too), and for
+each fault the time from the dependency's return until health, traffic and breakers are back to
+normal (< 1 s; breakers < 1 s after the break duration). Exit status 1 when a goal is missed.
 
 The gateway runs with compressed timers so that one run sees recovery happen (breaker break 3 s,
 chain poll 1 s, rate refresh 1 s, webhook retries 1 s doubling to 5 s, recovery every 5 s); every
@@ -335,6 +338,29 @@ class Listener:
     reconnects: int = 0
     refetches: int = 0
     duplicates: int = 0
+    refetch_reasons: Counter[str] = field(default_factory=Counter)
+    refetch_gaps: list[int] = field(default_factory=list)  # of "gap_too_large" refetches
+    # Read over REST after a refetch, as the protocol asks (notifications/streams.py).
+    refetched: set[str] = field(default_factory=set)
+
+
+async def read_events_over_rest(base_url: str, api_key: str) -> set[str]:
+    """Every event id ``GET /api/v1/events`` lists, page by page: what a client told to refetch
+    reads to learn what it missed."""
+    ids: set[str] = set()
+    after = None
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+    ) as http:
+        while True:
+            params: dict[str, Any] = {"limit": 100}
+            if after:
+                params["starting_after"] = after
+            page = (await http.get("/api/v1/events", params=params)).json()
+            ids.update(event["id"] for event in page["data"])
+            if not page["has_more"] or not page["data"]:
+                return ids
+            after = page["data"][-1]["id"]
 
 
 async def listen(gateway: Gateway, api_key: str, listener: Listener, stop: threading.Event) -> None:
@@ -379,6 +405,12 @@ async def listen(gateway: Gateway, api_key: str, listener: Listener, stop: threa
                         position = max(position or 0, message["position"])
                     elif message["type"] == "refetch":
                         listener.refetches += 1
+                        listener.refetch_reasons[message["reason"]] += 1
+                        if message["reason"] == "gap_too_large":
+                            listener.refetch_gaps.append(message["position"] - (position or 0))
+                        listener.refetched |= await read_events_over_rest(
+                            gateway.url(server), api_key
+                        )
                         position = message["position"]
         except Exception:
             listener.reconnects += 1
@@ -734,13 +766,16 @@ class Scenario:
             event_ids = set(Event.objects.filter(owner=owner).values_list("public_id", flat=True))
             webhook_missing = event_ids - set(self.receiver.ids())
             # Each client must get every merchant event dispatched after it first subscribed.
-            ws_missing = {
+            expected_ws = {
                 index: set(
                     Event.objects.filter(
                         owner=owner, stream_position__gt=item.first_position or 0
                     ).values_list("public_id", flat=True)
                 )
-                - item.received
+                for index, item in enumerate(self.listeners)
+            }
+            ws_missing = {
+                index: expected_ws[index] - item.received - item.refetched
                 for index, item in enumerate(self.listeners)
             }
             if (
@@ -784,8 +819,9 @@ class Scenario:
         for index, item in enumerate(self.listeners):
             lines.append(
                 f"  websocket client {index + 1}: events lost {len(ws_missing[index])}   (goal 0); "
-                f"{len(item.received)} received, {item.reconnects} reconnects, {item.refetches} refetches, "
-                f"{item.duplicates} repeats"
+                f"{len(item.received)} received, {item.reconnects} reconnects, {item.refetches} refetches "
+                f"{dict(item.refetch_reasons)} ({len(item.refetched & expected_ws[index])} read over "
+                f"REST), {item.duplicates} repeats"
             )
         restarts = {name: codes for name, codes in self.gateway.restarts.items() if codes}
         lines.append(
@@ -822,12 +858,22 @@ class Scenario:
             lines.append(f"  wrong answer: {wrong}")
         print("\n".join(lines), flush=True)
         (self.run_dir / "results.txt").write_text("\n".join(lines) + "\n")
+        from django.conf import settings as django_settings
+
         failed = [
             ratio < GOAL_ANSWERED,
             duplicates or split_keys,
             bool(unsettled),
             bool(webhook_missing),
             any(ws_missing.values()),
+            # A refetch is the protocol's answer to a gap too long or too old to replay; one
+            # from a position the stream never reached would be a server bug.
+            any(item.refetch_reasons["beyond_end"] for item in self.listeners),
+            any(
+                gap <= django_settings.WEBSOCKET_REPLAY_LIMIT
+                for item in self.listeners
+                for gap in item.refetch_gaps
+            ),
         ]
         missed_recovery = [r.fault for r in self.recoveries if not r.goals_met()]
         if missed_recovery:
