@@ -1,4 +1,5 @@
-"""Bench-only URLconf for bench/api_throughput.py and bench/api_capacity.py: every production
+"""Bench-only URLconf for bench/api_throughput.py, bench/api_capacity.py and
+bench/idempotency_overhead.py: every production
 route, plus the payment-create view without its ``@idempotent()`` decorator at
 ``/api/bench/v1/payments`` (under ``/api/``, so the server's body rule treats it as the real route)
 and a minimal one-row insert at ``/api/bench/v1/minimal``.
@@ -15,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.auth import request_client
 from notifications.models import Event
 from payments.api.views import WRITE, PaymentListCreateView
 from resilience import clock
@@ -37,7 +39,7 @@ class MinimalInsert(APIView):
 
     def post(self, request: Request) -> Response:
         event = Event.objects.create(
-            owner=request.user.merchant.public_id,
+            owner=request_client(request).merchant.public_id,
             type="bench.minimal",
             data=request.data,
             created_at=clock.now(),

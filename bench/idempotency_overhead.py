@@ -28,37 +28,16 @@ import argparse
 import logging
 import math
 import statistics
-import sys
 import time
-import types
 import uuid
 from collections.abc import Callable
 
 from bench.results import emit, figure
 from testing.scratch import scratch_environment
 
-URLCONF = "bench_idempotency_urls"
-
-
-def install_urlconf() -> None:
-    """The real routes plus the same view without the decorator, at a path of its own."""
-    from django.urls import include, path
-
-    from payments.api.views import PaymentListCreateView
-
-    # ``post`` prices the payment, then calls the gated ``_create``: only that is undecorated.
-    undecorated = PaymentListCreateView._create.__wrapped__
-    assert undecorated is not PaymentListCreateView._create
-
-    class PaymentCreateWithoutIdempotency(PaymentListCreateView):
-        _create = undecorated
-
-    module = types.ModuleType(URLCONF)
-    module.urlpatterns = [
-        path("bench/v1/payments", PaymentCreateWithoutIdempotency.as_view()),
-        path("", include("cryptopay.urls")),
-    ]
-    sys.modules[URLCONF] = module
+# The real routes plus the same create view without the idempotency decorator.
+URLCONF = "bench.api_throughput_urls"
+WITHOUT_IDEMPOTENCY = "/api/bench/v1/payments"
 
 
 class RedisTrouble(logging.Filter):
@@ -111,7 +90,6 @@ def run(rounds: int, per_round: int) -> None:
     from payments.models import Payment
     from resilience.idempotency import default_gate
 
-    install_urlconf()
     override_settings(ROOT_URLCONF=URLCONF).enable()
     redis_trouble = RedisTrouble()
     logging.getLogger("resilience.idempotency").addFilter(redis_trouble)
@@ -127,7 +105,7 @@ def run(rounds: int, per_round: int) -> None:
         return {"amount": "19.99", "crypto_currency": "LTC", "order_id": f"bench-{order}"}
 
     def without() -> None:
-        response = client.post("/bench/v1/payments", body(next(orders)), format="json")
+        response = client.post(WITHOUT_IDEMPOTENCY, body(next(orders)), format="json")
         assert response.status_code == 201, response.content
         assert not response.has_header("Idempotent-Replayed")
 
