@@ -479,6 +479,7 @@ def test_given_a_slow_request_when_it_completes_then_the_row_and_the_redis_copy_
     row = IdempotencyKey.objects.get(owner="o", key="slow")
     assert row.expires_at == row.completed_at + settings.IDEMPOTENCY_EXPIRY
     window_ms = settings.IDEMPOTENCY_EXPIRY // timedelta(milliseconds=1)
+    assert gate._redis is not None
     redis_ms = gate._redis.pttl(gate._redis_key("response", "o", "slow"))
     assert window_ms - 1000 < redis_ms <= window_ms
 
@@ -505,7 +506,8 @@ def test_a_replay_the_cache_holds_is_answered_after_authentication_alone(
 def test_a_cached_answer_is_never_replayed_to_another_merchant(
     db, django_capture_on_commit_callbacks
 ):
-    first_merchant, other_merchant = MerchantFactory(), MerchantFactory()
+    first_merchant: Merchant = MerchantFactory.create()
+    other_merchant: Merchant = MerchantFactory.create()
     first_api, other_api = api_client_for(first_merchant), api_client_for(other_merchant)
     with django_capture_on_commit_callbacks(execute=True):
         first = post(first_api)
