@@ -70,17 +70,11 @@ DISPLAY_MIN_DECIMALS = 8
 def crypto_units(*, amount: int, currency: CryptoCurrency) -> str:
     """``amount`` base units in whole coins, exact, trailing zeros trimmed down to
     DISPLAY_MIN_DECIMALS (or the currency's decimals when it has fewer)."""
-    text = format_base_units(amount=amount, currency=currency)
-    keep = min(currency.decimals, DISPLAY_MIN_DECIMALS)
-    if "." not in text:
-        return text
-    whole, fraction = text.split(".")
-    fraction = fraction.rstrip("0").ljust(keep, "0")
-    return f"{whole}.{fraction}" if fraction else whole
+    return coin_text(format_base_units(amount=amount, currency=currency))
 
 
 def coin_text(amount: str) -> str:
-    """An exact amount string as ``crypto_units`` shows it: "0.008909090909090910" (ETH) ->
+    """An exact amount string for people (``crypto_units``): "0.008909090909090910" (ETH) ->
     "0.00890909090909091", "0.00050000" (BTC) unchanged. Only zeros past DISPLAY_MIN_DECIMALS go,
     so the value is unchanged (what a buyer copies is still exactly what is due)."""
     if "." not in amount:

@@ -69,14 +69,16 @@ def test_money_module_never_uses_float():
 
 
 @given(units=st.integers(min_value=0, max_value=10**30), code=currencies)
-def test_coin_text_keeps_the_value_and_satoshi_precision_and_matches_crypto_units(units, code):
+def test_crypto_units_keep_the_value_and_satoshi_precision_and_no_zeros_beyond(units, code):
     currency = crypto(code)
     exact = format_base_units(amount=units, currency=currency)
 
-    shown = money.coin_text(exact)
+    shown = money.crypto_units(amount=units, currency=currency)
 
     assert Decimal(shown) == Decimal(exact)
-    assert shown == money.crypto_units(amount=units, currency=currency)
+    decimals = shown.partition(".")[2]
+    assert len(decimals) >= min(currency.decimals, money.DISPLAY_MIN_DECIMALS)
+    assert len(decimals) <= money.DISPLAY_MIN_DECIMALS or not decimals.endswith("0")
 
 
 def test_coin_text_trims_only_zeros_past_eight_decimals():
