@@ -50,7 +50,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -134,49 +133,6 @@ class Run:
     cpu_share: float
     prefix: str
     problems: list[str] = field(default_factory=list)
-
-
-def worker_pids(server_pid: int, workers: int) -> list[int]:
-    """The processes serving requests: the server itself with one worker, else its children
-    started by multiprocessing's spawn (not its resource tracker)."""
-    if workers == 1:
-        return [server_pid]
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == server_pid and b"spawn_main" in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def wait_for_workers(server_pid: int, workers: int, timeout: float = 180) -> list[int]:
-    """The worker pids once every one of them serves: the server answers as soon as the first
-    spawned worker does, so each is waited for until it sleeps in its event loop (epoll), twice
-    in a row, after setting Django up."""
-    deadline = time.monotonic() + timeout
-    settled = 0
-    while time.monotonic() < deadline:
-        pids = worker_pids(server_pid, workers)
-        waiting = [pid for pid in pids if "epoll" in _read(f"/proc/{pid}/wchan")]
-        settled = settled + 1 if len(pids) == workers and len(waiting) == workers else 0
-        if settled >= 2:
-            return pids
-        time.sleep(0.5)
-    raise SystemExit(f"{workers} workers of server {server_pid} did not all start")
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -389,7 +345,7 @@ def run_round(
 ) -> list[Run]:  # fmt: skip
     import httpx
 
-    from testing.servers import asgi_server
+    from testing.servers import asgi_server, wait_for_workers
 
     runs = []
     order = workers_list if round_ % 2 == 0 else list(reversed(workers_list))

@@ -14,8 +14,9 @@ trickles a header line every few seconds keeps its socket forever, hence ``Heade
 ``API_MAX_BODY_BYTES``; ``/admin/`` and the checkout's forms (``/pay/``) take form bodies up to
 ``DATA_UPLOAD_MAX_MEMORY_SIZE``; every other route is GET-only and takes no body. A request over
 its rule is answered (413, or 415 for a non-JSON body under ``/api/``) in the API's error shape,
-with ``Connection: close``, before Django reads a byte of it: from ``Content-Length`` up front, or
-by counting the chunks of a chunked body as Django reads them.
+with ``Connection: close``, before Django sees a byte of it: from ``Content-Length`` up front, or
+by counting the chunks of a chunked body as they arrive. A body within its rule is read whole on
+the event loop before Django's thread starts on the request (``_read_body``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,35 +131,53 @@ class BodyLimitMiddleware:
         if length > limit:
             await _reject(send, 413, "payload_too_large", f"Request body exceeds {limit} bytes.")
             return
-        await self._counted(scope, receive, send, limit)
-
-    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        """A chunked body has no length up front: count it as Django reads it; past the cap, Django
-        is told the client left (it stops reading and answers nothing) and the 413 is ours."""
-        received = 0
-        over = False
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, over
-            if over:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    over = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        await self.app(scope, counting_receive, tracking_send)
-        if over and not started:
+        try:
+            body = await _read_body(receive, limit)
+        except _ClientLeft:
+            return  # before its body was complete: nobody to answer
+        if body is None:
             await _reject(send, 413, "payload_too_large", f"Request body exceeds {limit} bytes.")
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+class _ClientLeft(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, read here on the event loop before the application runs; None past
+    ``limit``. Django runs in a worker thread that would otherwise wait on a slow client's body
+    (a few such clients would hold every thread), and a chunked body has no length up front: it
+    is counted as it arrives and refused at the cap before the application sees a byte."""
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientLeft
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands over the body read up front in one message, then the client's own
+    messages (its disconnect)."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 class HeaderTimeoutH11Protocol(H11Protocol):
@@ -243,3 +263,38 @@ def uvicorn_options() -> dict[str, Any]:
         "forwarded_allow_ips": ",".join(trusted) or None,
         "server_header": False,
     }
+
+
+class WorkerSockets(list[socket.socket]):
+    """The listening sockets of ``manage.py serve``'s worker processes: one per worker, all bound
+    to the same address with ``SO_REUSEPORT``, so the kernel spreads new connections over the
+    workers.
+
+    uvicorn's own multi-worker mode listens on one socket shared by every worker, and asyncio
+    accepts every pending connection in one go: the worker that wakes first takes a burst of
+    keep-alive connections (a proxy's pool, a load generator's 16) and keeps them, while the
+    others idle (bench/api_capacity.py saw all 16 on one of 2 workers, and 2 workers serve no more
+    than 1). uvicorn hands this list to each worker it spawns, pickled: what the worker unpickles
+    is a socket of its own (``worker_socket``). The parent's socket here is bound, never
+    listening, so it holds the port without taking connections from the group."""
+
+    def __init__(self, host: str, port: int) -> None:
+        held = _reuse_port_socket(host, port)
+        super().__init__([held])
+        self.address = (host, held.getsockname()[1])  # the port the kernel chose for port 0
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+        return worker_socket, self.address
+
+
+def worker_socket(host: str, port: int) -> list[socket.socket]:
+    """A worker's own socket in the group (asyncio's server makes it listen)."""
+    return [_reuse_port_socket(host, port)]
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock

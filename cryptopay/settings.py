@@ -228,10 +228,10 @@ def _milliseconds(value: timedelta) -> int:
 
 
 if DATABASE_URL:
-    # A pool per process, not persistent connections: under ASGI each request runs its sync code
-    # in a thread of its own, so a CONN_MAX_AGE connection is tied to a thread that ends with the
-    # request, is never reused, and they pile up to max_connections under load (found by
-    # bench/api_throughput.py). The pool bounds them and hands them from thread to thread.
+    # A pool per process, not persistent connections: a CONN_MAX_AGE connection is tied to the
+    # thread that opened it (under Django's ASGI handler, a thread per request: they piled up to
+    # max_connections, found by bench/api_throughput.py), and the pool replaces a dead connection
+    # before a request gets it. It bounds them and hands them from thread to thread.
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     # Django's backend with a pool that replaces every dead connection at the first one found and
     # reconnects at a short fixed interval (resilience/postgresql/base.py).
@@ -294,6 +294,13 @@ else:
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Threads per web worker that run Django's request handling (cryptopay/asgi.py). A request holds
+# at most one database connection: as many threads as the pool has connections, so none waits for
+# one and none sits unused while requests queue.
+SERVER_THREADS = env_int(
+    "CRYPTOPAY_WEB_THREADS",
+    DATABASES["default"].get("OPTIONS", {}).get("pool", {}).get("max_size", 16),
+)
 
 # --- Cache, channel layer, Celery ---------------------------------------------------------------
 if REDIS_URL:

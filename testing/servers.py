@@ -162,3 +162,65 @@ def asgi_server(
         yield server
     finally:
         _stop(process)
+
+
+def worker_pids(server_pid: int, workers: int) -> list[int]:
+    """The processes serving requests: the server itself with one worker, else its children
+    started by multiprocessing's spawn (not its resource tracker)."""
+    if workers == 1:
+        return [server_pid]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == server_pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for_workers(server_pid: int, workers: int, timeout: float = 180) -> list[int]:
+    """The worker pids once every one of them serves: the server answers as soon as the first
+    spawned worker does, so each is waited for until it sleeps in its event loop (epoll), twice
+    in a row, after setting Django up."""
+    deadline = time.monotonic() + timeout
+    settled = 0
+    while time.monotonic() < deadline:
+        pids = worker_pids(server_pid, workers)
+        waiting = [pid for pid in pids if "epoll" in _read(f"/proc/{pid}/wchan")]
+        settled = settled + 1 if len(pids) == workers and len(waiting) == workers else 0
+        if settled >= 2:
+            return pids
+        time.sleep(0.5)
+    raise RuntimeError(f"{workers} workers of server {server_pid} did not all start")
+
+
+def established_connections(pid: int, port: int) -> int:
+    """TCP connections to local ``port`` that process ``pid`` holds open (from /proc: its socket
+    inodes among the established IPv4 connections of that port)."""
+    inodes = set()
+    with suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for line in _read(f"/proc/{pid}/net/tcp").splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+            count += 1
+    return count
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""

@@ -18,7 +18,7 @@ import websockets
 
 from testing.attacks import MIB, multipart_flood, probing
 from testing.servers import Server, asgi_server
-from tests.factories import make_payment
+from tests.factories import ApiKeyFactory, make_payment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -162,6 +162,58 @@ def test_given_bodies_where_the_route_takes_none_or_not_json_when_posted_then_th
         "authentication_error",
     )
     assert get_page.status_code == 200
+
+
+def test_given_chunked_json_bodies_when_posted_to_the_api_then_over_the_cap_is_413_and_within_it_reaches_django(
+    tmp_path,
+):
+    def chunks(total: int):
+        for start in range(0, total, 16_384):
+            yield b" " * min(16_384, total - start)
+
+    with asgi_server(tmp_path) as server, httpx.Client(base_url=server.base_url) as client:
+        headers = {"Content-Type": "application/json"}
+        over = client.post("/api/v1/payments", content=chunks(70_000), headers=headers)
+        within = client.post(
+            "/api/v1/payments", content=iter([b'{"amount": ', b'"5.00"}']), headers=headers
+        )
+
+    assert over.request.headers["transfer-encoding"] == "chunked"
+    assert (over.status_code, error_of(over)["code"]) == (413, "payload_too_large")
+    assert (within.status_code, error_of(within)["type"]) == (401, "authentication_error")
+
+
+def test_given_clients_stalled_in_their_bodies_when_others_call_then_no_request_thread_is_held(
+    tmp_path,
+):
+    # Given: two request threads, and four merchants' clients that sent their headers and half a
+    # body, then stopped (the API reads the body of an authenticated request: a thread reading it
+    # would wait on the client).
+    _, secret = ApiKeyFactory.create_with_secret()
+    env = {"CRYPTOPAY_WEB_THREADS": "2"}
+    with asgi_server(tmp_path, env=env) as server, ExitStack() as stack:
+        for _ in range(4):
+            stalled = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+            stalled.sendall(
+                b"POST /api/v1/payments HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer " + secret.encode() + b"\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"amount"'
+            )
+        # When: others call, with and without a body.
+        with httpx.Client(base_url=server.base_url, timeout=5) as client:
+            started = time.monotonic()
+            page = client.get("/health/live")
+            posted = client.post(
+                "/api/v1/payments",
+                json={"amount": "not a number"},
+                headers={"Authorization": f"Bearer {secret}"},
+            )
+            took = time.monotonic() - started
+
+    # Then: both are answered at once.
+    assert page.status_code == 200
+    assert (posted.status_code, error_of(posted)["type"]) == (400, "invalid_request_error")
+    assert took < 2.0, took
 
 
 def test_given_a_websocket_opened_through_the_server_when_idle_past_the_header_timeout_then_it_stays_open(

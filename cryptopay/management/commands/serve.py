@@ -11,9 +11,10 @@ import socket
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from uvicorn.supervisors import Multiprocess
 
 from cryptopay.scheduler import EmbeddedScheduler
-from cryptopay.server import uvicorn_options
+from cryptopay.server import WorkerSockets, uvicorn_options
 from cryptopay.settings import database_pool_max
 
 
@@ -60,13 +61,30 @@ class Command(BaseCommand):
             ending="\n",
         )
         self.stdout.flush()
-        uvicorn.run(
+        if workers == 1:
+            uvicorn.run(
+                "cryptopay.asgi:application",
+                host=options["host"],
+                port=options["port"],
+                **uvicorn_options(),
+            )
+            return
+        # uvicorn.run's multi-worker mode, with a listening socket per worker (WorkerSockets).
+        config = uvicorn.Config(
             "cryptopay.asgi:application",
             host=options["host"],
             port=options["port"],
-            workers=workers if workers > 1 else None,
+            workers=workers,
             **uvicorn_options(),
         )
+        sockets = WorkerSockets(options["host"], options["port"])
+        try:
+            Multiprocess(config, sockets=sockets).run()
+        except KeyboardInterrupt:
+            pass  # as uvicorn.run: Ctrl-C is how one stops it
+        finally:
+            for sock in sockets:
+                sock.close()
 
 
 def _port_free(host: str, port: int) -> None:
