@@ -9,7 +9,8 @@ Needs wrk (``make wrk``), PostgreSQL and Redis (DATABASE_URL / REDIS_URL, defaul
 services). Runs in a scratch database ``cryptopay_apicapacity_<pid>`` created, migrated and
 dropped, with Redis keys under a per-run prefix deleted at the end (testing/scratch.py).
 
-Server: ``manage.py serve`` (uvicorn with cryptopay/server.py, what the Procfile runs) with
+Server: ``manage.py serve`` (uvicorn with cryptopay/server.py, what the Procfile runs: Django's
+WSGI handler in a thread pool for HTTP, a listening socket per worker) with
 ``WEB_CONCURRENCY`` = 1 or 2 and everything else production: DEBUG off, the database pool sized
 by settings.py from the worker count, ``PROMETHEUS_MULTIPROC_DIR`` set (as the README asks for more
 than one worker), live rates from a fake exchange on 127.0.0.1 through the tiered cache with
@@ -30,7 +31,8 @@ Each round starts one server per worker count and runs the three loads on it (a 
 rounds alternate which worker count goes first. Reported: the median over rounds of requests/s,
 p50 and p99, each load against the minimal one with the same workers, and two workers against one.
 Peak RSS per worker is each worker process's high-water mark (VmHWM) at the end of its server's
-run, the largest of them.
+run, the largest of them. With 2 workers, each run also shows how wrk's connections were spread
+over the workers half-way through (from /proc).
 
 SQL statements and Redis round trips per create (and per read) are counted in this process, on
 the same database and Redis, through the same Django stack (DRF's APIClient): every statement
@@ -46,6 +48,7 @@ they answered 201 (up to ``--clients`` more still in flight at the stop), each w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -59,6 +62,7 @@ from typing import Any
 from bench.api_throughput import PROVIDERS, WRK_THREADS, WRK_TIMEOUT, cpu_seconds_of, wrk_binary
 from bench.results import emit, figure
 from testing.scratch import scratch_environment
+from testing.servers import established_connections
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -132,6 +136,7 @@ class Run:
     answered: int
     cpu_share: float
     prefix: str
+    connections: list[int] = field(default_factory=list)  # per worker, mid-run
     problems: list[str] = field(default_factory=list)
 
 
@@ -168,13 +173,19 @@ def run_wrk(
         "-d", f"{seconds}s", "--timeout", WRK_TIMEOUT, "-s", str(script), base_url,
     ]  # fmt: skip
     cpu_before = sum(cpu_seconds_of(pid) for pid in pids)
-    done = subprocess.run(  # noqa: S603 (our own command line, no shell)
-        command, capture_output=True, text=True, timeout=seconds + 120
+    wrk = subprocess.Popen(  # noqa: S603 (our own command line, no shell)
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    # Half-way: how the kernel spread wrk's keep-alive connections over the workers.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        wrk.wait(timeout=seconds / 2)
+    port = int(base_url.rsplit(":", 1)[1])
+    connections = [established_connections(pid, port) for pid in pids]
+    stdout, stderr = wrk.communicate(timeout=seconds + 120)
     cpu_after = sum(cpu_seconds_of(pid) for pid in pids)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
-    if done.returncode != 0 or line is None:
-        raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    line = next((x for x in stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    if wrk.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({wrk.returncode}):\n{stdout}\n{stderr}")
     data = json.loads(line[len("WRK_JSON ") :])
     seconds_run = data["duration_us"] / 1e6
     answered = data["statuses"].get(EXPECTED[load], 0)
@@ -187,6 +198,7 @@ def run_wrk(
         answered=answered,
         cpu_share=(cpu_after - cpu_before) / seconds_run,
         prefix=prefix,
+        connections=connections,
     )
     run.problems += [
         f"{count} x HTTP {status}"
@@ -401,6 +413,7 @@ def report(
     print(f"Machine: {os.cpu_count()} CPUs; {load_start} at start, {machine_load()} at end")
     print(
         f"  {'workers':>7} {'load':8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU':>6}  rounds"
+        "  (connections per worker)"
     )
     for workers in workers_list:
         for load in LOADS:
@@ -411,6 +424,11 @@ def report(
                 f"{median_of(runs, load, workers, 'p99_ms'):8.1f} "
                 f"{median_of(runs, load, workers, 'cpu_share') * 100:5.0f}%  "
                 + ", ".join(f"{r.rate:.0f}" for r in mine)
+                + (
+                    "  (" + ", ".join("/".join(map(str, r.connections)) for r in mine) + ")"
+                    if workers > 1
+                    else ""
+                )
             )
     for run in runs:
         for problem in run.problems:

@@ -4,9 +4,9 @@
 HTTP goes to Django's WSGI handler, run in a fixed pool of ``SERVER_THREADS`` threads by a2wsgi,
 not to Django's ASGI handler. Every view, middleware and service here is synchronous, and under
 the ASGI handler each request crossed between the event loop and a thread about twenty times (one
-new thread per request, then a hop for each sync middleware's hooks on either side of the
-sync-only ones): 14 ms of CPU for a one-row insert where the same request through the WSGI
-handler took 4 ms, so a worker served 58 of them per second instead of 136
+new thread per request, then a hop for each hook of every middleware Django ran in async mode,
+and back around the sync-only ones): a one-row insert took about 12 ms of CPU where the same request through the
+WSGI handler took 3 to 4.5 ms, and a worker served 58 of them per second instead of 136
 (bench/api_capacity.py). Through a2wsgi a request runs whole in one pool thread, the event loop
 only moving its bytes; the body is read on the loop before the thread starts (server.py).
 """
