@@ -1,19 +1,12 @@
 from __future__ import annotations
 
-import secrets
-import string
-
 from django.db import models
 
-_ALPHABET = string.ascii_letters + string.digits
-
-
-_SYSTEM_RANDOM = secrets.SystemRandom()
+from accounts.models import random_token
 
 
 def _token(prefix: str, length: int = 24) -> str:
-    # One choices() call, not a choice() per character: a chain block publishes hundreds of events.
-    return prefix + "".join(_SYSTEM_RANDOM.choices(_ALPHABET, k=length))
+    return prefix + random_token(length)
 
 
 def clock_now():
