@@ -25,7 +25,7 @@ from django.db import (
     connections,
     transaction,
 )
-from django.db.models import Field, Model, Q
+from django.db.models import NOT_PROVIDED, Field, Model, Q
 
 from accounts.models import Merchant
 from cryptopay.bulk_writes import rows_insert, rows_update
@@ -196,8 +196,10 @@ def _payment_insert_statement() -> _PaymentInsert:
     )
     outbox_all = [f for f in Event._meta.local_concrete_fields if not f.primary_key]
     for f in (*payment_fields, *event_fields, *outbox_all):
-        # Such a field would need its own placeholder, not "%s" (Django's insert asks it).
+        # Such a field would need SQL of its own, not "%s" (Django's insert compiler writes
+        # it: the field's placeholder, DEFAULT, or nothing for a generated column).
         assert not hasattr(f, "get_placeholder"), f"{f} has its own placeholder"
+        assert f.db_default is NOT_PROVIDED and not f.generated, f"{f} is written by the database"
     outbox_sql = ", ".join(
         f"e.{_column(PaymentEvent, f.name)}" if f.name in _OUTBOX_FROM_EVENT else "%s"
         for f in outbox_all

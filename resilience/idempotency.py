@@ -234,6 +234,7 @@ def _complete_statement(vendor: str) -> tuple[str, tuple[Field, ...]]:
         "completed_at", "expires_at", "locked_at", "version",
     )  # fmt: skip
     fields = tuple(f for name in names if isinstance(f := meta.get_field(name), Field))
+    # "%s" for every value: also the binary body's placeholder on PostgreSQL and SQLite.
     assignments = ", ".join(f"{quote(_column_of(f))} = %s" for f in fields)
     sql = (
         f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608 (names are the model's)
