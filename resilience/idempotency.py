@@ -221,39 +221,40 @@ class _InProgress:
 
 
 @functools.cache
-def _complete_statement(vendor: str) -> tuple[str, tuple[Field, ...]]:
-    """The UPDATE that completes a claimed row, fenced on its version (its row, only if no one
-    took it over since), with the fields it sets in the order of its placeholders. Built once per
-    process and database vendor: its text holds nothing but the model's table and column names,
-    and every value is a parameter. Django's update compiler, run on every request, cost more
-    than the statement did."""
+def _complete_statement(vendor: str, names: tuple[str, ...]) -> tuple[str, tuple[Field, ...]]:
+    """``UPDATE ... SET <names> WHERE id = %s AND version = %s`` with the fields it sets, in the
+    order of its placeholders. Built once per process, database vendor and set of fields: its
+    text holds nothing but the model's table and column names, and every value is a parameter.
+    Django's update compiler, run on every request, cost more than the statement did."""
     quote = connection.ops.quote_name
     meta = IdempotencyKey._meta
-    names = (
-        "status", "response_status", "response_headers", "response_body", "response_sealed",
-        "completed_at", "expires_at", "locked_at", "version",
-    )  # fmt: skip
-    fields = tuple(f for name in names if isinstance(f := meta.get_field(name), Field))
+    fields = tuple(_concrete(meta.get_field(name)) for name in names)
     # "%s" for every value: also the binary body's placeholder on PostgreSQL and SQLite.
     assignments = ", ".join(f"{quote(_column_of(f))} = %s" for f in fields)
     sql = (
         f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608 (names are the model's)
-        f"WHERE {quote(_column_of(meta.get_field('id')))} = %s "
+        f"WHERE {quote(_column_of(meta.pk))} = %s "
         f"AND {quote(_column_of(meta.get_field('version')))} = %s"
     )
     return sql, fields
 
 
+def _concrete(field: Any) -> Field:
+    assert isinstance(field, Field) and field.column is not None, f"{field} has no column"
+    return field
+
+
 def _column_of(field: Any) -> str:
-    assert isinstance(field, Field) and field.column is not None, field
-    return field.column
+    column = _concrete(field).column
+    assert column is not None
+    return column
 
 
 def _complete(claimed: _Claimed, **values: Any) -> None:
-    """``IdempotencyKey.objects.filter(pk=..., version=...).update(**values)`` for the claimed
-    row, each value prepared for the database by its field as Django's update prepares it."""
-    sql, fields = _complete_statement(connection.vendor)
+    """``IdempotencyKey.objects.filter(pk=..., version=...).update(**values)`` on the claimed
+    row (fenced on its version), each value prepared by its field as Django's update does."""
     db = transaction.get_connection()
+    sql, fields = _complete_statement(db.vendor, tuple(values))
     params = [f.get_db_prep_save(values[f.name], db) for f in fields]
     with db.cursor() as cursor:
         cursor.execute(sql, [*params, claimed.pk, claimed.version])
