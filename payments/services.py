@@ -7,6 +7,7 @@ same transaction, so the event log and the payment never disagree.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -16,10 +17,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Field, Model, Q
-from django.db.models.constants import OnConflict
-from django.db.models.sql import InsertQuery
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    connection,
+    connections,
+    transaction,
+)
+from django.db.models import NOT_PROVIDED, Field, Model, Q
 
 from accounts.models import Merchant
 from cryptopay.bulk_writes import rows_insert, rows_update
@@ -160,6 +166,71 @@ def _outbox_fields(*, payment: Payment, event: PaymentEvent) -> dict[str, Any]:
     }
 
 
+# The outbox row repeats its event's type, sequence and data: the statement copies them from the
+# event's row instead of sending them twice (the data, a quote and a payment snapshot, is its
+# largest value). That also keeps it within what psycopg caches parsed (at most 50 parameters):
+# a statement with more is split into its placeholders again on every call.
+_OUTBOX_FROM_EVENT = ("type", "sequence", "data")
+_EVENT_COLUMNS = ("sequence", "type", "data", "created_at")
+
+
+@dataclass(frozen=True)
+class _PaymentInsert:
+    """``_payment_insert``'s statement and the fields whose values it takes, in order."""
+
+    sql: str
+    payment_fields: tuple[Field, ...]
+    event_fields: tuple[Field, ...]
+    outbox_fields: tuple[Field, ...]
+
+
+@functools.cache
+def _payment_insert_statement() -> _PaymentInsert:
+    """Built once per process (PostgreSQL only): its text holds nothing but the models' table and
+    column names, which do not change while the process runs; every value is a parameter.
+    Building it on every call (Django's insert compiler) cost more than PostgreSQL did running it."""
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    payment_fields = tuple(f for f in Payment._meta.local_concrete_fields if not f.primary_key)
+    event_fields = tuple(
+        f for name in _EVENT_COLUMNS if isinstance(f := PaymentEvent._meta.get_field(name), Field)
+    )
+    outbox_all = [f for f in Event._meta.local_concrete_fields if not f.primary_key]
+    for f in (*payment_fields, *event_fields, *outbox_all):
+        # Such a field would need SQL of its own, not "%s" (Django's insert compiler writes
+        # it: the field's placeholder, DEFAULT, or nothing for a generated column).
+        assert not hasattr(f, "get_placeholder"), f"{f} has its own placeholder"
+        assert f.db_default is NOT_PROVIDED and not f.generated, f"{f} is written by the database"
+    outbox_sql = ", ".join(
+        f"e.{_column(PaymentEvent, f.name)}" if f.name in _OUTBOX_FROM_EVENT else "%s"
+        for f in outbox_all
+    )
+    payment_table = quote(Payment._meta.db_table)
+    # Names are the models'; every value is a parameter.
+    sql = (
+        f"WITH p AS (INSERT INTO {payment_table} "  # noqa: S608
+        f"({', '.join(_column(Payment, f.name) for f in payment_fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(payment_fields))}) "
+        f"ON CONFLICT DO NOTHING RETURNING {payment_table}.{_column(Payment)}), "
+        f"e AS (INSERT INTO {quote(PaymentEvent._meta.db_table)} "
+        f"({_column(PaymentEvent, 'payment')}, "
+        f"{', '.join(_column(PaymentEvent, f.name) for f in event_fields)}) "
+        f"SELECT p.{_column(Payment)}, %s, %s, %s, %s FROM p "
+        f"RETURNING {_column(PaymentEvent)}, {_column(PaymentEvent, 'payment')}, "
+        f"{', '.join(_column(PaymentEvent, name) for name in _OUTBOX_FROM_EVENT)}), "
+        f"o AS (INSERT INTO {quote(Event._meta.db_table)} "
+        f"({', '.join(_column(Event, f.name) for f in outbox_all)}) "
+        f"SELECT {outbox_sql} FROM e RETURNING {_column(Event)}) "
+        f"SELECT e.{_column(PaymentEvent)}, e.{_column(PaymentEvent, 'payment')}, "
+        f"o.{_column(Event)} FROM e CROSS JOIN o"
+    )
+    return _PaymentInsert(
+        sql=sql,
+        payment_fields=payment_fields,
+        event_fields=event_fields,
+        outbox_fields=tuple(f for f in outbox_all if f.name not in _OUTBOX_FROM_EVENT),
+    )
+
+
 def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
     """Insert a new payment, its first event and that event's outbox row; False, writing
     nothing, when the merchant already has a payment with its ``order_id``.
@@ -168,7 +239,8 @@ def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
     in a CTE feeding the event's INSERT, which feeds the outbox's): no savepoint, no error that
     would poison the caller's transaction, one round trip instead of four.
     """
-    if connection.vendor != "postgresql":
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor != "postgresql":
         try:
             with transaction.atomic():
                 payment.save(force_insert=True)
@@ -180,43 +252,15 @@ def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
             raise
         _event_publish(payment=payment, event=event)
         return True
-    query = InsertQuery(Payment, on_conflict=OnConflict.IGNORE)
-    query.insert_values(
-        [f for f in Payment._meta.local_concrete_fields if not f.primary_key], [payment]
-    )
-    compiler = query.get_compiler(connection=connection)
-    compiler.returning_fields = [Payment._meta.pk]
-    [(payment_sql, payment_params)] = compiler.as_sql()
-    ops = connection.ops
-    columns = ", ".join(
-        _column(PaymentEvent, name)
-        for name in ("payment", "sequence", "type", "data", "created_at")
-    )
-    event_fields = {f.name: f for f in PaymentEvent._meta.concrete_fields}
-    values = [
-        event_fields[name].get_db_prep_save(getattr(event, name), connection)
-        for name in ("sequence", "type", "data", "created_at")
-    ]
+    statement = _payment_insert_statement()
     outbox = event_prepare(Event(**_outbox_fields(payment=payment, event=event)))
-    outbox_fields = [f for f in Event._meta.local_concrete_fields if not f.primary_key]
-    outbox_values = [
-        f.get_db_prep_save(f.pre_save(outbox, True), connection) for f in outbox_fields
-    ]
-    placeholders = ", ".join(["%s"] * len(outbox_fields))
-    # Names are the models'; every value is a parameter.
-    sql = (
-        f"WITH p AS ({payment_sql}), "  # noqa: S608
-        f"e AS (INSERT INTO {ops.quote_name(PaymentEvent._meta.db_table)} ({columns}) "
-        f"SELECT p.{_column(Payment)}, %s, %s, %s, %s FROM p "
-        f"RETURNING {_column(PaymentEvent)}, {_column(PaymentEvent, 'payment')}), "
-        f"o AS (INSERT INTO {ops.quote_name(Event._meta.db_table)} "
-        f"({', '.join(_column(Event, f.name) for f in outbox_fields)}) "
-        f"SELECT {placeholders} FROM e RETURNING {_column(Event)}) "
-        f"SELECT e.{_column(PaymentEvent)}, e.{_column(PaymentEvent, 'payment')}, "
-        f"o.{_column(Event)} FROM e CROSS JOIN o"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*payment_params, *values, *outbox_values])
+    # Each value prepared as Django's insert prepares it (pre_save: auto_now, then the field's
+    # conversion for the database).
+    values = [f.get_db_prep_save(f.pre_save(payment, True), db) for f in statement.payment_fields]
+    values += [f.get_db_prep_save(getattr(event, f.attname), db) for f in statement.event_fields]
+    values += [f.get_db_prep_save(f.pre_save(outbox, True), db) for f in statement.outbox_fields]
+    with db.cursor() as cursor:
+        cursor.execute(statement.sql, values)
         row = cursor.fetchone()
     if row is None:
         if _order_id_taken(payment):
@@ -225,7 +269,7 @@ def _payment_insert(*, payment: Payment, event: PaymentEvent) -> bool:
     event.pk, payment.pk, outbox.pk = row
     event.payment = payment
     for instance in (payment, event, outbox):
-        instance._state.adding, instance._state.db = False, connection.alias
+        instance._state.adding, instance._state.db = False, db.alias
     event_queue_on_commit(outbox)
     return True
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import copy
 import json
 import re
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -126,6 +128,15 @@ class PaymentCreateSerializer(StrictSerializer):
             f"{settings.PAYMENT_METADATA_MAX_VALUE_LENGTH} characters."
         ),
     )
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # Shallow copies of the declared fields, not DRF's deep copies: those build each field
+        # anew from its arguments (the choices lists copied too), most of what validating a
+        # create cost. A copy is safe to share the rest with because a field keeps nothing of a
+        # request: binding sets its name and parent on the copy, validation only reads it, and
+        # nothing changes a field's shared parts (validators, choices, a list's or dict's child)
+        # after it is declared.
+        return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 
     def validate_metadata(self, value: dict[str, str]) -> dict[str, str]:
         if len(value) > settings.PAYMENT_METADATA_MAX_KEYS:
@@ -346,13 +357,32 @@ class RateSerializer(QuoteSerializer):
 
 # One field object for every timestamp written out (it keeps no state between calls).
 _DATETIME = serializers.DateTimeField()
+# Fields bound to a time zone, one per zone (settings.TIME_ZONE unless a request activates
+# another), kept for the process as _DATETIME is: DRF's own looks the current time zone up (a
+# context-local read) for every timestamp, a payment has six or more, and these are handed out
+# by ``_datetime_field`` after one lookup per payment written. Same output: a field bound to the
+# current zone writes what the unbound one writes while that zone is current.
+_DATETIME_IN_ZONE: dict[tzinfo, serializers.DateTimeField] = {}
+
+
+def _datetime_field() -> serializers.DateTimeField:
+    """A field writing timestamps in the current time zone, as ``_DATETIME`` does."""
+    if not settings.USE_TZ:
+        return _DATETIME  # naive timestamps: no zone to look up
+    zone = timezone.get_current_timezone()
+    field = _DATETIME_IN_ZONE.get(zone)
+    if field is None:
+        field = _DATETIME_IN_ZONE.setdefault(zone, serializers.DateTimeField(default_timezone=zone))
+    return field
 
 
 def _plain(value: Decimal | None) -> str | None:
     return None if value is None else f"{value.normalize():f}"
 
 
-def _quote(priced: Payment | PaymentOption) -> dict[str, Any]:
+def _quote(
+    priced: Payment | PaymentOption, dates: serializers.DateTimeField = _DATETIME
+) -> dict[str, Any]:
     return {
         "rate": _plain(priced.rate),
         "bid": _plain(priced.rate_bid),
@@ -362,7 +392,7 @@ def _quote(priced: Payment | PaymentOption) -> dict[str, Any]:
         "fetched_at": (
             None
             if priced.rate_fetched_at is None
-            else _DATETIME.to_representation(priced.rate_fetched_at)
+            else dates.to_representation(priced.rate_fetched_at)
         ),
         "age_seconds": priced.rate_age_seconds,
     }
@@ -559,7 +589,9 @@ def _amount_due(payment: Payment) -> str | None:
     return _crypto(payment, max(payment.crypto_amount - payment.amount_received, 0))
 
 
-def _option_representation(priced: Payment | PaymentOption, *, selected: bool) -> dict[str, Any]:
+def _option_representation(
+    priced: Payment | PaymentOption, *, selected: bool, dates: serializers.DateTimeField
+) -> dict[str, Any]:
     """PaymentOptionSerializer's output, written out as PaymentSerializer's is."""
     amount = priced.priced_amount if isinstance(priced, Payment) else priced.crypto_amount
     return {
@@ -568,7 +600,7 @@ def _option_representation(priced: Payment | PaymentOption, *, selected: bool) -
         "crypto_amount_base_units": str(priced.crypto_amount),
         "deposit_address": None if priced.deposit_address is None else str(priced.deposit_address),
         "selected": selected,
-        "quote": _quote(priced),
+        "quote": _quote(priced, dates),
     }
 
 
@@ -588,8 +620,8 @@ def _options(payment: Payment) -> list[tuple[Payment | PaymentOption, bool]]:
 _STATUS_VALUES = {str(value): value for value, _ in PaymentStatus.choices}
 
 
-def _datetime(value: datetime | None) -> str | None:
-    return _DATETIME.to_representation(value) if value else None
+def _datetime(value: datetime | None, dates: serializers.DateTimeField) -> str | None:
+    return dates.to_representation(value) if value else None
 
 
 def payment_representation(payment: Payment, *, request: Any = None) -> dict[str, Any]:
@@ -598,6 +630,7 @@ def payment_representation(payment: Payment, *, request: Any = None) -> dict[str
     order_id = payment.order_id
     deposit_address = payment.deposit_address
     coin = payment.crypto_currency
+    dates = _datetime_field()
     return {
         "id": str(payment.public_id),
         "object": "payment",
@@ -611,7 +644,7 @@ def payment_representation(payment: Payment, *, request: Any = None) -> dict[str
         "selected_currency": coin or None,
         "accepted_currencies": list(payment.accepted_currencies) or [coin],
         "payment_options": [
-            _option_representation(priced, selected=selected)
+            _option_representation(priced, selected=selected, dates=dates)
             for priced, selected in _options(payment)
         ],
         "crypto_amount": _crypto(payment, payment.crypto_amount),
@@ -621,7 +654,7 @@ def payment_representation(payment: Payment, *, request: Any = None) -> dict[str
         "amount_received": _crypto(payment, payment.amount_received),
         "amount_confirmed": _crypto(payment, payment.amount_confirmed),
         "amount_due": _amount_due(payment),
-        "quote": _quote(payment) if coin else None,
+        "quote": _quote(payment, dates) if coin else None,
         "deposit_address": None if deposit_address is None else str(deposit_address),
         "checkout_url": _checkout_url(payment, request),
         "redirect_url": str(payment.redirect_url),
@@ -629,11 +662,11 @@ def payment_representation(payment: Payment, *, request: Any = None) -> dict[str
         "status": status if status in ("", None) else _STATUS_VALUES.get(str(status), status),
         "sub_status": payment.sub_status or None,
         "required_confirmations": int(payment.required_confirmations),
-        "expires_at": _datetime(payment.expires_at),
-        "monitoring_until": _datetime(payment.monitoring_until),
-        "created_at": _datetime(payment.created_at),
-        "updated_at": _datetime(payment.updated_at),
-        "settled_at": _datetime(payment.settled_at),
+        "expires_at": _datetime(payment.expires_at, dates),
+        "monitoring_until": _datetime(payment.monitoring_until, dates),
+        "created_at": _datetime(payment.created_at, dates),
+        "updated_at": _datetime(payment.updated_at, dates),
+        "settled_at": _datetime(payment.settled_at, dates),
     }
 
 

@@ -129,3 +129,19 @@ def test_given_a_read_through_the_api_then_it_answers_the_written_json(merchant)
     serializer = PaymentSerializer(payment, context={"request": request})
     walked = serializers.ModelSerializer.to_representation(serializer, payment)
     assert read.content == JSONRenderer().render(walked)
+
+
+def test_given_another_time_zone_active_then_the_written_json_is_still_drf_s(merchant):
+    # The written JSON looks the current time zone up once per payment (DRF: per timestamp);
+    # whichever zone is current, both write the timestamps in it.
+    from django.utils import timezone
+
+    payment = Payment.objects.get(pk=created_payments(merchant)[4].pk)  # settled: 7 timestamps
+    in_utc, _ = rendered_both_ways(payment)
+
+    with timezone.override("Asia/Kolkata"):
+        written, walked = rendered_both_ways(payment)
+
+    assert written == walked
+    assert written != in_utc and b"+05:30" in written
+    assert rendered_both_ways(payment)[0] == in_utc  # back in UTC once the zone is left

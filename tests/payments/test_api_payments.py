@@ -280,3 +280,23 @@ def test_an_address_reserved_for_a_create_that_made_no_payment_is_given_back(
     ]
     assert indexes == [0, 1]  # the refused and the replayed request's addresses came back
     assert AddressIndex.objects.get(merchant=merchant, key_space="dev:LTC").next_index == 2
+
+
+def test_each_create_serializer_validates_with_fields_of_its_own():
+    # PaymentCreateSerializer copies its declared fields shallowly, not as DRF's deep copies:
+    # each instance must still get fields of its own, bound to it, the declared ones untouched.
+    from payments.api.serializers import PaymentCreateSerializer
+
+    merchant = MerchantFactory.create()
+    context = {"merchant": merchant, "livemode": True}
+    valid = PaymentCreateSerializer(data={"amount": "5", "crypto_currency": "BTC"}, context=context)
+    refused = PaymentCreateSerializer(data={"amount": "x", "accepted_currencies": ["?"]})
+
+    for name, declared in PaymentCreateSerializer._declared_fields.items():
+        assert valid.fields[name] is not refused.fields[name]
+        assert valid.fields[name].parent is valid and refused.fields[name].parent is refused
+        assert declared.parent is None and declared.field_name is None
+    assert valid.is_valid(), valid.errors
+    assert not refused.is_valid()
+    assert set(refused.errors) == {"amount", "accepted_currencies"}
+    assert valid.validated_data["currency"] == merchant.default_fiat_currency
