@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from django.db import connections
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
 
 from payments.checkout import checkout_url
 from payments.devchain import payment_simulate
@@ -65,7 +73,7 @@ def browser_page() -> Iterator[Page]:
             browser.close()
 
 
-def in_worker_thread(work) -> None:  # type: ignore[no-untyped-def]
+def in_worker_thread(work: Callable[[], object]) -> None:
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -119,7 +127,7 @@ def test_given_the_websocket_failing_then_the_page_still_updates_by_polling(
     payment, page = ltc_payment, browser_page
     refused: list[str] = []
 
-    def refuse(route) -> None:  # type: ignore[no-untyped-def]
+    def refuse(route: Any) -> None:
         refused.append(route.url)
         route.close(code=1011, reason="test: the socket fails")
 
@@ -141,7 +149,7 @@ def test_given_the_websocket_failing_then_the_page_still_updates_by_polling(
 
 AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
 SHOTS = ARTIFACTS / "checkout"
-VIEWS = {
+VIEWS: dict[str, tuple[ViewportSize, Literal["light", "dark"]]] = {
     "desktop": ({"width": 1280, "height": 900}, "light"),
     "phone": ({"width": 360, "height": 740}, "light"),
     "phone-dark": ({"width": 360, "height": 740}, "dark"),
@@ -149,7 +157,7 @@ VIEWS = {
 
 
 @pytest.fixture
-def browser_context() -> Iterator:  # type: ignore[type-arg]
+def browser_context() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -158,19 +166,22 @@ def browser_context() -> Iterator:  # type: ignore[type-arg]
             browser.close()
 
 
-def open_page(browser, *, locale: str = "en-US", viewport=None) -> Page:  # type: ignore[no-untyped-def]
+def open_page(
+    browser: Browser, *, locale: str = "en-US", viewport: ViewportSize | None = None
+) -> Page:
     context = browser.new_context(
         locale=locale, viewport=viewport or VIEWS["desktop"][0], extra_http_headers={}
     )
     context.grant_permissions(["clipboard-read", "clipboard-write"])
     page = context.new_page()
-    page.csp_violations = []  # type: ignore[attr-defined]
-    page.on(
-        "console",
-        lambda message: (
-            "Content Security Policy" in message.text and page.csp_violations.append(message.text)
-        ),  # type: ignore[attr-defined]
-    )
+    violations: list[str] = []
+    page.csp_violations = violations  # type: ignore[attr-defined]
+
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            violations.append(message.text)
+
+    page.on("console", on_console)
     return page
 
 
@@ -187,7 +198,7 @@ def axe_violations(page: Page) -> list[dict]:
     ]
 
 
-def capture_state(page: Page, url: str, step: str, check=lambda page: None) -> list[str]:  # type: ignore[no-untyped-def]
+def capture_state(page: Page, url: str, step: str, check=lambda page: None) -> list[str]:
     """Open ``url`` in every view, expect ``step``, run ``check``, save screenshots and run axe
     in each."""
     saved = []
@@ -211,13 +222,13 @@ def capture_state(page: Page, url: str, step: str, check=lambda page: None) -> l
     return saved
 
 
-def choice_payment(**fields) -> Payment:  # type: ignore[no-untyped-def]
+def choice_payment(**fields: Any) -> Payment:
     from decimal import Decimal
 
     from payments.services import payment_create_with_choice
     from tests.factories import MerchantFactory
 
-    merchant = fields.pop("merchant", None) or MerchantFactory(
+    merchant = fields.pop("merchant", None) or MerchantFactory.create(
         name="Bean & Leaf Coffee", brand_color="#6d3b1f", support_url="https://shop.example/help"
     )
     return payment_create_with_choice(
@@ -240,7 +251,7 @@ def test_every_checkout_state_reads_plainly_fits_a_phone_and_passes_axe(gateway,
     page = open_page(browser_context)
     merchant_ids: list[int] = []
 
-    def make(**fields) -> Payment:  # type: ignore[no-untyped-def]
+    def make(**fields: Any) -> Payment:
         holder: list[Payment] = []
 
         def work() -> None:
@@ -261,7 +272,7 @@ def test_every_checkout_state_reads_plainly_fits_a_phone_and_passes_axe(gateway,
         in_worker_thread(work)
         return holder[0]
 
-    def change(payment: Payment, work) -> None:  # type: ignore[no-untyped-def]
+    def change(payment: Payment, work: Callable[[Payment], object]) -> None:
         in_worker_thread(lambda: work(Payment.objects.get(pk=payment.pk)))
 
     def pick(p: Payment) -> None:
@@ -286,7 +297,11 @@ def test_every_checkout_state_reads_plainly_fits_a_phone_and_passes_axe(gateway,
         check=lambda page: [expect(page.locator("#headline")).to_have_text("Waiting for payment")],
     )
 
-    change(payment, lambda p: payment_simulate(payment=p, amount=p.crypto_amount // 2))
+    def pay_half(chosen: Payment) -> None:
+        assert chosen.crypto_amount is not None  # the coin is picked: the payment is priced
+        payment_simulate(payment=chosen, amount=chosen.crypto_amount // 2)
+
+    change(payment, pay_half)
     shots["underpaid"] = capture_state(
         page,
         url(payment),
@@ -439,7 +454,7 @@ def test_given_a_redirect_url_when_paid_the_page_returns_the_buyer_to_the_shop(
     page = open_page(browser_context)
     arrived: list[str] = []
 
-    def shop(route) -> None:  # type: ignore[no-untyped-def]
+    def shop(route: Any) -> None:
         arrived.append(route.request.url)
         route.fulfill(status=200, content_type="text/html", body="<title>Thanks</title>thanks")
 
@@ -507,7 +522,9 @@ def test_given_embedded_mode_when_another_process_pays_then_the_open_page_shows_
         return done.stdout
 
     manage("migrate", "--noinput", "-v0")
-    key = re.search(r"API key\s+(cpk_\S+)", manage("bootstrap_demo")).group(1)
+    found = re.search(r"API key\s+(cpk_\S+)", manage("bootstrap_demo"))
+    assert found is not None, "bootstrap_demo prints the API key"
+    key = found.group(1)
     with asgi_server(tmp_path, env=env) as server:
         created = httpx.post(
             server.base_url + "/api/v1/payments",
