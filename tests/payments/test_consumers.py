@@ -7,6 +7,9 @@ threads, so the tests are transactional (data committed, as in production).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import tempfile
+import threading
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -38,15 +41,47 @@ from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+# A scenario's own waits are bounded (every receive has a timeout, the whole scenario 30 s); the
+# event loop's shutdown after it (cancelling the consumers, joining the executor threads, closing
+# the channel layer's pools) is not. So the loop runs in a thread of its own and the test waits for
+# it at most this long: a shutdown that hangs fails the test, with every thread's stack, instead of
+# stalling the suite until CI gives up on it.
+SCENARIO_SECONDS = 30
+SHUTDOWN_SECONDS = 30
+
+
 def run(scenario) -> None:  # type: ignore[no-untyped-def]
+    loops: list[asyncio.AbstractEventLoop] = []
+
     async def scenario_then_close_connections():  # type: ignore[no-untyped-def]
+        loops.append(asyncio.get_running_loop())
         try:
-            await asyncio.wait_for(scenario, timeout=30)
+            await asyncio.wait_for(scenario, timeout=SCENARIO_SECONDS)
         finally:
             # The consumers' database thread keeps a connection; the test database must drop.
             await sync_to_async(connections.close_all)()
 
-    asyncio.run(scenario_then_close_connections())
+    failures: list[BaseException] = []
+
+    def on_its_own_loop() -> None:
+        try:
+            asyncio.run(scenario_then_close_connections())
+        except BaseException as exc:  # re-raised in the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=on_its_own_loop, name="websocket-scenario", daemon=True)
+    thread.start()
+    thread.join(SCENARIO_SECONDS + SHUTDOWN_SECONDS)
+    if thread.is_alive():
+        with tempfile.TemporaryFile("w+") as stacks:  # faulthandler writes to a real file
+            faulthandler.dump_traceback(stacks, all_threads=True)
+            print("\nthe loop's tasks:", file=stacks)
+            for task in asyncio.all_tasks(loops[0]) if loops else ():
+                task.print_stack(file=stacks)
+            stacks.seek(0)
+            pytest.fail(f"the scenario's event loop did not finish; threads:\n{stacks.read()}")
+    if failures:
+        raise failures[0]
 
 
 async def open_socket(path: str, headers: list[tuple[bytes, bytes]] | None = None):  # type: ignore[no-untyped-def]
