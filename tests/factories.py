@@ -32,7 +32,7 @@ class ApiKeyFactory:
     ) -> tuple[ApiKey, str]:
         """``livemode`` False: a test key (``cpk_test_…``)."""
         return accounts_services.api_key_create(
-            merchant=merchant or MerchantFactory(),
+            merchant=merchant or MerchantFactory.create(),
             name=name,
             scopes=scopes if scopes is not None else list(ApiKeyScope.values),
             livemode=livemode,
@@ -48,7 +48,7 @@ def make_payment(
     **fields,
 ) -> Payment:
     return services.payment_create(
-        merchant=merchant or MerchantFactory(),
+        merchant=merchant or MerchantFactory.create(),
         fiat_amount=Decimal(amount),
         fiat_currency=currency,
         crypto_currency=crypto_currency,

@@ -10,7 +10,9 @@ import asyncio
 import faulthandler
 import tempfile
 import threading
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -50,10 +52,10 @@ SCENARIO_SECONDS = 30
 SHUTDOWN_SECONDS = 30
 
 
-def run(scenario) -> None:  # type: ignore[no-untyped-def]
+def run(scenario: Coroutine[Any, Any, None]) -> None:
     loops: list[asyncio.AbstractEventLoop] = []
 
-    async def scenario_then_close_connections():  # type: ignore[no-untyped-def]
+    async def scenario_then_close_connections() -> None:
         loops.append(asyncio.get_running_loop())
         try:
             await asyncio.wait_for(scenario, timeout=SCENARIO_SECONDS)
@@ -84,14 +86,16 @@ def run(scenario) -> None:  # type: ignore[no-untyped-def]
         raise failures[0]
 
 
-async def open_socket(path: str, headers: list[tuple[bytes, bytes]] | None = None):  # type: ignore[no-untyped-def]
+async def open_socket(
+    path: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(application, path, headers=headers or [])
     connected, _ = await communicator.connect(timeout=5)
     assert connected, "the handshake is accepted before any check, so browsers see close codes"
     return communicator
 
 
-async def closed_with(communicator) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+async def closed_with(communicator: WebsocketCommunicator) -> tuple[int, str]:
     message = await communicator.receive_output(timeout=5)
     assert message["type"] == "websocket.close", message
     # The client's side of the closing handshake: the server sees websocket.disconnect and the
@@ -110,7 +114,9 @@ def change_status(payment: Payment, to_status: str) -> Event:
     payment_transition(
         payment=Payment.objects.get(pk=payment.pk), to_status=to_status, reason="test"
     )
-    return Event.objects.filter(subject=payment.public_id).order_by("-sequence").first()
+    event = Event.objects.filter(subject=payment.public_id).order_by("-sequence").first()
+    assert event is not None, "a status change is an event"
+    return event
 
 
 @sync_to_async
@@ -119,7 +125,7 @@ def dispatch(*events: Event) -> None:
         dispatch_events(event_ids=[event.pk])
 
 
-async def events_received(communicator, count: int) -> list[dict]:  # type: ignore[no-untyped-def]
+async def events_received(communicator: WebsocketCommunicator, count: int) -> list[dict]:
     return [await communicator.receive_json_from(timeout=5) for _ in range(count)]
 
 
@@ -215,7 +221,7 @@ def test_given_undispatched_events_when_a_merchant_client_resumes_at_the_end_the
     """Events waiting for the dispatcher have no stream position yet: the end of the stream is
     the highest position given, not 0 (found by the chaos run: every resume under a backlog got
     ``beyond_end`` and started over)."""
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     auth = [(b"authorization", f"Bearer {secret}".encode())]
     dispatched = make_payment(merchant=merchant)
@@ -302,7 +308,7 @@ def _session_cookie(*, staff: bool) -> bytes:
 
 
 def test_given_a_non_staff_session_when_opening_merchant_stream_then_forbidden():
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     cookie = _session_cookie(staff=False)
 
     async def scenario():
@@ -315,8 +321,8 @@ def test_given_a_non_staff_session_when_opening_merchant_stream_then_forbidden()
 
 
 def test_given_a_staff_session_when_opening_a_merchant_stream_then_it_receives_that_merchants_events():
-    merchant = MerchantFactory()
-    other = MerchantFactory()
+    merchant = MerchantFactory.create()
+    other = MerchantFactory.create()
     cookie = _session_cookie(staff=True)
     mine = make_payment(merchant=merchant)
     theirs = make_payment(merchant=other)
@@ -486,7 +492,7 @@ def test_given_five_connections_of_one_merchant_when_a_sixth_opens_then_the_firs
     settings,
 ):
     settings.WEBSOCKET_MAX_CONNECTIONS_PER_USER = 5
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     auth = [(b"authorization", f"Bearer {secret}".encode())]
     before = connection_registry().stats().evictions_total
@@ -581,7 +587,7 @@ def test_given_several_connections_behind_on_one_stream_then_one_heartbeat_catch
 
 
 def test_given_a_lost_message_on_the_merchant_stream_when_the_next_arrives_then_the_gap_is_filled():
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     first, second = make_payment(merchant=merchant), make_payment(merchant=merchant)
 
