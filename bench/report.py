@@ -1,13 +1,14 @@
 """Run every bench and write bench/RESULTS.md: the machine, and every figure next to its baseline.
 
-    .venv/bin/python -m bench.report [--quick] [--output bench/RESULTS.md] [--json PATH]
-                                     [--only NAME,...] [--skip NAME,...]
+    .venv/bin/python -m bench.report [--quick [--jobs N]] [--output bench/RESULTS.md]
+                                     [--json PATH] [--only NAME,...] [--skip NAME,...]
 
 ``make bench`` runs it (``make bench BENCH_QUICK=1`` adds ``--quick``). Each bench in BENCHES runs
 as its own process, one after the other (never two at once: they would measure each other), at its
-report size (below) or, with ``--quick``, at smoke sizes that keep the whole run near a minute and
-a half (tests/test_bench_report.py runs that inside ``make test``, so a bench that breaks or stops
-printing figures fails CI; quick figures are not representative).
+report size (below) or, with ``--quick``, at smoke sizes that keep the whole run near two minutes
+(tests/test_bench_report.py runs that inside ``make test``, three at a time with ``--jobs 3``, so
+a bench that breaks or stops printing figures fails CI; quick figures are not representative).
+Each bench gets a Redis prefix of its own under the run's.
 
 Each bench prints its own human-readable output and, last, a ``RESULT {json}`` line
 (bench/results.py) naming every figure, its unit, which way is better, and the figure of the same
@@ -33,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,8 @@ def run_bench(bench: Bench, *, quick: bool, env: dict[str, str]) -> Run:
         run.skipped = f"bench/{bench.name}.py is not in this checkout"
         return run
     print(f"== {bench.name} {' '.join(args)}", flush=True)
+    # A prefix of its own under the run's: benches run at once (--jobs) never share a queue.
+    env = env | {"CRYPTOPAY_REDIS_PREFIX": f"{env['CRYPTOPAY_REDIS_PREFIX']}:{bench.name}"}
     start = time.monotonic()
     try:
         done = subprocess.run(  # noqa: S603 (our own command line, no shell)
@@ -263,7 +267,7 @@ def run_bench(bench: Bench, *, quick: bool, env: dict[str, str]) -> Run:
         if missing:
             run.problems.append(f"figures without a value: {', '.join(missing)}")
     status = "ok" if run.ok else "; ".join(run.problems)
-    print(f"   {run.seconds:.1f} s, {len(run.figures)} figures, {status}", flush=True)
+    print(f"   {bench.name}: {run.seconds:.1f} s, {len(run.figures)} figures, {status}", flush=True)
     return run
 
 
@@ -286,12 +290,13 @@ def machine(env: dict[str, str]) -> list[tuple[str, str]]:
     cpu = model.group(1).strip() if model else platform.processor() or "unknown"
     ram = "unknown"
     if Path("/proc/meminfo").exists():
-        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        ram = f"{kib / 1024 / 1024:.1f} GiB"
+        total = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+        ram = f"{int(total.group(1)) / 1024 / 1024:.1f} GiB" if total else ram
     system = platform.platform()
     if Path("/etc/os-release").exists():
         pretty = re.search(r'PRETTY_NAME="?([^"\n]+)', Path("/etc/os-release").read_text())
         system = pretty.group(1) if pretty else system
+    affinity: int | None
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -329,7 +334,8 @@ def postgres_version(url: str) -> str:
         import psycopg
 
         with psycopg.connect(url, connect_timeout=5) as conn:
-            return conn.execute("SELECT version()").fetchone()[0]
+            row = conn.execute("SELECT version()").fetchone()
+            return str(row[0]) if row else "unknown"
     except Exception as exc:
         return f"unreachable ({type(exc).__name__})"
 
@@ -381,7 +387,7 @@ def comparisons(run: Run) -> list[tuple[dict[str, Any], str | None, float | None
     """(figure, baseline name, ratio) rows: one per baseline of each figure, or one for a
     baseline itself."""
     values = {f["name"]: f["value"] for f in run.figures}
-    rows = []
+    rows: list[tuple[dict[str, Any], str | None, float | None]] = []
     for fig in run.figures:
         names = baselines_of(fig)
         if not names:
@@ -394,7 +400,7 @@ def comparisons(run: Run) -> list[tuple[dict[str, Any], str | None, float | None
 
 
 def goal_rows(runs: list[Run]) -> list[tuple[str, str, float | None, float, str]]:
-    rows = []
+    rows: list[tuple[str, str, float | None, float, str]] = []
     for claim, bench, with_, without, goal in GOALS:
         run = next((r for r in runs if r.bench.name == bench), None)
         if run is None:
@@ -531,7 +537,16 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the parsed figures here")
     parser.add_argument("--only", default="", help="comma-separated bench names")
     parser.add_argument("--skip", default="", help="comma-separated bench names")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --quick: run this many benches at once (they slow each other down, which a "
+        "smoke run does not judge; a measuring run is always one at a time)",
+    )
     args = parser.parse_args()
+    if args.jobs < 1 or (args.jobs > 1 and not args.quick):
+        parser.error("--jobs above 1 only with --quick: benches run at once measure each other")
     names = {b.name for b in BENCHES}
     only = {n.strip() for n in args.only.split(",") if n.strip()}
     skip = {n.strip() for n in args.skip.split(",") if n.strip()}
@@ -543,12 +558,13 @@ def main() -> int:
     load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     facts = machine(env)
     begin = time.monotonic()
-    runs = []
+    runs: list[Run] = []
+    selected = [
+        bench for bench in BENCHES if not ((only and bench.name not in only) or bench.name in skip)
+    ]
     try:
-        for bench in BENCHES:
-            if (only and bench.name not in only) or bench.name in skip:
-                continue
-            runs.append(run_bench(bench, quick=args.quick, env=env))
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            runs = list(pool.map(lambda b: run_bench(b, quick=args.quick, env=env), selected))
     finally:
         cleanup_redis(env)
     total = time.monotonic() - begin

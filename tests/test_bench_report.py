@@ -47,6 +47,10 @@ def test_quick_report_has_figures_from_every_bench(tmp_path: Path) -> None:
             "-m",
             "bench.report",
             "--quick",
+            # Smoke figures are not judged, so the benches may share the CPU: about 1 minute
+            # instead of 2.
+            "--jobs",
+            "3",
             "--output",
             str(output),
             "--json",
