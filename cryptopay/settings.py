@@ -321,7 +321,9 @@ if REDIS_URL:
     }
     CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis's layer with a receive that always ends when cancelled (see the
+            # module: Python 3.11's wait_for can swallow the cancellation).
+            "BACKEND": "cryptopay.channel_layer.RedisChannelLayer",
             # redis-py 8 defaults socket_timeout to 5 s, which kills the layer's 5 s blocking
             # receive (channels_redis #422). Not None either: a connection whose reply was lost
             # (a network black hole) would then wait forever. 15 s is three blocking receives.
