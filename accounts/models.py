@@ -22,21 +22,25 @@ _ALPHABET = string.ascii_letters + string.digits
 
 
 # The largest multiple of the alphabet's 62 letters below 256: bytes from it up are dropped, so
-# every kept byte maps to a letter with the same odds.
+# every kept byte maps to a letter with the same odds. The mapping is one table for
+# ``bytes.translate``, which maps and drops a whole read in C.
 _UNBIASED_BYTES = 256 - 256 % len(_ALPHABET)
+_BYTE_TO_LETTER = bytes(
+    ord(_ALPHABET[byte % len(_ALPHABET)]) if byte < _UNBIASED_BYTES else 0 for byte in range(256)
+)
+_BIASED_BYTES = bytes(range(_UNBIASED_BYTES, 256))
 
 
 def random_token(length: int) -> str:
     """``length`` letters of ``[A-Za-z0-9]``, uniform, from the operating system's CSPRNG in one
     read (rarely two). ``SystemRandom().choices`` read it once per letter: 82 system calls for a
     payment's ids and its event's."""
-    letters: list[str] = []
+    letters = b""
     while len(letters) < length:
         # About 3 % of bytes are dropped: the margin makes a second read rare.
-        for byte in secrets.token_bytes(length + length // 8 + 4):
-            if byte < _UNBIASED_BYTES:
-                letters.append(_ALPHABET[byte % len(_ALPHABET)])
-    return "".join(letters[:length])
+        read = secrets.token_bytes(length + length // 8 + 4)
+        letters += read.translate(_BYTE_TO_LETTER, _BIASED_BYTES)
+    return letters[:length].decode("ascii")
 
 
 def new_merchant_id() -> str:
