@@ -99,8 +99,10 @@ async def closed_with(communicator: WebsocketCommunicator) -> tuple[int, str]:
     message = await communicator.receive_output(timeout=5)
     assert message["type"] == "websocket.close", message
     # The client's side of the closing handshake: the server sees websocket.disconnect and the
-    # consumer ends, as it does behind daphne.
-    await communicator.disconnect(code=message.get("code", 1000))
+    # consumer ends, as it does behind daphne. On its own: one that has to be cancelled (a
+    # channel-layer receive that swallowed its cancellation kept them alive) is a leak.
+    await communicator.disconnect(code=message.get("code", 1000), timeout=5)
+    assert not communicator.future.cancelled(), "the consumer did not end after the disconnect"
     return message.get("code"), message.get("reason", "")
 
 
