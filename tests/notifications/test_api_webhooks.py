@@ -315,6 +315,7 @@ def test_rotation_gives_a_new_secret_and_deliveries_carry_a_signature_for_each(
     expires = rotated.json()["previous_secret_expires_at"]
     assert expires == api.get(path).json()["previous_secret_expires_at"]
     endpoint = WebhookEndpoint.objects.get(public_id=created["id"])
+    assert endpoint.previous_secret_expires_at is not None
     assert abs(endpoint.previous_secret_expires_at - clock.now() - timedelta(hours=24)) < timedelta(
         minutes=1
     )

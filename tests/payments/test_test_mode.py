@@ -329,13 +329,13 @@ def test_a_test_event_goes_to_test_endpoints_only_and_has_its_own_stream_positio
 
 @pytest.mark.django_db(transaction=True)
 def test_a_test_keys_merchant_stream_carries_the_test_events_only():
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     _, test_key = ApiKeyFactory.create_with_secret(merchant=merchant, livemode=False)
     make_payment(merchant=merchant)
     test = make_payment(merchant=merchant, livemode=False)
     events = list(Event.objects.filter(owner=merchant.public_id).order_by("pk"))
 
-    async def scenario():  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
         socket = await open_socket(
             "/ws/merchant/", [(b"authorization", f"Bearer {test_key}".encode())]
         )
@@ -422,7 +422,7 @@ def test_a_merchant_integrates_end_to_end_with_test_keys_while_a_real_chain_is_c
     settings.DEV_CHAIN_ENABLED = False
     settings.CHAINS = {"ethereum": {"kind": "evm", "currency": "ETH", "confirmations": 3,
                                     "nodes": [anvil.url]}}  # fmt: skip
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     MerchantWallet.objects.create(
         merchant=merchant, crypto_currency="ETH", extended_public_key=random_account_xpub("evm")
     )

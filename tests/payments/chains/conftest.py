@@ -30,7 +30,7 @@ def _fresh_breakers():
 @pytest.fixture
 def wallet_merchant(db):
     """A merchant with fresh LTC and ETH/USDC wallets."""
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     ltc, eth = random_account_xpub("utxo"), random_account_xpub("evm")
     for currency, key in (("LTC", ltc), ("ETH", eth), ("USDC", eth)):
         MerchantWallet.objects.create(
