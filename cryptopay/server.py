@@ -293,7 +293,12 @@ def worker_socket(host: str, port: int) -> list[socket.socket]:
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # The protocol is named, not left at 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only
+    # on connections whose socket says IPPROTO_TCP, and an accepted socket inherits the listening
+    # socket's number. With 0, every response of a multi-worker server waited for the client's
+    # delayed ACK: about 40 ms per request on a keep-alive connection (bench/api_capacity.py).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))

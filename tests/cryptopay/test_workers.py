@@ -4,8 +4,10 @@ per worker as its pool has connections, and connections spread over the workers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cryptopay.server import WorkerSockets
 from cryptopay.settings import database_pool_max
 from testing.servers import asgi_server, established_connections, wait_for_workers
 
@@ -115,3 +118,37 @@ def test_given_two_workers_when_16_keep_alive_clients_connect_at_once_then_both_
     # worker fewer than 2 about once in 2,000 runs; the shared socket gave 15 and 1, then 16 and 0.
     assert sum(held.values()) == 16, held
     assert all(count >= 2 for count in held.values()), held
+
+
+def test_a_workers_connections_send_without_waiting_for_acks():
+    # Given: a worker's listening socket as the worker gets it (unpickled from the parent's list),
+    # served by asyncio as uvicorn serves it.
+    parents = WorkerSockets("127.0.0.1", 0)
+    # Our own bytes, pickled just above: how uvicorn hands the sockets to the workers it spawns.
+    (listening,) = pickle.loads(pickle.dumps(parents))  # noqa: S301
+    options: list[int] = []
+
+    async def scenario() -> None:
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted = writer.get_extra_info("socket")
+            options.append(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(connected, sock=listening)
+        async with server:
+            port = listening.getsockname()[1]
+            # When: a client connects.
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            while not options:
+                await asyncio.sleep(0)
+            writer.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    finally:
+        for sock in (*parents, listening):
+            sock.close()
+
+    # Then: Nagle's algorithm is off on the accepted connection, so a response written in two
+    # parts never waits for the client's delayed ACK (about 40 ms per keep-alive request).
+    assert options == [1]
