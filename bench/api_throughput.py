@@ -70,6 +70,7 @@ throughput); the unloaded run shows what one request costs end to end, where the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -213,10 +214,10 @@ class ConnectionWatch:
         params = connection.get_connection_params()
         with psycopg.connect(**params, autocommit=True) as conn:
             while not self._stop.is_set():
-                (count,) = conn.execute(
+                row = conn.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 ).fetchone()
-                self.peak = max(self.peak, count)
+                self.peak = max(self.peak, row[0] if row else 0)
                 self._stop.wait(0.25)
 
     def __enter__(self) -> ConnectionWatch:
@@ -369,39 +370,35 @@ def run_phase(
     keyed = phase.variant == "with"
     tag = f"{phase.server[0]}-{phase.variant}-{os.getpid()}-"
     with asgi_server(logs, kind=phase.server, env=env) as server, ConnectionWatch() as watch:
-        common = {
-            "base_url": server.base_url,
-            "server_pid": server.process.pid,
-            "path": PATHS[phase.variant],
-            "secret": secret,
-            "keyed": keyed,
-            "scripts": logs,
-        }
+        load = functools.partial(
+            run_wrk,
+            base_url=server.base_url,
+            server_pid=server.process.pid,
+            path=PATHS[phase.variant],
+            secret=secret,
+            keyed=keyed,
+            scripts=logs,
+        )
         prime(server.base_url, PATHS[phase.variant], secret, keyed=keyed, order_id=f"{tag}p")
         if args.warmup > 0:
-            warm = run_wrk(prefix=f"{tag}w", clients=args.clients, seconds=args.warmup, **common)
+            warm = load(prefix=f"{tag}w", clients=args.clients, seconds=args.warmup)
             if warm.problems():
                 phase.checks.append(f"warm-up: {', '.join(warm.problems())}")
-        phase.loaded = run_wrk(
-            prefix=f"{tag}l", clients=args.clients, seconds=args.duration, **common
-        )
-        phase.unloaded = run_wrk(
-            prefix=f"{tag}u",
-            clients=args.latency_clients,
-            seconds=args.latency_duration,
-            **common,
+        phase.loaded = load(prefix=f"{tag}l", clients=args.clients, seconds=args.duration)
+        phase.unloaded = load(
+            prefix=f"{tag}u", clients=args.latency_clients, seconds=args.latency_duration
         )
         phase.peak_connections = watch.peak
-        for label, load in (("loaded", phase.loaded), ("unloaded", phase.unloaded)):
-            if load.problems():
-                phase.checks.append(f"{label}: {', '.join(load.problems())}")
+        for label, run in (("loaded", phase.loaded), ("unloaded", phase.unloaded)):
+            if run.problems():
+                phase.checks.append(f"{label}: {', '.join(run.problems())}")
         if server.process.poll() is not None:
             phase.checks.append(f"{phase.server} exited with {server.process.returncode}")
         troubles = server_log_troubles(server.output())
         if troubles:
             total = sum(troubles.values())
-            common = "; ".join(f"{n} x {m}" for m, n in troubles.most_common(3))
-            phase.checks.append(f"server log: {total} warnings/errors, most common: {common}")
+            most = "; ".join(f"{n} x {m}" for m, n in troubles.most_common(3))
+            phase.checks.append(f"server log: {total} warnings/errors, most common: {most}")
 
 
 def server_log_troubles(output: str) -> Counter[str]:

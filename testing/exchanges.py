@@ -176,12 +176,17 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+def _first(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
+
+
 def _route(path: str, query: dict[str, list[str]]) -> tuple[str, str | None] | None:
     """(provider, venue symbol or None) for a ticker request path, None for an unknown path."""
     if path == "/0/public/Ticker":
-        return "kraken", (query.get("pair") or [None])[0]
+        return "kraken", _first(query, "pair")
     if path == "/api/v3/ticker/bookTicker":
-        return "binance", (query.get("symbol") or [None])[0]
+        return "binance", _first(query, "symbol")
     for provider, pattern in (
         ("coinbase", r"/products/([^/]+)/ticker"),
         ("bitstamp", r"/api/v2/ticker/([^/]+)/"),
@@ -244,7 +249,8 @@ class FakeExchanges:
     def base_url(self) -> str:
         assert self._server is not None, "start() the fake first"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        # An AF_INET server's address is (str, int); the bytes in the stubs are for AF_UNIX.
+        return f"http://{host!s}:{port}"
 
     def base_url_for(self, provider: str) -> str:
         self._check_provider(provider)

@@ -32,7 +32,7 @@ def serve(port: int) -> None:
 
     counts: Counter[str] = Counter()
     arrivals: dict[str, float] = {}  # first arrival per id
-    span = {"first": None, "last": None}
+    span: dict[str, float | None] = {"first": None, "last": None}
 
     async def hook(request: web.Request) -> web.Response:
         await request.read()

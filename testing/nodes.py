@@ -128,11 +128,16 @@ class _Node:
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def _started(self) -> subprocess.Popen:
+        """The node's process, once ``start`` has spawned it."""
+        assert self.process is not None, f"{self.name} not started"
+        return self.process
+
     def _signal(self, sig: int) -> None:
         if self.is_running():
             # The node leads its own session; signal its group (it and anything it spawned).
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, sig)
+                os.killpg(self._started().pid, sig)
 
     def kill(self, *, keep_data: bool = False) -> None:
         """SIGKILL the node and wait for it; the port refuses connections afterwards.
@@ -308,6 +313,7 @@ class Litecoind(_Node):
         return self
 
     def _launch(self) -> None:
+        assert self.binary is not None, "start() finds the binary first"
         cmd = [
             self.binary,
             "-regtest",
@@ -354,7 +360,7 @@ class Litecoind(_Node):
 
     def _wait_ready(self, deadline: float) -> None:
         while True:
-            if self.process.poll() is not None:
+            if self._started().poll() is not None:
                 log = _tail(self.datadir / "stdout.log") + "\n" + _tail(self.debug_log)
                 raise _EarlyExit(log)
             try:
@@ -400,7 +406,7 @@ class Litecoind(_Node):
             with contextlib.suppress(httpx.TransportError, RPCError):
                 self._node_rpc("stop", timeout=5.0)
             try:
-                self.process.wait(timeout=timeout)
+                self._started().wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 pass
         self.kill()
@@ -642,7 +648,8 @@ class Anvil(_Node):
 
     def _wait_ready(self, deadline: float) -> None:
         while True:
-            if self.process.poll() is not None:
+            if self._started().poll() is not None:
+                assert self.workdir is not None, "start() made it"
                 raise _EarlyExit(_tail(self.workdir / "anvil.log"))
             try:
                 self._rpc("eth_chainId", timeout=1.0)
@@ -659,7 +666,7 @@ class Anvil(_Node):
         if self.is_running():
             self._signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout)
+                self._started().wait(timeout=timeout)
         self.kill()
 
     # RPC

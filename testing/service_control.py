@@ -70,7 +70,7 @@ def redis_stopped(url: str) -> Iterator[None]:
     """Shut the local Redis down for the block, then start it again and wait for it."""
     parsed = urlparse(url)
     client = redis.Redis(
-        host=parsed.hostname,
+        host=parsed.hostname or "127.0.0.1",
         port=parsed.port or 6379,
         socket_timeout=2,
         retry=Retry(NoBackoff(), 0),
