@@ -5,20 +5,20 @@
 
 What runs (every part real, on 127.0.0.1):
 
-* the gateway: two daphne processes, the dispatcher (``manage.py run_dispatcher``) and a Celery
+* the gateway: two web processes (``manage.py serve``, one worker each), the dispatcher (``manage.py run_dispatcher``) and a Celery
   worker with the beat schedule (``-B``), on a scratch PostgreSQL database and Redis; they reach
   both through fault-injecting TCP proxies (testing/faultproxy.py);
 * litecoind (regtest) and anvil, watched by the gateway; the fake exchanges (testing/exchanges.py), real
   HTTP servers speaking the exchanges' formats; a webhook receiver;
 * a load generator: threads creating payments with an ``Idempotency-Key``, retrying a 409, 503,
-  429 or a broken connection with the same key on the same or the other daphne, as a client
+  429 or a broken connection with the same key on the same or the other web process, as a client
   behind a load balancer would; buyers paying a third of the payments on chain; two merchant
   WebSocket clients that reconnect with ``?after=<last position>`` and, told to ``refetch`` (a gap
   longer than CRYPTOPAY_WS_REPLAY_LIMIT events, which a Redis restart under this load can
   make), read the events over ``GET /api/v1/events`` as the stream protocol asks.
 
 Faults, one after the other, each held for a while and then removed: Redis restarted (really
-stopped and started: queues and caches are lost), a daphne SIGKILLed and started again, litecoind
+stopped and started: queues and caches are lost), a web process SIGKILLed and started again, litecoind
 SIGKILLed and started again, every rate provider timing out, every database connection terminated
 (``pg_terminate_backend``), and through the proxies: Redis latency, resets and a black hole,
 PostgreSQL latency (the full run adds a PostgreSQL black hole and resets).
@@ -141,10 +141,10 @@ class Gateway:
         self.commands[name] = command
         self.processes[name] = spawn(command, log=self.run_dir / f"{name}.log", env=self.env)
 
-    def start_daphne(self, name: str) -> None:
+    def start_web(self, name: str) -> None:
         from testing.servers import server_command
 
-        self._spawn(name, server_command("daphne", self.ports[name]))
+        self._spawn(name, server_command("gateway", self.ports[name]))
         self.wait_answering(name)
 
     def wait_answering(self, name: str, limit: float = 30) -> None:
@@ -159,8 +159,8 @@ class Gateway:
         raise RuntimeError(f"{name} did not answer:\n{self.log_tail(name)}")
 
     def start(self) -> None:
-        self.start_daphne("a")
-        self.start_daphne("b")
+        self.start_web("a")
+        self.start_web("b")
         self._spawn("dispatcher", [sys.executable, str(ROOT / "manage.py"), "run_dispatcher"])
         self._spawn(
             "worker",
@@ -430,10 +430,10 @@ class Faults:
         with redis_stopped(self.s.redis_url):
             time.sleep(self.s.settings.hold)
 
-    def daphne_kill(self) -> None:
+    def web_kill(self) -> None:
         self.s.gateway.kill("a")
         time.sleep(self.s.settings.hold)
-        self.s.gateway.start_daphne("a")
+        self.s.gateway.start_web("a")
 
     def chain_node_kill(self) -> None:
         chains = self.s.chains
@@ -471,7 +471,7 @@ class Faults:
         redis_proxy, pg_proxy = self.s.redis_proxy, self.s.pg_proxy
         plan = [
             ("redis restarted", self.redis_restart),
-            ("daphne SIGKILLed", self.daphne_kill),
+            ("web process SIGKILLed", self.web_kill),
             ("litecoind SIGKILLed", self.chain_node_kill),
             ("rate providers time out", self.rate_providers_timeout),
             ("database connections dropped", self.database_connections_dropped),
@@ -546,6 +546,9 @@ class Scenario:
                 }
             ),
             "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "prometheus"),
+            # Two one-worker web processes stand for two servers behind a balancer: the
+            # SIGKILL of one takes all its requests down at once, as a host's crash would.
+            "WEB_CONCURRENCY": "1",
             "LOG_LEVEL": "WARNING",
         }
         for provider in self.providers:
