@@ -112,7 +112,7 @@ class Recovery:
     probe_failures: Counter = field(default_factory=Counter)
 
     def goals_met(self) -> bool:
-        if None in (self.health_s, self.traffic_s, self.breakers_s):
+        if self.health_s is None or self.traffic_s is None or self.breakers_s is None:
             return False
         breaker_budget = (BREAK_SECONDS if self.breakers_opened else 0) + 1
         return self.health_s < 1 and self.traffic_s < 1 and self.breakers_s < breaker_budget
@@ -226,7 +226,7 @@ class Gateway:
 RETRYABLE = {409, 429, 503}
 
 
-def create_with_retries(gateway: Gateway, api_key: str, tally: Tally, paid_queue: list) -> None:  # type: ignore[type-arg]
+def create_with_retries(gateway: Gateway, api_key: str, tally: Tally, paid_queue: list) -> None:
     key = uuid.uuid4().hex
     body = {
         "amount": f"{random.randint(1, 40)}.{random.randint(0, 99):02d}",  # noqa: S311
@@ -695,7 +695,7 @@ class Scenario:
         started = time.monotonic()
         with contextlib.ExitStack() as stack:
             self.redis_proxy = stack.enter_context(
-                FaultProxy(redis_parts.hostname, redis_parts.port or 6379)
+                FaultProxy(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379)
             )
             self.pg_proxy = stack.enter_context(FaultProxy(db["HOST"], int(db["PORT"] or 5432)))
             self.exchanges = stack.enter_context(FakeExchanges())
