@@ -22,9 +22,13 @@ the event loop before Django's thread starts on the request (``_read_body``).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
+import os
+import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -275,21 +279,48 @@ class WorkerSockets(list[socket.socket]):
     keep-alive connections (a proxy's pool, a load generator's 16) and keeps them, while the
     others idle (bench/api_capacity.py saw all 16 on one of 2 workers, and 2 workers serve no more
     than 1). uvicorn hands this list to each worker it spawns, pickled: what the worker unpickles
-    is a socket of its own (``worker_socket``). The parent's socket here is bound, never
-    listening, so it holds the port without taking connections from the group."""
+    is a socket of its own, and with it the worker's tie to this process (``worker_start``). The
+    parent's socket here is bound, never listening, so it holds the port without taking
+    connections from the group."""
 
     def __init__(self, host: str, port: int) -> None:
         held = _reuse_port_socket(host, port)
         super().__init__([held])
         self.address = (host, held.getsockname()[1])  # the port the kernel chose for port 0
 
-    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
-        return worker_socket, self.address
+    def __reduce__(self) -> tuple[Any, tuple[str, int, int]]:
+        return worker_start, (*self.address, os.getpid())
+
+
+def worker_start(host: str, port: int, parent: int) -> list[socket.socket]:
+    """What a new worker unpickles first thing: its tie to the supervisor ``parent`` and its
+    socket."""
+    _stop_with_parent(parent)
+    return worker_socket(host, port)
 
 
 def worker_socket(host: str, port: int) -> list[socket.socket]:
     """A worker's own socket in the group (asyncio's server makes it listen)."""
     return [_reuse_port_socket(host, port)]
+
+
+# prctl(2): PR_SET_PDEATHSIG. The standard library has no wrapper, and python-prctl builds
+# against libcap for this one call.
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM (uvicorn's graceful shutdown) to this worker when the supervisor that spawned it
+    dies, however it dies. Without it a SIGKILLed ``manage.py serve`` left its workers serving
+    the port with the old code, and the next ``serve`` refused to start (port in use)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        logger.warning("worker %s will outlive its supervisor: prctl failed", os.getpid())
+        return
+    if os.getppid() != parent:  # it died before the tie was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:

@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pickle
+import signal
 import socket
 import subprocess
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from cryptopay.server import WorkerSockets
+from cryptopay.server import WorkerSockets, worker_socket
 from cryptopay.settings import database_pool_max
 from testing.servers import asgi_server, established_connections, wait_for_workers
 
@@ -121,11 +122,10 @@ def test_given_two_workers_when_16_keep_alive_clients_connect_at_once_then_both_
 
 
 def test_a_workers_connections_send_without_waiting_for_acks():
-    # Given: a worker's listening socket as the worker gets it (unpickled from the parent's list),
-    # served by asyncio as uvicorn serves it.
+    # Given: a worker's listening socket in the group of the parent's, served by asyncio as
+    # uvicorn serves it.
     parents = WorkerSockets("127.0.0.1", 0)
-    # Our own bytes, pickled just above: how uvicorn hands the sockets to the workers it spawns.
-    (listening,) = pickle.loads(pickle.dumps(parents))  # noqa: S301
+    (listening,) = worker_socket(*parents.address)
     options: list[int] = []
 
     async def scenario() -> None:
@@ -152,3 +152,39 @@ def test_a_workers_connections_send_without_waiting_for_acks():
     # Then: Nagle's algorithm is off on the accepted connection, so a response written in two
     # parts never waits for the client's delayed ACK (about 40 ms per keep-alive request).
     assert options == [1]
+
+
+def running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for its reaper has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_given_two_workers_when_their_supervisor_is_killed_then_they_stop_and_free_the_port(
+    tmp_path,
+):
+    # Given: the production server with two workers.
+    env = {"WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    with asgi_server(tmp_path, env=env, start_timeout=180) as server:
+        workers = wait_for_workers(server.process.pid, 2)
+
+        # When: its supervisor is SIGKILLed (an OOM kill, kill -9 by an operator).
+        server.process.kill()
+        server.process.wait(timeout=30)
+
+        # Then: the workers shut down too, instead of serving the port on their own.
+        deadline = time.monotonic() + 60
+        while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        orphans = [pid for pid in workers if running(pid)]
+        for pid in orphans:  # none outlives a failed run
+            os.kill(pid, signal.SIGKILL)
+        assert not orphans
+        with socket.socket() as successor:  # the next server can listen there
+            successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            successor.bind(("127.0.0.1", server.port))
+            successor.listen()
