@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from decimal import Decimal
 
 from bench.results import emit, figure
 
@@ -105,7 +106,9 @@ def quote_levels(calls: int) -> list[dict]:
 
     print(f"\nquote from each cache level, {calls} quotes x 5 rounds (best round)")
     pair, now = "BTC-USD", time.time()
-    live = LiveRate(pair=pair, value=60000, bid=None, ask=None, fetched_at=now, providers=[])
+    live = LiveRate(
+        pair=pair, value=Decimal(60000), bid=None, ask=None, fetched_at=now, providers=[]
+    )
     with override_settings(
         RATE_PROVIDER_ORDER=["kraken"],
         RATE_PROVIDER_URLS={"kraken": "http://127.0.0.1:9"},

@@ -59,10 +59,18 @@ def percentile(ordered: list[float], q: float) -> float:
 # --- helpers (Django imported lazily: settings come from scratch_environment) --------------------------
 
 
+def queues_client():  # -> redis.Redis
+    from notifications import queues
+
+    client = queues.client()
+    assert client is not None, "the bench needs Redis (REDIS_URL)"
+    return client
+
+
 def clear_queues() -> None:
     from notifications import queues
 
-    queues.client().delete(*(queues.key(priority) for priority in queues.ORDER))
+    queues_client().delete(*(queues.key(priority) for priority in queues.ORDER))
 
 
 def fixed_batching(interval: float, size: int):
@@ -124,7 +132,7 @@ def flood_low(count: int) -> list[int]:
         batch_size=2000,
     )
     ids = [event.pk for event in events]
-    pipe = queues.client().pipeline(transaction=False)
+    pipe = queues_client().pipeline(transaction=False)
     for start in range(0, len(ids), 1000):
         pipe.rpush(queues.key("low"), *ids[start : start + 1000])
     pipe.execute()
@@ -268,6 +276,7 @@ def dispatcher_processes(count: int) -> list:
         )  # fmt: skip
         processes.append(process)
     for process in processes:
+        assert process.stdout is not None  # stdout=PIPE
         assert process.stdout.readline().strip() == b"dispatcher running"
     return processes
 
@@ -293,7 +302,7 @@ def dispatcher_deliveries(fast, *, events: int, processes: int) -> dict:
     try:
         cpu_before = sum(cpu_seconds(process.pid) for process in running)
         started = time.monotonic()
-        pipe = queues.client().pipeline(transaction=False)
+        pipe = queues_client().pipeline(transaction=False)
         for start in range(0, len(ids), 1000):
             pipe.rpush(queues.key("normal"), *ids[start : start + 1000])
         pipe.execute()

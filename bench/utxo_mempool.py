@@ -40,7 +40,8 @@ import logging
 import os
 import statistics
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -164,7 +165,7 @@ class NodeCalls:
 
     def __init__(self) -> None:
         self.count: Counter[str] = Counter()
-        self.seconds: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
         self._started: dict[int, tuple[str, float]] = {}
 
     def install(self) -> None:
@@ -185,9 +186,9 @@ class NodeCalls:
         method, start = self._started.pop(id(response.request), ("?", time.perf_counter()))
         self.seconds[method] += time.perf_counter() - start
 
-    def take(self) -> tuple[Counter[str], Counter[str]]:
+    def take(self) -> tuple[Counter[str], defaultdict[str, float]]:
         taken = self.count, self.seconds
-        self.count, self.seconds = Counter(), Counter()
+        self.count, self.seconds = Counter(), defaultdict(float)
         return taken
 
 
@@ -291,6 +292,7 @@ def run(node: Any, args: argparse.Namespace) -> None:
         start = time.perf_counter()
         half = n // 2
         txids = spend_each(wallet, coins[:half])
+        assert paid.crypto_amount is not None  # a single-currency payment is priced
         paying_txid = node.send(paid.deposit_address, Decimal(paid.crypto_amount) / 10**8)
         txids += spend_each(wallet, coins[half:])
         sent_in = time.perf_counter() - start
@@ -322,7 +324,7 @@ def run(node: Any, args: argparse.Namespace) -> None:
             )
 
         # 2. warm
-        warm: list[tuple[float, Counter[str], Counter[str]]] = []
+        warm: list[tuple[float, Counter[str], defaultdict[str, float]]] = []
         for _ in range(args.warm_polls):
             elapsed, result = poll()
             warm.append((elapsed, *calls.take()))
@@ -350,7 +352,7 @@ def run(node: Any, args: argparse.Namespace) -> None:
     def ms(seconds: float) -> float:
         return seconds * 1000
 
-    def timed(count: Counter[str], seconds: Counter[str]) -> str:
+    def timed(count: Counter[str], seconds: Mapping[str, float]) -> str:
         return ", ".join(f"{m} {c} ({ms(seconds[m]):.1f} ms)" for m, c in count.most_common())
 
     warm.sort(key=lambda w: w[0])

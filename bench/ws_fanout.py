@@ -220,7 +220,7 @@ def asgi_server(kind: str, log_dir: Path) -> Iterator[Server]:
 # --- Django work (in one worker thread; Django is set up by scratch_environment) ------------------
 
 
-def create_payment():  # type: ignore[no-untyped-def]
+def create_payment():
     from decimal import Decimal
 
     from accounts.services import merchant_create
@@ -240,7 +240,7 @@ class Change:
     sent: float
 
 
-def change_and_dispatch(payment, to_status: str) -> Change:  # type: ignore[no-untyped-def]
+def change_and_dispatch(payment, to_status: str) -> Change:
     from notifications.dispatcher import dispatch_events
     from notifications.models import Event
     from payments.services import payment_transition
@@ -295,7 +295,7 @@ class Receipts:
             self.complete[event_id].set()
 
 
-async def open_client(url: str, index: int, gate: asyncio.Semaphore, compression: str | None):  # type: ignore[no-untyped-def]
+async def open_client(url: str, index: int, gate: asyncio.Semaphore, compression: str | None):
     from websockets.asyncio.client import connect
 
     async with gate:
@@ -311,7 +311,7 @@ async def open_client(url: str, index: int, gate: asyncio.Semaphore, compression
         return ws, time.perf_counter() - started
 
 
-async def read_client(ws, index: int, receipts: Receipts) -> None:  # type: ignore[no-untyped-def]
+async def read_client(ws, index: int, receipts: Receipts) -> None:
     from websockets.exceptions import ConnectionClosed
 
     try:
@@ -545,8 +545,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             kinds = sorted(set(r.connect_errors))
             notes.append(f"{len(r.connect_errors)} connect errors, e.g. {kinds[0][:200]}")
         if r.other_messages:
-            kinds = Counter(str(m.get("type")) for m in r.other_messages)
-            notes.append(f"non-event messages after 'subscribed': {dict(kinds)}")
+            types = Counter(str(m.get("type")) for m in r.other_messages)
+            notes.append(f"non-event messages after 'subscribed': {dict(types)}")
         if r.closed:
             codes = sorted({code for _, code, _ in r.closed}, key=str)
             notes.append(f"{len(r.closed)} connections closed by the server (codes {codes})")
