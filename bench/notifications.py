@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import threading
@@ -264,7 +265,6 @@ def merchant_events(owner: str, count: int) -> list[int]:
 
 
 def dispatcher_processes(count: int) -> list:
-    import os
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
@@ -283,11 +283,19 @@ def dispatcher_processes(count: int) -> list:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a live process has used so far (Linux ``/proc``)."""
-    import os
 
     # The fields after the command name (which may hold spaces), utime and stime: 14 and 15.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every core of the machine has spent busy so far (Linux ``/proc/stat``): with the
+    receiver, PostgreSQL and Redis in it, whether a sender is limited by itself or by the machine."""
+
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def dispatcher_deliveries(fast, *, events: int, processes: int) -> dict:
@@ -301,6 +309,7 @@ def dispatcher_deliveries(fast, *, events: int, processes: int) -> dict:
     running = dispatcher_processes(processes)
     try:
         cpu_before = sum(cpu_seconds(process.pid) for process in running)
+        busy_before = machine_busy_seconds()
         started = time.monotonic()
         pipe = queues_client().pipeline(transaction=False)
         for start in range(0, len(ids), 1000):
@@ -319,6 +328,7 @@ def dispatcher_deliveries(fast, *, events: int, processes: int) -> dict:
             time.sleep(0.02)
         recorded = time.monotonic() - started
         cpu = sum(cpu_seconds(process.pid) for process in running) - cpu_before
+        busy = machine_busy_seconds() - busy_before
     finally:
         for process in running:
             process.terminate()
@@ -333,6 +343,8 @@ def dispatcher_deliveries(fast, *, events: int, processes: int) -> dict:
         "seconds": took,
         "recorded": recorded,
         "cpu_us": cpu / max(1, len(counts)) * 1e6,
+        "machine_us": busy / max(1, len(counts)) * 1e6,
+        "machine_busy": busy / recorded / (os.cpu_count() or 1),
     }
 
 
@@ -374,12 +386,16 @@ def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     started, cpu_before = time.monotonic(), time.process_time()
+    busy_before = machine_busy_seconds()
     asyncio.run(send_all())
     cpu = time.process_time() - cpu_before
+    busy = machine_busy_seconds() - busy_before
     report = fast.report()
     took = report["last"] - started
     return {
         "cpu_us": cpu / max(1, len(report["counts"])) * 1e6,
+        "machine_us": busy / max(1, len(report["counts"])) * 1e6,
+        "machine_busy": busy / (time.monotonic() - started) / (os.cpu_count() or 1),
         "delivered": len(report["counts"]),
         "rate": len(report["counts"]) / took,
         "seconds": took,
@@ -388,7 +404,6 @@ def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
 
 
 def deliveries_section(args: argparse.Namespace, figures: list) -> None:
-    import os
 
     from notifications.endpoints import webhook_endpoint_create
     from testing.fast_receiver import FastReceiver
@@ -405,16 +420,18 @@ def deliveries_section(args: argparse.Namespace, figures: list) -> None:
             if round_ == 0:
                 print(
                     f"Webhook deliveries/s, {args.deliveries:,} events to one fast local receiver "
-                    f"({floor['body_bytes']}-byte signed bodies); CPU: user+sys per delivery"
+                    f"({floor['body_bytes']}-byte signed bodies); CPU: the sender's user+sys per delivery; "
+                    "machine: every process's (receiver, PostgreSQL, Redis too) per delivery, "
+                    "and how busy the cores were"
                 )
                 print(
                     f"  {'sender':40} {'deliveries/s':>12} {'seconds':>8} {'x minimal':>9} "
-                    f"{'dups':>5} {'CPU µs':>7}"
+                    f"{'dups':>5} {'CPU µs':>7} {'machine µs':>10} {'busy':>5}"
                 )
             print(f"  round {round_ + 1} of {args.repeat}, load average {load}")
             print(
                 f"  {minimal[12:]:40} {floor['rate']:12.0f} {floor['seconds']:8.2f} {1:9.3f} "
-                f"{'':5} {floor['cpu_us']:7.0f}"
+                f"{'':5} {floor['cpu_us']:7.0f} {floor['machine_us']:10.0f} {floor['machine_busy']:5.0%}"
             )
             for processes in (1, 2):
                 result = dispatcher_deliveries(fast, events=args.deliveries, processes=processes)
@@ -423,7 +440,7 @@ def deliveries_section(args: argparse.Namespace, figures: list) -> None:
                 print(
                     f"  {label[12:]:40} {result['rate']:12.0f} {result['seconds']:8.2f} "
                     f"{result['rate'] / floor['rate']:9.3f} {result['duplicates']:5d} "
-                    f"{result['cpu_us']:7.0f}"
+                    f"{result['cpu_us']:7.0f} {result['machine_us']:10.0f} {result['machine_busy']:5.0%}"
                     + (
                         f"  ONLY {result['delivered']}"
                         if result["delivered"] < args.deliveries

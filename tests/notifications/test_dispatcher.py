@@ -603,6 +603,34 @@ def test_a_late_success_from_a_replaced_holder_is_logged_but_only_the_holder_fin
 
 
 @pytest.mark.django_db
+def test_a_batch_of_successes_finishes_the_holders_deliveries_and_logs_every_attempt_once(
+    frozen_clock, receiver, settings
+):
+    webhook_endpoint_create(owner="mer_batch", url=receiver.url)
+    events = [
+        event_publish(owner="mer_batch", type="payment.created", subject=f"pay_{n}", data={})
+        for n in range(5)
+    ]
+    stale = sorted(deliveries_claim_new(events=events), key=lambda claim: claim.delivery_id)
+    frozen_clock.advance(settings.WEBHOOK_CLAIM)
+    current = sorted(deliveries_claim_due(limit=10), key=lambda claim: claim.delivery_id)
+    assert [claim.delivery_id for claim in current] == [claim.delivery_id for claim in stale]
+
+    # Two late reports from the replaced holder and three from the current one, in one batch.
+    now = frozen_clock.now()
+    attempts_record(
+        outcomes=[
+            Outcome(claim, [AttemptResult(200, "", 1, now)]) for claim in stale[:2] + current[2:]
+        ]
+    )
+
+    rows = sorted(WebhookDelivery.objects.all(), key=lambda row: row.pk)
+    assert [row.status for row in rows] == ["pending"] * 2 + ["succeeded"] * 3
+    assert [row.claimed_until is None for row in rows] == [False] * 2 + [True] * 3
+    assert [(row.attempts, row.log.count()) for row in rows] == [(1, 1)] * 5
+
+
+@pytest.mark.django_db
 def test_dispatching_an_event_claims_new_deliveries_and_existing_unattempted_ones_once(receiver):
     webhook_endpoint_create(owner="mer_again", url=receiver.url)
     (event,) = [event_publish(owner="mer_again", type="payment.created", data={})]
