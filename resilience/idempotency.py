@@ -244,6 +244,51 @@ def _concrete(field: Any) -> Field:
     return field
 
 
+_ANSWER_FIELDS = (
+    "fingerprint", "response_status", "response_headers", "response_body", "response_sealed",
+    "expires_at",
+)  # fmt: skip
+
+
+def _completed_answer(
+    *, owner: str, key: str, now: datetime
+) -> tuple[str, StoredResponse, datetime] | None:
+    """The fingerprint, answer and expiry of the key's completed, unexpired row, or None. Every
+    create with a key asks (its cache read missed: most are new), so on PostgreSQL it is one
+    plain statement: the ORM's queryset took three times the database's time."""
+    if connection.vendor == "postgresql":
+        meta = IdempotencyKey._meta
+        columns = ", ".join(
+            connection.ops.quote_name(_column_of(meta.get_field(name))) for name in _ANSWER_FIELDS
+        )
+        # Names come from the model's metadata; values are parameters.
+        sql = (
+            f"SELECT {columns} FROM {connection.ops.quote_name(meta.db_table)} "  # noqa: S608
+            "WHERE owner = %s AND key = %s AND status = %s AND expires_at > %s"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [owner, key, IdempotencyKey.Status.COMPLETED, now])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        fp, status, headers, body, sealed, expires_at = row
+        if isinstance(headers, str):  # Django reads jsonb as text and decodes it in the field
+            headers = json.loads(headers)
+    else:
+        rows = list(
+            IdempotencyKey.objects.filter(
+                owner=owner, key=key, status=IdempotencyKey.Status.COMPLETED, expires_at__gt=now
+            ).values_list(*_ANSWER_FIELDS)[:1]
+        )
+        if not rows:
+            return None
+        fp, status, headers, body, sealed, expires_at = rows[0]
+    stored = StoredResponse(
+        status=status or 500, headers=headers, body=bytes(body or b""), sealed=bool(sealed)
+    )
+    return fp, stored, expires_at
+
+
 def _column_of(field: Any) -> str:
     column = _concrete(field).column
     assert column is not None
@@ -322,6 +367,40 @@ class IdempotencyGate:
         """The answer the cache holds for the key (a 422 for another request's), or None: the
         database decides. ``read``: made already (reused when it is this key's)."""
         return self._replay_from_cache(owner, key, request_fingerprint, read)
+
+    def replay_stored(
+        self, *, owner: str, key: str, request_fingerprint: str
+    ) -> HttpResponse | None:
+        """The answer the database holds for a completed key, read without claiming it (a 422
+        for another request's), or None: the gate decides as usual (no row, still running,
+        expired, or sealed under a lost key). For a caller whose cache read missed and that
+        would otherwise do costly work before the gate (pricing, an address reservation it must
+        give back): the first replay of a key (answers are cached on their first replay) or
+        any replay after Redis lost its copy. A completed row never changes until it expires,
+        so reading it outside the gate's lock is safe."""
+        completed = _completed_answer(owner=owner, key=key, now=clock.now())
+        if completed is None:
+            return None
+        stored_fingerprint, stored, expires_at = completed
+        if stored_fingerprint != request_fingerprint:
+            return self._mismatch(owner, key)
+        try:
+            opened = stored.opened()
+        except InvalidToken:
+            return None  # the gate answers that it cannot be replayed
+        self._count(owner, key, "replays")
+        self._cache_put(owner, key, stored_fingerprint, stored, expires_at)
+        OUTCOMES.labels("replayed").inc()
+        return opened.to_http()
+
+    @staticmethod
+    def _stored(row: IdempotencyKey) -> StoredResponse:
+        return StoredResponse(
+            status=row.response_status or 500,
+            headers=row.response_headers,
+            body=bytes(row.response_body or b""),
+            sealed=row.response_sealed,
+        )
 
     def _replay_from_cache(
         self, owner: str, key: str, fp: str, read: CacheRead | None = None
@@ -561,12 +640,7 @@ class IdempotencyGate:
                 return _Mismatch()
             if row.status == IdempotencyKey.Status.COMPLETED:
                 self._count(owner, key, "replays")
-                stored = StoredResponse(
-                    status=row.response_status or 500,
-                    headers=row.response_headers,
-                    body=bytes(row.response_body or b""),
-                    sealed=row.response_sealed,
-                )
+                stored = self._stored(row)
                 self._cache_put(owner, key, row.fingerprint, stored, row.expires_at)
                 return _Replay(stored)
             return _InProgress()
@@ -584,7 +658,19 @@ class IdempotencyGate:
 
     def _count(self, owner: str, key: str, field: str) -> None:
         """Best-effort per-key counter for the admin. Never waits: while the first request still
-        holds the row (exactly when conflicts happen) the count is skipped; Prometheus counts all."""
+        holds the row (exactly when conflicts happen) the count is skipped; Prometheus counts all.
+        One statement on PostgreSQL (a replay answered from the database pays for it)."""
+        if connection.vendor == "postgresql":
+            table = connection.ops.quote_name(IdempotencyKey._meta.db_table)
+            column = connection.ops.quote_name(_column_of(IdempotencyKey._meta.get_field(field)))
+            # Names come from the model's metadata; values are parameters.
+            sql = (
+                f"UPDATE {table} SET {column} = {column} + 1 WHERE id = ("  # noqa: S608
+                f"SELECT id FROM {table} WHERE owner = %s AND key = %s FOR UPDATE SKIP LOCKED)"
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [owner, key])
+            return
         with transaction.atomic():
             locked = list(
                 IdempotencyKey.objects.select_for_update(skip_locked=True)
@@ -784,10 +870,12 @@ def _attached_read(request: Any) -> CacheRead | None:
 
 
 def cached_replay(request: Any) -> HttpResponse | None:
-    """The stored answer to this DRF request if Redis holds it, before the view validates,
-    prices or reads anything: all of that is wasted on a replay. Authentication has run, and the
-    answer is looked up under the caller's own scope. None: the gate decides as usual (the read
-    made here is kept for it, so it costs no second round trip)."""
+    """The stored answer to this DRF request, before the view validates, prices or reads
+    anything: all of that is wasted on a replay. From Redis if it holds it, else from the key's
+    completed row in the database (one read: a first replay cost more than an execution when it
+    went through the gate after pricing and reserving an address). Authentication has run, and
+    the answer is looked up under the caller's own scope. None: the gate decides as usual (the
+    Redis read made here is kept for it, so it costs no second round trip)."""
     owner = getattr(request.user, "idempotency_scope", None)
     if owner is None:
         return None
@@ -801,17 +889,17 @@ def cached_replay(request: Any) -> HttpResponse | None:
     read = _attached_read(request)
     if read is None or not gate.owns(read, owner=owner, key=key_value):
         read = gate.cache_read(owner=owner, key=key_value)
-        if read is None:
-            return None
-        gate.cache_fetch(read)
-        setattr(getattr(request, "_request", request), _CACHE_READ, read)
-    method = request.method or ""
-    return gate.replay_cached(
-        owner=owner,
-        key=key_value,
-        request_fingerprint=fingerprint(method=method, path=request.path, body=body),
-        read=read,
-    )
+        if read is not None:
+            gate.cache_fetch(read)
+            setattr(getattr(request, "_request", request), _CACHE_READ, read)
+    request_fingerprint = fingerprint(method=request.method or "", path=request.path, body=body)
+    if read is not None:
+        replay = gate.replay_cached(
+            owner=owner, key=key_value, request_fingerprint=request_fingerprint, read=read
+        )
+        if replay is not None:
+            return replay
+    return gate.replay_stored(owner=owner, key=key_value, request_fingerprint=request_fingerprint)
 
 
 def _gate_request(

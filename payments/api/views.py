@@ -90,8 +90,8 @@ class PaymentListCreateView(APIView):
         },
     )
     def post(self, request: Request) -> HttpResponse:
-        # A replay the cache holds is answered before validation and pricing, which it would
-        # not use.
+        # A replay (its answer in the cache, or in its key's completed row) is answered before
+        # validation, pricing and the address reservation, which it would not use.
         replay = cached_replay(request)
         if replay is not None:
             return replay

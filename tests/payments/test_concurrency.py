@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from payments import services
 from payments.errors import DuplicateOrderId
@@ -118,10 +119,12 @@ def test_given_two_processes_allocating_at_once_then_no_index_is_handed_out_twic
     assert AddressIndex.objects.get(merchant=merchant, key_space="dev:LTC").next_index == 80
 
 
-def test_a_create_costs_seven_statements_at_most(settings):
-    """The API's create path: authentication, the address (its own statement), then in one
-    transaction the idempotency claim, the payment with its first event and its outbox event (one
-    statement), and the key's completion; BEGIN and COMMIT are among the captured statements."""
+def test_a_create_costs_eight_statements_at_most(settings):
+    """The API's create path: authentication, the check for a completed answer under its key (a
+    retry is answered before pricing and the address), the address (its own statement), then in
+    one transaction the idempotency claim, the payment with its first event and its outbox event
+    (one statement), and the key's completion; BEGIN and COMMIT are among the captured
+    statements."""
     from django.test.utils import CaptureQueriesContext
     from rest_framework.test import APIClient
 
@@ -139,9 +142,66 @@ def test_a_create_costs_seven_statements_at_most(settings):
 
     assert answer.status_code == 201, answer.content
     statements = [q["sql"] for q in queries.captured_queries]
-    assert len(statements) <= 7, "\n".join(s[:100] for s in statements)
+    assert len(statements) <= 8, "\n".join(s[:100] for s in statements)
     assert not any(s.startswith('UPDATE "payments_payment"') for s in statements)
     assert sum(s.startswith("SAVEPOINT") for s in statements) <= 1
+
+
+def _created_then_uncached(key: str):
+    """Given a payment created with ``key``, its answer no longer in Redis (the state of every
+    key before its first replay, and of all of them after Redis lost its data)."""
+    from rest_framework.test import APIClient
+
+    from resilience.idempotency import default_gate
+    from tests.factories import ApiKeyFactory
+
+    merchant = MerchantFactory()
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    body = {"amount": "10.00", "crypto_currency": "LTC", "order_id": f"o-{key}"}
+    first = api.post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert first.status_code == 201, first.content
+    default_gate().forget(first.wsgi_request.user.idempotency_scope, key)
+    counter = AddressIndex.objects.get(merchant=merchant).next_index
+    return api, merchant, body, first, counter
+
+
+def test_given_the_cache_lost_an_answer_when_the_create_is_retried_then_the_stored_row_answers_it_without_an_address():
+    """A retry whose answer Redis does not hold (the first replay of a key, or Redis lost it) is
+    answered from the key's row before pricing and the address: no address is taken and given
+    back, and the merchant's counter stays where the one real create left it."""
+    api, merchant, body, first, counter = _created_then_uncached("k-retry")
+
+    with CaptureQueriesContext(connection) as queries:
+        again = api.post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY="k-retry")
+
+    assert again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    assert json.loads(again.content) == json.loads(first.content)
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert not any("payments_addressindex" in sql for sql in statements), statements
+    assert len(statements) <= 3, statements  # the API key, the answer, its replay count
+    assert AddressIndex.objects.get(merchant=merchant).next_index == counter
+    assert Payment.objects.filter(merchant=merchant).count() == 1
+
+
+def test_given_the_cache_lost_an_answer_when_the_key_is_reused_with_another_body_then_422_without_an_address():
+    api, merchant, body, _, counter = _created_then_uncached("k-reused")
+
+    with CaptureQueriesContext(connection) as queries:
+        other = api.post(
+            "/api/v1/payments",
+            {**body, "amount": "11.00"},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="k-reused",
+        )
+
+    assert other.status_code == 422
+    assert not any("payments_addressindex" in q["sql"] for q in queries.captured_queries)
+    assert json.loads(other.content)["error"]["code"] == "idempotency_key_reused"
+    assert AddressIndex.objects.get(merchant=merchant).next_index == counter
+    assert Payment.objects.filter(merchant=merchant).count() == 1
 
 
 def test_given_two_processes_creating_through_the_api_at_once_then_no_address_is_shared():
