@@ -172,15 +172,18 @@ class Lane:
 
     def full(self) -> bool:
         """Holding its backlog, and no room beyond. A lane whose queue its answers drain within
-        FAST_LANE_SECONDS (queue x median answer / concurrency) holds up to FAST_LANE_FACTOR
-        backlogs: those deliveries leave within seconds. Others hold one, and so does a lane with
-        no answer yet (a hanging endpoint's deliveries wait for the sweep, not in memory)."""
+        FAST_LANE_SECONDS (queue x median answer / the requests it may have in flight now) holds
+        up to FAST_LANE_FACTOR backlogs: those deliveries leave within seconds. Others hold one,
+        and so does a lane with no answer yet (a hanging endpoint's deliveries wait for the sweep,
+        not in memory). Dividing by the configured concurrency instead overstated a fast lane's
+        drain fourfold: a burst of a few thousand events to a fast endpoint sent part of it to
+        the sweep, to leave seconds later."""
         size = self.queue.qsize()
         if size < self.backlog:
             return False
         if size >= self.backlog * FAST_LANE_FACTOR or not self.latencies:
             return True
-        drain = size * self.median / self.concurrency
+        drain = size * self.median / self.limit()
         return drain > FAST_LANE_SECONDS
 
     def slow(self, seconds: float, *, ok: bool) -> bool:

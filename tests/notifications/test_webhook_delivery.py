@@ -16,7 +16,7 @@ from notifications.dispatcher import dispatch_events
 from notifications.endpoints import webhook_endpoint_create, webhook_endpoint_rotate_secret
 from notifications.models import Event, WebhookAttempt, WebhookDelivery
 from notifications.outbox import event_publish
-from notifications.sender import deliver_now
+from notifications.sender import FAST_LANE_SECONDS, Claim, Lane, Target, deliver_now
 from testing.receivers import Receiver
 from tests.factories import make_payment
 
@@ -299,3 +299,39 @@ def test_given_fast_concurrency_set_to_the_limit_then_a_fast_endpoint_never_gets
         # Then all arrive, never more than four at once
         assert len(outcomes) == 40 and all(outcome.attempts[-1].ok for outcome in outcomes)
         assert most_in_flight(fast) <= 4
+
+
+def _lane_holding(count: int, *, answers: list[float], ok: bool) -> Lane:
+    lane = Lane(
+        Target(public_id="we_lane", url="http://127.0.0.1:9/hooks", secrets=("whsec_x",)),
+        backlog=1000,
+        concurrency=4,
+        fast_concurrency=16,
+    )
+    until = datetime(2030, 1, 1, tzinfo=UTC)
+    for n in range(count):
+        claim = Claim(n, 1, until, 2, lane.target, f"evt_{n}", b"{}")
+        lane.queue.put_nowait((2, n, claim))
+    for seconds in answers:
+        lane.slow(seconds, ok=ok)
+    return lane
+
+
+def test_a_fast_lane_judges_its_drain_by_the_requests_it_may_have_in_flight():
+    # Given 2,000 queued behind a fast endpoint (40 ms answers: 16 in flight), which drains
+    # them in 5 s; the configured 4 would take 20 s.
+    lane = _lane_holding(2000, answers=[0.04] * 5, ok=True)
+    assert lane.limit() == 16
+    assert 2000 * 0.04 / 16 < FAST_LANE_SECONDS < 2000 * 0.04 / 4
+
+    # Then it takes more rather than releasing them to the sweep.
+    assert not lane.full()
+
+
+def test_a_slow_lane_holds_one_backlog_and_releases_the_rest_to_the_sweep():
+    # Given a full backlog behind an endpoint answering in 500 ms (4 in flight: 125 s to drain).
+    lane = _lane_holding(1000, answers=[0.5] * 5, ok=True)
+    assert lane.limit() == 4
+
+    # Then it is full: what comes next waits in the database, not in memory.
+    assert lane.full()
