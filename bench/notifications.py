@@ -28,7 +28,10 @@ a real HTTP receiver on 127.0.0.1 (testing/receivers.py) that answers 200 at onc
    arrival. Duplicates at the receiver are counted too (must be 0). CPU per delivery: the
    dispatcher processes' user+sys time (``/proc/PID/stat``) from queueing to the last recorded
    outcome, divided by the deliveries, and the minimal sender's (this process, while it sends):
-   a figure the other load on a shared machine hardly moves, unlike deliveries/s.
+   a figure the other load on a shared machine hardly moves, unlike deliveries/s. Machine: every
+   process's CPU (``/proc/stat``: the receiver, PostgreSQL and Redis too) per delivery over the
+   same span, and how busy the cores were: a sender well under 100 % is limited by its own
+   pipeline (round trips, the GIL), not by the machine.
    ``--repeat N`` runs the minimal sender and the dispatchers N times, alternating.
 
 Last, a ``RESULT {json}`` line for bench/report.py (bench/results.py).
