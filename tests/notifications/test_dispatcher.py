@@ -770,3 +770,49 @@ def test_a_redispatched_event_sends_its_unattempted_deliveries_once_and_keeps_it
     assert set(statuses.values()) == {"succeeded"}
     event.refresh_from_db()
     assert event.stream_position == 1 and event.dispatched_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_dispatchers_numbering_one_merchants_stream_at_once_leave_no_gap_and_no_repeat(
+    receiver,
+):
+    # Given one merchant's 400 events (an endpoint too: deliveries are inserted in the same
+    # trip), its stream started, and two dispatchers taking alternate chunks of 50 at once.
+    webhook_endpoint_create(owner="mer_race", url=receiver.url)
+    publish_many("mer_race", 1)
+    dispatch_events(event_ids=list(Event.objects.values_list("pk", flat=True)))
+    events = publish_many("mer_race", 400)
+    chunks = [[event.pk for event in events[at : at + 50]] for at in range(0, 400, 50)]
+    start = threading.Barrier(2)
+    dispatched: list[int] = []
+    failures: list[BaseException] = []
+
+    def dispatcher(mine: list[list[int]]) -> None:
+        try:
+            start.wait()
+            for chunk in mine:
+                dispatched.append(dispatch_events(event_ids=chunk))
+        except BaseException as exc:  # reported by the assertion below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    # When both number the stream at the same time.
+    threads = [threading.Thread(target=dispatcher, args=(chunks[n::2],)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    # Then every event has its own place, 2..401, each chunk in one run of positions.
+    assert not failures and sum(dispatched) == 400
+    positions = dict(
+        Event.objects.filter(pk__in=[event.pk for event in events]).values_list(
+            "pk", "stream_position"
+        )
+    )
+    assert sorted(positions.values()) == list(range(2, 402))
+    for chunk in chunks:
+        ordered = [positions[pk] for pk in chunk]
+        assert ordered == list(range(ordered[0], ordered[0] + 50))
+    receiver.wait_for(lambda r: len(set(r.ids())) == 401, timeout=30)
