@@ -286,7 +286,6 @@ def dispatcher_processes(count: int) -> list:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a live process has used so far (Linux ``/proc``)."""
-
     # The fields after the command name (which may hold spaces), utime and stime: 14 and 15.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -295,7 +294,6 @@ def cpu_seconds(pid: int) -> float:
 def machine_busy_seconds() -> float:
     """CPU time every core of the machine has spent busy so far (Linux ``/proc/stat``): with the
     receiver, PostgreSQL and Redis in it, whether a sender is limited by itself or by the machine."""
-
     ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = ticks[3] + ticks[4]  # idle, iowait
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
@@ -392,13 +390,13 @@ def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
     busy_before = machine_busy_seconds()
     asyncio.run(send_all())
     cpu = time.process_time() - cpu_before
-    busy = machine_busy_seconds() - busy_before
+    busy, elapsed = machine_busy_seconds() - busy_before, time.monotonic() - started
     report = fast.report()
     took = report["last"] - started
     return {
         "cpu_us": cpu / max(1, len(report["counts"])) * 1e6,
         "machine_us": busy / max(1, len(report["counts"])) * 1e6,
-        "machine_busy": busy / (time.monotonic() - started) / (os.cpu_count() or 1),
+        "machine_busy": busy / elapsed / (os.cpu_count() or 1),
         "delivered": len(report["counts"]),
         "rate": len(report["counts"]) / took,
         "seconds": took,
@@ -407,7 +405,6 @@ def minimal_sender(fast, *, events: int, concurrency: int = 50) -> dict:
 
 
 def deliveries_section(args: argparse.Namespace, figures: list) -> None:
-
     from notifications.endpoints import webhook_endpoint_create
     from testing.fast_receiver import FastReceiver
 

@@ -283,10 +283,14 @@ def _completed_answer(
         if not rows:
             return None
         fp, status, headers, body, sealed, expires_at = rows[0]
-    stored = StoredResponse(
+    return fp, _stored_response(status, headers, body, sealed), expires_at
+
+
+def _stored_response(status: int | None, headers: Any, body: Any, sealed: Any) -> StoredResponse:
+    """An answer as a key's row holds it (columns that are empty while it runs)."""
+    return StoredResponse(
         status=status or 500, headers=headers, body=bytes(body or b""), sealed=bool(sealed)
     )
-    return fp, stored, expires_at
 
 
 def _column_of(field: Any) -> str:
@@ -392,15 +396,6 @@ class IdempotencyGate:
         self._cache_put(owner, key, stored_fingerprint, stored, expires_at)
         OUTCOMES.labels("replayed").inc()
         return opened.to_http()
-
-    @staticmethod
-    def _stored(row: IdempotencyKey) -> StoredResponse:
-        return StoredResponse(
-            status=row.response_status or 500,
-            headers=row.response_headers,
-            body=bytes(row.response_body or b""),
-            sealed=row.response_sealed,
-        )
 
     def _replay_from_cache(
         self, owner: str, key: str, fp: str, read: CacheRead | None = None
@@ -640,7 +635,10 @@ class IdempotencyGate:
                 return _Mismatch()
             if row.status == IdempotencyKey.Status.COMPLETED:
                 self._count(owner, key, "replays")
-                stored = self._stored(row)
+                stored = _stored_response(
+                    row.response_status, row.response_headers, row.response_body,
+                    row.response_sealed,
+                )  # fmt: skip
                 self._cache_put(owner, key, row.fingerprint, stored, row.expires_at)
                 return _Replay(stored)
             return _InProgress()

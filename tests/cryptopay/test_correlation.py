@@ -207,11 +207,11 @@ def test_given_an_id_bound_when_a_task_runs_eagerly_then_it_shares_it_and_the_ou
 class EchoConsumer(AsyncJsonWebsocketConsumer):
     """The way a consumer binds the id of its handshake for its whole life."""
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def __call__(self, scope, receive, send):
         with bound_correlation_id(correlation_id_from_scope(scope)):
             await super().__call__(scope, receive, send)
 
-    async def receive_json(self, content, **kwargs):  # type: ignore[no-untyped-def]
+    async def receive_json(self, content, **kwargs):
         logging.getLogger("tests.ws").info("received %s", content["say"])
         in_thread = await database_sync_to_async(correlation_id)()
         await self.send_json({"id": correlation_id(), "in_thread": in_thread})

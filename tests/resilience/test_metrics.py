@@ -150,7 +150,7 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
         ),
         CRYPTOPAY_LOG_FORMAT="json",
     )
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     _, api_key = ApiKeyFactory.create_with_secret(merchant=merchant)
     # What the watcher would have recorded: 3 blocks behind, last poll 10 s ago.
     ChainCursor.objects.create(
