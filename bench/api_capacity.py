@@ -34,8 +34,10 @@ Each round starts one server per worker count and runs the three loads on it (a 
 ``--warmup`` s, then ``--duration`` s measured) in an order that rotates from round to round;
 rounds alternate which worker count goes first. Reported: the median over rounds of requests/s,
 p50 and p99, each load against the minimal one with the same workers, and two workers against one.
-Peak RSS per worker is each worker process's high-water mark (VmHWM) at the end of its server's
-run, the largest of them. With 2 workers, each run also shows how wrk's connections were spread
+CPU per request (workers, PostgreSQL, the whole machine, from ``/proc``) is printed for each
+load: two workers can only outrun one by as much as the machine's idle cores allow, and what a
+request costs outside the worker takes from them. Peak RSS per worker is each worker process's
+high-water mark (VmHWM) at the end of its server's run, the largest of them. With 2 workers, each run also shows how wrk's connections were spread
 over the workers half-way through (from /proc).
 
 SQL statements and Redis round trips per create (and per read) are counted in this process, on
@@ -143,7 +145,34 @@ class Run:
     cpu_share: float
     prefix: str
     connections: list[int] = field(default_factory=list)  # per worker, mid-run
+    # CPU per answered request, in µs: the workers, PostgreSQL's processes, the whole machine.
+    cpu_us: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+
+
+def cpu_by_part(worker_pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by the server's workers, by PostgreSQL's processes (every
+    ``postgres`` process: backends, WAL writer, checkpointer) and by the whole machine (busy time
+    of every core, ``/proc/stat``): what a create costs beyond the worker bounds how far a second
+    worker can scale on this machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parts = {"workers": 0.0, "postgres": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name, fields = raw.split("(", 1)[1].rsplit(")", 1)
+        used = (int(fields.split()[11]) + int(fields.split()[12])) / tick
+        if int(entry.name) in worker_pids:
+            parts["workers"] += used
+        elif name == "postgres":
+            parts["postgres"] += used
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    parts["machine"] = (sum(ticks) - ticks[3] - ticks[4]) / tick  # all but idle and iowait
+    return parts
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -179,6 +208,7 @@ def run_wrk(
         "-d", f"{seconds}s", "--timeout", WRK_TIMEOUT, "-s", str(script), base_url,
     ]  # fmt: skip
     cpu_before = sum(cpu_seconds_of(pid) for pid in pids)
+    parts_before = cpu_by_part(pids)
     wrk = subprocess.Popen(  # noqa: S603 (our own command line, no shell)
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -189,6 +219,7 @@ def run_wrk(
     connections = [established_connections(pid, port) for pid in pids]
     stdout, stderr = wrk.communicate(timeout=seconds + 120)
     cpu_after = sum(cpu_seconds_of(pid) for pid in pids)
+    parts_after = cpu_by_part(pids)
     line = next((x for x in stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if wrk.returncode != 0 or line is None:
         raise SystemExit(f"wrk failed ({wrk.returncode}):\n{stdout}\n{stderr}")
@@ -205,6 +236,10 @@ def run_wrk(
         cpu_share=(cpu_after - cpu_before) / seconds_run,
         prefix=prefix,
         connections=connections,
+        cpu_us={
+            part: (parts_after[part] - parts_before[part]) / max(1, answered) * 1e6
+            for part in parts_after
+        },
     )
     run.problems += [
         f"{count} x HTTP {status}"
@@ -441,6 +476,23 @@ def report(
                     else ""
                 )
             )
+    print(
+        "CPU per request, µs (medians over rounds; machine = every core's busy time, wrk and "
+        "Redis included)"
+    )
+    print(f"  {'workers':>7} {'load':26} {'workers':>8} {'postgres':>8} {'machine':>8}")
+    for workers in workers_list:
+        for load in REPORTED:
+            mine = [r for r in runs if r.load == load and r.workers == workers and r.cpu_us]
+            if mine:
+                cpu = {
+                    part: statistics.median(r.cpu_us[part] for r in mine)
+                    for part in ("workers", "postgres", "machine")
+                }
+                print(
+                    f"  {workers:7d} {load:26} {cpu['workers']:8.0f} {cpu['postgres']:8.0f} "
+                    f"{cpu['machine']:8.0f}"
+                )
     for run in runs:
         for problem in run.problems:
             print(f"  CHECK FAILED {run.workers} worker(s) {run.load}: {problem}")

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import stamina
 from asgiref.sync import async_to_sync
@@ -358,8 +358,9 @@ def _undispatched_locked(event_ids: list[int]) -> list[Event]:
             )
         )
     # The table name comes from the model's metadata, the ids are a parameter.
+    # Columns named, not *: a prepared "SELECT *" fails once a migration adds a column.
     sql = (
-        f"SELECT * FROM {Event._meta.db_table} "  # noqa: S608
+        f"SELECT {_select_list(Event, Event._meta.db_table)} FROM {Event._meta.db_table} "  # noqa: S608
         "WHERE id = ANY(CAST(%s AS bigint[])) AND dispatched_at IS NULL FOR UPDATE SKIP LOCKED"
     )
     return list(Event.objects.raw(sql, [bulk_writes.array_literal(event_ids)]))
@@ -367,8 +368,8 @@ def _undispatched_locked(event_ids: list[int]) -> list[Event]:
 
 def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
     db = transaction.get_connection()
-    # Several statements in one query need client-side binding (Django's default with psycopg).
-    if db.vendor == "postgresql" and not db.settings_dict["OPTIONS"].get("server_side_binding"):
+    # Several statements in one query need a client-binding cursor (resilience/postgresql).
+    if db.vendor == "postgresql" and hasattr(db, "client_binding_cursor"):
         return _dispatch_postgresql(event_ids)
     with transaction.atomic():
         events = sorted(
@@ -603,6 +604,10 @@ class Dispatcher:
         logger.info("dispatcher stopped after %d events", self.processed)
 
 
+def _client_binding_cursor() -> Any:
+    return transaction.get_connection().client_binding_cursor()
+
+
 def _select_list(model: type[Model], alias: str) -> str:
     """Every concrete column of ``model``, in field order (what ``Model.from_db`` takes)."""
     quote = connection.ops.quote_name
@@ -641,9 +646,9 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
     locks their owners' stream rows (in one order, by owner and mode, as every dispatcher does:
     no deadlock between them); one that inserts the deliveries claimed, moves the streams on and
     marks the events dispatched with their positions; COMMIT. Statements are sent together as one
-    query (the client-side binding cursor Django uses), so each trip is one wait for the
-    database, and one wait for this thread's turn at the GIL after it: both cost more than the
-    statements themselves while the delivery loop is busy."""
+    query (a client-binding cursor: the server binds one statement at a time), so each trip is
+    one wait for the database, and one wait for this thread's turn at the GIL after it: both
+    cost more than the statements themselves while the delivery loop is busy."""
     ids = bulk_writes.array_literal(event_ids)
     event, endpoint = Event._meta.db_table, WebhookEndpoint._meta.db_table
     stream = EventStream._meta.db_table
@@ -672,7 +677,7 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
         ORDER BY s.owner, s.livemode FOR UPDATE
     """  # noqa: S608
     with transaction.atomic():
-        with connection.cursor() as cursor:
+        with _client_binding_cursor() as cursor:
             cursor.execute(locking, [ids] * 4)
             event_rows = cursor.fetchall()
             cursor.nextset()
@@ -728,7 +733,7 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
                 bulk_writes.array_literal([one.pk for one in events]),
                 bulk_writes.array_literal([one.stream_position for one in events]),
             ]
-            with connection.cursor() as cursor:
+            with _client_binding_cursor() as cursor:
                 cursor.execute(";\n".join(statements), params)
                 returned = cursor.fetchall() if insert is not None else []
             inserted = [] if insert is None else delivery.claimed_rows(returned, until=insert[2])

@@ -11,6 +11,15 @@ psycopg_pool's own behaviour after a failover or a restart (every pooled connect
 Here the first failed check resets the whole pool (``drain``: idle connections closed, fresh ones
 opened by the pool's workers; connections in use are replaced when returned) and reconnection is
 retried at a fixed short interval (``reconnect_interval``, settings ``DATABASE_RECONNECT_INTERVAL``).
+
+With server-side binding (``OPTIONS["server_side_binding"]``, settings
+``DATABASE_PREPARED_STATEMENTS``) psycopg prepares a statement a connection has run
+``prepare_threshold`` times. A migration run meanwhile by another process that changes what such a
+statement returns (a column's type, even a varchar's length) makes the server refuse it ("cached
+plan must not change result type") for as long as the connection keeps it. Inside a transaction
+the rollback that follows makes psycopg deallocate them all; outside one nothing would, so the
+cursor here does it and runs the statement again, once.
+
 Everything else is Django's backend. Engine: ``resilience.postgresql``.
 """
 
@@ -24,6 +33,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
+from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg_pool import ConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
 
@@ -69,10 +80,40 @@ class ResilientConnectionPool(ConnectionPool):
         super()._add_connection(attempt, growing=growing)
 
 
+STALE_PLAN = "cached plan must not change result type"
+# Django's psycopg 3 cursors, typed loosely: its type stubs describe them as psycopg 2's.
+_DjangoServerBindingCursor: Any = base.ServerBindingCursor
+_DjangoClientBindingCursor: Any = base.Cursor
+
+
+class ServerBindingCursor(_DjangoServerBindingCursor):
+    """Django's server-binding cursor that recovers from its connection's stale prepared
+    statements outside a transaction (module docstring)."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        try:
+            return super().execute(query, params, **kwargs)
+        except pg_errors.FeatureNotSupported as error:
+            in_transaction = self.connection.info.transaction_status != pq.TransactionStatus.IDLE
+            if in_transaction or STALE_PLAN not in str(error):
+                raise
+            # psycopg is pinned (requirements.txt): its prepared-statement manager is internal.
+            # Cleared, it deallocates every statement before the next one and counts afresh.
+            self.connection._prepared.clear()
+            return super().execute(query, params, **kwargs)
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     # Django's PostgreSQL backend has these; its type stubs leave them out.
     _connection_pools: dict[str, ConnectionPool]
     _configure_connection: Callable[[Any], None]
+    _prepare_cursor: Callable[[Any], Any]
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params = super().get_connection_params()
+        if params.get("cursor_factory") is _DjangoServerBindingCursor:
+            params["cursor_factory"] = ServerBindingCursor
+        return params
 
     @property
     def pool(self) -> ConnectionPool | None:
@@ -96,3 +137,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
             )
             self._connection_pools.setdefault(self.alias, pool)
         return self._connection_pools[self.alias]
+
+    def client_binding_cursor(self) -> Any:
+        """A cursor that binds parameters in the client, whatever ``server_side_binding`` says:
+        several statements sent as one query (one round trip) need it, as the server binds
+        parameters to one statement at a time. Wrapped as Django wraps its own cursors
+        (execute wrappers, query logging)."""
+        self.close_if_health_check_failed()
+        self.ensure_connection()
+        with self.wrap_database_errors:
+            return self._prepare_cursor(_DjangoClientBindingCursor(self.connection))
