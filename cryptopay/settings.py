@@ -270,7 +270,7 @@ if DATABASE_URL:
         # Parameters bound by the server, and a statement this connection has run
         # DATABASE_PREPARE_THRESHOLD times prepared (psycopg's per-connection cache): the server
         # then skips parsing and planning it. bench/api_capacity.py: PostgreSQL's CPU per create
-        # fell by about a quarter, per read by half.
+        # fell by about a quarter, per read by about 40 %.
         DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
         DATABASES["default"]["OPTIONS"]["prepare_threshold"] = DATABASE_PREPARE_THRESHOLD
     DATABASES["default"]["OPTIONS"]["pool"] = {
