@@ -37,8 +37,8 @@ p50 and p99, each load against the minimal one with the same workers, and two wo
 CPU per request (workers, PostgreSQL, the whole machine, from ``/proc``) is printed for each
 load: two workers can only outrun one by as much as the machine's idle cores allow, and what a
 request costs outside the worker takes from them. Peak RSS per worker is each worker process's
-high-water mark (VmHWM) at the end of its server's run, the largest of them. With 2 workers, each run also shows how wrk's connections were spread
-over the workers half-way through (from /proc).
+high-water mark (VmHWM) at the end of its server's run, the largest of them. With 2 workers, each
+run also shows how wrk's connections were spread over the workers half-way through (from /proc).
 
 SQL statements and Redis round trips per create (and per read) are counted in this process, on
 the same database and Redis, through the same Django stack (DRF's APIClient): every statement
@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -65,7 +66,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.api_throughput import PROVIDERS, WRK_THREADS, WRK_TIMEOUT, cpu_seconds_of, wrk_binary
+from bench.api_throughput import (
+    PROVIDERS,
+    WRK_THREADS,
+    WRK_TIMEOUT,
+    cpu_seconds_of,
+    machine_busy_seconds,
+    wrk_binary,
+)
 from bench.results import emit, figure
 from testing.scratch import scratch_environment
 from testing.servers import established_connections
@@ -150,29 +158,15 @@ class Run:
     problems: list[str] = field(default_factory=list)
 
 
-def cpu_by_part(worker_pids: list[int]) -> dict[str, float]:
-    """CPU seconds used so far by the server's workers, by PostgreSQL's processes (every
-    ``postgres`` process: backends, WAL writer, checkpointer) and by the whole machine (busy time
-    of every core, ``/proc/stat``): what a create costs beyond the worker bounds how far a second
-    worker can scale on this machine."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parts = {"workers": 0.0, "postgres": 0.0}
+def postgres_cpu_seconds() -> float:
+    """CPU time PostgreSQL's processes (backends, WAL writer, checkpointer...) have used so far:
+    what a request costs outside the workers bounds how far a second worker can scale here."""
+    pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:  # ended meanwhile
-            continue
-        name, fields = raw.split("(", 1)[1].rsplit(")", 1)
-        used = (int(fields.split()[11]) + int(fields.split()[12])) / tick
-        if int(entry.name) in worker_pids:
-            parts["workers"] += used
-        elif name == "postgres":
-            parts["postgres"] += used
-    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    parts["machine"] = (sum(ticks) - ticks[3] - ticks[4]) / tick  # all but idle and iowait
-    return parts
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
+                pids.append(int(entry.name))
+    return sum(cpu for cpu in map(cpu_seconds_of, pids) if not math.isnan(cpu))  # NaN: ended
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -208,7 +202,7 @@ def run_wrk(
         "-d", f"{seconds}s", "--timeout", WRK_TIMEOUT, "-s", str(script), base_url,
     ]  # fmt: skip
     cpu_before = sum(cpu_seconds_of(pid) for pid in pids)
-    parts_before = cpu_by_part(pids)
+    postgres_before, machine_before = postgres_cpu_seconds(), machine_busy_seconds()
     wrk = subprocess.Popen(  # noqa: S603 (our own command line, no shell)
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -219,7 +213,7 @@ def run_wrk(
     connections = [established_connections(pid, port) for pid in pids]
     stdout, stderr = wrk.communicate(timeout=seconds + 120)
     cpu_after = sum(cpu_seconds_of(pid) for pid in pids)
-    parts_after = cpu_by_part(pids)
+    postgres_after, machine_after = postgres_cpu_seconds(), machine_busy_seconds()
     line = next((x for x in stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if wrk.returncode != 0 or line is None:
         raise SystemExit(f"wrk failed ({wrk.returncode}):\n{stdout}\n{stderr}")
@@ -237,8 +231,12 @@ def run_wrk(
         prefix=prefix,
         connections=connections,
         cpu_us={
-            part: (parts_after[part] - parts_before[part]) / max(1, answered) * 1e6
-            for part in parts_after
+            part: used / max(1, answered) * 1e6
+            for part, used in (
+                ("workers", cpu_after - cpu_before),
+                ("postgres", postgres_after - postgres_before),
+                ("machine", machine_after - machine_before),
+            )
         },
     )
     run.problems += [

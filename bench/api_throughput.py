@@ -232,10 +232,20 @@ class ConnectionWatch:
 def cpu_seconds_of(pid: int) -> float:
     """utime + stime of a process from /proc (Linux); NaN elsewhere."""
     try:
+        # The fields after the command name (which may hold spaces), utime and stime: 14 and 15.
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every core of the machine has spent busy so far (Linux ``/proc/stat``): with
+    the server, PostgreSQL, Redis and the load generator in it, whether a process is limited by
+    itself or by the machine."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk_binary() -> str:

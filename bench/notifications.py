@@ -49,6 +49,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench.api_throughput import cpu_seconds_of, machine_busy_seconds
 from bench.results import emit, figure
 from testing.scratch import scratch_environment
 
@@ -284,21 +285,6 @@ def dispatcher_processes(count: int) -> list:
     return processes
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a live process has used so far (Linux ``/proc``)."""
-    # The fields after the command name (which may hold spaces), utime and stime: 14 and 15.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU time every core of the machine has spent busy so far (Linux ``/proc/stat``): with the
-    receiver, PostgreSQL and Redis in it, whether a sender is limited by itself or by the machine."""
-    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def dispatcher_deliveries(fast, *, events: int, processes: int) -> dict:
     from notifications import queues
     from notifications.models import WebhookDelivery
@@ -309,7 +295,7 @@ def dispatcher_deliveries(fast, *, events: int, processes: int) -> dict:
     ids = merchant_events(FAST_OWNER, events)
     running = dispatcher_processes(processes)
     try:
-        cpu_before = sum(cpu_seconds(process.pid) for process in running)
+        cpu_before = sum(cpu_seconds_of(process.pid) for process in running)
         busy_before = machine_busy_seconds()
         started = time.monotonic()
         pipe = queues_client().pipeline(transaction=False)
@@ -328,7 +314,7 @@ def dispatcher_deliveries(fast, *, events: int, processes: int) -> dict:
         ):
             time.sleep(0.02)
         recorded = time.monotonic() - started
-        cpu = sum(cpu_seconds(process.pid) for process in running) - cpu_before
+        cpu = sum(cpu_seconds_of(process.pid) for process in running) - cpu_before
         busy = machine_busy_seconds() - busy_before
     finally:
         for process in running:
