@@ -187,7 +187,7 @@ def test_given_debug_off_and_no_secret_key_when_settings_load_then_they_fail_nam
         if mode == "services"
         else {}
     )
-    env = subprocess_env(DEBUG="0", CRYPTOPAY_STATE_DIR=str(tmp_path), **services)
+    env = {**subprocess_env(DEBUG="0", CRYPTOPAY_STATE_DIR=str(tmp_path)), **services}
 
     result = manage("check", env=env)
 
@@ -231,7 +231,7 @@ def test_given_embedded_mode_when_settings_load_twice_then_the_generated_secret_
 def test_given_only_one_service_url_when_settings_load_then_they_fail_asking_for_both(
     only, tmp_path
 ):
-    env = subprocess_env(CRYPTOPAY_STATE_DIR=str(tmp_path), **{only: os.environ[only]})
+    env = {**subprocess_env(CRYPTOPAY_STATE_DIR=str(tmp_path)), only: os.environ[only]}
 
     result = manage("check", env=env)
 

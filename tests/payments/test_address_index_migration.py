@@ -16,7 +16,7 @@ BEFORE = [("payments", "0004_checkout_token")]
 AFTER = [("payments", "0005_wallet_address_index_unmatched_transfers")]
 
 
-def migrate(targets):  # type: ignore[no-untyped-def]
+def migrate(targets):
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(targets)

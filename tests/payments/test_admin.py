@@ -71,7 +71,7 @@ def run_action(client: Client, model: str, action: str, *objects):
 def test_given_a_superuser_when_opening_each_changelist_and_change_page_then_they_render(
     admin_client_, model
 ):
-    merchant = MerchantFactory(name="Rendering Shop")
+    merchant = MerchantFactory.create(name="Rendering Shop")
     api_key, _ = ApiKeyFactory.create_with_secret(merchant=merchant, name="render-key")
     payment = make_payment(merchant=merchant)
     shown = {
@@ -97,7 +97,7 @@ def test_given_a_superuser_when_opening_each_changelist_and_change_page_then_the
 def test_given_the_add_form_when_an_api_key_is_added_then_its_secret_is_shown_once_and_only_hashed(
     admin_client_, client
 ):
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
 
     response = admin_client_.post(
         reverse("admin:accounts_apikey_add"),
@@ -159,7 +159,7 @@ def test_given_an_active_key_when_the_revoke_action_runs_then_the_api_refuses_it
 
 @pytest.fixture
 def payments_to_find():
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     return {
         "btc": make_payment(merchant=merchant, order_id="order-alpha-7731"),
         "eth": make_payment(merchant=merchant, crypto_currency="ETH", order_id="order-beta-5529"),
@@ -212,6 +212,7 @@ def test_given_an_expired_payment_when_marked_settled_then_it_settles_as_marked_
     assert payment.sub_status == PaymentSubStatus.MARKED
     assert payment.settled_at is not None
     last = payment.events.order_by("sequence").last()
+    assert last is not None
     assert last.type == PaymentEvent.Type.STATUS_CHANGED
     assert last.data["from"] == {"status": "expired", "sub_status": None}
     assert last.data["to"] == {"status": "settled", "sub_status": "marked"}
@@ -296,7 +297,7 @@ def test_given_someone_not_staff_when_opening_the_admin_then_they_are_sent_to_th
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 
-def merchant_form(merchant, **extra) -> dict:  # type: ignore[no-untyped-def]
+def merchant_form(merchant, **extra) -> dict:
     return {
         "name": merchant.name, "default_fiat_currency": "USD", "payment_expiry": "00:15:00",
         "monitoring_window": "01:00:00", "underpayment_tolerance_percent": "0",
@@ -307,7 +308,7 @@ def merchant_form(merchant, **extra) -> dict:  # type: ignore[no-untyped-def]
 def test_a_merchant_logo_is_uploaded_sniffed_and_size_limited(admin_client_, settings):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     url = reverse("admin:accounts_merchant_change", args=[merchant.pk])
 
     saved = admin_client_.post(
@@ -351,7 +352,7 @@ def test_a_payment_with_a_choice_shows_its_coins_and_quotes_before_and_after_the
     from decimal import Decimal
 
     payment = services.payment_create_with_choice(
-        merchant=MerchantFactory(), fiat_amount=Decimal("12.00"), fiat_currency="USD",
+        merchant=MerchantFactory.create(), fiat_amount=Decimal("12.00"), fiat_currency="USD",
         accepted_currencies=["BTC", "LTC"],
     )  # fmt: skip
     url = reverse("admin:payments_payment_change", args=[payment.pk])

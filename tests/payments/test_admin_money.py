@@ -178,7 +178,7 @@ def test_given_staff_without_view_permission_when_exporting_then_refused(django_
 def test_the_webhook_endpoint_form_offers_merchants_as_a_select_and_creates_for_the_chosen(
     admin_client_,
 ):
-    merchant = MerchantFactory(name="Coffee shop")
+    merchant = MerchantFactory.create(name="Coffee shop")
     add = reverse("admin:notifications_webhookendpoint_add")
 
     page = admin_client_.get(add).content.decode()
@@ -209,7 +209,7 @@ def test_given_a_coin_choice_payment_not_yet_picked_when_exported_then_its_crypt
 ):
     # Given: a payment the buyer has not picked a coin for (no crypto amount yet)
     payment = services.payment_create_with_choice(
-        merchant=MerchantFactory(),
+        merchant=MerchantFactory.create(),
         fiat_amount=Decimal("12.00"),
         fiat_currency="USD",
         accepted_currencies=["BTC", "LTC"],

@@ -32,6 +32,7 @@ def start_member(directory: Path) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-c", MEMBER], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
     )
+    assert process.stdout is not None  # stdout=PIPE
     assert process.stdout.readline().strip() == "ready"
     return process
 
