@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -12,22 +12,21 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from accounts import auth_throttle
+from accounts import api_key_cache, auth_throttle
 from accounts.models import ApiKey, Merchant
 from accounts.services import api_key_matches, api_key_split
-from cryptopay.compiled_query import CompiledQuery
+from cryptopay.compiled_query import CompiledQuery, Row
 from resilience import clock
 from resilience.idempotency import request_cache_read
 
 # last_used_at is a hint for operators, not an audit log: write it at most once a minute per key.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-# Key prefix -> the idempotency scope of its owner, as this process last authenticated it (a key
-# never changes merchant or mode); bounded, it only saves a round trip.
-_owners: dict[str, str] = {}
-MAX_REMEMBERED_OWNERS = 10_000
+# When this process last wrote each key's last_used_at (by key id): a remembered row keeps the
+# value it was read with.
+_last_used_written: dict[int, datetime] = {}
 
-# Every authenticated request makes this lookup: its SQL is compiled once (the database is still
-# asked every time, so a revoked key is refused on its next request).
+# Every authenticated request needs this row: its SQL is compiled once, and the row is remembered
+# (accounts/api_key_cache.py says when the memory may answer instead of the database).
 _API_KEY_BY_PREFIX = CompiledQuery(
     lambda prefix: ApiKey.objects.select_related("merchant").filter(prefix=prefix),
     prefix="cpk_compiled_example",
@@ -74,26 +73,34 @@ class ApiKeyAuthentication(BaseAuthentication):
         django_request = getattr(request, "_request", request)
         prefix = self._presented_prefix(header)
         # A key this process authenticated before names its owner: the read of this request's
-        # stored idempotent answer then shares the throttle check's round trip. The gate uses it
-        # only if the key, authenticated below, has that owner.
-        owner = _owners.get(prefix) if prefix else None
-        read = None if owner is None else request_cache_read(django_request, owner=owner)
-        # Only this key's own failures hold it back: another key's never refuse a valid one.
-        wait, values = auth_throttle.retry_after_reading(
-            django_request, prefix, [] if read is None else [read.redis_key]
+        # stored idempotent answer then shares the throttle check's round trip, as does the read
+        # of the epoch that says whether the remembered row may answer for the database. The
+        # gate uses the answer only if the key, authenticated below, has that owner.
+        known = api_key_cache.remembered(prefix)
+        read = (
+            None
+            if known is None
+            else request_cache_read(django_request, owner=known.idempotency_scope)
         )
+        extra = [] if read is None else [read.redis_key]
+        wait, values = auth_throttle.retry_after_reading(
+            django_request, prefix, [*extra, api_key_cache.epoch_key()]
+        )
+        # Only this key's own failures hold it back: another key's never refuse a valid one.
         if wait is not None:
             raise exceptions.Throttled(
                 wait=wait, detail="Too many failed attempts with this API key from this address."
             )
+        epoch = None if values is None else values[-1]
         if read is not None and values is not None:
             read.deliver(values[0])
         try:
-            client, api_key = self._check(header)
-            if len(_owners) >= MAX_REMEMBERED_OWNERS:
-                _owners.clear()
-            _owners[api_key.prefix] = client.idempotency_scope
-            return client, api_key
+            return self._check(
+                header,
+                remembered=api_key_cache.trusted(known, epoch=epoch),
+                epoch=epoch,
+                redis_read=values is not None,
+            )
         except exceptions.AuthenticationFailed:
             auth_throttle.record_failure(django_request, prefix)
             wait = auth_throttle.ip_retry_after(django_request)
@@ -112,7 +119,16 @@ class ApiKeyAuthentication(BaseAuthentication):
         except UnicodeDecodeError:
             return ""
 
-    def _check(self, header: list[bytes]) -> tuple[ApiClient, ApiKey]:
+    def _check(
+        self,
+        header: list[bytes],
+        *,
+        remembered: Row[ApiKey] | None,
+        epoch: bytes | str | None,
+        redis_read: bool,
+    ) -> tuple[ApiClient, ApiKey]:
+        """``remembered``: the key's row, if this process's memory may answer for it; ``epoch``:
+        the token read from Redis before anything else (``redis_read``: whether it could be)."""
         if header[0].lower() != self.keyword or len(header) != 2:
             raise exceptions.AuthenticationFailed(
                 "Use 'Authorization: Bearer <api key>'.", code="invalid_authorization_header"
@@ -122,7 +138,10 @@ class ApiKeyAuthentication(BaseAuthentication):
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.", code="invalid_api_key")
         prefix = api_key_split(raw_key)
-        api_key = _API_KEY_BY_PREFIX.first(prefix=prefix) if prefix else None
+        api_key = None if remembered is None else remembered.instance()
+        if prefix and (api_key is None or not api_key_matches(api_key=api_key, raw_key=raw_key)):
+            # Not remembered (or not trusted), or not this secret: the database decides.
+            api_key = _api_key_read(prefix, epoch=epoch, remember=redis_read)
         if api_key is None or not api_key_matches(api_key=api_key, raw_key=raw_key):
             raise exceptions.AuthenticationFailed("Invalid API key.", code="invalid_api_key")
         if api_key.revoked_at is not None:
@@ -130,12 +149,34 @@ class ApiKeyAuthentication(BaseAuthentication):
                 "This API key has been revoked.", code="api_key_revoked"
             )
         now = clock.now()
-        if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
+        last_used = max(
+            (at for at in (api_key.last_used_at, _last_used_written.get(api_key.pk)) if at),
+            default=None,
+        )
+        if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
             ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+            if len(_last_used_written) >= api_key_cache.MAX_REMEMBERED:
+                _last_used_written.clear()
+            _last_used_written[api_key.pk] = now
         return ApiClient(merchant=api_key.merchant, api_key=api_key), api_key
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
+
+
+def _api_key_read(prefix: str, *, epoch: bytes | str | None, remember: bool) -> ApiKey | None:
+    """The key with this prefix from the database (its merchant with it), remembered under the
+    epoch this request read before asking."""
+    row = _API_KEY_BY_PREFIX.row(prefix=prefix)
+    if row is None:
+        return None
+    api_key = row.instance()
+    if remember:
+        client = ApiClient(merchant=api_key.merchant, api_key=api_key)
+        api_key_cache.remember(
+            prefix, row=row, epoch=epoch, idempotency_scope=client.idempotency_scope
+        )
+    return api_key
 
 
 def idempotency_owner(request: HttpRequest) -> str | None:

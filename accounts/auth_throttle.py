@@ -37,7 +37,8 @@ _COUNTED = "_cryptopay_auth_failure_counted"
 MALFORMED = "-"
 
 
-def _redis() -> redis.Redis | None:
+def redis_client() -> redis.Redis | None:
+    """The throttle's Redis client (fast-failing), or None without REDIS_URL."""
     return _client(settings.REDIS_URL) if settings.REDIS_URL else None
 
 
@@ -114,7 +115,7 @@ def _key(bucket: str, window: int) -> str:
 
 
 def _count(bucket: str, window: int) -> int:
-    client = _redis()
+    client = redis_client()
     if client is not None:
         try:
             return int(client.get(_key(bucket, window)) or 0)
@@ -143,7 +144,7 @@ def retry_after_reading(
     (seconds to wait or None, their values, or None when Redis could not be read)."""
     key_bucket, _ = _buckets(client_ip(request), prefix)
     window, left = _window()
-    client = _redis()
+    client = redis_client()
     values: list[bytes | str | None] | None = None
     count: int | None = None
     if client is not None:
@@ -175,7 +176,7 @@ def record_failure(request: HttpRequest, prefix: str) -> None:
     setattr(request, _COUNTED, True)
     buckets = _buckets(client_ip(request), prefix)
     window, left = _window()
-    client = _redis()
+    client = redis_client()
     if client is not None:
         try:
             pipe = client.pipeline()

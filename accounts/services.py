@@ -12,7 +12,9 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
+from accounts import api_key_cache
 from accounts.models import ApiKey, ApiKeyScope, Merchant, MerchantLogo, random_token
 from resilience import clock
 
@@ -132,10 +134,14 @@ def api_key_create(
 
 
 def api_key_revoke(*, api_key: ApiKey) -> bool:
-    """Revoke the key; returns False when it already was."""
-    revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
-        revoked_at=clock.now()
-    )
+    """Revoke the key; returns False when it already was. Every process refuses it from its next
+    request on (the update bypasses the save signal that tells them, so it tells them here)."""
+    with transaction.atomic():
+        revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+            revoked_at=clock.now()
+        )
+        if revoked:
+            api_key_cache.api_keys_changed()
     api_key.refresh_from_db(fields=["revoked_at"])
     if revoked:
         logger.info("API key %s revoked", api_key.prefix)

@@ -4,12 +4,14 @@ them (the same columns, converters, ``select_related`` objects and deferred fiel
 
 Building a queryset and compiling it (``filter``, ``as_sql``) cost more than PostgreSQL spent
 answering the primary-key-sized lookups that every API request makes (its key, its payment). Only
-the SQL text is kept: every call still asks the database, so nothing read here can be stale (a
-revoked key is refused on its next request).
+the SQL text is kept here: every call asks the database. A caller may keep a ``Row`` (immutable)
+and make instances of it later; whether a kept row may stand in for a call is the caller's
+decision (accounts/api_key_cache.py).
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +95,13 @@ class CompiledQuery(Generic[M]):
 
     def first(self, *, using: str = "default", **values: Any) -> M | None:
         """The row for these values as a model instance, or None."""
+        fetched = self.row(using=using, **values)
+        return None if fetched is None else fetched.instance()
+
+    def row(self, *, using: str = "default", **values: Any) -> Row[M] | None:
+        """The row for these values, converted as Django converts it, or None: each
+        ``instance()`` of it is a new model instance (a caller may keep the row, not an instance
+        that requests could share and change)."""
         if values.keys() != self._examples.keys():
             raise TypeError(f"give {sorted(self._examples)}, not {sorted(values)}")
         for name, value in values.items():
@@ -116,7 +125,22 @@ class CompiledQuery(Generic[M]):
             for converter in converters:
                 value = converter(value, expression, connection)
             row[position] = value
-        obj = compiled.model.from_db(using, compiled.init_list, row[compiled.model_columns])
+        return Row(compiled=compiled, values=tuple(row), using=using)
+
+
+@dataclass(frozen=True)
+class Row(Generic[M]):
+    """One row of a compiled query, as read: immutable, so it can be kept and shared."""
+
+    compiled: _Compiled
+    values: tuple[Any, ...]
+    using: str
+
+    def instance(self) -> M:
+        compiled = self.compiled
+        # Lists and dicts (JSON fields) copied: an instance's must not be another's.
+        row = [copy.deepcopy(v) if isinstance(v, list | dict) else v for v in self.values]
+        obj = compiled.model.from_db(self.using, compiled.init_list, row[compiled.model_columns])
         for populator in compiled.related_populators:
             populator.populate(row, obj)
         return obj  # type: ignore[return-value]  # the model of the built queryset

@@ -575,6 +575,10 @@ API_AUTH_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_FAILURES_PER_WINDOW", 20)
 API_AUTH_IP_FAILURE_LIMIT = env_int("CRYPTOPAY_AUTH_IP_FAILURES_PER_WINDOW", 100)
 API_AUTH_FAILURE_WINDOW = env_seconds("CRYPTOPAY_AUTH_FAILURE_WINDOW_SECONDS", 60)
 API_AUTH_THROTTLE_REDIS_PREFIX = f"{REDIS_PREFIX}:authfail"
+# How long a process may answer for an API key from memory: changes reach every process at once
+# through Redis; this bounds the wait only if the process changing a key cannot reach it. 0: off.
+API_KEY_CACHE_TTL = env_seconds("CRYPTOPAY_API_KEY_CACHE_SECONDS", 10)
+API_KEY_CACHE_REDIS_PREFIX = f"{REDIS_PREFIX}:apikeys"
 
 # --- Payments -----------------------------------------------------------------------------------
 # Merchant defaults (BTCPay Server's); each merchant can change its own.
