@@ -27,9 +27,9 @@ a real HTTP receiver on 127.0.0.1 (testing/receivers.py) that answers 200 at onc
    the dispatchers started idle; the clock runs from queueing all ids to the receiver's last
    arrival. Duplicates at the receiver are counted too (must be 0), and so are deliveries a lane
    let go to the retry sweep (a burst it would take too long to send, over
-   CRYPTOPAY_WEBHOOK_ENDPOINT_BACKLOG): they are not waited for, since no sweep runs here. CPU per delivery: the
-   dispatcher processes' user+sys time (``/proc/PID/stat``) from queueing to the last recorded
-   outcome, divided by the deliveries, and the minimal sender's (this process, while it sends):
+   CRYPTOPAY_WEBHOOK_ENDPOINT_BACKLOG): they are not waited for, since no sweep runs here. CPU
+   per delivery: the dispatcher processes' user+sys time (``/proc/PID/stat``) from queueing to
+   the last recorded outcome, divided by the deliveries, and the minimal sender's (this process, while it sends):
    a figure the other load on a shared machine hardly moves, unlike deliveries/s. Machine: every
    process's CPU (``/proc/stat``: the receiver, PostgreSQL and Redis too) per delivery over the
    same span, and how busy the cores were: a sender well under 100 % is limited by its own
