@@ -82,7 +82,7 @@ def test_given_no_worker_count_then_production_runs_one_worker_per_core():
 def test_given_web_concurrency_then_the_pool_is_sized_from_it():
     found = probe(WEB_CONCURRENCY="5", CRYPTOPAY_DB_MAX_CONNECTIONS="200")
 
-    assert found == {"workers": 5, "pool_max": 16, "threads": 16}  # 170 // 5 = 34, capped
+    assert found == {"workers": 5, "pool_max": 16, "threads": 4}  # 170 // 5 = 34, capped
     assert probe(WEB_CONCURRENCY="20")["pool_max"] == 3  # (100 - 30) // 20
 
 
@@ -90,7 +90,8 @@ def test_an_explicit_pool_size_wins():
     assert probe(WEB_CONCURRENCY="4", CRYPTOPAY_DB_POOL_MAX="3")["pool_max"] == 3
 
 
-def test_each_worker_runs_as_many_request_threads_as_its_pool_has_connections():
+def test_each_worker_runs_four_request_threads_and_never_more_than_its_pool_has_connections():
+    assert probe(WEB_CONCURRENCY="2")["threads"] == 4
     assert probe(WEB_CONCURRENCY="20")["threads"] == 3
     assert probe(WEB_CONCURRENCY="4", CRYPTOPAY_DB_POOL_MAX="3")["threads"] == 3
     assert probe(WEB_CONCURRENCY="4", CRYPTOPAY_WEB_THREADS="5")["threads"] == 5
