@@ -518,12 +518,14 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         return f"{b / a:.2f}x" if a else "n/a"
 
     for compared in results[1:]:
-        cpu = mean(compared.server_cpu_ms) / mean(base.server_cpu_ms)
+        # /proc counts CPU in 10 ms ticks: a quick run's rounds can cost the base server none.
+        base_cpu = mean(base.server_cpu_ms)
+        cpu = f"{mean(compared.server_cpu_ms) / base_cpu:.2f}x" if base_cpu else "n/a"
         print(
             f"  {compared.kind}/{base.kind}: p50 {ratio(compared, 'p50')}, "
             f"p95 {ratio(compared, 'p95')}, p99 {ratio(compared, 'p99')}, "
             f"max {ratio(compared, 'max')}, msgs/s {ratio(compared, 'rate')}, "
-            f"connect wall {ratio(compared, 'connect_s')}, server CPU per round {cpu:.2f}x"
+            f"connect wall {ratio(compared, 'connect_s')}, server CPU per round {cpu}"
         )
     print("Where the time goes: median per round, ms from t0; CPU ms per round (mean)")
     print(
