@@ -77,31 +77,29 @@ def trusted(entry: Remembered | None, *, epoch: bytes | str | None) -> Row | Non
 
 
 def remember(prefix: str, *, row: Row, epoch: bytes | str | None, idempotency_scope: str) -> None:
-    """Keep ``row``, read after this request read ``epoch`` from Redis. Without a token (Redis
-    lost it) a new one is set if none is there yet; unreadable Redis: nothing is kept."""
-    token = reply_text(epoch) if epoch is not None else _epoch_establish()
-    if token is None:
+    """Keep ``row``, read after this request read ``epoch`` from Redis. Redis had no token (a
+    restart lost it): one is set for the next requests to read before they ask the database, and
+    this row is not kept (a change renewing the token after this row was read and before it was
+    kept would go unseen)."""
+    if epoch is None:
+        _epoch_establish()
         return
     if len(_remembered) >= MAX_REMEMBERED:
         _remembered.clear()
     _remembered[prefix] = Remembered(
-        row=row, epoch=token, read_at=clock.now(), idempotency_scope=idempotency_scope
+        row=row, epoch=reply_text(epoch), read_at=clock.now(), idempotency_scope=idempotency_scope
     )
 
 
-def _epoch_establish() -> str | None:
-    """The current token, setting one if Redis has none (NX: another process's stands)."""
+def _epoch_establish() -> None:
+    """A token, unless another process set one meanwhile (NX: theirs stands)."""
     client = auth_throttle.redis_client()
     if client is None:
-        return None
-    token = secrets.token_hex(8)
+        return
     try:
-        previous = client.set(epoch_key(), token, nx=True, get=True)
+        client.set(epoch_key(), secrets.token_hex(8), nx=True)
     except redis.RedisError:
-        return None
-    if previous is None:
-        return token
-    return reply_text(previous) if isinstance(previous, bytes | str) else None
+        return
 
 
 def api_keys_changed() -> None:

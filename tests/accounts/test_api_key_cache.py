@@ -167,3 +167,21 @@ def test_given_a_server_remembering_a_key_when_this_process_changes_it_then_the_
     assert narrowed.status_code == 403
     assert narrowed.json()["error"]["code"] == "insufficient_scope"
     assert refused_as_revoked(revoked)
+
+
+@pytest.mark.django_db
+def test_given_redis_lost_the_epoch_when_the_key_is_used_again_then_it_is_remembered_only_under_a_token_read_first(
+    merchant,
+):
+    _, _, client = a_remembered_key(merchant)
+    fast_fail_client(settings.REDIS_URL, timeout=2).delete(api_key_cache.epoch_key())
+
+    reads = []
+    for _ in range(3):
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get("/api/v1/payments").status_code == 200
+        reads.append(len(key_reads(queries)))
+
+    # The first sets a token but keeps nothing (its row was read under none); the second reads
+    # that token before the database and keeps its row; the third needs no read.
+    assert reads == [1, 1, 0]
