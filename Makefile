@@ -58,10 +58,12 @@ compilemessages: $(VENV)/.installed gettext
 promtool:
 	bash scripts/install_debian_tool.sh prometheus /usr/bin/promtool
 
+# mypy's Django plugin loads the settings: in embedded mode, whatever services the caller's shell
+# names (with DATABASE_URL set and DEBUG off they would ask for a SECRET_KEY).
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	DATABASE_URL= REDIS_URL= $(VENV)/bin/mypy
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
