@@ -82,24 +82,13 @@ def remember(prefix: str, *, row: Row, epoch: bytes | str | None, idempotency_sc
     this row is not kept (a change renewing the token after this row was read and before it was
     kept would go unseen)."""
     if epoch is None:
-        _epoch_establish()
+        _epoch_set(only_if_missing=True)  # NX: a token another process set meanwhile stands
         return
     if len(_remembered) >= MAX_REMEMBERED:
         _remembered.clear()
     _remembered[prefix] = Remembered(
         row=row, epoch=reply_text(epoch), read_at=clock.now(), idempotency_scope=idempotency_scope
     )
-
-
-def _epoch_establish() -> None:
-    """A token, unless another process set one meanwhile (NX: theirs stands)."""
-    client = auth_throttle.redis_client()
-    if client is None:
-        return
-    try:
-        client.set(epoch_key(), secrets.token_hex(8), nx=True)
-    except redis.RedisError:
-        return
 
 
 def api_keys_changed() -> None:
@@ -112,14 +101,22 @@ def api_keys_changed() -> None:
 
 
 def _epoch_renew() -> None:
-    client = auth_throttle.redis_client()
-    if client is None:
-        return
-    try:
-        client.set(epoch_key(), secrets.token_hex(8))
-    except redis.RedisError:
+    if not _epoch_set(only_if_missing=False):
         logger.warning(
             "API keys changed while Redis was unreachable: other processes may trust the "
             "keys they remember for up to %s s",
             settings.API_KEY_CACHE_TTL.total_seconds(),
         )
+
+
+def _epoch_set(*, only_if_missing: bool) -> bool:
+    """A new token in Redis; False when Redis could not be written. Without Redis there is
+    nothing to tell: no process remembers a key without a token to trust it by."""
+    client = auth_throttle.redis_client()
+    if client is None:
+        return True
+    try:
+        client.set(epoch_key(), secrets.token_hex(8), nx=only_if_missing)
+    except redis.RedisError:
+        return False
+    return True

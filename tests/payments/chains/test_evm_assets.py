@@ -356,9 +356,11 @@ def test_with_the_balance_check_a_plain_transfer_is_counted_once(settings, anvil
     payment = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="30.00")
     poll()
     anvil.set_automine(False)
-    half = payment.crypto_amount // 2
+    amount = payment.crypto_amount
+    assert amount is not None  # priced at creation
+    half = amount // 2
     direct = anvil.send_eth(payment.deposit_address, half)
-    anvil.forward_eth(forwarder, payment.deposit_address, payment.crypto_amount - half)
+    anvil.forward_eth(forwarder, payment.deposit_address, amount - half)
 
     # When both land in one block
     anvil.mine(CONFIRMATIONS)
@@ -370,8 +372,8 @@ def test_with_the_balance_check_a_plain_transfer_is_counted_once(settings, anvil
         t.kind: (t.txid, t.amount) for t in PaymentTransaction.objects.filter(payment=payment)
     }
     assert credits["native"] == (direct, half)
-    assert credits["internal"][1] == payment.crypto_amount - half
-    assert payment.amount_received == payment.crypto_amount
+    assert credits["internal"][1] == amount - half
+    assert payment.amount_received == amount
 
 
 def test_with_the_balance_check_a_reorg_removing_the_forwarding_block_drops_the_credit(
