@@ -45,6 +45,22 @@ def array_literal(values: Iterable[int | datetime | None]) -> str:
     )  # fmt: skip
 
 
+def rows_by_key(table: str, columns: str, *, alias: str, lock: str = "") -> str:
+    """A FROM item: the rows of ``table`` whose ``id`` is in the array bound to its one ``%s``,
+    each looked up by primary key (and locked by ``lock``, ``FOR UPDATE…``, as it is found).
+    The caller filters them in its own WHERE, outside.
+
+    For statements that take a batch's ids and a condition a partial index also states
+    (``dispatched_at IS NULL``, ``status = 'pending'``). Written as ``id = ANY(…) AND …``, or
+    with the condition inside the lookup, the planner, going by statistics taken before a burst,
+    believed that partial index nearly empty and read every row in it: the whole burst, or the
+    whole backlog of a failing endpoint, for each batch (for each id, inside the lookup). The
+    lookup holds nothing but the key, and cannot be flattened (``OFFSET 0``), so it has one plan."""
+    # Identifiers and the lock clause come from the caller's code, the ids are a parameter.
+    lookup = f"SELECT {columns} FROM {table} WHERE {table}.id = batch.id OFFSET 0 {lock}"  # noqa: S608
+    return f"unnest(CAST(%s AS bigint[])) AS batch(id) CROSS JOIN LATERAL ({lookup}) AS {alias}"
+
+
 def rows_insert(objs: Sequence[models.Model], *, suffix: str = "") -> list[tuple]:
     """Insert many new rows in one statement and return what ``suffix`` (``ON CONFLICT …``,
     ``RETURNING …``, appended as is) returns. On PostgreSQL an ``INSERT … SELECT FROM unnest``:

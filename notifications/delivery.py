@@ -451,6 +451,7 @@ def _successes_record(outcomes: list[Outcome]) -> set[int]:
     delivery, attempt = WebhookDelivery._meta.db_table, WebhookAttempt._meta.db_table
     endpoint = WebhookEndpoint._meta.db_table
     now = clock.now()
+    outcomes = sorted(outcomes, key=lambda outcome: outcome.claim.delivery_id)
     columns = [
         array_literal([outcome.claim.delivery_id for outcome in outcomes]),
         array_literal([outcome.claim.token for outcome in outcomes]),
@@ -458,38 +459,42 @@ def _successes_record(outcomes: list[Outcome]) -> set[int]:
         array_literal([outcome.attempts[0].status_code for outcome in outcomes]),
         array_literal([outcome.attempts[0].latency_ms for outcome in outcomes]),
     ]
-    # Table names come from the models' metadata, values are parameters. The planner guesses a
-    # CTE's rows (1 or 2 whatever its size), so nothing joins one CTE to another where it could
-    # pick a nested loop over both: the final rows come from ``done`` alone (``logged`` runs to
-    # completion unread, as every data-modifying CTE does), which took a 400-outcome batch from
-    # 29-35 ms to 6-11 ms. The ids are also matched against the primary key directly: joined to
-    # ``v`` only, the update hashed every pending delivery, a cost that grew with the backlog of
-    # a failing endpoint rather than with the batch.
+    # Table names come from the models' metadata, values are parameters. The compare-and-set is
+    # ``held``: each delivery looked up by key and locked, in id order (two recorders never wait
+    # for each other in a cycle), and kept if its claim and status still match: one lookup per
+    # outcome as in ``cryptopay.bulk_writes.rows_by_key`` (with ``d.status = 'pending'`` beside
+    # the ids, the planner read the whole partial index of pending deliveries, a cost that grew
+    # with the backlog of a failing endpoint rather than with the batch). The update and the log
+    # take exactly those rows, locked, with their values, so neither repeats the condition nor
+    # joins one CTE to another (the planner guesses a CTE's rows, 1 or 2 whatever its size, and
+    # picked nested loops over both).
     sql = f"""
         WITH v AS (
             SELECT * FROM unnest(CAST(%s AS bigint[]), CAST(%s AS integer[]),
                                  CAST(%s AS timestamptz[]), CAST(%s AS integer[]),
                                  CAST(%s AS integer[])) AS v(id, token, at, code, latency)
+        ), held AS MATERIALIZED (
+            SELECT v.id, v.at, v.code, v.latency, d.endpoint_id FROM v CROSS JOIN LATERAL (
+                SELECT claim, status, endpoint_id FROM {delivery} WHERE id = v.id
+                OFFSET 0 FOR UPDATE
+            ) AS d
+            WHERE d.claim = v.token AND d.status = %s
         ), done AS (
             UPDATE {delivery} AS d SET status = %s, attempts = d.attempts + 1,
-                last_status_code = v.code, last_error = '', last_latency_ms = v.latency,
-                next_attempt_at = NULL, delivered_at = v.at, claimed_until = NULL
-            FROM v, {endpoint} AS e
-            WHERE d.id = ANY(CAST(%s AS bigint[])) AND d.id = v.id AND d.claim = v.token
-                AND d.status = %s AND e.id = d.endpoint_id
-            RETURNING d.id, d.claim, e.livemode
+                last_status_code = held.code, last_error = '', last_latency_ms = held.latency,
+                next_attempt_at = NULL, delivered_at = held.at, claimed_until = NULL
+            FROM held WHERE d.id = ANY(CAST(%s AS bigint[])) AND d.id = held.id
         ), logged AS (
             INSERT INTO {attempt} (delivery_id, attempted_at, status_code, latency_ms, error)
-            SELECT v.id, v.at, v.code, v.latency, '' FROM v
-            JOIN done ON done.id = v.id AND done.claim = v.token
+            SELECT id, at, code, latency, '' FROM held
         )
-        SELECT done.id, done.livemode FROM done
+        SELECT held.id, e.livemode FROM held JOIN {endpoint} AS e ON e.id = held.endpoint_id
     """  # noqa: S608
     params = [
         *columns,
+        WebhookDelivery.Status.PENDING,
         WebhookDelivery.Status.SUCCEEDED,
         columns[0],
-        WebhookDelivery.Status.PENDING,
     ]
     with transaction.get_connection().cursor() as cursor:
         cursor.execute(sql, params)

@@ -652,33 +652,39 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
     ids = bulk_writes.array_literal(event_ids)
     event, endpoint = Event._meta.db_table, WebhookEndpoint._meta.db_table
     stream = EventStream._meta.db_table
-    # Table and column names come from the models' metadata, values are parameters. The
-    # subqueries read the ids' events again rather than wait for the first result: candidates
-    # for events another dispatcher holds are filtered out below, as are their streams' locks
-    # (held until the commit, harmless).
+    # Table and column names come from the models' metadata, values are parameters. Events are
+    # read by key, one lookup per id (``rows_by_key``); an event already dispatched is locked
+    # too, then left out (harmless: nothing else writes it). The subqueries read the ids' events
+    # again rather than wait for the first result: candidates for events another dispatcher
+    # holds are filtered out below, as are their streams' locks (held until the commit,
+    # harmless).
+    locked_events = bulk_writes.rows_by_key(
+        event, _select_list(Event, event), alias="e", lock="FOR UPDATE SKIP LOCKED"
+    )
+    keyed_events = bulk_writes.rows_by_key(
+        event, "owner, livemode, type, stream_position, dispatched_at", alias="e"
+    )
     locking = f"""
-        SELECT {_select_list(Event, "e")} FROM {event} AS e
-        WHERE e.id = ANY(CAST(%s AS bigint[])) AND e.dispatched_at IS NULL
-        FOR UPDATE SKIP LOCKED;
+        SELECT {_select_list(Event, "e")} FROM {locked_events}
+        WHERE e.dispatched_at IS NULL;
+        WITH batch_events AS MATERIALIZED (
+            SELECT e.owner, e.livemode, e.type FROM {keyed_events})
         SELECT {_select_list(WebhookEndpoint, "w")} FROM {endpoint} AS w
         WHERE w.enabled AND (
             (w.owner, w.livemode) IN (
-                SELECT e.owner, e.livemode FROM {event} AS e
-                WHERE e.id = ANY(CAST(%s AS bigint[])) AND e.owner <> '')
+                SELECT owner, livemode FROM batch_events WHERE owner <> '')
             OR EXISTS (
-                SELECT 1 FROM {event} AS e
-                WHERE e.id = ANY(CAST(%s AS bigint[])) AND e.owner = ''
-                    AND w.event_types @> jsonb_build_array(e.type)));
+                SELECT 1 FROM batch_events
+                WHERE owner = '' AND w.event_types @> jsonb_build_array(batch_events.type)));
         SELECT s.id, s.owner, s.livemode, s.position FROM {stream} AS s
         WHERE (s.owner, s.livemode) IN (
-            SELECT e.owner, e.livemode FROM {event} AS e
-            WHERE e.id = ANY(CAST(%s AS bigint[])) AND e.owner <> ''
-                AND e.stream_position IS NULL AND e.dispatched_at IS NULL)
+            SELECT e.owner, e.livemode FROM {keyed_events}
+            WHERE e.owner <> '' AND e.stream_position IS NULL AND e.dispatched_at IS NULL)
         ORDER BY s.owner, s.livemode FOR UPDATE
     """  # noqa: S608
     with transaction.atomic():
         with _client_binding_cursor() as cursor:
-            cursor.execute(locking, [ids] * 4)
+            cursor.execute(locking, [ids] * 3)
             event_rows = cursor.fetchall()
             cursor.nextset()
             endpoint_rows = cursor.fetchall()

@@ -815,3 +815,73 @@ def test_two_dispatchers_numbering_one_merchants_stream_at_once_leave_no_gap_and
         ordered = [positions[pk] for pk in chunk]
         assert ordered == list(range(ordered[0], ordered[0] + 50))
     receiver.wait_for(lambda r: len(set(r.ids())) == 401, timeout=30)
+
+
+def rows_read(table: str) -> int:
+    """Rows this transaction has read from ``table`` so far, by any scan."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+            "WHERE relname = %s",
+            [table],
+        )
+        (read,) = cursor.fetchone()
+    return read
+
+
+def analyze(table: str) -> None:
+    """Statistics as autovacuum takes them on a quiet day (rolled back with the test)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")
+
+
+def burst(owner: str, count: int, **fields) -> list[Event]:
+    """``count`` events of one merchant, undispatched unless ``fields`` say otherwise."""
+    now = timezone.now()
+    return Event.objects.bulk_create(
+        Event(owner=owner, type="payment.created", priority=Priority.NORMAL,
+              subject=f"pay_b{n}", sequence=1, data={}, created_at=now, **fields)
+        for n in range(count)
+    )  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_dispatching_a_batch_reads_its_own_events_not_the_whole_burst_waiting():
+    # Given statistics taken while every event was dispatched, then a burst of 20,000 (the
+    # partial index of undispatched events looks empty to the planner)
+    burst("mer_quiet", 2_000, dispatched_at=timezone.now())
+    analyze(Event._meta.db_table)
+    events = burst("mer_burst", 20_000)
+    before = rows_read(Event._meta.db_table)
+
+    # When a batch of ten is dispatched
+    assert dispatch_events(event_ids=[event.pk for event in events[:10]]) == 10
+
+    # Then the dispatch looked its ten events up, it did not read the twenty thousand
+    assert rows_read(Event._meta.db_table) - before < 200
+
+
+@pytest.mark.django_db
+def test_recording_successes_reads_their_deliveries_not_the_backlog_of_pending_ones(receiver):
+    # Given statistics taken while no delivery was pending, then a backlog of 20,000 claimed
+    # pending deliveries (a failing endpoint's)
+    webhook_endpoint_create(owner="mer_backlog", url=receiver.url)
+    quiet = deliveries_claim_new(events=burst("mer_backlog", 2_000))
+    now = timezone.now()
+    attempts_record(outcomes=[Outcome(claim, [AttemptResult(200, "", 1, now)]) for claim in quiet])
+    analyze(WebhookDelivery._meta.db_table)
+    claims = deliveries_claim_new(events=burst("mer_backlog", 20_000))
+    before = rows_read(WebhookDelivery._meta.db_table)
+
+    # When ten successes are recorded
+    attempts_record(
+        outcomes=[Outcome(claim, [AttemptResult(200, "", 1, now)]) for claim in claims[:10]]
+    )
+
+    # Then only those ten deliveries were read, each finished and logged once
+    assert rows_read(WebhookDelivery._meta.db_table) - before < 200
+    ten = [claim.delivery_id for claim in claims[:10]]
+    finished = WebhookDelivery.objects.filter(pk__in=ten, status="succeeded")
+    assert finished.count() == 10
+    assert WebhookAttempt.objects.filter(delivery__in=ten).count() == 10
+    assert WebhookDelivery.objects.filter(status="pending").count() == 20_000 - 10
