@@ -381,6 +381,11 @@ CHAIN_POLL_INTERVAL = env_seconds("CRYPTOPAY_CHAIN_POLL_SECONDS", 5)
 HEALTH_MONITOR_INTERVAL = env_seconds("CRYPTOPAY_HEALTH_MONITOR_SECONDS", 30)
 # The dashboard's sparklines: a point every 30 s (120 points below make the last hour).
 TIMESERIES_SAMPLE_SECONDS = env_seconds("CRYPTOPAY_TIMESERIES_SAMPLE_SECONDS", 30)
+# Retries of webhook deliveries whose backoff has elapsed, this often...
+WEBHOOK_SWEEP_INTERVAL = env_seconds("CRYPTOPAY_WEBHOOK_SWEEP_SECONDS", 5)
+# ... each sweep sending batch after full batch for up to this long (under the interval, so sweeps
+# do not pile up): a backlog of due deliveries leaves as fast as endpoints answer, not 64 a sweep.
+WEBHOOK_SWEEP_BUDGET = env_seconds("CRYPTOPAY_WEBHOOK_SWEEP_BUDGET_SECONDS", 4)
 # The one beat schedule.
 CELERY_BEAT_SCHEDULE = {
     "chains-watch": {
@@ -395,8 +400,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "webhooks-deliver-due": {
         "task": "notifications.tasks.webhooks_deliver_due",
-        # Retries of webhook deliveries whose backoff has elapsed.
-        "schedule": env_seconds("CRYPTOPAY_WEBHOOK_SWEEP_SECONDS", 5),
+        "schedule": WEBHOOK_SWEEP_INTERVAL,
     },
     "notifications-requeue-lost": {
         "task": "notifications.tasks.events_requeue_lost",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -551,12 +552,23 @@ def webhook_deliver(*, delivery_id: int) -> str:
     return WebhookDelivery.objects.values_list("status", flat=True).get(pk=delivery_id)
 
 
-def webhooks_deliver_due(*, limit: int = 64) -> int:
-    """Attempt the deliveries whose retry time has come, High first. Each endpoint gets its own
-    lane, so a dead endpoint delays only itself, and each delivery keeps its own schedule."""
-    claims = deliveries_claim_due(limit=limit)
-    claims_send(claims=claims)
-    return len(claims)
+def webhooks_deliver_due(*, limit: int = 64, budget_seconds: float = 0.0) -> int:
+    """Attempt the deliveries whose retry time has come, High first, ``limit`` at a time; returns
+    how many. Each endpoint gets its own lane, so a dead endpoint delays only itself, and each
+    delivery keeps its own schedule.
+
+    Within ``budget_seconds``, a full batch is followed by the next: a backlog of due deliveries
+    (a burst a dispatcher's lane gave back, an endpoint answering again after an outage) then
+    leaves as fast as the endpoints answer. One batch per sweep sent 64 every 5 s: the 4,000 a
+    lane gave back in a 20,000-event burst to one healthy endpoint arrived over five minutes."""
+    sent = 0
+    started = time.monotonic()
+    while True:
+        claims = deliveries_claim_due(limit=limit)
+        claims_send(claims=claims)
+        sent += len(claims)
+        if len(claims) < limit or time.monotonic() - started >= budget_seconds:
+            return sent
 
 
 def webhook_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:

@@ -1,6 +1,7 @@
 """Celery entry points for notifications."""
 
 from celery import shared_task
+from django.conf import settings
 
 from notifications import delivery, outbox
 from notifications.presence import connection_registry
@@ -9,7 +10,9 @@ from notifications.presence import connection_registry
 @shared_task(ignore_result=True)
 def webhooks_deliver_due() -> int:
     # Idempotent: due deliveries are claimed with SKIP LOCKED and pushed out before sending.
-    return delivery.webhooks_deliver_due()
+    return delivery.webhooks_deliver_due(
+        budget_seconds=settings.WEBHOOK_SWEEP_BUDGET.total_seconds()
+    )
 
 
 @shared_task(ignore_result=True)

@@ -885,3 +885,23 @@ def test_recording_successes_reads_their_deliveries_not_the_backlog_of_pending_o
     assert finished.count() == 10
     assert WebhookAttempt.objects.filter(delivery__in=ten).count() == 10
     assert WebhookDelivery.objects.filter(status="pending").count() == 20_000 - 10
+
+
+@pytest.mark.django_db
+def test_a_sweep_with_a_budget_sends_batch_after_full_batch_until_the_due_backlog_is_gone(
+    receiver,
+):
+    # Given 150 deliveries due to a healthy endpoint (a burst a dispatcher's lane gave back)
+    webhook_endpoint_create(owner="mer_backlog", url=receiver.url)
+    for event in burst("mer_backlog", 150):
+        deliveries_create(event=event)
+
+    # When one sweep runs with no budget, then one with a budget of a minute
+    first = webhooks_deliver_due(limit=64)
+    rest = webhooks_deliver_due(limit=64, budget_seconds=60)
+
+    # Then the first sent one batch, the second the other two (a full one, then the rest), and
+    # every event arrived once
+    assert (first, rest) == (64, 86)
+    assert Counter(Counter(receiver.ids()).values()) == {1: 150}
+    assert not WebhookDelivery.objects.exclude(status="succeeded").exists()
