@@ -55,7 +55,9 @@ sockets of the ``websockets`` library cost real CPU: reading and decoding 1,000 
 work in one event loop, so the last receipts include client-side queueing. If the bench's CPU per
 round comes close to the round's span (last receipt - t0), the client is the bottleneck and the
 spread (p99 - p50) says more about the client than about the server; compare the two servers'
-server-CPU figures then. The worker thread (ORM, a fresh event loop and Redis connection per
+server-CPU figures then. The rounds in which this process ran a full garbage collection are
+listed with its length and the round's last receipt: such a pause makes every receipt of that
+round late, and one late round of twenty is the p99. The worker thread (ORM, a fresh event loop and Redis connection per
 ``async_to_sync`` call in ``dispatch_events``, as in the dispatcher) shares the client's GIL.
 
 Also printed: what each server logged (daphne's access log is on by default and counted apart),
@@ -69,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
@@ -351,6 +354,31 @@ class Result:
     server_cpu_ms: list[float] = field(default_factory=list)
     log_lines: list[tuple[str, str]] = field(default_factory=list)  # (phase, line)
     redis_restarted: bool = False
+    client_gc_ms: list[float] = field(default_factory=list)  # per measured round, this process
+
+
+class FullCollections:
+    """Time this process spends in full (generation 2) garbage collections: the clients live
+    here, and a pause of theirs makes every receipt of the round late."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._note)
+
+    def _note(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._started
 
 
 async def measure(server: Server, args: argparse.Namespace, db: ThreadPoolExecutor) -> Result:
@@ -387,8 +415,11 @@ async def measure(server: Server, args: argparse.Namespace, db: ThreadPoolExecut
     readers = [asyncio.create_task(read_client(ws, i, receipts)) for i, ws in enumerate(sockets)]
     status = ("processing", "pending")
     server.mark("rounds")
+    collections = FullCollections()
     try:
+        collections.__enter__()
         for n in range(args.rounds + 1):  # round 0 warms up and is not counted
+            collected_before = collections.total
             cpu_before = cpu_seconds_self()
             server_before = cpu_seconds_of(server.process.pid)
             change = await loop.run_in_executor(db, change_and_dispatch, payment, status[n % 2])
@@ -414,8 +445,10 @@ async def measure(server: Server, args: argparse.Namespace, db: ThreadPoolExecut
                 result.rates.append(len(by_client) / (last - change.t0))
             result.bench_cpu_ms.append(cpu * 1000)
             result.server_cpu_ms.append(server_cpu * 1000)
+            result.client_gc_ms.append((collections.total - collected_before) * 1000)
             await asyncio.sleep(PAUSE)
     finally:
+        collections.__exit__()
         result.closed = list(receipts.closed)
         result.other_messages = list(receipts.other)
         server.mark("close")
@@ -539,6 +572,15 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"{mean(r.bench_cpu_ms):10.1f} {mean(r.server_cpu_ms):11.1f}"
         )
     print("  (bench CPU close to 'last rx' = the client process was saturated; see the docstring)")
+    print("The clients' own full garbage collections during measured rounds (this process)")
+    for r in results:
+        paused = [(n + 1, ms) for n, ms in enumerate(r.client_gc_ms) if ms > 0]
+        rounds = ", ".join(
+            f"round {n}: {ms:.0f} ms, last rx {r.last_ms[n - 1]:.0f} ms"
+            for n, ms in paused
+            if n - 1 < len(r.last_ms)
+        )
+        print(f"  {r.kind:8} {len(paused)} of {len(r.client_gc_ms)} rounds  {rounds}")
     for r in results:
         notes = []
         if r.redis_restarted:
