@@ -125,7 +125,7 @@ def test_a_key_without_the_needed_scope_is_403_and_changes_nothing(
 
 @pytest.mark.parametrize(("method", "path", "body"), [e for e in ENDPOINTS if "{id}" in e[1]])
 def test_another_merchants_payment_is_404_on_every_endpoint(merchant, method, path, body):
-    theirs = make_payment(merchant=MerchantFactory())
+    theirs = make_payment(merchant=MerchantFactory.create())
     client = api_client_for(merchant)
 
     response = call(client, method, path, body, theirs.public_id)
@@ -137,7 +137,7 @@ def test_another_merchants_payment_is_404_on_every_endpoint(merchant, method, pa
 
 
 def test_another_merchants_payments_never_appear_in_lists_or_cursors(merchant):
-    theirs = make_payment(merchant=MerchantFactory(), order_id="shared")
+    theirs = make_payment(merchant=MerchantFactory.create(), order_id="shared")
     mine = make_payment(merchant=merchant, order_id="shared")
     client = api_client_for(merchant)
 

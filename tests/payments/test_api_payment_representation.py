@@ -79,6 +79,7 @@ def created_payments(merchant) -> list[Payment]:
     underpaid = Payment.objects.get(pk=by_id[1].pk)
     pay(underpaid, amount=5, confirmations=0)
     settled = Payment.objects.get(pk=by_id[4].pk)
+    assert settled.crypto_amount is not None  # priced when created
     pay(settled, amount=settled.crypto_amount, confirmations=6, txid="2")
     cancelled = services.payment_cancel(payment=Payment.objects.get(pk=by_id[0].pk))
     return [
