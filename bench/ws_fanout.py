@@ -354,7 +354,8 @@ class Result:
     server_cpu_ms: list[float] = field(default_factory=list)
     log_lines: list[tuple[str, str]] = field(default_factory=list)  # (phase, line)
     redis_restarted: bool = False
-    client_gc_ms: list[float] = field(default_factory=list)  # per measured round, this process
+    # Per measured round with a pause: (round, ms in full collections of this process, last rx ms)
+    client_gc: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 class FullCollections:
@@ -365,11 +366,10 @@ class FullCollections:
         self.total = 0.0
         self._started = 0.0
 
-    def __enter__(self) -> FullCollections:
+    def start(self) -> None:
         gc.callbacks.append(self._note)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         gc.callbacks.remove(self._note)
 
     def _note(self, phase: str, info: dict) -> None:
@@ -416,8 +416,8 @@ async def measure(server: Server, args: argparse.Namespace, db: ThreadPoolExecut
     status = ("processing", "pending")
     server.mark("rounds")
     collections = FullCollections()
+    collections.start()
     try:
-        collections.__enter__()
         for n in range(args.rounds + 1):  # round 0 warms up and is not counted
             collected_before = collections.total
             cpu_before = cpu_seconds_self()
@@ -445,10 +445,13 @@ async def measure(server: Server, args: argparse.Namespace, db: ThreadPoolExecut
                 result.rates.append(len(by_client) / (last - change.t0))
             result.bench_cpu_ms.append(cpu * 1000)
             result.server_cpu_ms.append(server_cpu * 1000)
-            result.client_gc_ms.append((collections.total - collected_before) * 1000)
+            paused = (collections.total - collected_before) * 1000
+            if paused:
+                last_rx = result.last_ms[-1] if times else math.nan
+                result.client_gc.append((n, paused, last_rx))
             await asyncio.sleep(PAUSE)
     finally:
-        collections.__exit__()
+        collections.stop()
         result.closed = list(receipts.closed)
         result.other_messages = list(receipts.other)
         server.mark("close")
@@ -574,13 +577,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     print("  (bench CPU close to 'last rx' = the client process was saturated; see the docstring)")
     print("The clients' own full garbage collections during measured rounds (this process)")
     for r in results:
-        paused = [(n + 1, ms) for n, ms in enumerate(r.client_gc_ms) if ms > 0]
         rounds = ", ".join(
-            f"round {n}: {ms:.0f} ms, last rx {r.last_ms[n - 1]:.0f} ms"
-            for n, ms in paused
-            if n - 1 < len(r.last_ms)
+            f"round {n}: {ms:.0f} ms, last rx {last:.0f} ms" for n, ms, last in r.client_gc
         )
-        print(f"  {r.kind:8} {len(paused)} of {len(r.client_gc_ms)} rounds  {rounds}")
+        print(f"  {r.kind:8} {len(r.client_gc)} of {len(r.bench_cpu_ms)} rounds  {rounds}")
     for r in results:
         notes = []
         if r.redis_restarted:

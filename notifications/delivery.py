@@ -468,7 +468,7 @@ def _successes_record(outcomes: list[Outcome]) -> set[int]:
     # with the backlog of a failing endpoint rather than with the batch). The update and the log
     # take exactly those rows, locked, with their values, so neither repeats the condition nor
     # joins one CTE to another (the planner guesses a CTE's rows, 1 or 2 whatever its size, and
-    # picked nested loops over both).
+    # picked nested loops over both); the ids again give the update its primary-key path.
     sql = f"""
         WITH v AS (
             SELECT * FROM unnest(CAST(%s AS bigint[]), CAST(%s AS integer[]),
