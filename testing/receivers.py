@@ -54,11 +54,14 @@ class Receiver:
         port: int = 0,
         tls: ssl.SSLContext | None = None,
         headers: dict[str, str] | None = None,
+        on_request: Callable[[], None] | None = None,
     ) -> None:
         """``host``: another loopback address (127.0.0.2) tells which address a sender reached;
         ``tls``: a server context, to serve HTTPS; ``headers``: sent with every answer (a
-        ``Set-Cookie``)."""
+        ``Set-Cookie``); ``on_request``: called as each request arrives, before it is answered
+        (a test's clock moves forward as the receiver takes its time)."""
         self.headers = dict(headers or {})
+        self.on_request = on_request
         self.default_status = default_status
         self.delay = delay
         self.host = host
@@ -182,6 +185,8 @@ class Receiver:
                     return
                 status = receiver._next_status()
                 receiver._record(self, body, at, status)
+                if receiver.on_request is not None:
+                    receiver.on_request()
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 payload = b'{"received":true}'

@@ -905,3 +905,22 @@ def test_a_sweep_with_a_budget_sends_batch_after_full_batch_until_the_due_backlo
     assert (first, rest) == (64, 86)
     assert Counter(Counter(receiver.ids()).values()) == {1: 150}
     assert not WebhookDelivery.objects.exclude(status="succeeded").exists()
+
+
+@pytest.mark.django_db
+def test_a_sweep_stops_after_the_batch_that_spends_its_budget(frozen_clock):
+    # Given 150 deliveries due to an endpoint that takes a fifth of a second per answer (the
+    # test's clock moves as it answers)
+    slow = Receiver(on_request=lambda: frozen_clock.advance(timedelta(seconds=0.2)))
+    with slow:
+        webhook_endpoint_create(owner="mer_backlog", url=slow.url)
+        for event in burst("mer_backlog", 150):
+            deliveries_create(event=event)
+
+        # When a sweep with a budget of five seconds runs: its first batch takes about twelve
+        sent = webhooks_deliver_due(limit=64, budget_seconds=5)
+
+        # Then it sent that one batch and left the rest to the next sweep
+        assert sent == 64
+        assert len(slow.requests) == 64
+    assert WebhookDelivery.objects.filter(status="pending").count() == 150 - 64
