@@ -146,6 +146,7 @@ class Run:
 
     load: str
     workers: int
+    round_: int
     rate: float
     p50_ms: float
     p99_ms: float
@@ -155,6 +156,8 @@ class Run:
     connections: list[int] = field(default_factory=list)  # per worker, mid-run
     # CPU per answered request, in µs: the workers, PostgreSQL's processes, the whole machine.
     cpu_us: dict[str, float] = field(default_factory=dict)
+    # The workers' threads' context switches per answered request (see context_switches_of).
+    switches: float = float("nan")
     problems: list[str] = field(default_factory=list)
 
 
@@ -167,6 +170,20 @@ def postgres_cpu_seconds() -> float:
             if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
                 pids.append(int(entry.name))
     return sum(cpu for cpu in map(cpu_seconds_of, pids) if not math.isnan(cpu))  # NaN: ended
+
+
+def context_switches_of(pid: int) -> int:
+    """Context switches of every thread of ``pid`` so far (voluntary and not, from /proc): each
+    hop of a request between the event loop and a pool thread, each wait on a round trip and on
+    the GIL is one or two. Per request they show what the server's handoffs cost beside the
+    request's own work (0 once the process ended)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            for line in status.read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split(":")[1])
+    return total
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -182,7 +199,7 @@ def peak_rss_mib(pid: int) -> float:
 
 def run_wrk(
     *, base_url: str, pids: list[int], load: str, workers: int, secret: str, ids: list[str],
-    clients: int, seconds: int, scripts: Path,
+    clients: int, seconds: int, scripts: Path, round_: int = 0,
 ) -> Run:  # fmt: skip
     import subprocess
 
@@ -202,6 +219,7 @@ def run_wrk(
         "-d", f"{seconds}s", "--timeout", WRK_TIMEOUT, "-s", str(script), base_url,
     ]  # fmt: skip
     cpu_before = sum(cpu_seconds_of(pid) for pid in pids)
+    switches_before = sum(context_switches_of(pid) for pid in pids)
     postgres_before, machine_before = postgres_cpu_seconds(), machine_busy_seconds()
     wrk = subprocess.Popen(  # noqa: S603 (our own command line, no shell)
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -213,6 +231,7 @@ def run_wrk(
     connections = [established_connections(pid, port) for pid in pids]
     stdout, stderr = wrk.communicate(timeout=seconds + 120)
     cpu_after = sum(cpu_seconds_of(pid) for pid in pids)
+    switches_after = sum(context_switches_of(pid) for pid in pids)
     postgres_after, machine_after = postgres_cpu_seconds(), machine_busy_seconds()
     line = next((x for x in stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if wrk.returncode != 0 or line is None:
@@ -223,6 +242,7 @@ def run_wrk(
     run = Run(
         load=load,
         workers=workers,
+        round_=round_,
         rate=answered / seconds_run,
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
@@ -238,6 +258,7 @@ def run_wrk(
                 ("machine", machine_after - machine_before),
             )
         },
+        switches=(switches_after - switches_before) / max(1, answered),
     )
     run.problems += [
         f"{count} x HTTP {status}"
@@ -420,6 +441,7 @@ def run_round(
                 common = {
                     "base_url": server.base_url, "pids": pids, "load": load, "workers": workers,
                     "secret": secret, "ids": ids, "clients": args.clients, "scripts": logs,
+                    "round_": round_,
                 }  # fmt: skip
                 if args.warmup > 0:
                     run_wrk(seconds=args.warmup, **common)
@@ -478,7 +500,10 @@ def report(
         "CPU per request, µs (medians over rounds; machine = every core's busy time, wrk and "
         "Redis included)"
     )
-    print(f"  {'workers':>7} {'load':26} {'workers':>8} {'postgres':>8} {'machine':>8}")
+    print(
+        f"  {'workers':>7} {'load':26} {'workers':>8} {'postgres':>8} {'machine':>8}"
+        f"  {'switches':>8} (the workers' context switches per request)"
+    )
     for workers in workers_list:
         for load in REPORTED:
             mine = [r for r in runs if r.load == load and r.workers == workers and r.cpu_us]
@@ -489,8 +514,10 @@ def report(
                 }
                 print(
                     f"  {workers:7d} {load:26} {cpu['workers']:8.0f} {cpu['postgres']:8.0f} "
-                    f"{cpu['machine']:8.0f}"
+                    f"{cpu['machine']:8.0f}  {median_of(runs, load, workers, 'switches'):8.0f}"
                 )
+    for line in paired_ratios(runs, workers_list):
+        print(line)
     for run in runs:
         for problem in run.problems:
             print(f"  CHECK FAILED {run.workers} worker(s) {run.load}: {problem}")
@@ -558,6 +585,35 @@ def report(
     for line in goals:
         print(line)
     emit("api_capacity", figures)
+
+
+def paired_ratios(runs: list[Run], workers_list: list[int]) -> list[str]:
+    """Each round's create and read rates over the same round's minimal rate: runs seconds apart
+    on the same server, so the machine's drift (its speed moves by a quarter within minutes
+    here) weighs less on them than on the medians' ratio, and their spread shows how far one
+    run's ratio can be trusted."""
+    lines = []
+    for workers in workers_list:
+        for load in ("create", "read"):
+            ratios = []
+            for round_ in sorted({r.round_ for r in runs}):
+                minimal = [
+                    r.rate
+                    for r in runs
+                    if (r.load, r.workers, r.round_) == ("minimal", workers, round_)
+                ]
+                mine = [
+                    r.rate for r in runs if (r.load, r.workers, r.round_) == (load, workers, round_)
+                ]
+                if minimal and mine and minimal[0] > 0:
+                    ratios.append(mine[0] / minimal[0])
+            if ratios:
+                lines.append(
+                    f"{load} / minimal, {workers} worker(s), per round: "
+                    + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+                    + f" (median {statistics.median(ratios):.2f})"
+                )
+    return lines
 
 
 def goal_lines(
