@@ -127,7 +127,11 @@ class SqliteBaseUnitsSum:
 
 class Payment(models.Model):
     public_id = models.CharField(max_length=32, unique=True, default=new_payment_id, editable=False)
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="payments")
+    # No index of its own: payment_merchant_mode_created leads with it (every row, every lookup by
+    # merchant); one more index is one more insertion, and WAL, in every create.
+    merchant = models.ForeignKey(
+        Merchant, on_delete=models.PROTECT, related_name="payments", db_index=False
+    )
     # NULL, not "", when absent: the unique constraint applies only to given order ids.
     order_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     description = models.CharField(max_length=500, blank=True)
@@ -253,7 +257,10 @@ class PaymentOption(models.Model):
     Its deposit address is allocated only when the buyer picks it, and stays with it: switching
     back to a coin picked before shows the same address again."""
 
-    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="options")
+    # Indexed by payment_option_unique_currency, which leads with it.
+    payment = models.ForeignKey(
+        Payment, on_delete=models.CASCADE, related_name="options", db_index=False
+    )
     crypto_currency = models.CharField(max_length=8, choices=CRYPTO_CHOICES)
     crypto_amount = BaseUnitsField()
     rate = models.DecimalField(max_digits=36, decimal_places=18)
@@ -295,7 +302,10 @@ class PaymentEvent(models.Model):
         # Another asset reached the payment's address: recorded, never credited.
         TRANSACTION_UNMATCHED = "transaction.unmatched", "Unmatched transfer to the address"
 
-    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="events")
+    # Indexed by event_sequence_unique, which leads with it.
+    payment = models.ForeignKey(
+        Payment, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     sequence = models.PositiveIntegerField()
     type = models.CharField(max_length=40, choices=Type.choices)
     data = models.JSONField(default=dict)
@@ -365,7 +375,10 @@ class PaymentTransaction(models.Model):
 class MerchantWallet(models.Model):
     """Where a merchant receives one currency: an account-level extended PUBLIC key."""
 
-    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="wallets")
+    # Indexed by wallet_unique_per_currency, which leads with it.
+    merchant = models.ForeignKey(
+        Merchant, on_delete=models.CASCADE, related_name="wallets", db_index=False
+    )
     crypto_currency = models.CharField(max_length=8, choices=CRYPTO_CHOICES)
     extended_public_key = models.CharField(
         max_length=300,
@@ -429,7 +442,8 @@ class AddressIndex(models.Model):
     """Next derivation index per merchant and wallet key (``key_space``), shared by every currency
     derived from that key; allocated under a row lock, never reused."""
 
-    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE)
+    # Indexed by address_index_unique, which leads with it.
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, db_index=False)
     key_space = models.CharField(max_length=80)
     next_index = models.PositiveIntegerField(default=0)
 
