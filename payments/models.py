@@ -126,7 +126,10 @@ class SqliteBaseUnitsSum:
 
 
 class Payment(models.Model):
-    public_id = models.CharField(max_length=32, unique=True, default=new_payment_id, editable=False)
+    # Unique by a constraint in Meta, not unique=True: that adds, on PostgreSQL, a second index for
+    # LIKE 'prefix%' that no query here makes (the admin's search is ILIKE '%…%'), written in every
+    # create all the same. The same for checkout_token.
+    public_id = models.CharField(max_length=32, default=new_payment_id, editable=False)
     # No index of its own: payment_merchant_mode_created leads with it (every row, every lookup by
     # merchant); one more index is one more insertion, and WAL, in every create.
     merchant = models.ForeignKey(
@@ -162,9 +165,7 @@ class Payment(models.Model):
     redirect_url = models.URLField(max_length=2000, blank=True)
     cancel_url = models.URLField(max_length=2000, blank=True)
 
-    checkout_token = models.CharField(
-        max_length=64, unique=True, default=new_checkout_token, editable=False
-    )
+    checkout_token = models.CharField(max_length=64, default=new_checkout_token, editable=False)
     deposit_address = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
     derivation_index = models.PositiveIntegerField(null=True, blank=True)
     # The derivation space the index counts in (payments.addresses.key_space): assets sharing one
@@ -192,6 +193,11 @@ class Payment(models.Model):
 
     class Meta:
         constraints = [
+            # Named as unique=True named them, so the database keeps its own (see public_id).
+            models.UniqueConstraint(fields=["public_id"], name="payments_payment_public_id_key"),
+            models.UniqueConstraint(
+                fields=["checkout_token"], name="payments_payment_checkout_token_1f66c4ed_uniq"
+            ),
             # Per mode: an order id tried out with a test key stays free for the live order.
             models.UniqueConstraint(
                 fields=["merchant", "livemode", "order_id"],

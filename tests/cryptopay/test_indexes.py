@@ -48,3 +48,30 @@ def test_no_index_of_ours_is_the_start_of_another_index_of_its_table():
 
     # Then none is covered by another
     assert covered == []
+
+
+# The tables every payment writes to.
+WRITTEN_PER_PAYMENT = (
+    "payments_payment",
+    "payments_paymentevent",
+    "notifications_event",
+    "notifications_webhookdelivery",
+    "notifications_webhookattempt",
+    "resilience_idempotencykey",
+)
+
+
+def test_the_tables_every_payment_writes_have_no_like_prefix_index():
+    # Given the migrated schema (Django adds a varchar_pattern_ops twin to every unique=True or
+    # db_index text field on PostgreSQL; no query here makes LIKE 'prefix%')
+    # When the indexes of the tables a payment writes to are listed
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = current_schema() "
+            "AND tablename = ANY(%s) AND indexdef LIKE %s",
+            [list(WRITTEN_PER_PAYMENT), "%pattern_ops%"],
+        )
+        twins = cursor.fetchall()
+
+    # Then none is such a twin
+    assert twins == []
