@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
@@ -52,7 +53,7 @@ def fail() -> None:
 
 
 @pytest.fixture
-def prefix(settings) -> str:
+def prefix(settings) -> Iterator[str]:
     """Breakers of this test only: their own shared-state prefix, a fresh registry, and every
     breaker closed (its shared state removed) afterwards."""
     prefix = f"cryptopay-test-dashboard-{uuid.uuid4().hex}:breaker"
@@ -106,10 +107,15 @@ def click(client: Client, name: str, action: str):
     )
 
 
-def section(html: str, section_id: str) -> str:
-    match = re.search(rf'<section id="{section_id}">(.*?)</section>', html, re.S)
-    assert match, f"section {section_id} missing"
+def first_group(pattern: str, text: str) -> str:
+    """The first group of ``pattern``'s first match in ``text`` (across lines); fails without."""
+    match = re.search(pattern, text, re.S)
+    assert match, f"{pattern!r} not found"
     return match.group(1)
+
+
+def section(html: str, section_id: str) -> str:
+    return first_group(rf'<section id="{section_id}">(.*?)</section>', html)
 
 
 def spawn(module: str, *args: str, mode: str | None = None) -> subprocess.Popen:
@@ -158,13 +164,15 @@ def test_given_a_system_in_use_when_staff_opens_the_dashboard_then_every_section
         level_since=now, checked_at=now, probe_ms=12, recovery_attempts=2, recovery_failures=1,
         last_recovery_at=now, last_recovery_outcome="failed", last_recovery_detail="reconnect refused",
     )  # fmt: skip
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     make_payment(merchant=merchant, crypto_currency="BTC", currency="USD")
     endpoint, _ = endpoints.webhook_endpoint_create(
         owner=merchant.public_id, url="http://127.0.0.1:9/hooks"
     )
+    event = Event.objects.first()
+    assert event is not None  # the payment's creation event
     WebhookDelivery.objects.create(
-        endpoint=endpoint, event=Event.objects.first(), created_at=now - timedelta(minutes=5)
+        endpoint=endpoint, event=event, created_at=now - timedelta(minutes=5)
     )
     connections = presence.connection_registry()
     connections.register(user="merchant-dash", connection="c1", limit=5)
@@ -189,11 +197,11 @@ def test_given_a_system_in_use_when_staff_opens_the_dashboard_then_every_section
     for section_id in SECTIONS:
         section(html, section_id)
     assert "Redis is available" in section(html, "redis")
-    row = re.search(r'data-breaker="dashboard:tripped">(.*?)</tr>', html, re.S).group(1)
+    row = first_group(r'data-breaker="dashboard:tripped">(.*?)</tr>', html)
     assert "open" in row and "100%" in row and "5 of 5 calls" in row
     assert re.search(r"\d+ s", row), "retry-after missing"
     assert 'value="isolate"' in row and 'value="close"' in row
-    dependency = re.search(r'data-dependency="redis:cache">(.*?)</tr>', html, re.S).group(1)
+    dependency = first_group(r'data-dependency="redis:cache">(.*?)</tr>', html)
     assert "degraded" in dependency and "slow answers" in dependency
     assert "failed" in dependency and "reconnect refused" in dependency
     assert "2 (1 failed)" in dependency
@@ -206,7 +214,7 @@ def test_given_a_system_in_use_when_staff_opens_the_dashboard_then_every_section
     backlog = section(html, "webhook-backlog")
     assert "<dd>1</dd>" in backlog and "300 s ago" in backlog
     assert "BTC-USD" in section(html, "rate-ages")
-    lag = re.search(r'data-chain-watcher="ethereum">(.*?)</tr>', html, re.S).group(1)
+    lag = first_group(r'data-chain-watcher="ethereum">(.*?)</tr>', html)
     assert "<td>3</td>" in lag and "97 / 100" in lag
     # Auto-refresh.
     assert '<meta http-equiv="refresh" content="10">' in html
@@ -214,7 +222,7 @@ def test_given_a_system_in_use_when_staff_opens_the_dashboard_then_every_section
 
 def idempotency_figure(client: Client, label: str) -> int:
     html = section(client.get(DASHBOARD).content.decode(), "idempotency")
-    return int(re.search(rf"<dt>{label}</dt><dd>(\d+)</dd>", html).group(1))
+    return int(first_group(rf"<dt>{label}</dt><dd>(\d+)</dd>", html))
 
 
 def test_given_an_idempotent_request_replayed_when_staff_looks_then_the_figures_count_it(
@@ -320,6 +328,7 @@ def test_given_processes_using_a_breaker_when_staff_isolates_it_then_every_proce
     # Given: the web process uses breaker "dep"; another OS process is calling through it.
     breakers.get("dep")
     watcher = spawn("tests.resilience.breaker_process", prefix, "20", mode="watch")
+    assert watcher.stdout is not None
     assert json.loads(watcher.stdout.readline()) == {"ready": True}
     assert call_from_another_process(prefix, "dep")["result"] == "ok"
 
@@ -335,9 +344,7 @@ def test_given_processes_using_a_breaker_when_staff_isolates_it_then_every_proce
     assert rejected["rejected_at"] - clicked_at < 1.0
     assert call_from_another_process(prefix, "dep") == {"result": "isolated", "state": "isolated"}
     assert shared_state(prefix, "dep") == "isolated"
-    row = re.search(
-        r'data-breaker="dep">(.*?)</tr>', staff.get(DASHBOARD).content.decode(), re.S
-    ).group(1)
+    row = first_group(r'data-breaker="dep">(.*?)</tr>', staff.get(DASHBOARD).content.decode())
     assert "isolated" in row and "until closed" in row
 
     # When: the operator presses Close. Then: every process calls through again.

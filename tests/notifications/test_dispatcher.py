@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import redis
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -50,9 +51,16 @@ def queue_sizes() -> dict[str, int]:
     return queues.sizes()
 
 
+def redis_queues() -> redis.Redis:
+    """The queues' Redis client: these tests need Redis up."""
+    client = queues.client()
+    assert client is not None, "Redis is not reachable"
+    return client
+
+
 def clear_queues() -> None:
     """What "Redis flushed" means for us, without touching anyone else's keys."""
-    queues.client().delete(*(queues.key(priority) for priority in queues.ORDER))
+    redis_queues().delete(*(queues.key(priority) for priority in queues.ORDER))
 
 
 @pytest.fixture(autouse=True)
@@ -173,7 +181,7 @@ def test_high_event_overtakes_a_queued_flood_of_10000_low_events(receiver):
         ],
         batch_size=2000,
     )
-    pipe = queues.client().pipeline(transaction=False)
+    pipe = redis_queues().pipeline(transaction=False)
     for index in range(0, len(lows), 1000):
         pipe.rpush(queues.key("low"), *(event.pk for event in lows[index : index + 1000]))
     pipe.execute()
@@ -194,7 +202,10 @@ def test_high_event_overtakes_a_queued_flood_of_10000_low_events(receiver):
     assert receiver.ids() == [high.public_id]
     first_lows = Event.objects.filter(priority="low", dispatched_at__isnull=False)
     assert first_lows.count() == 199  # the rest of the first batch
-    assert all(high.dispatched_at <= low.dispatched_at for low in first_lows)
+    assert all(
+        low.dispatched_at is not None and high.dispatched_at <= low.dispatched_at
+        for low in first_lows
+    )
     assert queue_sizes() == {"high": 0, "normal": 0, "low": 10_000 - 199}
 
 
@@ -239,19 +250,24 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
-def _start_dispatcher(**env: str) -> subprocess.Popen:
+class DispatcherProcess(subprocess.Popen):
+    log: Path  # where its stderr goes
+
+
+def _start_dispatcher(**env: str) -> DispatcherProcess:
     """``manage.py run_dispatcher`` with these settings on top; its log goes to a file (a pipe
     nobody reads would fill up and stall it)."""
     log = tempfile.NamedTemporaryFile(prefix="dispatcher-", suffix=".log", delete=False)
-    process = subprocess.Popen(
+    process = DispatcherProcess(
         [sys.executable, "manage.py", "run_dispatcher", "--max-seconds", "120"],
         cwd=ROOT,
         env=_subprocess_env() | env,
         stdout=subprocess.PIPE,
         stderr=log,
     )
-    process.log = Path(log.name)  # type: ignore[attr-defined]
+    process.log = Path(log.name)
     # Started once it says so: Django is set up and the loop runs.
+    assert process.stdout is not None
     assert process.stdout.readline().strip() == b"dispatcher running", process.log.read_text()
     return process
 
@@ -491,7 +507,7 @@ def test_given_1000_queued_low_webhooks_when_high_events_are_published_then_they
                 for n in range(1000)
             ]
         )  # fmt: skip
-        queues.client().rpush(queues.key("low"), *(event.pk for event in lows))
+        redis_queues().rpush(queues.key("low"), *(event.pk for event in lows))
         dispatcher = _start_dispatcher()
         try:
             deadline = time.monotonic() + 20
@@ -677,7 +693,7 @@ def test_given_redis_restarted_mid_delivery_then_every_event_arrives_once(receiv
 @pytest.mark.django_db
 def test_a_lost_event_is_requeued_after_the_requeue_delay_even_behind_a_backlog(frozen_clock):
     backlog = publish_many("mer_busy", 1000, type="exchange_rate.updated")
-    queues.client().rpush(queues.key("low"), *(event.pk for event in backlog))
+    redis_queues().rpush(queues.key("low"), *(event.pk for event in backlog))
     (lost,) = publish_many("mer_busy", 1, type="payment.status_changed")  # its id never queued
 
     frozen_clock.advance(settings_requeue_after())
