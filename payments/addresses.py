@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 DEV_CHAIN = "dev"
 # Addresses of a wallet key another merchant also uses that one allocation may skip.
 MAX_SKIPPED_ADDRESSES = 1000
+
+# A PostgreSQL boolean expression and its parameters (``unless`` below).
+SqlCondition = tuple[str, list[Any]]
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,17 @@ def wallet_key_space(wallet: MerchantWallet) -> str:
     )
 
 
-def _next_index(*, merchant: Merchant, space: str) -> int:
+def _next_index(
+    *, merchant: Merchant, space: str, unless: SqlCondition | None = None
+) -> int | None:
     """Take the counter's next index in one statement (an upsert that increments and returns).
     Outside a transaction it commits at once; inside one the counter row stays locked to the
     caller's commit, so such callers allocate as late in their transaction as they can: a
     concurrent allocation of the same counter waits for that commit (or rollback, which gives
-    the index back) and then reads the incremented value."""
+    the index back) and then reads the incremented value. ``unless`` (PostgreSQL): in the same
+    statement, nothing is taken while it holds, and None is returned."""
+    if unless is not None:
+        assert connection.vendor == "postgresql", "a condition is PostgreSQL's SQL"
     if connection.vendor != "postgresql":
         with transaction.atomic():  # its own when the caller has none (a reservation)
             counter, _ = AddressIndex.objects.select_for_update().get_or_create(
@@ -86,18 +95,20 @@ def _next_index(*, merchant: Merchant, space: str) -> int:
             AddressIndex.objects.filter(pk=counter.pk).update(next_index=index + 1)
         return index
     table = connection.ops.quote_name(AddressIndex._meta.db_table)
+    condition, condition_params = unless if unless is not None else ("false", [])
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            INSERT INTO {table} (merchant_id, key_space, next_index) VALUES (%s, %s, 1)
+            INSERT INTO {table} (merchant_id, key_space, next_index)
+            SELECT %s, %s, 1 WHERE NOT {condition}
             ON CONFLICT (merchant_id, key_space)
             DO UPDATE SET next_index = {table}.next_index + 1
             RETURNING next_index - 1
-            """,  # noqa: S608 (the table name is ours; every value is a parameter)
-            [merchant.pk, space],
+            """,  # the table name and the condition are ours; every value is a parameter
+            [merchant.pk, space, *condition_params],
         )
-        (index,) = cursor.fetchone()
-    return index
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def address_allocate(
@@ -106,8 +117,22 @@ def address_allocate(
     """``livemode`` False (a test payment): always the development chain, even when the
     merchant's wallet and the chain are configured and the development chain is off for live
     payments, so test payments never use (or skip) a real address."""
+    allocated = address_allocate_unless(
+        merchant=merchant, crypto_currency=crypto_currency, livemode=livemode, unless=None
+    )
+    assert allocated is not None  # without a condition an index is always taken
+    return allocated
+
+
+def address_allocate_unless(
+    *, merchant: Merchant, crypto_currency: str, livemode: bool, unless: SqlCondition | None
+) -> AllocatedAddress | None:
+    """``address_allocate``, asking ``unless`` in the statement that takes the index: None,
+    with nothing taken, while it holds."""
     if not livemode:
-        return _dev_chain_allocate(merchant=merchant, crypto_currency=crypto_currency)
+        return _dev_chain_allocate(
+            merchant=merchant, crypto_currency=crypto_currency, unless=unless
+        )
     chain = chain_for_currency(crypto_currency)
     # Without a chain for the currency a wallet cannot be used, and with the development chain
     # on its absence does not matter either: no query.
@@ -119,8 +144,12 @@ def address_allocate(
     if wallet is not None and chain is not None:
         space = wallet_key_space(wallet)
         with transaction.atomic():
-            for _ in range(MAX_SKIPPED_ADDRESSES + 1):
-                index = _next_index(merchant=merchant, space=space)
+            for attempt in range(MAX_SKIPPED_ADDRESSES + 1):
+                index = _next_index(
+                    merchant=merchant, space=space, unless=unless if attempt == 0 else None
+                )
+                if index is None:
+                    return None
                 address = derive_address(
                     currency=crypto_currency,
                     key=wallet.extended_public_key,
@@ -155,12 +184,17 @@ def address_allocate(
         raise AddressUnavailable(
             f"Cannot accept {crypto_currency}: {reason}.", param="crypto_currency"
         )
-    return _dev_chain_allocate(merchant=merchant, crypto_currency=crypto_currency)
+    return _dev_chain_allocate(merchant=merchant, crypto_currency=crypto_currency, unless=unless)
 
 
-def _dev_chain_allocate(*, merchant: Merchant, crypto_currency: str) -> AllocatedAddress:
+def _dev_chain_allocate(
+    *, merchant: Merchant, crypto_currency: str, unless: SqlCondition | None
+) -> AllocatedAddress | None:
     space = key_space(extended_public_key=None, crypto_currency=crypto_currency)
-    index = _next_index(merchant=merchant, space=space)  # one statement: no savepoint needed
+    # One statement: no savepoint needed.
+    index = _next_index(merchant=merchant, space=space, unless=unless)
+    if index is None:
+        return None
     address = dev_chain_address(
         merchant_public_id=merchant.public_id, crypto_currency=crypto_currency, index=index
     )

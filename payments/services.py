@@ -33,7 +33,13 @@ from cryptopay.currencies import fiat_exponent
 from notifications.models import Event
 from notifications.outbox import event_prepare, event_publish, event_queue_on_commit, events_publish
 from payments import states
-from payments.addresses import AllocatedAddress, address_allocate, address_release
+from payments.addresses import (
+    AllocatedAddress,
+    SqlCondition,
+    address_allocate,
+    address_allocate_unless,
+    address_release,
+)
 from payments.chains.config import chain_for_currency
 from payments.currencies import crypto
 from payments.errors import (
@@ -406,9 +412,13 @@ class AddressReservation:
     """An address taken for a payment about to be created; given back on leaving the block
     unless ``keep`` was called (its payment was committed)."""
 
-    def __init__(self, *, merchant: Merchant, address: AllocatedAddress | None) -> None:
+    def __init__(
+        self, *, merchant: Merchant, address: AllocatedAddress | None, answered: bool = False
+    ) -> None:
         self.merchant = merchant
         self.address = address
+        # The caller's ``unless`` held: nothing was taken (``address`` is None).
+        self.answered = answered
         self._kept = False
 
     def keep(self) -> None:
@@ -417,7 +427,7 @@ class AddressReservation:
 
 @contextmanager
 def payment_address_reservation(
-    *, merchant: Merchant, crypto_currency: str, livemode: bool
+    *, merchant: Merchant, crypto_currency: str, livemode: bool, unless: SqlCondition | None = None
 ) -> Iterator[AddressReservation]:
     """An address for a payment the block creates in a transaction of its own, taken now in its
     own statement: the counter's row is locked for that statement only, not until the block's
@@ -425,14 +435,18 @@ def payment_address_reservation(
     workers too). The block calls ``keep()`` once its payment is committed; otherwise the index
     is given back if it is still the last one handed out, or stays a gap (never reused).
     ``address`` is None when none can be allocated now: ``payment_create`` then allocates, and
-    refuses, inside the block's transaction as it would have. Call it outside any transaction."""
+    refuses, inside the block's transaction as it would have. Call it outside any transaction.
+    ``unless`` (PostgreSQL): asked in the statement that takes the index; while it holds nothing
+    is taken and the reservation is ``answered`` (a retried create whose key has its answer)."""
+    answered = False
     try:
-        address: AllocatedAddress | None = address_allocate(
-            merchant=merchant, crypto_currency=crypto_currency, livemode=livemode
+        address = address_allocate_unless(
+            merchant=merchant, crypto_currency=crypto_currency, livemode=livemode, unless=unless
         )
+        answered = address is None
     except AddressUnavailable:
         address = None
-    reservation = AddressReservation(merchant=merchant, address=address)
+    reservation = AddressReservation(merchant=merchant, address=address, answered=answered)
     try:
         yield reservation
     finally:

@@ -15,9 +15,10 @@ from django.test.utils import CaptureQueriesContext
 
 from payments import services
 from payments.errors import DuplicateOrderId
-from payments.models import AddressIndex, Payment
+from payments.models import AddressIndex, MerchantWallet, Payment
 from testing.servers import server_environment
 from tests.factories import MerchantFactory
+from tests.payments.chains.conftest import random_account_xpub
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -123,12 +124,11 @@ def test_given_two_processes_allocating_at_once_then_no_index_is_handed_out_twic
     assert AddressIndex.objects.get(merchant=merchant, key_space="dev:LTC").next_index == 80
 
 
-def test_a_create_costs_eight_statements_at_most(settings):
-    """The API's create path: authentication, the check for a completed answer under its key (a
-    retry is answered before pricing and the address), the address (its own statement), then in
-    one transaction the idempotency claim, the payment with its first event and its outbox event
-    (one statement), and the key's completion; BEGIN and COMMIT are among the captured
-    statements."""
+def test_a_create_costs_seven_statements_at_most(settings):
+    """The API's create path: authentication, the address (its own statement, which also asks
+    whether the key has a completed answer: a retry takes no address), then in one transaction
+    the idempotency claim, the payment with its first event and its outbox event (one
+    statement), and the key's completion; BEGIN and COMMIT are among the captured statements."""
     from django.test.utils import CaptureQueriesContext
     from rest_framework.test import APIClient
 
@@ -146,20 +146,27 @@ def test_a_create_costs_eight_statements_at_most(settings):
 
     assert answer.status_code == 201, answer.content
     statements = [q["sql"] for q in queries.captured_queries]
-    assert len(statements) <= 8, "\n".join(s[:100] for s in statements)
+    assert len(statements) <= 7, "\n".join(s[:100] for s in statements)
     assert not any(s.startswith('UPDATE "payments_payment"') for s in statements)
     assert sum(s.startswith("SAVEPOINT") for s in statements) <= 1
 
 
-def _created_then_uncached(key: str):
+def _created_then_uncached(key: str, *, wallet: bool = False):
     """Given a payment created with ``key``, its answer no longer in Redis (the state of every
-    key before its first replay, and of all of them after Redis lost its data)."""
+    key before its first replay, and of all of them after Redis lost its data). ``wallet``: the
+    merchant receives LTC on its own wallet key (the caller configures the chain)."""
     from rest_framework.test import APIClient
 
     from resilience.idempotency import default_gate
     from tests.factories import ApiKeyFactory
 
     merchant = MerchantFactory.create()
+    if wallet:
+        MerchantWallet.objects.create(
+            merchant=merchant,
+            crypto_currency="LTC",
+            extended_public_key=random_account_xpub("utxo"),
+        )
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
@@ -167,14 +174,25 @@ def _created_then_uncached(key: str):
     first = api.post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY=key)
     assert first.status_code == 201, first.content
     default_gate().forget(merchant.public_id, key)  # a live key's scope: its merchant
-    counter = AddressIndex.objects.get(merchant=merchant).next_index
-    return api, merchant, body, first, counter
+    return api, merchant, body, first, _counter_version(merchant)
+
+
+def _counter_version(merchant) -> tuple[int, str]:
+    """The merchant's address counter and the transaction that last wrote its row (``xmin``):
+    an index taken and given back leaves the counter as it was, but not its row version."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT next_index, xmin::text FROM payments_addressindex WHERE merchant_id = %s",
+            [merchant.pk],
+        )
+        (row,) = cursor.fetchall()
+    return row
 
 
 def test_given_the_cache_lost_an_answer_when_the_create_is_retried_then_the_stored_row_answers_it_without_an_address():
     """A retry whose answer Redis does not hold (the first replay of a key, or Redis lost it) is
-    answered from the key's row before pricing and the address: no address is taken and given
-    back, and the merchant's counter stays where the one real create left it."""
+    answered from the key's row, asked in the address's own statement: no address is taken and
+    given back (the counter's row is not even written), and no transaction is opened."""
     api, merchant, body, first, counter = _created_then_uncached("k-retry")
 
     with CaptureQueriesContext(connection) as queries:
@@ -184,27 +202,72 @@ def test_given_the_cache_lost_an_answer_when_the_create_is_retried_then_the_stor
     assert again["Idempotent-Replayed"] == "true"
     assert json.loads(again.content) == json.loads(first.content)
     statements = [q["sql"] for q in queries.captured_queries]
-    assert not any("payments_addressindex" in sql for sql in statements), statements
-    assert len(statements) <= 3, statements  # the API key, the answer, its replay count
-    assert AddressIndex.objects.get(merchant=merchant).next_index == counter
+    assert "BEGIN" not in statements, statements
+    # The API key, the address statement that took nothing, the answer, its replay count.
+    assert len(statements) <= 4, statements
+    assert _counter_version(merchant) == counter
+    assert Payment.objects.filter(merchant=merchant).count() == 1
+
+
+def test_given_a_wallet_and_the_cache_lost_an_answer_when_the_create_is_retried_then_no_index_of_the_key_is_taken(
+    settings,
+):
+    """The same on a merchant's own wallet key (where an index is a real address the wallet
+    scans for): the retry is answered, and the key's counter row is not written."""
+    settings.DEV_CHAIN_ENABLED = False
+    settings.CHAINS = {"litecoin": {"kind": "utxo", "currency": "LTC", "hrp": "rltc",
+                                    "nodes": ["http://127.0.0.1:1"]}}  # fmt: skip
+    api, merchant, body, first, counter = _created_then_uncached("k-wallet", wallet=True)
+
+    again = api.post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY="k-wallet")
+
+    assert json.loads(first.content)["deposit_address"].startswith("rltc1q")
+    assert again.status_code == 201, again.content
+    assert again["Idempotent-Replayed"] == "true"
+    assert json.loads(again.content) == json.loads(first.content)
+    assert _counter_version(merchant) == counter
+    assert Payment.objects.filter(merchant=merchant).count() == 1
+
+
+def test_given_the_cache_lost_an_answer_and_no_rate_when_the_create_is_retried_then_the_stored_row_answers_it(
+    settings,
+):
+    """Pricing comes before the address: with no rate at all for the pair (no provider, no
+    fallback) a new create is refused, but a retry of a committed one still gets its payment."""
+    api, merchant, body, first, counter = _created_then_uncached("k-no-rate")
+    settings.FALLBACK_RATES = {}  # and tests configure no live provider: no rate at all
+
+    again = api.post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY="k-no-rate")
+    counter_after_retry = _counter_version(merchant)
+    new = api.post(
+        "/api/v1/payments",
+        {**body, "order_id": "o-new"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k-new",
+    )
+
+    assert again.status_code == 201, again.content
+    assert again["Idempotent-Replayed"] == "true"
+    assert json.loads(again.content) == json.loads(first.content)
+    assert counter_after_retry == counter
+    assert new.status_code == 503, new.content
+    assert json.loads(new.content)["error"]["code"] == "rate_unavailable"
     assert Payment.objects.filter(merchant=merchant).count() == 1
 
 
 def test_given_the_cache_lost_an_answer_when_the_key_is_reused_with_another_body_then_422_without_an_address():
     api, merchant, body, _, counter = _created_then_uncached("k-reused")
 
-    with CaptureQueriesContext(connection) as queries:
-        other = api.post(
-            "/api/v1/payments",
-            {**body, "amount": "11.00"},
-            format="json",
-            HTTP_IDEMPOTENCY_KEY="k-reused",
-        )
+    other = api.post(
+        "/api/v1/payments",
+        {**body, "amount": "11.00"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k-reused",
+    )
 
     assert other.status_code == 422
-    assert not any("payments_addressindex" in q["sql"] for q in queries.captured_queries)
     assert json.loads(other.content)["error"]["code"] == "idempotency_key_reused"
-    assert AddressIndex.objects.get(merchant=merchant).next_index == counter
+    assert _counter_version(merchant) == counter
     assert Payment.objects.filter(merchant=merchant).count() == 1
 
 

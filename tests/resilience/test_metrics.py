@@ -271,12 +271,12 @@ def test_given_a_web_and_a_worker_process_when_a_scenario_runs_then_metrics_show
     assert value(metrics, idem, outcome="conflict") == 1
 
     # Quotes per level and rate age (web process). A payment is priced before its key is
-    # claimed, so the second payment and the conflict each read the cached rate; the replay
-    # (answered from its key's row) and the mismatch (from the replay's Redis copy) come before
-    # any pricing.
+    # claimed, so the second payment and the conflict each read the cached rate, and so does
+    # the replay (answered from its key's row, asked in the statement that would have taken its
+    # address); the mismatch (from the replay's Redis copy) comes before any pricing.
     quotes = "cryptopay_rate_quotes_total"
     assert value(metrics, quotes, pair="BTC-USD", level="live") == 1
-    assert value(metrics, quotes, pair="BTC-USD", level="cache") == 2
+    assert value(metrics, quotes, pair="BTC-USD", level="cache") == 3
     assert 0 <= value(metrics, "cryptopay_rate_age_seconds", pair="BTC-USD") < 120
 
     # Webhooks, breaker and the task (worker process), backlog (sampled by the web process).
