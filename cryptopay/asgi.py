@@ -26,7 +26,9 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.urls import get_resolver  # noqa: E402
 
+from cryptopay.heap import startup_heap_freeze  # noqa: E402
 from cryptopay.server import BodyLimitMiddleware  # noqa: E402
 from payments.consumers import websocket_urlpatterns  # noqa: E402
 
@@ -58,3 +60,8 @@ application = BodyLimitMiddleware(
         }
     )
 )
+
+# Every view is imported now rather than by the first request, then the startup heap is frozen
+# (cryptopay/heap.py): full garbage collections no longer walk it while requests wait.
+get_resolver().url_patterns  # noqa: B018 (loading them imports every view)
+startup_heap_freeze()
