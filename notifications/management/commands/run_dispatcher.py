@@ -7,7 +7,6 @@ import sys
 
 from django.core.management.base import BaseCommand
 
-from cryptopay.heap import startup_heap_freeze
 from notifications.dispatcher import Dispatcher
 
 
@@ -22,7 +21,6 @@ class Command(BaseCommand):
         # default 5 ms switch interval a High event's database round trips wait for the others'
         # turns. Set for the dispatcher process only, never in a process that merely imports it.
         sys.setswitchinterval(0.0005)
-        startup_heap_freeze()  # full collections skip what lives as long as the process
         dispatcher = Dispatcher()
         signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop())
         signal.signal(signal.SIGINT, lambda *_: dispatcher.stop())
