@@ -366,7 +366,12 @@ def attempts_record(*, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             (twice if outcome.claim.delivery_id in seen else seen).add(outcome.claim.delivery_id)
         simple = [o for o in simple if not o.released and o.claim.delivery_id not in twice]
-        done = _successes_record(simple)
+        given_back = [
+            o
+            for o in outcomes
+            if o.released and not o.attempts and o.claim.delivery_id not in twice
+        ]
+        done = _successes_record(simple) | _releases_record(given_back)
         outcomes = [outcome for outcome in outcomes if outcome.claim.delivery_id not in done]
         if not outcomes:
             return
@@ -508,6 +513,38 @@ def _successes_record(outcomes: list[Outcome]) -> set[int]:
         if outcome.claim.delivery_id in live and latency_ms is not None:
             DELIVERY_SECONDS.observe(latency_ms / 1000)
     return done
+
+
+def _releases_record(outcomes: list[Outcome]) -> set[int]:
+    """Deliveries given back unattempted (a lane over its bound lets a burst's excess go to the
+    retry sweep) in one statement (PostgreSQL): each one's claim is cleared where this claim
+    still holds it (a compare-and-set under the row lock, in id order as ``_successes_record``
+    takes them); one whose claim was taken over is left to its new holder. Returns every
+    outcome's delivery id: none needs anything else. The general way read and wrote back every
+    recorded field of each, with its event and endpoint: a burst's thousands of them held the
+    recorder's thread for longer than the deliveries it sent."""
+    if not outcomes:
+        return set()
+    delivery = WebhookDelivery._meta.db_table
+    outcomes = sorted(outcomes, key=lambda outcome: outcome.claim.delivery_id)
+    ids = array_literal([outcome.claim.delivery_id for outcome in outcomes])
+    tokens = array_literal([outcome.claim.token for outcome in outcomes])
+    # The table name comes from the model's metadata, values are parameters.
+    sql = f"""
+        WITH v AS (
+            SELECT * FROM unnest(CAST(%s AS bigint[]), CAST(%s AS integer[])) AS v(id, token)
+        ), held AS MATERIALIZED (
+            SELECT v.id FROM v CROSS JOIN LATERAL (
+                SELECT claim FROM {delivery} WHERE id = v.id OFFSET 0 FOR UPDATE
+            ) AS d
+            WHERE d.claim = v.token
+        )
+        UPDATE {delivery} AS d SET claimed_until = NULL
+        FROM held WHERE d.id = ANY(CAST(%s AS bigint[])) AND d.id = held.id
+    """  # noqa: S608
+    with transaction.get_connection().cursor() as cursor:
+        cursor.execute(sql, [ids, tokens, ids])
+    return {outcome.claim.delivery_id for outcome in outcomes}
 
 
 def _advance(

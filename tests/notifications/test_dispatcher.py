@@ -20,6 +20,7 @@ from urllib.parse import quote
 import pytest
 import redis
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications import queues
@@ -618,18 +619,27 @@ def test_a_late_success_from_a_replaced_holder_is_logged_but_only_the_holder_fin
     assert delivery.claimed_until is None
 
 
+def claimed_then_retaken(owner, receiver, frozen_clock, settings, *, count, retaken):
+    """``count`` deliveries claimed by a first holder, then, once its lease passed, at most
+    ``retaken`` of them claimed again (the sweep): (first claims, new claims), each by id."""
+    webhook_endpoint_create(owner=owner, url=receiver.url)
+    events = [
+        event_publish(owner=owner, type="payment.created", subject=f"pay_{n}", data={})
+        for n in range(count)
+    ]
+    stale = sorted(deliveries_claim_new(events=events), key=lambda claim: claim.delivery_id)
+    frozen_clock.advance(settings.WEBHOOK_CLAIM)
+    current = sorted(deliveries_claim_due(limit=retaken), key=lambda claim: claim.delivery_id)
+    return stale, current
+
+
 @pytest.mark.django_db
 def test_a_batch_of_successes_finishes_the_holders_deliveries_and_logs_every_attempt_once(
     frozen_clock, receiver, settings
 ):
-    webhook_endpoint_create(owner="mer_batch", url=receiver.url)
-    events = [
-        event_publish(owner="mer_batch", type="payment.created", subject=f"pay_{n}", data={})
-        for n in range(5)
-    ]
-    stale = sorted(deliveries_claim_new(events=events), key=lambda claim: claim.delivery_id)
-    frozen_clock.advance(settings.WEBHOOK_CLAIM)
-    current = sorted(deliveries_claim_due(limit=10), key=lambda claim: claim.delivery_id)
+    stale, current = claimed_then_retaken(
+        "mer_batch", receiver, frozen_clock, settings, count=5, retaken=10
+    )
     assert [claim.delivery_id for claim in current] == [claim.delivery_id for claim in stale]
 
     # Two late reports from the replaced holder and three from the current one, in one batch.
@@ -644,6 +654,33 @@ def test_a_batch_of_successes_finishes_the_holders_deliveries_and_logs_every_att
     assert [row.status for row in rows] == ["pending"] * 2 + ["succeeded"] * 3
     assert [row.claimed_until is None for row in rows] == [False] * 2 + [True] * 3
     assert [(row.attempts, row.log.count()) for row in rows] == [(1, 1)] * 5
+
+
+@pytest.mark.django_db
+def test_deliveries_given_back_unattempted_are_released_in_one_statement_only_where_the_claim_holds(
+    frozen_clock, receiver, settings
+):
+    # Given five claimed deliveries whose lease passed, two of them claimed again since.
+    stale, current = claimed_then_retaken(
+        "mer_shed", receiver, frozen_clock, settings, count=5, retaken=2
+    )
+    retaken = {claim.delivery_id for claim in current}
+
+    # When the first holder gives all five back unattempted (a lane over its bound).
+    with CaptureQueriesContext(connection) as queries:
+        attempts_record(outcomes=[Outcome(claim, released=True) for claim in stale])
+
+    # Then the three it still held are free for the sweep at once, the two retaken stay with
+    # their new holder, nothing is logged or counted, and it took one statement.
+    rows = sorted(WebhookDelivery.objects.all(), key=lambda row: row.pk)
+    assert [(row.pk in retaken, row.claimed_until is None) for row in rows] == [
+        (row.pk in retaken, row.pk not in retaken) for row in rows
+    ]
+    assert sorted(row.claim for row in rows if row.pk in retaken) == sorted(
+        claim.token for claim in current
+    )
+    assert {(row.status, row.attempts, row.log.count()) for row in rows} == {("pending", 0, 0)}
+    assert len(queries.captured_queries) == 1, [q["sql"][:80] for q in queries.captured_queries]
 
 
 @pytest.mark.django_db
