@@ -6,7 +6,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.core.cache import cache
+from django.core.cache import caches
+from django_redis.cache import RedisCache
 
 from payments.errors import RateUnavailable
 from payments.models import ExchangeRateEvent, Payment
@@ -22,6 +23,13 @@ pytestmark = pytest.mark.django_db
 PROVIDERS = ["kraken", "coinbase", "bitstamp", "binance"]
 
 
+def forget_cached_rates() -> None:
+    """Drop every rate the shared (Redis) cache holds: each test starts from the providers."""
+    shared = caches["default"]
+    assert isinstance(shared, RedisCache)  # these tests run against Redis
+    shared.delete_pattern("rates:*")
+
+
 @pytest.fixture
 def live_rates(settings, fake_exchanges, frozen_clock):
     """Providers pointed at the fakes; small timeouts and waits; clean caches and breakers."""
@@ -33,11 +41,11 @@ def live_rates(settings, fake_exchanges, frozen_clock):
     settings.RATE_RETRY_WAIT_MAX = timedelta(seconds=0.05)
     settings.RATE_PROVIDERS_PER_QUOTE = 3
     settings.RATES_ALLOW_STATIC_FALLBACK = False
-    cache.delete_pattern("rates:*")
+    forget_cached_rates()
     quotes.rate_cache.cache_clear()
     breakers.forget(close=True)
     yield fake_exchanges
-    cache.delete_pattern("rates:*")
+    forget_cached_rates()
     quotes.rate_cache.cache_clear()
     breakers.forget(close=True)
 

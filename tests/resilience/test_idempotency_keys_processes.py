@@ -14,6 +14,7 @@ import httpx
 import pytest
 from django.test import Client
 
+from accounts.models import Merchant
 from payments.models import Payment
 from resilience import idempotency
 from resilience.models import IdempotencyKey
@@ -27,13 +28,13 @@ SOFA = {"amount": "25.00", "crypto_currency": "LTC", "description": "one sofa"}
 SERVER_ENV = {"CRYPTOPAY_DEV_CHAIN": "1"}
 
 
-def merchant_secret() -> tuple[object, str]:
-    merchant = MerchantFactory()
+def merchant_secret() -> tuple[Merchant, str]:
+    merchant = MerchantFactory.create()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant, scopes=ALL_SCOPES)
     return merchant, secret
 
 
-def together(*calls):  # type: ignore[no-untyped-def]
+def together(*calls):
     """Run the calls at the same moment, each from its own thread; their results in order."""
     barrier = threading.Barrier(len(calls))
     results: list = [None] * len(calls)
@@ -53,7 +54,7 @@ def together(*calls):  # type: ignore[no-untyped-def]
     return results
 
 
-def poster(base_url: str, secret: str, path: str, body: dict):  # type: ignore[no-untyped-def]
+def poster(base_url: str, secret: str, path: str, body: dict):
     client = httpx.Client(
         base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {secret}"}
     )
@@ -178,13 +179,15 @@ def test_given_a_keyed_webhook_endpoint_creation_and_rotation_when_retried_on_an
     assert secrets[0] != secrets[1]
 
     gate = idempotency.default_gate()
+    cache = gate._redis
+    assert cache is not None  # these tests run against Redis
     admin = Client()
     admin.force_login(django_user_model.objects.create_superuser("ops", "ops@example.com", None))
     for key, shown in zip(["ep-1", "rot-1"], secrets, strict=True):
         row = IdempotencyKey.objects.get(owner=merchant.public_id, key=key)
-        cached = gate._redis.get(gate._redis_key("response", merchant.public_id, key))
+        cached = cache.get(gate._redis_key("response", merchant.public_id, key))
         page = admin.get(f"/admin/resilience/idempotencykey/{row.pk}/change/")
-        assert row.response_sealed
+        assert row.response_sealed and row.response_body is not None
         assert shown.encode() not in bytes(row.response_body)
         assert cached is not None and shown.encode() not in cached
         assert page.status_code == 200
