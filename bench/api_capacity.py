@@ -42,7 +42,8 @@ run also shows how wrk's connections were spread over the workers half-way throu
 
 SQL statements and Redis round trips per create (and per read) are counted in this process, on
 the same database and Redis, through the same Django stack (DRF's APIClient): every statement
-Django sends (``connection.execute_wrapper``) plus BEGIN and COMMIT of each transaction, and every
+Django sends (``connection.execute_wrapper``) plus each transaction's BEGIN and COMMIT where
+psycopg sends them on their own (not when the first and last statements carry them), and every
 request redis-py writes to a socket (one per command, one per pipeline). The median over 20
 creates after a warm one is reported, with the commands by name.
 
@@ -294,12 +295,13 @@ def check_creates(run: Run, clients: int) -> None:
 
 
 class Counts:
-    """SQL statements (with BEGIN and COMMIT of each transaction) and Redis requests made while
-    active, in this process."""
+    """SQL round trips (statements, and each transaction's BEGIN and COMMIT where they are sent
+    on their own) and Redis requests made while active, in this process."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
         self.redis: list[str] = []
+        self._transaction_start = 0
 
     def __enter__(self) -> Counts:
         import redis
@@ -330,11 +332,11 @@ class Counts:
             return original_send(conn, command, check_health)
 
         def commit(wrapper: Any) -> None:
-            counts.statements += ["BEGIN", "COMMIT"]
+            counts.statements += counts._ending(wrapper, "COMMIT")
             return original_commit(wrapper)
 
         def rollback(wrapper: Any) -> None:
-            counts.statements += ["BEGIN", "ROLLBACK"]
+            counts.statements += counts._ending(wrapper, "ROLLBACK")
             return original_rollback(wrapper)
 
         redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
@@ -345,6 +347,20 @@ class Counts:
     def _statement(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         self.statements.append(" ".join(sql.split())[:70])
         return execute(sql, params, many, context)
+
+    def _ending(self, wrapper: Any, command: str) -> list[str]:
+        """The transaction's BEGIN and its COMMIT (or ROLLBACK), each counted where psycopg
+        sends it on its own: not when the transaction's first statement carried its BEGIN, nor
+        when its last one carried its COMMIT (resilience/postgresql: no transaction is open)."""
+        from psycopg import pq
+
+        since = self.statements[self._transaction_start :]
+        raw = wrapper.connection
+        open_ = raw is not None and raw.info.transaction_status != pq.TransactionStatus.IDLE
+        begun = any(statement.startswith("BEGIN;") for statement in since)
+        ending = ([] if begun else ["BEGIN"]) + ([command] if open_ else [])
+        self._transaction_start = len(self.statements) + len(ending)
+        return ending
 
     def __exit__(self, *exc: object) -> None:
         import redis
@@ -524,7 +540,8 @@ def report(
     for label in ("create", "read"):
         c = counts[label]
         print(
-            f"per {label}, in process: {c['sql']:g} SQL statements (with BEGIN/COMMIT), "
+            f"per {label}, in process: {c['sql']:g} SQL round trips (with BEGIN/COMMIT where "
+            "sent alone), "
             f"{c['redis']:g} Redis round trips"
         )
         print("    SQL: " + " | ".join(c["sql_list"]))

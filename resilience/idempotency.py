@@ -299,14 +299,23 @@ def _column_of(field: Any) -> str:
     return column
 
 
-def _complete(claimed: _Claimed, **values: Any) -> None:
+def _complete(claimed: _Claimed, *, committing: bool = False, **values: Any) -> None:
     """``IdempotencyKey.objects.filter(pk=..., version=...).update(**values)`` on the claimed
-    row (fenced on its version), each value prepared by its field as Django's update does."""
+    row (fenced on its version), each value prepared by its field as Django's update does.
+    ``committing``: the gate's transaction ends with it, and on PostgreSQL its COMMIT is sent in
+    the same query (``resilience.postgresql``'s ``execute_committing``)."""
     db = transaction.get_connection()
     sql, fields = _complete_statement(db.vendor, tuple(values))
-    params = [f.get_db_prep_save(values[f.name], db) for f in fields]
+    params = [
+        *(f.get_db_prep_save(values[f.name], db) for f in fields),
+        claimed.pk,
+        claimed.version,
+    ]
+    if committing and hasattr(db, "execute_committing"):
+        db.execute_committing(sql, params)
+        return
     with db.cursor() as cursor:
-        cursor.execute(sql, [*params, claimed.pk, claimed.version])
+        cursor.execute(sql, params)
 
 
 class IdempotencyGate:
@@ -479,8 +488,10 @@ class IdempotencyGate:
             # answer the database has expired nor forget one it still holds.
             completed_at = clock.now()
             expires_at = completed_at + self.expiry
+            # The transaction's last statement: the block must do no more database work.
             _complete(
                 outcome,
+                committing=True,
                 status=IdempotencyKey.Status.COMPLETED,
                 response_status=stored.status,
                 response_headers=stored.headers,
@@ -556,9 +567,13 @@ class IdempotencyGate:
             IdempotencyKey.Status.IN_PROGRESS, now, now, now + self.expiry,
         )  # fmt: skip
         for attempt in range(2):
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                held, pk = cursor.fetchone()
+            if hasattr(connection, "execute_beginning"):
+                # The gate's first statement: the transaction's BEGIN goes with it.
+                ((held, pk),) = connection.execute_beginning(sql, params)
+            else:
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    held, pk = cursor.fetchone()
             if held:
                 return None if pk is None else _Claimed(pk=pk, version=1)
             if attempt == 0:
