@@ -144,6 +144,22 @@ def test_given_a_deferred_constraint_when_the_commit_sent_with_the_last_statemen
     assert probe_ids() == [3]
 
 
+def test_given_the_begin_sent_with_the_first_statement_when_the_block_ends_on_its_own_then_its_commit_keeps_everything(
+    probe_table,
+):
+    # Given a block opened by its first statement, whose last statement carries no COMMIT
+    with traced() as wire, transaction.atomic():
+        database().execute_beginning(INSERT, [1, None])
+        with connection.cursor() as cursor:
+            cursor.execute(INSERT, [2, 1])
+
+    # When it ends, then the block's own COMMIT is sent and keeps both rows
+    assert wire.queries[-1] == '"COMMIT"'
+    assert wire.round_trips == 3
+    assert probe_ids() == [1, 2]
+    assert connection.get_autocommit()
+
+
 def test_inside_a_savepoint_the_statements_run_as_they_are_and_the_outer_block_commits(
     probe_table,
 ):
