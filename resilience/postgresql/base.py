@@ -154,14 +154,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return self._prepare_cursor(_DjangoClientBindingCursor(self.connection))
 
     def _outermost_block(self) -> bool:
-        """Inside Django's outermost atomic block (no savepoint under way), not marked to roll
-        back: where the block's BEGIN and COMMIT are Django's to send."""
-        return (
-            self.in_atomic_block
-            and len(self.atomic_blocks) == 1
-            and not self.savepoint_ids
-            and not self.needs_rollback
-        )
+        """Inside Django's outermost atomic block and no block nested in it (a nested one holds
+        a savepoint), not marked to roll back: where the block's BEGIN and COMMIT are Django's
+        to send."""
+        return self.in_atomic_block and len(self.atomic_blocks) == 1 and not self.needs_rollback
 
     def execute_beginning(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         """Run ``sql`` (one statement that returns rows) and return its rows. As the first

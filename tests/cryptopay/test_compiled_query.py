@@ -58,7 +58,7 @@ def test_given_no_such_row_then_none():
 
 
 def test_given_each_mode_then_each_finds_only_its_own_payment():
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     live = make_payment(merchant=merchant)
     test = make_payment(merchant=merchant, livemode=False)
 
@@ -74,12 +74,14 @@ def test_given_each_mode_then_each_finds_only_its_own_payment():
 
 def test_given_a_revoked_key_then_the_next_call_reads_it_revoked():
     key, _ = ApiKeyFactory.create_with_secret()
-    assert KEYS.first(prefix=key.prefix).revoked_at is None
+    before = KEYS.first(prefix=key.prefix)
+    assert before is not None and before.revoked_at is None
 
     services.api_key_revoke(api_key=key)
 
     with CaptureQueriesContext(connection) as queries:
-        assert KEYS.first(prefix=key.prefix).revoked_at is not None
+        after = KEYS.first(prefix=key.prefix)
+    assert after is not None and after.revoked_at is not None
     assert len(queries) == 1  # asked again, never remembered
 
 
