@@ -28,11 +28,9 @@ import argparse
 import logging
 import math
 import statistics
-import time
 import uuid
-from collections.abc import Callable
 
-from bench.results import emit, figure
+from bench.results import emit, figure, rotating_rounds, timed
 from testing.scratch import scratch_environment
 
 # The real routes plus the same create view without the idempotency decorator.
@@ -137,33 +135,20 @@ def run(rounds: int, per_round: int) -> None:
     def drop_cached_replay() -> None:
         default_gate().forget(merchant.public_id, replay_key)
 
-    variants: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {
-        "without": (without, None),
-        "with": (with_key, None),
-        "replay-redis": (replay, None),
-        "replay-db": (replay, drop_cached_replay),
+    variants = {
+        "without": timed(without),
+        "with": timed(with_key),
+        "replay-redis": timed(replay),
+        "replay-db": timed(replay, before=drop_cached_replay),
     }
     with_key()  # any first call pays for imports and connections
     first = post_replay_key()  # executes once: every later call with this key is a replay
     assert first.status_code == 201 and not first.has_header("Idempotent-Replayed")
-    for call, before in variants.values():  # warm-up
+    for run_variant in variants.values():  # warm-up
         for _ in range(20):
-            if before:
-                before()
-            call()
+            run_variant()
 
-    samples: dict[str, list[float]] = {label: [] for label in variants}
-    labels = list(variants)
-    for round_ in range(rounds):
-        shift = round_ % len(labels)
-        for label in labels[shift:] + labels[:shift]:
-            call, before = variants[label]
-            for _ in range(per_round):
-                if before:
-                    before()
-                start = time.perf_counter()
-                call()
-                samples[label].append(time.perf_counter() - start)
+    samples = rotating_rounds(variants, rounds=rounds, per_round=per_round)
 
     executed = 2 + 2 * 20 + 2 * rounds * per_round  # first calls + warm-ups + timed
     assert Payment.objects.filter(merchant=merchant).count() == executed, "a replay executed"

@@ -78,6 +78,13 @@ BENCHES = (
         "POST /api/v1/payments in process with and without the idempotency layer",
     ),
     Bench(
+        "live_create",
+        (),
+        ("--payments", "2000", "--rounds", "2", "--per-round", "3"),
+        "a live create (the merchant's wallet key) among 600,000 payments: its address and "
+        "gap-limit lookups as they were vs now; a whole live create vs a test-mode one",
+    ),
+    Bench(
         "chain_watch",
         (),
         tuple("--payments 20 --blocks 2 --per-block 5 --latency-samples 3 --idle-polls 3".split()),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 PREFIX = "RESULT "
@@ -58,3 +60,41 @@ def parse(output: str) -> dict[str, Any] | None:
         if line.startswith(PREFIX):
             found = json.loads(line[len(PREFIX) :])
     return found
+
+
+def timed(
+    call: Callable[[], Any],
+    *,
+    before: Callable[[], None] | None = None,
+    after: Callable[[Any], None] | None = None,
+) -> Callable[[], float]:
+    """``call`` as a variant for ``rotating_rounds``: it returns the seconds ``call`` took, with
+    ``before`` (setting it up) and ``after`` (given its result) run untimed."""
+
+    def run() -> float:
+        if before:
+            before()
+        start = time.perf_counter()
+        result = call()
+        elapsed = time.perf_counter() - start
+        if after:
+            after(result)
+        return elapsed
+
+    return run
+
+
+def rotating_rounds(
+    variants: Mapping[str, Callable[[], float]], *, rounds: int, per_round: int
+) -> dict[str, list[float]]:
+    """The seconds of every call of each variant: ``per_round`` calls at a time, the variants in
+    an order that rotates each round, so drift (other load, cache warmth, a table's growth)
+    falls evenly on all of them."""
+    samples: dict[str, list[float]] = {label: [] for label in variants}
+    labels = list(variants)
+    for round_ in range(rounds):
+        shift = round_ % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            for _ in range(per_round):
+                samples[label].append(variants[label]())
+    return samples
