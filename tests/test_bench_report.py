@@ -20,6 +20,7 @@ BENCHES = {
     "payment_create",
     "breaker_overhead",
     "idempotency_overhead",
+    "live_create",
     "chain_watch",
     "utxo_mempool",
     "notifications",
