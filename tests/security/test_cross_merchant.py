@@ -7,6 +7,7 @@ same in test mode: B's test key on A's test objects. (Routes for test mode only 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pytest
 from django.forms.models import model_to_dict
@@ -49,7 +50,7 @@ class Route:
 
 def api_routes() -> list[Route]:
     return [
-        Route(path, tuple(m for m in METHODS if hasattr(pattern.callback.view_class, m)))
+        Route(path, tuple(m for m in METHODS if hasattr(cast(Any, pattern.callback).view_class, m)))
         for path, pattern in api_url_patterns()
     ]
 
@@ -70,7 +71,7 @@ class Owner:
     @classmethod
     def create(cls, *, livemode: bool = True) -> Owner:
         """In one mode: a test payment, endpoint and event when ``livemode`` is False."""
-        merchant = MerchantFactory()
+        merchant = MerchantFactory.create()
         payment = make_payment(merchant=merchant, livemode=livemode)
         endpoint, _ = webhook_endpoint_create(
             owner=merchant.public_id, url="http://127.0.0.1:9/hooks", livemode=livemode
@@ -130,7 +131,7 @@ def test_given_merchant_bs_key_when_it_reads_or_writes_merchant_as_object_then_4
     path = route.template.format(public_id=owner.id_for(route.collection))
     assert resolve(path).url_name  # routed: the 404 below is the object's absence
     before = owner.snapshot()
-    intruder = api_client_for(MerchantFactory(), livemode=livemode)
+    intruder = api_client_for(MerchantFactory.create(), livemode=livemode)
 
     response = getattr(intruder, method)(path, BODIES.get(method), format="json")
 
@@ -161,7 +162,7 @@ def test_given_the_owners_key_when_it_reads_its_object_then_it_is_found(owner, l
 def test_given_merchant_bs_key_when_it_lists_then_none_of_merchant_as_objects_appear(
     owner, livemode, route
 ):
-    intruder_merchant = MerchantFactory()
+    intruder_merchant = MerchantFactory.create()
     make_payment(merchant=intruder_merchant, livemode=livemode)
     intruder = api_client_for(intruder_merchant, livemode=livemode)
     theirs = {owner.payment.public_id, owner.endpoint.public_id, owner.event.public_id}

@@ -8,6 +8,7 @@ import asyncio
 import ipaddress
 import ssl
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -140,7 +141,9 @@ class RecordingResolver:
         return self.answers[min(len(self.asked), len(self.answers)) - 1]
 
 
-def _send(url: str, resolver: RecordingResolver, tls: ssl.SSLContext | None = None) -> Outcome:
+def _send(
+    url: str, resolver: Callable[[str, int], list[str]], tls: ssl.SSLContext | None = None
+) -> Outcome:
     """One delivery attempt through the webhook sender itself, resolving with ``resolver``."""
     claim = Claim(
         delivery_id=1,

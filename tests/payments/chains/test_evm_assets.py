@@ -28,9 +28,17 @@ CONFIRMATIONS = 3
 JSON = {"HTTP_ACCEPT": "application/json"}
 
 
-def configure(settings, node, *, tokens: dict | None = None, traces: bool | None = None) -> None:
+def configure(
+    settings,
+    node,
+    *,
+    tokens: dict | None = None,
+    traces: bool | None = None,
+    chain_id: int | None = None,
+) -> None:
     chain = {"kind": "evm", "currency": "ETH", "confirmations": CONFIRMATIONS,
-             "chain_id": node.CHAIN_ID, "nodes": [node.url]}  # fmt: skip
+             "chain_id": node.CHAIN_ID if chain_id is None else chain_id,
+             "nodes": [node.url]}  # fmt: skip
     if tokens:
         chain["tokens"] = {
             code: {"address": address, "decimals": decimals}
@@ -169,7 +177,7 @@ def test_two_merchants_sharing_one_wallet_key_never_get_the_same_address(
 ):
     # Given a second merchant configured with the first one's ETH key (a misconfiguration)
     configure(settings, anvil)
-    other = MerchantFactory()
+    other = MerchantFactory.create()
     key = wallet_merchant.wallets.get(crypto_currency="ETH").extended_public_key
     other.wallets.create(crypto_currency="ETH", extended_public_key=key)
     first = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="5.00")
@@ -312,8 +320,7 @@ def test_a_forwarded_credit_has_the_same_key_from_trace_block_or_the_debug_trace
                 raise MethodNotFound
 
             node.before("trace_block", lacks_the_method, once=False)
-        node.CHAIN_ID = anvil.CHAIN_ID
-        configure(settings, node)
+        configure(settings, node, chain_id=anvil.CHAIN_ID)  # the interposer's node's
         forwarder = anvil.deploy_forwarder()
         payment = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="30.00")
         poll()
