@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.http import HttpRequest
+from django.urls import Resolver404, resolve
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -63,14 +64,47 @@ class ApiClient:
         return self.merchant.public_id if self.livemode else f"{self.merchant.public_id}:test"
 
 
+@dataclass(frozen=True)
+class _Settled:
+    """A request's authentication, decided once: the idempotency middleware authenticates a
+    request that carries a key before the view does, and the view's DRF authentication must not
+    ask Redis and the database again, nor count a refused key twice."""
+
+    result: tuple[ApiClient, ApiKey] | None
+    refusal: exceptions.APIException | None = None
+
+    def outcome(self) -> tuple[ApiClient, ApiKey] | None:
+        if self.refusal is not None:
+            raise self.refusal
+        return self.result
+
+
+# Where a Django request carries its _Settled authentication.
+_SETTLED = "_api_key_authentication"
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     keyword = b"bearer"
 
     def authenticate(self, request):
+        django_request = getattr(request, "_request", request)
+        settled = django_request.__dict__.get(_SETTLED)
+        if isinstance(settled, _Settled):
+            return settled.outcome()
+        try:
+            result = self._authenticate(request, django_request)
+        except (exceptions.AuthenticationFailed, exceptions.Throttled) as refusal:
+            setattr(django_request, _SETTLED, _Settled(result=None, refusal=refusal))
+            raise
+        setattr(django_request, _SETTLED, _Settled(result=result))
+        return result
+
+    def _authenticate(
+        self, request: Request, django_request: HttpRequest
+    ) -> tuple[ApiClient, ApiKey] | None:
         header = get_authorization_header(request).split()
         if not header:
             return None
-        django_request = getattr(request, "_request", request)
         prefix = self._presented_prefix(header)
         # A key this process authenticated before names its owner: the read of this request's
         # stored idempotent answer then shares the throttle check's round trip, as does the read
@@ -180,12 +214,42 @@ def _api_key_read(prefix: str, *, epoch: bytes | str | None, remember: bool) -> 
 
 
 def idempotency_owner(request: HttpRequest) -> str | None:
-    """The merchant behind a plain Django request's Bearer key (for the idempotency middleware)."""
+    """The merchant behind a plain Django request's Bearer key (for the idempotency middleware).
+    The outcome stays on the request: the view's authentication reuses it."""
+    client = _authenticated_client(request)
+    return None if client is None else client.idempotency_scope
+
+
+def _authenticated_client(request: HttpRequest) -> ApiClient | None:
     try:
         result = ApiKeyAuthentication().authenticate(Request(request))
     except (exceptions.AuthenticationFailed, exceptions.Throttled):
         return None
-    return None if result is None else result[0].idempotency_scope
+    return None if result is None else result[0]
+
+
+def idempotent_replay_permitted(request: HttpRequest) -> bool:
+    """May this request's stored answer be replayed before its view runs (for the idempotency
+    middleware)? Only where the view would have let the same caller in: the route is an API
+    view authenticated by API key, guarded by ``HasApiKeyScope`` alone and not throttled, and the key has the scope it requires for the
+    method. Anything else goes on to the view, which decides (403, 404, 405...)."""
+    client = _authenticated_client(request)
+    if client is None:
+        return False
+    try:
+        match = resolve(request.path_info, urlconf=getattr(request, "urlconf", None))
+    except Resolver404:
+        return False
+    view_class = getattr(match.func, "view_class", None)
+    if (
+        view_class is None
+        or list(getattr(view_class, "authentication_classes", ())) != [ApiKeyAuthentication]
+        or list(getattr(view_class, "permission_classes", ())) != [HasApiKeyScope]
+        or getattr(view_class, "throttle_classes", None)
+    ):
+        return False
+    required = getattr(view_class, "required_scopes", {}).get(request.method)
+    return required is not None and client.has_scope(required)
 
 
 def request_client(request: Request) -> ApiClient:

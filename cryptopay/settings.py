@@ -749,6 +749,9 @@ IDEMPOTENCY_SEALING_KEY = env_str("CRYPTOPAY_IDEMPOTENCY_SEALING_KEY")
 IDEMPOTENCY_MIDDLEWARE_PATHS = env_list("CRYPTOPAY_IDEMPOTENCY_PATHS", "")
 # Who a request belongs to, for the middleware (keys are scoped by it).
 IDEMPOTENCY_OWNER_RESOLVER = "accounts.auth.idempotency_owner"
+# Whether the middleware may answer a cached replay before the view runs: where the view would
+# have let the caller in (its permission check, made without the view).
+IDEMPOTENCY_REPLAY_AUTHORIZER = "accounts.auth.idempotent_replay_permitted"
 # How resilience (idempotency refusals, the health endpoint's 401) renders an error: the API's shape.
 RESILIENCE_ERROR_RESPONSE = "accounts.api_errors.status_error_response"
 # Circuit breaker (Polly v8 advanced breaker semantics).

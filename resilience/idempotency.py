@@ -31,8 +31,10 @@ the take-over is a compare-and-set on it, and completing bumps it.
 Redis is a fast path only: a stored response is cached there by its first replay (from the
 row), so later replays skip the database; an execution costs it one read, which the caller may
 make together with its own reads (``request_cache_read``: authentication does, with its throttle
-check). A view may answer a cached replay before any work of its own (``cached_replay``). A Redis
-error skips the fast path; it is never taken as permission to execute.
+check). The middleware answers a cached replay of a request with an ``Idempotency-Key`` before the
+rest of the stack and the view run (``IdempotencyMiddleware``); a view may answer one before any
+work of its own (``cached_replay``: an automatic key, a key this process had not authenticated
+yet). A Redis error skips the fast path; it is never taken as permission to execute.
 
 Why our own: django-idempotency-key locks only the lookup (concurrent duplicates both execute) and
 djangorestframework-idempotency-key runs before authentication, so keys are not scoped per client.
@@ -50,6 +52,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import redis
@@ -113,6 +116,12 @@ def parse_key(raw: str) -> str:
     if any(not (0x20 <= ord(char) <= 0x7E) for char in value):
         raise InvalidKey("the Idempotency-Key must be printable ASCII")
     return value
+
+
+def json_body(raw: bytes) -> Any:
+    """A JSON body as the API's parser reads it (numbers with a fraction as ``Decimal``), so its
+    canonical form is the one the view fingerprinted."""
+    return json.loads(raw, parse_float=Decimal)
 
 
 def canonical_body(data: Any) -> bytes:
@@ -406,6 +415,26 @@ class IdempotencyGate:
         OUTCOMES.labels("replayed").inc()
         return opened.to_http()
 
+    def answer_for(
+        self, *, owner: str, key: str, request_fingerprint: str, read: CacheRead
+    ) -> StoredResponse | None:
+        """The answer ``read`` found for exactly this request (same fingerprint), or None: never
+        a refusal, for a caller that leaves those to the gate. ``replay`` it."""
+        cached = self._cache_decode(read.value) if self.owns(read, owner=owner, key=key) else None
+        if cached is None or cached[0] != request_fingerprint:
+            return None
+        return cached[1]
+
+    def replay(self, stored: StoredResponse) -> HttpResponse | None:
+        """The replayed answer, or None when it is sealed under a lost key."""
+        try:
+            opened = stored.opened()
+        except InvalidToken:
+            return None  # sealed under another key: the database answers
+        # The fast path stays free of database writes: counted in Prometheus only.
+        OUTCOMES.labels("replayed").inc()
+        return opened.to_http()
+
     def _replay_from_cache(
         self, owner: str, key: str, fp: str, read: CacheRead | None = None
     ) -> HttpResponse | None:
@@ -418,13 +447,7 @@ class IdempotencyGate:
         cached_fingerprint, stored = cached
         if cached_fingerprint != fp:
             return self._mismatch(owner, key)
-        try:
-            opened = stored.opened()
-        except InvalidToken:
-            return None  # sealed under another key: the database answers
-        # The fast path stays free of database writes: counted in Prometheus only.
-        OUTCOMES.labels("replayed").inc()
-        return opened.to_http()
+        return self.replay(stored)
 
     # --- database: the arbiter ------------------------------------------------------------------
 
@@ -1041,11 +1064,20 @@ def idempotent(
 
 
 class IdempotencyMiddleware:
-    """Applies the same mechanism to unsafe requests on IDEMPOTENCY_MIDDLEWARE_PATHS (regexes).
+    """Answers replays early, and gates unsafe requests on IDEMPOTENCY_MIDDLEWARE_PATHS (regexes).
 
     The owner comes from IDEMPOTENCY_OWNER_RESOLVER (a dotted path to ``f(request) -> str | None``);
     a request without an owner passes through (the view will refuse it). Views that carry the
     decorator are not wrapped twice.
+
+    Early replay: an unsafe request with an ``Idempotency-Key`` whose answer the cache holds, for
+    exactly this method, path and body, is answered here, before the session, CSRF, auth and
+    message middleware, the URL resolver and the view: a retry storm costs the server as little
+    as it can. The cache read is the one the owner resolver made with its own (authentication's)
+    round trip, so a new request pays no extra read for it. It is answered only where
+    IDEMPOTENCY_REPLAY_AUTHORIZER (``f(request) -> bool``) says the view would have let the
+    caller in; anything else (no cached answer, another body under the key, a sealed answer,
+    a caller the view would refuse) goes on to the view, which decides as before.
     """
 
     UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -1056,10 +1088,18 @@ class IdempotencyMiddleware:
         self.get_response = get_response
         self.paths = [re.compile(pattern) for pattern in settings.IDEMPOTENCY_MIDDLEWARE_PATHS]
         self.resolve_owner = import_string(settings.IDEMPOTENCY_OWNER_RESOLVER)
+        authorizer = settings.IDEMPOTENCY_REPLAY_AUTHORIZER
+        self.replay_permitted = import_string(authorizer) if authorizer else None
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method not in self.UNSAFE or not any(p.match(request.path) for p in self.paths):
+        if request.method not in self.UNSAFE:
             return self.get_response(request)
+        if any(p.match(request.path) for p in self.paths):
+            return self._gate(request)
+        replay = self._early_replay(request)
+        return replay if replay is not None else self.get_response(request)
+
+    def _gate(self, request: HttpRequest) -> HttpResponse:
         owner = self.resolve_owner(request)
         if owner is None:
             return self.get_response(request)
@@ -1077,6 +1117,35 @@ class IdempotencyMiddleware:
             execute=lambda: self.get_response(request),
             should_store=default_should_store,
         )
+
+    def _early_replay(self, request: HttpRequest) -> HttpResponse | None:
+        raw_key = request.headers.get(HEADER)
+        if raw_key is None or self.replay_permitted is None:
+            return None
+        charset = (request.content_params or {}).get("charset", "utf-8").lower()
+        if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
+            return None  # read otherwise by the view's parser (or refused): it answers these
+        owner = self.resolve_owner(request)
+        read = _attached_read(request)
+        if owner is None or read is None or not read.done or read.value is None:
+            return None  # nothing cached for the key (a new request), or no read to trust
+        try:
+            key = parse_key(raw_key)
+            body = canonical_body(json_body(request.body))
+        except (InvalidKey, ValueError, RecursionError):
+            return None  # the view answers these as it always has
+        gate = default_gate()
+        answer = gate.answer_for(
+            owner=owner,
+            key=key,
+            request_fingerprint=fingerprint(
+                method=request.method or "", path=request.path, body=body
+            ),
+            read=read,
+        )
+        if answer is None or not self.replay_permitted(request):
+            return None
+        return gate.replay(answer)
 
 
 def idempotency_keys_cleanup(*, limit: int = 10_000) -> int:

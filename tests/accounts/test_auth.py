@@ -151,3 +151,35 @@ def test_another_merchants_payments_never_appear_in_lists_or_cursors(merchant):
 def test_unknown_scopes_cannot_be_granted(merchant):
     with pytest.raises(ValueError, match="unknown scopes"):
         services.api_key_create(merchant=merchant, name="x", scopes=["payments:everything"])
+
+
+def test_given_a_known_key_when_a_create_carries_an_idempotency_key_then_it_is_authenticated_once(
+    merchant, settings
+):
+    """The idempotency middleware authenticates a request that carries a key (to answer a
+    cached replay early); the view's authentication takes that outcome: one Redis read and no
+    key lookup in the database for the whole request."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from resilience.redis_client import fast_fail_client
+
+    client = api_client_for(merchant)
+    assert client.get("/api/v1/payments").status_code == 200  # this process now knows the key
+    server = fast_fail_client(settings.REDIS_URL)
+
+    def mget_calls() -> int:
+        return int(server.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+    before = mget_calls()
+    with CaptureQueriesContext(connection) as queries:
+        created = client.post(
+            "/api/v1/payments",
+            {"amount": "1.00", "crypto_currency": "BTC"},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="once",
+        )
+
+    assert created.status_code == 201, created.content
+    assert mget_calls() - before == 1
+    assert not [q for q in queries.captured_queries if "accounts_apikey" in q["sql"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -13,11 +14,14 @@ from django.urls import path
 from hypothesis import given
 from hypothesis import strategies as st
 from rest_framework.response import Response
+from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
+from accounts import services as account_services
 from accounts.models import Merchant
 from cryptopay import urls as project_urls
 from payments import services
+from payments.api.views import PaymentListCreateView
 from payments.models import Payment
 from resilience import idempotency
 from resilience.idempotency import (
@@ -30,7 +34,7 @@ from resilience.idempotency import (
 from resilience.models import IdempotencyKey
 from resilience.redis_client import fast_fail_client
 from tests.conftest import api_client_for
-from tests.factories import MerchantFactory, make_payment
+from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
 
 pytestmark = pytest.mark.django_db
 
@@ -536,3 +540,130 @@ def test_a_cached_answer_of_another_body_is_a_422_before_validation(
 
     assert reused.status_code == 422
     assert reused.json()["error"]["code"] == "idempotency_key_reused"
+
+
+# --- early replay: answered by the middleware, before the view ----------------------------------
+
+
+class CountedPaymentsView(PaymentListCreateView):
+    """The real payments view, counting how often a request reaches it."""
+
+    dispatched = 0
+
+    def dispatch(self, request, *args, **kwargs):
+        CountedPaymentsView.dispatched += 1
+        return super().dispatch(request, *args, **kwargs)
+
+
+@pytest.fixture
+def counted_urls(settings):
+    CountedPaymentsView.dispatched = 0
+    settings.ROOT_URLCONF = type(
+        "urlconf",
+        (),
+        {
+            "urlpatterns": [
+                path("api/v1/payments", CountedPaymentsView.as_view()),
+                *project_urls.urlpatterns,
+            ]
+        },
+    )
+
+
+def cached(api, body=None, key: str = "key-1"):
+    """Executes the request, then replays it once: Redis then holds its answer."""
+    first = post(api, body, key)
+    assert post(api, body, key)["Idempotent-Replayed"] == "true"
+    return first
+
+
+def test_given_a_cached_answer_when_the_request_is_retried_then_the_view_does_not_run(
+    counted_urls, api, merchant, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = cached(api)
+    reached = CountedPaymentsView.dispatched
+
+    replayed = post(api)
+
+    assert CountedPaymentsView.dispatched == reached
+    assert replayed.status_code == first.status_code == 201
+    assert replayed["Idempotent-Replayed"] == "true"
+    assert replayed.content == first.content
+    assert Payment.objects.filter(merchant=merchant).count() == 1
+
+
+def test_given_a_cached_answer_when_a_key_without_the_write_scope_retries_then_it_is_403(
+    counted_urls, api, merchant, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        cached(api)
+    reader = api_client_for(merchant, scopes=["payments:read"])
+    assert reader.get(URL).status_code == 200  # this process now knows the key
+
+    refused = post(reader)
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "insufficient_scope"
+    assert not refused.has_header("Idempotent-Replayed")
+
+
+def test_given_a_cached_answer_when_the_key_is_revoked_then_a_retry_is_401(
+    counted_urls, merchant, django_capture_on_commit_callbacks
+):
+    api_key, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    with django_capture_on_commit_callbacks(execute=True):
+        cached(api)
+
+    account_services.api_key_revoke(api_key=api_key)
+    refused = post(api)
+
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "api_key_revoked"
+
+
+def test_given_a_cached_answer_with_a_number_when_retried_then_only_the_same_scale_replays(
+    counted_urls, api, django_capture_on_commit_callbacks
+):
+    """The view reads 10.50 and 10.5 as different decimals (no float touches a number): the
+    early replay reads numbers as it does, so the same body replays without the view and the
+    other scale reaches it (a 422)."""
+
+    def send(amount: str):
+        body = f'{{"amount": {amount}, "crypto_currency": "BTC"}}'
+        return api.post(URL, body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert send("10.5").status_code == 201
+    assert send("10.5")["Idempotent-Replayed"] == "true"
+    reached = CountedPaymentsView.dispatched
+
+    same = send("10.5")
+    other_scale = send("10.50")
+
+    assert same["Idempotent-Replayed"] == "true"
+    assert other_scale.status_code == 422
+    assert other_scale.json()["error"]["code"] == "idempotency_key_reused"
+    assert CountedPaymentsView.dispatched == reached + 1  # only the other scale reached the view
+
+
+def test_given_a_cached_answer_when_the_same_bytes_claim_another_charset_then_the_view_judges(
+    counted_urls, api, django_capture_on_commit_callbacks
+):
+    """Bytes are text only in their charset: read as Latin-1, "café" in UTF-8 is "cafÃ©", another
+    order than the cached one."""
+    body = json.dumps({**BODY, "order_id": "caf\u00e9"}, ensure_ascii=False).encode()
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(2):
+            api.post(URL, body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k")
+    reached = CountedPaymentsView.dispatched
+
+    latin = api.post(
+        URL, body, content_type="application/json; charset=latin-1", HTTP_IDEMPOTENCY_KEY="k"
+    )
+
+    assert CountedPaymentsView.dispatched == reached + 1
+    assert latin.status_code == 422
+    assert latin.json()["error"]["code"] == "idempotency_key_reused"

@@ -140,6 +140,27 @@ def test_given_successful_requests_when_counting_then_only_failures_count(mercha
     assert attempt(ip, key).status_code == 200
 
 
+def test_given_failed_posts_with_an_idempotency_key_when_counting_then_each_counts_once(
+    merchant, ip
+):
+    """The idempotency middleware authenticates such a request before its view does: a refused
+    key is still counted once per request, not once per authentication."""
+    key = valid_key(merchant)
+
+    def create(authorization: str):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=authorization)
+        body = {"amount": "10.00", "crypto_currency": "BTC"}
+        return client.post(
+            "/api/v1/payments", body, format="json", REMOTE_ADDR=ip, HTTP_IDEMPOTENCY_KEY="k"
+        )
+
+    for _ in range(LIMIT - 1):
+        assert create(wrong_secret_for(key)).status_code == 401
+
+    assert create(key).status_code == 201
+
+
 @pytest.mark.parametrize(
     "authorization",
     ["Bearer nonsense", "Basic dXNlcjpwYXNz", "Bearer a b", "revoked"],
