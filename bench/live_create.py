@@ -16,7 +16,8 @@ in rounds, in a rotating order:
 
   lookups as they were   the two queries as payments.addresses wrote them before (``iexact`` on
                          the address; key space OR currencies, ordered by index)
-  lookups now            ``_address_in_use`` and ``unpaid_address_run`` as the create runs them
+  lookups now            ``_address_check`` (is the address anybody's, and was one of the key's
+                         last indexes paid: one statement) and ``unpaid_address_run``
   live create            ``payment_create`` with the merchant's wallet key: the whole create
                          (then, untimed, the payment is paid: the key stays within the gap
                          limit, as a merchant's whose buyers pay)
@@ -120,8 +121,9 @@ def run(count: int, rounds: int, per_round: int) -> None:
     AddressIndex.objects.filter(merchant=merchant, key_space=space).update(
         next_index=first.derivation_index + count + 1
     )
-    probe = create().deposit_address
-    assert probe is not None
+    probed = create()
+    probe, probe_index = probed.deposit_address, probed.derivation_index
+    assert probe is not None and probe_index is not None
 
     def lookups_before() -> None:
         Payment.objects.filter(deposit_address__iexact=probe).exists()
@@ -134,7 +136,7 @@ def run(count: int, rounds: int, per_round: int) -> None:
         )
 
     def lookups_now() -> None:
-        addresses._address_in_use(probe)
+        addresses._address_check(merchant=merchant, space=space, address=probe, index=probe_index)
         addresses.unpaid_address_run(merchant=merchant, wallet=wallet)
 
     def paid(payment: object) -> None:

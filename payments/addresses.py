@@ -29,7 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, Q
+from django.db.models import Exists, Q, QuerySet
 
 from accounts.models import Merchant
 from payments.chains.config import chain_for_currency
@@ -112,8 +112,8 @@ def _next_index(
     return None if row is None else row[0]
 
 
-def _address_in_use(address: str) -> bool:
-    """Does a payment already have this address (in any of the casings an address is written in)?
+def _payments_with_address(address: str) -> QuerySet[Payment]:
+    """Payments that already have this address (in any of the casings an address is written in).
 
     Asked on every live create, so it is answered from indexes, never by reading the table: a
     case-insensitive comparison (``iexact``, as it was) matches no index, and every live create
@@ -127,7 +127,36 @@ def _address_in_use(address: str) -> bool:
             crypto_currency__in=sorted(CRYPTO_CURRENCIES),
             deposit_address__in=forms,
         )
-    ).exists()
+    )
+
+
+def _paid_up_to(*, merchant: Merchant, space: str, handed_out: int) -> QuerySet[Payment]:
+    """Paid payments of the key's GAP_LIMIT + 1 indexes up to ``handed_out``. The indexes are
+    named one by one, not as a range: a prepared statement's generic plan, not knowing the range
+    is short, read the whole table for it (bench/live_create.py)."""
+    return Payment.objects.filter(
+        merchant=merchant,
+        key_space=space,
+        derivation_index__in=range(max(0, handed_out - GAP_LIMIT), handed_out + 1),
+        amount_received__gt=0,
+    )
+
+
+@dataclass(frozen=True)
+class _AddressCheck:
+    in_use: bool
+    paid_up_to: bool | None  # None: not asked (an index below the gap limit)
+
+
+def _address_check(*, merchant: Merchant, space: str, address: str, index: int) -> _AddressCheck:
+    """Is the derived address another payment's, and (from the gap limit on) was one of the
+    indexes up to it paid: both in one statement, a live create's only read of payments when
+    its buyers pay."""
+    checks: dict[str, Exists] = {"in_use": Exists(_payments_with_address(address))}
+    if index >= GAP_LIMIT:
+        checks["paid_up_to"] = Exists(_paid_up_to(merchant=merchant, space=space, handed_out=index))
+    row = Merchant.objects.filter(pk=merchant.pk).annotate(**checks).values(*checks).get()
+    return _AddressCheck(in_use=row["in_use"], paid_up_to=row.get("paid_up_to"))
 
 
 def address_allocate(
@@ -162,37 +191,42 @@ def address_allocate_unless(
     )
     if wallet is not None and chain is not None:
         space = wallet_key_space(wallet)
-        with transaction.atomic():
-            for attempt in range(MAX_SKIPPED_ADDRESSES + 1):
-                index = _next_index(
-                    merchant=merchant, space=space, unless=unless if attempt == 0 else None
-                )
-                if index is None:
-                    return None
-                address = derive_address(
-                    currency=crypto_currency,
-                    key=wallet.extended_public_key,
-                    index=index,
-                    hrp=chain.hrp,
-                )
-                if not _address_in_use(address):
-                    break
-                # The same key is another merchant's wallet too (a misconfiguration, but money
-                # must not meet the wrong payment): skip what the other counter handed out.
-                logger.warning(
-                    "merchant %s %s: address index %d is already another payment's; its wallet "
-                    "key is shared with another merchant, skipping",
-                    merchant.public_id,
-                    crypto_currency,
-                    index,
-                )
-            else:
-                raise AddressUnavailable(
-                    f"Cannot accept {crypto_currency}: the wallet's next addresses are all in "
-                    "use by another merchant's payments.",
-                    param="crypto_currency",
-                )
-        gap_limit_check(merchant=merchant, wallet=wallet, handed_out=index)
+        # No transaction around the loop: each index is taken in its own statement, which
+        # commits at once, so the counter row is not held locked over the check (a merchant's
+        # other creates wait for nothing), and an index skipped here stays skipped.
+        for attempt in range(MAX_SKIPPED_ADDRESSES + 1):
+            index = _next_index(
+                merchant=merchant, space=space, unless=unless if attempt == 0 else None
+            )
+            if index is None:
+                return None
+            address = derive_address(
+                currency=crypto_currency,
+                key=wallet.extended_public_key,
+                index=index,
+                hrp=chain.hrp,
+            )
+            check = _address_check(merchant=merchant, space=space, address=address, index=index)
+            if not check.in_use:
+                break
+            # The same key is another merchant's wallet too (a misconfiguration, but money
+            # must not meet the wrong payment): skip what the other counter handed out.
+            logger.warning(
+                "merchant %s %s: address index %d is already another payment's; its wallet "
+                "key is shared with another merchant, skipping",
+                merchant.public_id,
+                crypto_currency,
+                index,
+            )
+        else:
+            raise AddressUnavailable(
+                f"Cannot accept {crypto_currency}: the wallet's next addresses are all in "
+                "use by another merchant's payments.",
+                param="crypto_currency",
+            )
+        gap_limit_check(
+            merchant=merchant, wallet=wallet, handed_out=index, paid_up_to=check.paid_up_to
+        )
         return AllocatedAddress(address=address, index=index, chain=chain.name, key_space=space)
     if not settings.DEV_CHAIN_ENABLED:
         reason = (
@@ -283,7 +317,11 @@ def unpaid_address_run(*, merchant: Merchant, wallet: MerchantWallet) -> GapRun:
 
 
 def gap_limit_check(
-    *, merchant: Merchant, wallet: MerchantWallet, handed_out: int | None = None
+    *,
+    merchant: Merchant,
+    wallet: MerchantWallet,
+    handed_out: int | None = None,
+    paid_up_to: bool | None = None,
 ) -> bool:
     """Warn when unpaid addresses exceed the gap limit wallets scan (a restored wallet would not
     see payments beyond it). Addresses keep being issued. Returns True when over the limit.
@@ -291,18 +329,15 @@ def gap_limit_check(
     ``handed_out``: the index just taken (a create asks on every live payment). The run after it
     is over the limit only if none of the GAP_LIMIT + 1 indexes up to it was paid: one of them
     paid (what a merchant whose buyers pay sees) settles it, and only otherwise is the run
-    counted. The indexes are named one by one, not as a range: a prepared statement's generic
-    plan, not knowing the range is short, read the whole table for it (bench/live_create.py)."""
+    counted. ``paid_up_to``: whether one was, when the caller asked already (``_address_check``)."""
     if handed_out is not None:
         if handed_out < GAP_LIMIT:
             return False  # the run is at most the indexes handed out
-        paid_near_the_top = Payment.objects.filter(
-            merchant=merchant,
-            key_space=wallet_key_space(wallet),
-            derivation_index__in=range(handed_out - GAP_LIMIT, handed_out + 1),
-            amount_received__gt=0,
-        )
-        if paid_near_the_top.exists():
+        if paid_up_to is None:
+            paid_up_to = _paid_up_to(
+                merchant=merchant, space=wallet_key_space(wallet), handed_out=handed_out
+            ).exists()
+        if paid_up_to:
             return False
     gap = unpaid_address_run(merchant=merchant, wallet=wallet)
     if gap.over:

@@ -151,6 +151,48 @@ def test_a_create_costs_seven_statements_at_most(settings):
     assert sum(s.startswith("SAVEPOINT") for s in statements) <= 1
 
 
+def test_a_live_create_on_the_merchants_wallet_key_costs_eight_statements_at_most(settings):
+    """A live create (the merchant's own wallet key: what a merchant really runs) adds to a
+    test-mode one the wallet read and one read of payments (is the derived address another
+    payment's, and was one of the key's last indexes paid: the gap limit); the index is taken
+    in its own statement, with no transaction around it. Here with the key past the gap limit
+    and its last address but one paid, as a merchant's whose buyers pay."""
+    from rest_framework.test import APIClient
+
+    from tests.factories import ApiKeyFactory
+
+    settings.DEV_CHAIN_ENABLED = False
+    settings.CHAINS = {"litecoin": {"kind": "utxo", "currency": "LTC", "hrp": "rltc",
+                                    "nodes": ["http://127.0.0.1:1"]}}  # fmt: skip
+    merchant = MerchantFactory.create()
+    MerchantWallet.objects.create(
+        merchant=merchant, crypto_currency="LTC", extended_public_key=random_account_xpub("utxo")
+    )
+    _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    body = {"amount": "10.00", "crypto_currency": "LTC"}
+    for n in range(25):
+        made = api.post("/api/v1/payments", {**body, "order_id": f"o-{n}"}, format="json")
+        assert made.status_code == 201, made.content
+    Payment.objects.filter(merchant=merchant, derivation_index=24).update(amount_received=1)
+
+    with CaptureQueriesContext(connection) as queries:
+        answer = api.post(
+            "/api/v1/payments", {**body, "order_id": "o-25"}, format="json",
+            HTTP_IDEMPOTENCY_KEY="k-live",
+        )  # fmt: skip
+
+    assert answer.status_code == 201, answer.content
+    assert json.loads(answer.content)["deposit_address"].startswith("rltc1q")
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) <= 8, "\n".join(s[:100] for s in statements)
+    taken = next(i for i, sql in enumerate(statements) if "payments_addressindex" in sql)
+    opened = next(i for i, sql in enumerate(statements) if sql.startswith("BEGIN"))
+    assert taken < opened  # the index is taken before the create's one transaction opens
+    assert not any(sql.startswith("SAVEPOINT") for sql in statements)
+
+
 def _created_then_uncached(key: str, *, wallet: bool = False):
     """Given a payment created with ``key``, its answer no longer in Redis (the state of every
     key before its first replay, and of all of them after Redis lost its data). ``wallet``: the
