@@ -29,7 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, Q, QuerySet
+from django.db.models import Exists, QuerySet
 
 from accounts.models import Merchant
 from payments.chains.config import chain_for_currency
@@ -112,24 +112,6 @@ def _next_index(
     return None if row is None else row[0]
 
 
-def _payments_with_address(address: str) -> QuerySet[Payment]:
-    """Payments that already have this address (in any of the casings an address is written in).
-
-    Asked on every live create, so it is answered from indexes, never by reading the table: a
-    case-insensitive comparison (``iexact``, as it was) matches no index, and every live create
-    read every payment (bench/live_create.py). Payments with a key space are under the unique
-    index on their address; older ones (no key space) under (currency, address)."""
-    forms = sorted({address, address.lower(), address.upper()})
-    return Payment.objects.filter(
-        Q(key_space__isnull=False, deposit_address__in=forms)
-        | Q(
-            key_space__isnull=True,
-            crypto_currency__in=sorted(CRYPTO_CURRENCIES),
-            deposit_address__in=forms,
-        )
-    )
-
-
 def _paid_up_to(*, merchant: Merchant, space: str, handed_out: int) -> QuerySet[Payment]:
     """Paid payments of the key's GAP_LIMIT + 1 indexes up to ``handed_out``. The indexes are
     named one by one, not as a range: a prepared statement's generic plan, not knowing the range
@@ -150,13 +132,39 @@ class _AddressCheck:
 
 def _address_check(*, merchant: Merchant, space: str, address: str, index: int) -> _AddressCheck:
     """Is the derived address another payment's, and (from the gap limit on) was one of the
-    indexes up to it paid: both in one statement, a live create's only read of payments when
-    its buyers pay."""
-    checks: dict[str, Exists] = {"in_use": Exists(_payments_with_address(address))}
+    key's GAP_LIMIT + 1 indexes up to it paid (``_paid_up_to``): both in one statement, a live
+    create's only read of payments when its buyers pay.
+
+    Answered from indexes, never by reading the table: the address is compared in the casings
+    it is written in, not case-insensitively (``iexact`` matched no index, and every live create
+    read every payment: bench/live_create.py). Payments with a key space are under the unique
+    index on their address; older ones (no key space) under (currency, address).
+
+    Written as SQL: the same statement built through the ORM (two ``Exists`` annotated on the
+    merchant's row) cost more of the create's CPU than the two queries it replaced."""
+    table = connection.ops.quote_name(Payment._meta.db_table)
+    forms = [address, address.lower(), address.upper()]
+    currencies = sorted(CRYPTO_CURRENCIES)
+    # The table name is ours; every value is a parameter.
+    in_use = (
+        f"SELECT 1 FROM {table} WHERE (key_space IS NOT NULL AND deposit_address IN (%s, %s, %s))"  # noqa: S608
+        f" OR (key_space IS NULL AND crypto_currency IN ({', '.join(['%s'] * len(currencies))})"
+        " AND deposit_address IN (%s, %s, %s))"
+    )
+    params: list[Any] = [*forms, *currencies, *forms]
+    paid_up_to = "NULL"
     if index >= GAP_LIMIT:
-        checks["paid_up_to"] = Exists(_paid_up_to(merchant=merchant, space=space, handed_out=index))
-    row = Merchant.objects.filter(pk=merchant.pk).annotate(**checks).values(*checks).get()
-    return _AddressCheck(in_use=row["in_use"], paid_up_to=row.get("paid_up_to"))
+        indexes = list(range(index - GAP_LIMIT, index + 1))
+        paid_up_to = (
+            f"EXISTS (SELECT 1 FROM {table} WHERE merchant_id = %s AND key_space = %s"  # noqa: S608
+            f" AND derivation_index IN ({', '.join(['%s'] * len(indexes))})"
+            " AND amount_received > 0)"
+        )
+        params += [merchant.pk, space, *indexes]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT EXISTS ({in_use}), {paid_up_to}", params)
+        found, paid = cursor.fetchone()
+    return _AddressCheck(in_use=bool(found), paid_up_to=None if paid is None else bool(paid))
 
 
 def address_allocate(
