@@ -36,7 +36,7 @@ from payments.chains.config import chain_for_currency
 from payments.chains.derivation import GAP_LIMIT, derive_address, extract_key
 from payments.currencies import CRYPTO_CURRENCIES
 from payments.errors import AddressUnavailable
-from payments.models import AddressIndex, MerchantWallet, Payment
+from payments.models import AddressIndex, MerchantWallet, Payment, PaymentOption
 
 logger = logging.getLogger(__name__)
 
@@ -131,38 +131,43 @@ class _AddressCheck:
 
 
 def _address_check(*, merchant: Merchant, space: str, address: str, index: int) -> _AddressCheck:
-    """Is the derived address another payment's, and (from the gap limit on) was one of the
-    key's GAP_LIMIT + 1 indexes up to it paid (``_paid_up_to``): both in one statement, a live
-    create's only read of payments when its buyers pay.
+    """Is the derived address another payment's (its own, or one its buyer picked and then
+    left, which only its option keeps), and (from the gap limit on) was one of the key's
+    GAP_LIMIT + 1 indexes up to it paid (``_paid_up_to``): all in one statement, a live create's
+    only read of payments when its buyers pay.
 
     Answered from indexes, never by reading the table: the address is compared in the casings
     it is written in, not case-insensitively (``iexact`` matched no index, and every live create
     read every payment: bench/live_create.py). Payments with a key space are under the unique
-    index on their address; older ones (no key space) under (currency, address).
+    index on their address; older ones (no key space) under (currency, address); options under
+    their address.
 
-    Written as SQL: the same statement built through the ORM (two ``Exists`` annotated on the
-    merchant's row) cost more of the create's CPU than the two queries it replaced."""
-    table = connection.ops.quote_name(Payment._meta.db_table)
+    Written as SQL: the same statement built through the ORM (``Exists`` annotated on the
+    merchant's row) cost more of the create's CPU than the queries it replaced."""
+    quote = connection.ops.quote_name
+    payments, options = quote(Payment._meta.db_table), quote(PaymentOption._meta.db_table)
     forms = [address, address.lower(), address.upper()]
     currencies = sorted(CRYPTO_CURRENCIES)
-    # The table name is ours; every value is a parameter.
+    # Table names are ours; every value is a parameter.
     in_use = (
-        f"SELECT 1 FROM {table} WHERE (key_space IS NOT NULL AND deposit_address IN (%s, %s, %s))"  # noqa: S608
+        f"EXISTS (SELECT 1 FROM {payments} WHERE"  # noqa: S608
+        " (key_space IS NOT NULL AND deposit_address IN (%s, %s, %s))"
         f" OR (key_space IS NULL AND crypto_currency IN ({', '.join(['%s'] * len(currencies))})"
-        " AND deposit_address IN (%s, %s, %s))"
+        " AND deposit_address IN (%s, %s, %s)))"
+        f" OR EXISTS (SELECT 1 FROM {options} WHERE deposit_address IN (%s, %s, %s))"
     )
-    params: list[Any] = [*forms, *currencies, *forms]
+    params: list[Any] = [*forms, *currencies, *forms, *forms]
     paid_up_to = "NULL"
     if index >= GAP_LIMIT:
         indexes = list(range(index - GAP_LIMIT, index + 1))
         paid_up_to = (
-            f"EXISTS (SELECT 1 FROM {table} WHERE merchant_id = %s AND key_space = %s"  # noqa: S608
+            f"EXISTS (SELECT 1 FROM {payments} WHERE merchant_id = %s AND key_space = %s"  # noqa: S608
             f" AND derivation_index IN ({', '.join(['%s'] * len(indexes))})"
             " AND amount_received > 0)"
         )
         params += [merchant.pk, space, *indexes]
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT EXISTS ({in_use}), {paid_up_to}", params)
+        cursor.execute(f"SELECT {in_use}, {paid_up_to}", params)
         found, paid = cursor.fetchone()
     return _AddressCheck(in_use=bool(found), paid_up_to=None if paid is None else bool(paid))
 

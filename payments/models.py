@@ -291,6 +291,15 @@ class PaymentOption(models.Model):
                 condition=models.Q(crypto_amount__gt=0), name="payment_option_amount_positive"
             ),
         ]
+        indexes = [
+            # A coin the buyer picked and then left keeps its address here only: a new address
+            # is checked against these too (payments.addresses), from this index.
+            models.Index(
+                fields=["deposit_address"],
+                name="payment_option_address",
+                condition=models.Q(deposit_address__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.payment_id}:{self.crypto_currency}"

@@ -15,12 +15,13 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from payments.addresses import gap_limit_check, unpaid_address_run, wallet_key_space
-from payments.models import AddressIndex, Payment
+from payments.models import AddressIndex, Payment, PaymentOption
 from tests.factories import MerchantFactory, make_payment
 
 pytestmark = pytest.mark.django_db
 
 PAYMENTS = Payment._meta.db_table
+OPTIONS = PaymentOption._meta.db_table
 
 
 def configure(settings, node) -> None:
@@ -56,7 +57,7 @@ def unbounded_reads(sql: str) -> list[str]:
         kind = node["Node Type"]
         if kind == "Sort":
             found.append(f"Sort by {node.get('Sort Key')}")
-        if node.get("Relation Name") == PAYMENTS and kind == "Seq Scan":
+        if node.get("Relation Name") in (PAYMENTS, OPTIONS) and kind == "Seq Scan":
             found.append("Seq Scan")
         if "Index Name" in node and "Index Cond" not in node:
             found.append(f"{kind} on {node['Index Name']} without a condition")
@@ -113,6 +114,40 @@ def test_an_address_another_merchant_holds_in_another_casing_is_still_skipped(
 
     # Then it skips the address the other payment holds and takes the next one
     assert theirs.derivation_index == 0
+    assert mine.derivation_index == 1
+    assert mine.deposit_address is not None
+    assert mine.deposit_address.lower() != theirs.deposit_address.lower()
+
+
+def test_an_address_only_a_payment_option_keeps_is_still_skipped(settings, anvil, wallet_merchant):
+    # Given another merchant with the same ETH key (a misconfiguration) whose buyer picked ETH,
+    # which took the key's first address, then switched to another coin: that address is now
+    # kept only by the payment's ETH option
+    configure(settings, anvil)
+    other = MerchantFactory.create()
+    key = wallet_merchant.wallets.get(crypto_currency="ETH").extended_public_key
+    other.wallets.create(crypto_currency="ETH", extended_public_key=key)
+    theirs = make_payment(merchant=other, crypto_currency="ETH", amount="5.00")
+    assert theirs.derivation_index == 0 and theirs.deposit_address is not None
+    PaymentOption.objects.create(
+        payment=theirs,
+        crypto_currency="ETH",
+        crypto_amount=theirs.crypto_amount,
+        rate=theirs.rate,
+        rate_source=theirs.rate_source,
+        rate_fetched_at=theirs.rate_fetched_at,
+        deposit_address=theirs.deposit_address,
+        derivation_index=0,
+        key_space=theirs.key_space,
+    )
+    Payment.objects.filter(pk=theirs.pk).update(
+        crypto_currency="LTC", deposit_address="ltc-address-of-the-coin-picked-next"
+    )
+
+    # When the merchant creates its first payment, whose counter starts at that same index
+    mine = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="5.00")
+
+    # Then it skips the address the option keeps and takes the next one
     assert mine.derivation_index == 1
     assert mine.deposit_address is not None
     assert mine.deposit_address.lower() != theirs.deposit_address.lower()
