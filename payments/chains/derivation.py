@@ -8,7 +8,9 @@ private key).
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Any
 
 from bip_utils import (
     Base58ChecksumError,
@@ -78,15 +80,25 @@ def wallet_validate(*, currency: str, raw_key: str) -> str:
     return key
 
 
+@functools.lru_cache(maxsize=256)
+def _receiving_chain(currency: str, key: str) -> Any:
+    """The key's receiving chain (``0``): every address of a wallet is derived from it. Kept per
+    key, as parsing the key and deriving the chain was two thirds of deriving an address (a live
+    create derives one). Derivation returns new nodes and never changes this one."""
+    if currency in _UTXO_COINS:
+        return _utxo_account(currency, key).Change(Bip44Changes.CHAIN_EXT)
+    return Bip44.FromExtendedKey(key, Bip44Coins.ETHEREUM).Change(Bip44Changes.CHAIN_EXT)
+
+
 def derive_address(*, currency: str, key: str, index: int, hrp: str = "") -> str:
     if currency in _UTXO_COINS:
-        node = _utxo_account(currency, key).Change(Bip44Changes.CHAIN_EXT).AddressIndex(index)
+        node = _receiving_chain(currency, key).AddressIndex(index)
         pubkey = node.PublicKey().RawCompressed().ToBytes()
         return P2WPKHAddrEncoder.EncodeKey(
             pubkey, hrp=hrp or ("bc" if currency == "BTC" else "ltc"), wit_ver=0
         )
     if currency in _EVM:
-        node = Bip44.FromExtendedKey(key, Bip44Coins.ETHEREUM).Change(Bip44Changes.CHAIN_EXT)
-        pubkey = node.AddressIndex(index).PublicKey().RawUncompressed().ToBytes()
+        node = _receiving_chain("ETH", key).AddressIndex(index)
+        pubkey = node.PublicKey().RawUncompressed().ToBytes()
         return EthAddrEncoder.EncodeKey(pubkey)
     raise InvalidExtendedKey(f"no wallet support for {currency}")
