@@ -32,6 +32,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, QuerySet
 
 from accounts.models import Merchant
+from cryptopay.compiled_query import CompiledQuery
 from payments.chains.config import chain_for_currency
 from payments.chains.derivation import GAP_LIMIT, derive_address, extract_key
 from payments.currencies import CRYPTO_CURRENCIES
@@ -46,6 +47,17 @@ MAX_SKIPPED_ADDRESSES = 1000
 
 # A PostgreSQL boolean expression and its parameters (``unless`` below).
 SqlCondition = tuple[str, list[Any]]
+
+
+# Every live create reads its merchant's wallet for the coin (one row: unique per merchant and
+# coin): compiled once, as the queryset's building and compiling cost several times the lookup.
+_WALLET = CompiledQuery(
+    lambda merchant_id, crypto_currency: MerchantWallet.objects.filter(
+        merchant_id=merchant_id, crypto_currency=crypto_currency
+    ),
+    merchant_id=987654321,
+    crypto_currency="EXAMPLE",
+)
 
 
 @dataclass(frozen=True)
@@ -198,7 +210,7 @@ def address_allocate_unless(
     # Without a chain for the currency a wallet cannot be used, and with the development chain
     # on its absence does not matter either: no query.
     wallet = (
-        MerchantWallet.objects.filter(merchant=merchant, crypto_currency=crypto_currency).first()
+        _WALLET.first(merchant_id=merchant.pk, crypto_currency=crypto_currency)
         if chain is not None or not settings.DEV_CHAIN_ENABLED
         else None
     )
