@@ -27,8 +27,9 @@ Loads, each wrk with ``--clients`` keep-alive connections (closed loop), all as 
   create, wallet key
             the same for a merchant receiving BTC on its own wallet key (an account xpub), what
             a live merchant runs: the address derived from the key and checked against other
-            payments' and the gap limit. A buyer pays one of its payments every 20 ms meanwhile,
-            as buyers do: the key stays within the gap limit.
+            payments' and the gap limit. The merchant has 20,000 payments on the key before the
+            run, and a buyer pays one of its payments every 20 ms meanwhile, as buyers do: the
+            key stays within the gap limit.
   read      GET /api/v1/payments/{id}, cycling over 200 payments made beforehand.
   read, 1 client per worker
             the same reads from one keep-alive connection per worker: the latency of a server
@@ -101,6 +102,8 @@ CURRENCIES = {WALLET_CREATE: "BTC"}
 WALLET_CHAINS = json.dumps(
     {"bitcoin": {"kind": "utxo", "currency": "BTC", "hrp": "bcrt", "nodes": ["http://127.0.0.1:9"]}}
 )
+# The wallet merchant's payments before the run (wallet_history).
+WALLET_HISTORY = 20_000
 # A buyer pays one of the wallet merchant's payments this often during its load, as buyers do:
 # the key stays within the gap limit, so a create asks the short check only (payments.addresses).
 PAYER_INTERVAL = 0.02
@@ -508,6 +511,34 @@ class Wallet:
     key_space: str
 
 
+def wallet_history(wallet: Wallet, *, secret: str, count: int) -> None:
+    """``count`` payments of the wallet merchant on its key before the run (one in a thousand
+    paid; bench/live_create.py's seed, which ANALYZEs the table): a live merchant has a history,
+    and PostgreSQL's statistics then describe a table of that size. On a table that had just
+    grown from nothing, stale statistics led the planner to read all the merchant's payments
+    for the gap limit's check, where fresh ones take the key's index."""
+    from rest_framework.test import APIClient
+
+    from bench.live_create import seed
+    from payments.models import AddressIndex, Payment
+
+    client = APIClient(HTTP_HOST="127.0.0.1")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    first = client.post(
+        "/api/v1/payments", {"amount": "19.99", "crypto_currency": "BTC"}, format="json"
+    )
+    assert first.status_code == 201, first.content
+    template = Payment.objects.get(public_id=first.json()["id"])
+    assert template.derivation_index is not None
+    seed(
+        merchant_id=wallet.merchant_id, template_id=template.pk, count=count, space=wallet.key_space
+    )
+    # The counter goes on after the seeded indexes, as it would have handed them out.
+    AddressIndex.objects.filter(merchant_id=wallet.merchant_id, key_space=wallet.key_space).update(
+        next_index=template.derivation_index + count + 1
+    )
+
+
 def run_round(
     *, round_: int, workers_list: list[int], args: argparse.Namespace, secrets: dict[str, str],
     wallet: Wallet, ids: list[str], exchange_url: str, logs: Path, rss: dict[int, list[float]],
@@ -839,7 +870,10 @@ def main() -> None:
                 ).public_id
                 for _ in range(READ_PAYMENTS if not args.quick else 20)
             ]
-            counts = count_per_request(secrets, ids[0], samples=5 if args.quick else 20)
+            history = WALLET_HISTORY if not args.quick else 1_000
+            wallet_history(wallet, secret=wallet_secret, count=history)
+            with buyers_paying(merchant_id=wallet.merchant_id, key_space=wallet.key_space):
+                counts = count_per_request(secrets, ids[0], samples=5 if args.quick else 20)
             connections.close_all()
             runs: list[Run] = []
             rss: dict[int, list[float]] = {w: [] for w in workers_list}
