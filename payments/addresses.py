@@ -29,7 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, QuerySet
+from django.db.models import Exists
 
 from accounts.models import Merchant
 from cryptopay.compiled_query import CompiledQuery
@@ -124,16 +124,31 @@ def _next_index(
     return None if row is None else row[0]
 
 
-def _paid_up_to(*, merchant: Merchant, space: str, handed_out: int) -> QuerySet[Payment]:
-    """Paid payments of the key's GAP_LIMIT + 1 indexes up to ``handed_out``. The indexes are
-    named one by one, not as a range: a prepared statement's generic plan, not knowing the range
-    is short, read the whole table for it (bench/live_create.py)."""
-    return Payment.objects.filter(
-        merchant=merchant,
-        key_space=space,
-        derivation_index__in=range(max(0, handed_out - GAP_LIMIT), handed_out + 1),
-        amount_received__gt=0,
+def _paid_up_to(*, merchant: Merchant, space: str, handed_out: int) -> SqlCondition:
+    """``EXISTS`` a paid payment among the key's GAP_LIMIT + 1 indexes up to ``handed_out``, and
+    its parameters. The indexes are named one by one, not as a range: a prepared statement's
+    generic plan, not knowing the range is short, read the whole table for it
+    (bench/live_create.py)."""
+    indexes = list(range(max(0, handed_out - GAP_LIMIT), handed_out + 1))
+    payments = connection.ops.quote_name(Payment._meta.db_table)
+    sql = (
+        f"EXISTS (SELECT 1 FROM {payments} WHERE merchant_id = %s AND key_space = %s"  # noqa: S608
+        f" AND derivation_index IN ({', '.join(['%s'] * len(indexes))})"
+        " AND amount_received > 0)"
     )
+    return sql, [merchant.pk, space, *indexes]
+
+
+def _ask(condition: SqlCondition, *more: SqlCondition) -> tuple[Any, ...]:
+    """The truth of each condition, in one statement."""
+    conditions = (condition, *more)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(sql for sql, _ in conditions)}",
+            [param for _, params in conditions for param in params],
+        )
+        row = cursor.fetchone()
+    return tuple(row)
 
 
 @dataclass(frozen=True)
@@ -168,20 +183,14 @@ def _address_check(*, merchant: Merchant, space: str, address: str, index: int) 
         " AND deposit_address IN (%s, %s, %s)))"
         f" OR EXISTS (SELECT 1 FROM {options} WHERE deposit_address IN (%s, %s, %s))"
     )
-    params: list[Any] = [*forms, *currencies, *forms, *forms]
-    paid_up_to = "NULL"
-    if index >= GAP_LIMIT:
-        indexes = list(range(index - GAP_LIMIT, index + 1))
-        paid_up_to = (
-            f"EXISTS (SELECT 1 FROM {payments} WHERE merchant_id = %s AND key_space = %s"  # noqa: S608
-            f" AND derivation_index IN ({', '.join(['%s'] * len(indexes))})"
-            " AND amount_received > 0)"
-        )
-        params += [merchant.pk, space, *indexes]
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {in_use}, {paid_up_to}", params)
-        found, paid = cursor.fetchone()
-    return _AddressCheck(in_use=bool(found), paid_up_to=None if paid is None else bool(paid))
+    in_use_params = [*forms, *currencies, *forms, *forms]
+    if index < GAP_LIMIT:
+        (found,) = _ask((in_use, in_use_params))
+        return _AddressCheck(in_use=bool(found), paid_up_to=None)
+    found, paid = _ask(
+        (in_use, in_use_params), _paid_up_to(merchant=merchant, space=space, handed_out=index)
+    )
+    return _AddressCheck(in_use=bool(found), paid_up_to=bool(paid))
 
 
 def address_allocate(
@@ -359,9 +368,11 @@ def gap_limit_check(
         if handed_out < GAP_LIMIT:
             return False  # the run is at most the indexes handed out
         if paid_up_to is None:
-            paid_up_to = _paid_up_to(
-                merchant=merchant, space=wallet_key_space(wallet), handed_out=handed_out
-            ).exists()
+            (paid_up_to,) = _ask(
+                _paid_up_to(
+                    merchant=merchant, space=wallet_key_space(wallet), handed_out=handed_out
+                )
+            )
         if paid_up_to:
             return False
     gap = unpaid_address_run(merchant=merchant, wallet=wallet)
