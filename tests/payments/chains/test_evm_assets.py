@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import IntegrityError, transaction
@@ -19,13 +20,19 @@ from payments.services import payment_snapshot
 from payments.states import PaymentStatus as S
 from payments.states import PaymentSubStatus
 from testing.rpc_interposer import MethodNotFound, interposed
-from tests.factories import MerchantFactory, make_payment, staff_client
-from tests.payments.chains.helpers import poll_chain, refresh, statuses
+from tests.factories import make_payment, staff_client
+from tests.payments.chains.helpers import (
+    address_of,
+    merchant_sharing_wallet_key,
+    poll_chain,
+    refresh,
+    statuses,
+)
 
 pytestmark = pytest.mark.django_db
 
 CONFIRMATIONS = 3
-JSON = {"HTTP_ACCEPT": "application/json"}
+JSON: dict[str, Any] = {"HTTP_ACCEPT": "application/json"}
 
 
 def configure(
@@ -98,7 +105,7 @@ def test_paying_a_trillionth_of_an_18_decimals_token_price_does_not_settle(
     poll()
 
     # When the buyer sends 10^-12 of it (the price read as if the token had 6 decimals)
-    anvil.erc20_transfer(token, payment.deposit_address, payment.crypto_amount // 10**12)
+    anvil.erc20_transfer(token, payment.deposit_address, payment.priced_amount // 10**12)
     anvil.mine(CONFIRMATIONS)
     poll()
 
@@ -107,7 +114,7 @@ def test_paying_a_trillionth_of_an_18_decimals_token_price_does_not_settle(
         S.PENDING,
         PaymentSubStatus.PAID_PARTIAL,
     )
-    assert payment.amount_received == payment.crypto_amount // 10**12
+    assert payment.amount_received == payment.priced_amount // 10**12
     assert S.SETTLED not in statuses(payment)
 
 
@@ -122,7 +129,7 @@ def test_a_token_whose_contract_disagrees_on_decimals_is_not_watched_and_reporte
         poll()
 
         # When a transfer of it reaches the payment's address and the watcher polls
-        anvil.erc20_transfer(token, payment.deposit_address, payment.crypto_amount // 10**12)
+        anvil.erc20_transfer(token, payment.deposit_address, payment.priced_amount // 10**12)
         anvil.mine(CONFIRMATIONS)
         poll()
 
@@ -177,9 +184,7 @@ def test_two_merchants_sharing_one_wallet_key_never_get_the_same_address(
 ):
     # Given a second merchant configured with the first one's ETH key (a misconfiguration)
     configure(settings, anvil)
-    other = MerchantFactory.create()
-    key = wallet_merchant.wallets.get(crypto_currency="ETH").extended_public_key
-    other.wallets.create(crypto_currency="ETH", extended_public_key=key)
+    other = merchant_sharing_wallet_key(wallet_merchant)
     first = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="5.00")
 
     # When the second merchant creates payments
@@ -187,7 +192,7 @@ def test_two_merchants_sharing_one_wallet_key_never_get_the_same_address(
     third = make_payment(merchant=wallet_merchant, crypto_currency="ETH", amount="5.00")
 
     # Then each takes an address nobody else has, instead of failing
-    addresses = [p.deposit_address.lower() for p in (first, second, third)]
+    addresses = [address_of(p).lower() for p in (first, second, third)]
     assert len(set(addresses)) == 3
     assert (first.derivation_index, second.derivation_index) == (0, 1)
 
@@ -216,7 +221,7 @@ def test_usdc_sent_to_an_eth_payments_address_is_recorded_once_as_unmatched_and_
     assert (unmatched.txid, unmatched.kind, unmatched.currency, unmatched.amount) == (
         txid, "log", "USDC", usdc.crypto_amount,
     )  # fmt: skip
-    assert (unmatched.payment, unmatched.to_address) == (eth, eth.deposit_address.lower())
+    assert (unmatched.payment, unmatched.to_address) == (eth, address_of(eth).lower())
     # And the merchant hears of it: a payment event (no status change) and a High notification
     event = PaymentEvent.objects.get(payment=eth, type="transaction.unmatched")
     assert event.data["currency"] == "USDC" and event.data["credited"] is False
@@ -304,7 +309,7 @@ def test_eth_forwarded_by_a_contract_settles_the_payment_counted_once(
     assert (credit.kind, credit.amount, credit.confirmations) == (
         "internal", payment.crypto_amount, CONFIRMATIONS,
     )  # fmt: skip
-    expected = txid if traces is None else f"internal:{block}:{payment.deposit_address.lower()}"
+    expected = txid if traces is None else f"internal:{block}:{address_of(payment).lower()}"
     assert credit.txid == expected
 
 

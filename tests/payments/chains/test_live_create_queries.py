@@ -17,6 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from payments.addresses import gap_limit_check, unpaid_address_run, wallet_key_space
 from payments.models import AddressIndex, Payment, PaymentOption
 from tests.factories import MerchantFactory, make_payment
+from tests.payments.chains.helpers import merchant_sharing_wallet_key
 
 pytestmark = pytest.mark.django_db
 
@@ -102,9 +103,7 @@ def test_an_address_another_merchant_holds_in_another_casing_is_still_skipped(
     # Given another merchant with the same ETH key (a misconfiguration) whose payment holds the
     # key's first address written in lower case (as an EVM address may be)
     configure(settings, anvil)
-    other = MerchantFactory.create()
-    key = wallet_merchant.wallets.get(crypto_currency="ETH").extended_public_key
-    other.wallets.create(crypto_currency="ETH", extended_public_key=key)
+    other = merchant_sharing_wallet_key(wallet_merchant)
     theirs = make_payment(merchant=other, crypto_currency="ETH", amount="5.00")
     assert theirs.deposit_address is not None
     Payment.objects.filter(pk=theirs.pk).update(deposit_address=theirs.deposit_address.lower())
@@ -124,15 +123,14 @@ def test_an_address_only_a_payment_option_keeps_is_still_skipped(settings, anvil
     # which took the key's first address, then switched to another coin: that address is now
     # kept only by the payment's ETH option
     configure(settings, anvil)
-    other = MerchantFactory.create()
-    key = wallet_merchant.wallets.get(crypto_currency="ETH").extended_public_key
-    other.wallets.create(crypto_currency="ETH", extended_public_key=key)
+    other = merchant_sharing_wallet_key(wallet_merchant)
     theirs = make_payment(merchant=other, crypto_currency="ETH", amount="5.00")
     assert theirs.derivation_index == 0 and theirs.deposit_address is not None
+    assert theirs.rate is not None and theirs.rate_fetched_at is not None
     PaymentOption.objects.create(
         payment=theirs,
         crypto_currency="ETH",
-        crypto_amount=theirs.crypto_amount,
+        crypto_amount=theirs.priced_amount,
         rate=theirs.rate,
         rate_source=theirs.rate_source,
         rate_fetched_at=theirs.rate_fetched_at,
