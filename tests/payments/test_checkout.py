@@ -7,6 +7,7 @@ import re
 
 import pytest
 from django.test import Client
+from django.urls import get_script_prefix, reverse, set_script_prefix
 
 from payments.checkout import checkout_url, payment_uri
 from payments.models import Payment
@@ -161,6 +162,27 @@ def test_the_api_returns_the_checkout_url_with_the_buyers_token(api):
     payment = Payment.objects.get(public_id=created.json()["id"])
     assert created.json()["checkout_url"] == f"http://testserver{checkout_url(payment)}"
     assert payment.checkout_token in created.json()["checkout_url"]
+
+
+def test_the_checkout_url_is_the_routes_path_under_the_script_prefix_in_use():
+    # given a payment, and the gateway served first at the root, then under /gateway/
+    payment = make_payment()
+    expected = f"/pay/{payment.public_id}/?token={payment.checkout_token}"
+
+    # when its checkout URL is asked for under each
+    at_root = checkout_url(payment)
+    previous = get_script_prefix()
+    set_script_prefix("/gateway/")
+    try:
+        under_prefix = checkout_url(payment)
+    finally:
+        set_script_prefix(previous)
+
+    # then each is the page's path where that deployment serves it, and the root's again after
+    assert at_root == expected
+    assert under_prefix == f"/gateway{expected}"
+    assert checkout_url(payment) == expected
+    assert reverse("checkout", kwargs={"payment_id": payment.public_id}) == expected.split("?")[0]
 
 
 @pytest.mark.parametrize("payment_id", ["pay_%00abc", "pay_%C3%A9", "%F0%9F%92%B8"])
