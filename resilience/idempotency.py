@@ -113,7 +113,7 @@ def parse_key(raw: str) -> str:
         raise InvalidKey("the Idempotency-Key is empty")
     if len(value) > MAX_KEY_LENGTH:
         raise InvalidKey(f"the Idempotency-Key is longer than {MAX_KEY_LENGTH} characters")
-    if any(not (0x20 <= ord(char) <= 0x7E) for char in value):
+    if not (value.isascii() and value.isprintable()):  # printable ASCII: 0x20 to 0x7E
         raise InvalidKey("the Idempotency-Key must be printable ASCII")
     return value
 
@@ -935,6 +935,21 @@ class StoredReplay:
 
 
 _STORED_REPLAY = "_idempotency_stored_replay"
+_REQUEST_BODY = "_idempotency_request_body"
+
+
+def _request_body(request: Any) -> tuple[Any, bytes, str]:
+    """A DRF request's data, its canonical body and the request's fingerprint, computed once per
+    request: the view's early replay check and its gate both need them."""
+    data = request.data
+    django_request = getattr(request, "_request", request)  # DRF wraps Django's request
+    kept = getattr(django_request, _REQUEST_BODY, None)
+    if kept is not None and kept[0] is data:
+        return kept
+    body = canonical_body(data)
+    kept = (data, body, fingerprint(method=request.method or "", path=request.path, body=body))
+    setattr(django_request, _REQUEST_BODY, kept)
+    return kept
 
 
 def stored_replay(request: Any) -> StoredReplay | None:
@@ -957,8 +972,7 @@ def cached_replay(request: Any, *, ask_database: bool = True) -> HttpResponse | 
     owner = getattr(request.user, "idempotency_scope", None)
     if owner is None:
         return None
-    data = request.data  # a parse error here is DRF's 400, as in the gate
-    body = canonical_body(data)
+    data, body, request_fingerprint = _request_body(request)  # a parse error: DRF's 400
     key = _key_for(request, owner=owner, data=data, body=body, required=False)
     if key is None or isinstance(key, HttpResponse):
         return None
@@ -970,7 +984,6 @@ def cached_replay(request: Any, *, ask_database: bool = True) -> HttpResponse | 
         if read is not None:
             gate.cache_fetch(read)
             setattr(getattr(request, "_request", request), _CACHE_READ, read)
-    request_fingerprint = fingerprint(method=request.method or "", path=request.path, body=body)
     if read is not None:
         replay = gate.replay_cached(
             owner=owner, key=key_value, request_fingerprint=request_fingerprint, read=read
@@ -994,8 +1007,10 @@ def _gate_request(
     execute: Callable[[], HttpResponse],
     should_store: Callable[[int], bool],
     response_has_secret: bool = False,
+    request_fingerprint: str | None = None,
 ) -> HttpResponse:
-    """Key the request (header or automatic), mark it handled, and run it through the gate."""
+    """Key the request (header or automatic), mark it handled, and run it through the gate.
+    ``request_fingerprint``: computed already from ``body``."""
     key = _key_for(request, owner=owner, data=data, body=body, required=required)
     if isinstance(key, HttpResponse):
         return key
@@ -1014,7 +1029,8 @@ def _gate_request(
         execute=execute,
         should_store=should_store,
         response_has_secret=response_has_secret,
-        request_fingerprint=fingerprint(method=method, path=request.path, body=body),
+        request_fingerprint=request_fingerprint
+        or fingerprint(method=method, path=request.path, body=body),
         cache_read=_attached_read(request),
     )
 
@@ -1035,8 +1051,7 @@ def idempotent(
             owner = getattr(request.user, "idempotency_scope", None)
             if owner is None or getattr(request._request, "_idempotency_applied", False):
                 return handler(view, request, *args, **kwargs)
-            data = request.data  # a parse error here is DRF's 400, not stored
-            body = canonical_body(data)
+            data, body, request_fingerprint = _request_body(request)  # a parse error: DRF's 400
 
             def execute() -> HttpResponse:
                 try:
@@ -1056,6 +1071,7 @@ def idempotent(
                 execute=execute,
                 should_store=should_store,
                 response_has_secret=response_has_secret,
+                request_fingerprint=request_fingerprint,
             )
 
         return wrapper
