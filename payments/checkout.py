@@ -274,7 +274,7 @@ _SLUG = re.compile(r"[-a-zA-Z0-9_]+")
 @functools.lru_cache(maxsize=16)
 def _checkout_path_around_id(script_prefix: str, urlconf: str | None) -> tuple[str, str]:
     """The checkout path before and after the payment's id: reversing the route anew for every
-    payment an API answer shows was a tenth of what rendering a payment cost."""
+    payment an API answer shows was a quarter of what rendering a payment cost."""
     path = reverse("checkout", kwargs={"payment_id": _PAYMENT_ID_SLOT}, urlconf=urlconf)
     before, _, after = path.partition(_PAYMENT_ID_SLOT)
     return before, after
