@@ -135,7 +135,8 @@ def test_given_the_watcher_looked_past_expiry_and_saw_nothing_when_the_sweep_run
     services.payments_expire_due()
 
     assert (refresh(payment).status, payment.sub_status) == (S.EXPIRED, "")
-    assert ChainCursor.objects.get(chain=LTC).synced_at > payment.expires_at
+    synced_at = ChainCursor.objects.get(chain=LTC).synced_at
+    assert synced_at is not None and synced_at > payment.expires_at
 
 
 # --- 4. A lagging node is behind, not forked ----------------------------------------------

@@ -59,7 +59,7 @@ def test_invalid_keys_are_refused_with_a_clear_error(currency, key, message):
 def test_payments_get_fresh_addresses_from_the_merchant_wallet(settings):
     settings.CHAINS = {"litecoin": {"kind": "utxo", "currency": "LTC", "hrp": "rltc",
                                     "nodes": ["http://127.0.0.1:1"]}}  # fmt: skip
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     MerchantWallet.objects.create(
         merchant=merchant, crypto_currency="LTC", extended_public_key=ZPUB
     )
@@ -78,7 +78,7 @@ def test_payments_get_fresh_addresses_from_the_merchant_wallet(settings):
 def test_exceeding_the_gap_limit_is_warned_about(settings, caplog):
     settings.CHAINS = {"litecoin": {"kind": "utxo", "currency": "LTC", "hrp": "rltc",
                                     "nodes": ["http://127.0.0.1:1"]}}  # fmt: skip
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     MerchantWallet.objects.create(
         merchant=merchant, crypto_currency="LTC", extended_public_key=ZPUB
     )

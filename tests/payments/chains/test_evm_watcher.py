@@ -8,7 +8,7 @@ from payments.models import PaymentTransaction
 from payments.states import PaymentStatus as S
 from testing.rpc_interposer import MethodNotFound, interposed
 from tests.factories import make_payment
-from tests.payments.chains.helpers import poll_chain, refresh, statuses
+from tests.payments.chains.helpers import address_of, poll_chain, refresh, statuses
 
 pytestmark = pytest.mark.django_db
 
@@ -158,14 +158,14 @@ def test_when_the_first_node_dies_the_second_serves_and_no_payment_is_missed(
         merchant=wallet_merchant, crypto_currency="ETH", amount="12.00", order_id="b"
     )
     poll()
-    _mirrored_send([first, second], before.deposit_address, before.crypto_amount, nonce=0)
+    _mirrored_send([first, second], address_of(before), before.priced_amount, nonce=0)
     poll()
     assert refresh(before).status == S.PROCESSING
     assert poll().node == f"127.0.0.1:{first.port}"
 
     first.kill()
     second.send_transaction(
-        {"to": during.deposit_address, "value": hex(during.crypto_amount), "nonce": hex(1),
+        {"to": during.deposit_address, "value": hex(during.priced_amount), "nonce": hex(1),
          "gas": hex(21000), "gasPrice": hex(2 * 10**9)}
     )  # fmt: skip
     second.mine(CONFIRMATIONS)
@@ -199,7 +199,7 @@ def test_given_a_choice_only_the_coin_the_buyer_picked_is_watched(settings, anvi
     poll()
 
     assert [key for key, p in watcher.watched().items() if p.pk == payment.pk] == [
-        ("USDC", watcher.address_key(payment.deposit_address))
+        ("USDC", watcher.address_key(address_of(payment)))
     ]
     # ETH to the address of the coin the buyer left is not watched: nothing is credited.
     anvil.send_eth(eth_address, 10**16)

@@ -4,6 +4,8 @@ PostgreSQL)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
@@ -14,7 +16,7 @@ from tests.payments.chains.helpers import poll_chain, refresh
 
 pytestmark = pytest.mark.django_db
 
-JSON = {"HTTP_ACCEPT": "application/json"}
+JSON: dict[str, Any] = {"HTTP_ACCEPT": "application/json"}
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from payments.models import ChainCursor, PaymentTransaction
 from payments.states import PaymentStatus as S
 from testing.exchanges import refused_url
 from tests.factories import make_payment
-from tests.payments.chains.helpers import poll_chain, refresh, statuses
+from tests.payments.chains.helpers import address_of, poll_chain, refresh, statuses
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +37,7 @@ def coins(payment, units: int | None = None) -> Decimal:
 def test_a_payment_goes_pending_processing_settled_at_the_policy(chain, wallet_merchant):
     payment = make_payment(merchant=wallet_merchant, crypto_currency="LTC", amount="7.00")
     poll()
-    assert payment.deposit_address.startswith("rltc1q")
+    assert address_of(payment).startswith("rltc1q")
 
     chain.send(payment.deposit_address, coins(payment))
     poll()
@@ -76,8 +76,8 @@ def test_partial_and_over_payments_take_their_sub_statuses(chain, wallet_merchan
     )
     poll()
 
-    chain.send(partial.deposit_address, coins(partial, partial.crypto_amount // 2))
-    chain.send(over.deposit_address, coins(over, over.crypto_amount + 1000))
+    chain.send(partial.deposit_address, coins(partial, partial.priced_amount // 2))
+    chain.send(over.deposit_address, coins(over, over.priced_amount + 1000))
     chain.mine(1)
     poll()
 
