@@ -17,7 +17,21 @@ from tests.factories import make_payment
 pytestmark = pytest.mark.django_db
 
 
-def page(client: Client, payment: Payment, suffix: str = "", token: str | None = None):  # type: ignore[no-untyped-def]
+def first_group(pattern: str, text: str, flags: int = 0) -> str:
+    """The first group of ``pattern``'s first match in ``text``, which must have one."""
+    match = re.search(pattern, text, flags)
+    assert match is not None, f"{pattern!r} not found"
+    return match.group(1)
+
+
+def uri_of(payment: Payment) -> str:
+    """The payment link of a payment that has one."""
+    uri = payment_uri(payment)
+    assert uri is not None, f"{payment.public_id} has no payment link"
+    return uri
+
+
+def page(client: Client, payment: Payment, suffix: str = "", token: str | None = None):
     token = payment.checkout_token if token is None else token
     return client.get(f"/pay/{payment.public_id}/{suffix}", {"token": token})
 
@@ -36,7 +50,7 @@ def test_given_the_checkout_link_when_opened_then_amounts_address_qr_and_countdo
     assert 'aria-live="polite"' in html
     assert response["Cache-Control"] == "no-store" or "no-store" in response["Cache-Control"]
     assert response["Referrer-Policy"] == "no-referrer"
-    config = json.loads(re.search(r'id="checkout-config"[^>]*>(.*?)</script>', html, re.S).group(1))
+    config = json.loads(first_group(r'id="checkout-config"[^>]*>(.*?)</script>', html, re.S))
     assert config["state"]["status"] == "pending"
     assert config["state"]["amount_due"] == "0.00041667"
     assert config["links"]["socket"] == f"/ws/payments/{payment.public_id}/"
@@ -83,7 +97,7 @@ def test_payment_uris_follow_bip21_and_eip681(settings):
     usdc = make_payment(amount="10.00", crypto_currency="USDC")
     usdt = make_payment(amount="10.00", crypto_currency="USDT")
 
-    assert payment_uri(ltc).startswith(f"litecoin:{ltc.deposit_address}?amount=")
+    assert uri_of(ltc).startswith(f"litecoin:{ltc.deposit_address}?amount=")
     assert payment_uri(eth) == f"ethereum:{eth.deposit_address}@31337?value={eth.crypto_amount}"
     assert payment_uri(usdc) == (
         "ethereum:0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48@31337/transfer"
@@ -100,7 +114,7 @@ def test_given_an_ether_payment_then_the_page_trims_zeros_past_satoshi_precision
     payment = make_payment(amount="10.00", crypto_currency="ETH")
     Payment.objects.filter(pk=payment.pk).update(crypto_amount=8_909_090_909_090_910)
     payment.refresh_from_db()
-    exact = format_base_units(amount=payment.crypto_amount, currency=crypto("ETH"))
+    exact = format_base_units(amount=payment.priced_amount, currency=crypto("ETH"))
 
     # When the buyer opens the page
     html = page(Client(), payment).content.decode()
@@ -112,7 +126,7 @@ def test_given_an_ether_payment_then_the_page_trims_zeros_past_satoshi_precision
     )
     assert '<span data-field="crypto_amount" data-coin>0.00890909090909091</span>' in html
     assert exact not in html.split('id="checkout-config"')[0]
-    assert payment_uri(payment).endswith("value=8909090909090910")
+    assert uri_of(payment).endswith("value=8909090909090910")
 
 
 def test_the_qr_code_is_an_svg_of_the_payment_link():
@@ -129,7 +143,7 @@ def test_given_the_development_chain_when_simulate_is_pressed_then_the_payment_s
     payment = make_payment()
     client = Client(enforce_csrf_checks=True)
     html = page(client, payment).content.decode()
-    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+    csrf = first_group(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
 
     refused = client.post(f"/pay/{payment.public_id}/simulate?token={payment.checkout_token}")
     assert refused.status_code == 403  # CSRF protected
