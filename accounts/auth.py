@@ -231,8 +231,9 @@ def _authenticated_client(request: HttpRequest) -> ApiClient | None:
 def idempotent_replay_permitted(request: HttpRequest) -> bool:
     """May this request's stored answer be replayed before its view runs (for the idempotency
     middleware)? Only where the view would have let the same caller in: the route is an API
-    view authenticated by API key, guarded by ``HasApiKeyScope`` alone and not throttled, and the key has the scope it requires for the
-    method. Anything else goes on to the view, which decides (403, 404, 405...)."""
+    view authenticated by API key, guarded by ``HasApiKeyScope`` alone and not throttled, and
+    the key has the scope it requires for the method. Anything else goes on to the view, which
+    decides (403, 404, 405...)."""
     client = _authenticated_client(request)
     if client is None:
         return False

@@ -55,7 +55,7 @@ creates after a warm one is reported, with the commands by name; the same for cr
 wallet key.
 
 Checked (a failed check is printed and makes the exit status 1): every answer of a load was its
-expected status (201, 201, 200) without socket errors; the creates stored as many payments as
+expected status (201, 201, 201, 200) without socket errors; the creates stored as many payments as
 they answered 201 (up to ``--clients`` more still in flight at the stop), each with its key row.
 """
 

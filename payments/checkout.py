@@ -27,6 +27,7 @@ from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import get_script_prefix, get_urlconf, reverse
+from django.urls.converters import SlugConverter
 from django.utils import translation
 from django.utils.crypto import constant_time_compare
 from django.utils.translation import gettext as _
@@ -268,7 +269,7 @@ def _payment_for(request: HttpRequest, payment_id: str) -> Payment:
 
 # Stands for a payment's id in the checkout path reversed once (a slug, as the route's is).
 _PAYMENT_ID_SLOT = "0paymentid0"
-_SLUG = re.compile(r"[-a-zA-Z0-9_]+")
+_SLUG = re.compile(SlugConverter.regex)  # the route's converter
 
 
 @functools.lru_cache(maxsize=16)

@@ -24,7 +24,7 @@ Timestamps are read by psycopg's compiled loader where the connection's time zon
 project's: settings ``TIME_ZONE``). Django registers a loader of its own, in Python, that parses
 each value and then sets its zone to the connection's; in UTC the compiled one gives the same
 aware datetime (``datetime.timezone.utc``) for about a tenth of the cost: 0.7 µs a value where
-Django's took 5-7 µs, and a payment row has six, a dispatcher batch one per event.
+Django's took 5-7 µs, paid for every timestamp column of every row read.
 
 A transaction's first and last statements may carry its BEGIN and COMMIT in the same query
 (``execute_beginning``, ``execute_committing``): a short transaction of a few statements, such as
