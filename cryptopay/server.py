@@ -253,6 +253,9 @@ def uvicorn_options() -> dict[str, Any]:
     trusted = settings.TRUSTED_PROXIES
     return {
         "http": "cryptopay.server:HeaderTimeoutH11Protocol",
+        # asyncio's own loop, the one bench/api_capacity.py measures: uvicorn's "auto" would take
+        # uvloop, installed for the webhook sender (notifications/sender.py).
+        "loop": "asyncio",
         # The sans-I/O implementation: uvicorn deprecates the legacy "websockets" one, and
         # bench/ws_fanout.py measures it at about half the server CPU per fan-out round.
         "ws": "websockets-sansio",

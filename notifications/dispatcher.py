@@ -45,7 +45,7 @@ from prometheus_client import Counter, Gauge
 from cryptopay import bulk_writes
 from notifications import delivery, queues
 from notifications.models import PRIORITY_RANK, Event, EventStream, WebhookEndpoint
-from notifications.sender import Claim, Outcome, Sender
+from notifications.sender import Claim, Outcome, Sender, new_event_loop
 from notifications.streams import owner_group
 from resilience import clock
 
@@ -404,7 +404,7 @@ class DeliveryLoop:
     thread that writes them in bulk."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         # Outcomes gathered on the loop, handed to the recorder a list at a time: one put per
         # outcome woke the recorder thread (and moved the GIL) once per delivery.
         self.outcomes: queue.SimpleQueue[list[Outcome] | None] = queue.SimpleQueue()

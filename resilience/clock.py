@@ -4,14 +4,17 @@ sleeping. Production code calls ``clock.now()``; tests swap in a ``FrozenClock``
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
 
 
 class SystemClock:
     def now(self) -> datetime:
-        return timezone.now()
+        # Aware, in UTC: what django.utils.timezone.now() returns with USE_TZ (the settings'),
+        # without reading that setting again on every call (the webhook sender calls this per
+        # attempt).
+        return datetime.now(UTC)
 
 
 class FrozenClock:

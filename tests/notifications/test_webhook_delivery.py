@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import uvloop
 from django.db import connection
 
 from cryptopay.bulk_writes import array_literal
@@ -16,7 +17,16 @@ from notifications.dispatcher import dispatch_events
 from notifications.endpoints import webhook_endpoint_create, webhook_endpoint_rotate_secret
 from notifications.models import Event, WebhookAttempt, WebhookDelivery
 from notifications.outbox import event_publish
-from notifications.sender import FAST_LANE_SECONDS, Claim, Lane, Target, deliver_now
+from notifications.sender import (
+    FAST_LANE_SECONDS,
+    USER_AGENT,
+    Claim,
+    ClaimQueue,
+    Lane,
+    Target,
+    deliver_now,
+    new_event_loop,
+)
 from testing.receivers import Receiver
 from tests.factories import make_payment
 
@@ -48,6 +58,24 @@ def delivery_of(event: Event) -> WebhookDelivery:
 
 
 # --- signatures ---------------------------------------------------------------------------------
+
+
+def test_a_webhook_names_its_sender_and_asks_for_an_uncompressed_answer(
+    merchant, frozen_clock, receiver
+):
+    # Given an endpoint and a payment event for it
+    webhook_endpoint_create(owner=merchant.public_id, url=receiver.url)
+    event = publish(owner=merchant.public_id)
+
+    # When it is delivered
+    assert dispatch_events(event_ids=[event.pk]) == 1
+
+    # Then the request says who sends it, that its body is JSON, and that the answer (drained,
+    # never read) should come as it is
+    (received,) = receiver.requests
+    assert received.headers["user-agent"] == USER_AGENT
+    assert received.headers["content-type"] == "application/json"
+    assert received.headers["accept-encoding"] == "identity"
 
 
 def test_receiver_verifies_the_signature_with_the_endpoint_secret(merchant, frozen_clock, receiver):
@@ -326,6 +354,35 @@ def test_a_fast_lane_judges_its_drain_by_the_requests_it_may_have_in_flight():
 
     # Then it takes more rather than releasing them to the sweep.
     assert not lane.full()
+
+
+def test_a_lane_hands_out_high_before_normal_before_low_and_each_in_arrival_order():
+    # Given claims queued in a mixed order of priorities (0 High, 1 Normal, 2 Low)
+    queue = ClaimQueue()
+    until = datetime(2030, 1, 1, tzinfo=UTC)
+    target = Target(public_id="we_lane", url="http://127.0.0.1:9/hooks", secrets=("whsec_x",))
+    queued = [2, 1, 0, 2, 0, 1]
+    for arrival, priority in enumerate(queued):
+        claim = Claim(arrival, 1, until, priority, target, f"evt_{arrival}", b"{}")
+        queue.put_nowait((priority, arrival, claim))
+    assert queue.qsize() == len(queued) and not queue.empty()
+
+    # When the lane's workers take them
+    taken = [queue.get_nowait()[2].delivery_id for _ in queued]
+
+    # Then High comes first, then Normal, then Low, each in the order it arrived
+    assert taken == [2, 4, 1, 5, 0, 3]
+    assert queue.empty()
+
+
+def test_webhooks_are_sent_on_uvloop():
+    # uvloop is a runtime requirement: without it the sender falls back to asyncio's loop, which
+    # works but costs a tenth more per delivery.
+    loop = new_event_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
 
 
 def test_a_slow_lane_holds_one_backlog_and_releases_the_rest_to_the_sweep():
