@@ -617,6 +617,9 @@ def _select_list(model: type[Model], alias: str) -> str:
 def _instances(model: type[M], rows: list[tuple]) -> list[M]:
     """Model instances from rows of ``_select_list`` columns, converted as the ORM does (a JSON
     column arrives as text, for instance)."""
+    # The connection itself, not django.db.connection: each attribute read through that proxy
+    # raised and caught an AttributeError on the way, once per row for the alias.
+    connection = transaction.get_connection()
     fields = model._meta.concrete_fields
     columns = [field.get_col(model._meta.db_table) for field in fields]
     converters = [
@@ -630,13 +633,14 @@ def _instances(model: type[M], rows: list[tuple]) -> list[M]:
         )
     ]
     names = [field.attname for field in fields]
+    alias = connection.alias
     instances = []
     for row in rows:
         values = list(row)
         for index, converting in converters:
             for convert in converting:
                 values[index] = convert(values[index], columns[index], connection)
-        instances.append(model.from_db(connection.alias, names, values))
+        instances.append(model.from_db(alias, names, values))
     return instances
 
 
