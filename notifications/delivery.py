@@ -620,7 +620,10 @@ def webhook_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
     return delivery
 
 
-def _json(envelope: dict[str, Any]) -> bytes:
-    import json
+# One encoder for every body: json.dumps with an encoder class or separators builds a new one per
+# call. Encoders keep no state between calls.
+_BODY_ENCODER = DjangoJSONEncoder(separators=(",", ":"))
 
-    return json.dumps(envelope, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
+
+def _json(envelope: dict[str, Any]) -> bytes:
+    return _BODY_ENCODER.encode(envelope).encode()
