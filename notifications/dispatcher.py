@@ -617,8 +617,9 @@ def _select_list(model: type[Model], alias: str) -> str:
 def _instances(model: type[M], rows: list[tuple]) -> list[M]:
     """Model instances from rows of ``_select_list`` columns, converted as the ORM does (a JSON
     column arrives as text, for instance)."""
-    # The connection itself, not django.db.connection: each attribute read through that proxy
-    # raised and caught an AttributeError on the way, once per row for the alias.
+    # The connection itself, not django.db.connection: an attribute read through that proxy
+    # fails the normal lookup first (an AttributeError raised and caught), then looks the
+    # thread's connection up again; this read the alias so once per row.
     connection = transaction.get_connection()
     fields = model._meta.concrete_fields
     columns = [field.get_col(model._meta.db_table) for field in fields]

@@ -510,9 +510,9 @@ def _breaker_read(breaker: CircuitBreaker) -> None:
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """A loop to send webhooks on: uvloop's where it is installed (requirements.txt; it does not
-    run on Windows), asyncio's otherwise. Its loop and transports are C, not Python: a delivery
-    took a tenth fewer instructions on it (bench/notifications.py's sender, under callgrind).
-    """
+    run on Windows), asyncio's otherwise. Its loop and transports are C, not Python: counted
+    under callgrind, a delivery by ``Sender`` to a local receiver took 494k instructions on it
+    against 552k on asyncio's."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - not installed on Windows
