@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
 
 from resilience.cache import CACHE, EMERGENCY, LIVE, TieredCache
 from testing.service_control import redis_stopped
@@ -144,6 +145,40 @@ def test_given_a_cold_key_when_20_threads_race_then_all_wait_for_the_one_refresh
     assert len(calls) == 1
     assert None not in answers
     assert {(a.value, a.age) for a in answers} == {(7, 0)}  # the one refresh's value, for all
+
+
+def test_a_caller_that_finds_the_shared_level_empty_takes_a_refresh_landed_since_it_began(
+    tiered, clock
+):
+    # Given a value another thread refreshed at this very moment, whose shared copy this caller
+    # did not see (it read the shared level just before the refresh landed there: here, the copy
+    # is gone from Redis, so the read finds nothing while this process holds the value)
+    source = Source()
+    assert tiered.get("k", source).level == LIVE
+    caches["default"].delete(f"{tiered.namespace}:k")
+
+    # When the caller goes on to refresh
+    answer = tiered.get("k", source)
+
+    # Then it takes that refresh instead of computing the same value again
+    assert source.calls == 1
+    assert (answer.value, answer.age) == (1, 0)
+
+
+def test_a_caller_that_finds_the_shared_level_empty_refreshes_an_older_value(tiered, clock):
+    # Given a value refreshed two minutes ago, its shared copy since lost
+    source = Source()
+    tiered.get("k", source)
+    caches["default"].delete(f"{tiered.namespace}:k")
+    clock.now += 120
+    source.value = 2
+
+    # When a caller asks for it
+    answer = tiered.get("k", source)
+
+    # Then it is fetched again, live, rather than the older copy passed off as a refresh
+    assert source.calls == 2
+    assert (answer.level, answer.value, answer.age) == (LIVE, 2, 0)
 
 
 def test_xfetch_refreshes_early_only_near_expiry(clock):
