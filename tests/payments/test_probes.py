@@ -10,7 +10,8 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from django.core.cache import cache
+from django.core.cache import caches
+from django_redis.cache import RedisCache
 
 from payments import services
 from payments.chains.config import chains
@@ -51,6 +52,8 @@ def live_rates(settings, fake_exchanges, clean_resilience, db):
     settings.RATE_RETRY_WAIT_INITIAL = timedelta(seconds=0.01)
     settings.RATE_RETRY_WAIT_MAX = timedelta(seconds=0.05)
     settings.RATE_PROVIDERS_PER_QUOTE = 3
+    cache = caches["default"]
+    assert isinstance(cache, RedisCache)  # these tests run against Redis
     cache.delete_pattern("rates:*")
     quotes.rate_cache.cache_clear()
     yield fake_exchanges
@@ -123,7 +126,7 @@ def test_given_all_rate_providers_failing_when_recovery_runs_then_backup_takes_o
 class _Node(BaseHTTPRequestHandler):
     height = 321
 
-    def log_message(self, format, *args):  # type: ignore[no-untyped-def]
+    def log_message(self, format, *args):
         pass
 
     def do_POST(self) -> None:

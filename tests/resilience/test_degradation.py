@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import pickle
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from django.conf import settings
@@ -18,6 +19,7 @@ from resilience.degradation import (
     Dependency,
     Level,
     Probe,
+    RecoveryContext,
     RecoveryResult,
     dependencies_monitor,
     dependencies_recover,
@@ -43,7 +45,7 @@ def test_dependencies():
 
     def source() -> list[Dependency]:
         made = [
-            Dependency(name=name, kind="test", probe=lambda name=name: probes[name])
+            Dependency(name=name, kind="test", probe=partial(probes.__getitem__, name))
             for name in probes
         ]
         return made + extra
@@ -72,11 +74,21 @@ def test_given_an_answering_probe_and_an_open_breaker_when_judged_then_degraded(
     assert "circuit is open" in reason
 
 
+def _succeed_or_fail(ok: bool) -> float | None:
+    return None if ok else 1 / 0
+
+
+def _recovery_of(name: str) -> RecoveryContext:
+    return RecoveryContext(
+        dependency=Dependency(name=name, kind=name), level=Level.CRITICAL, probes={}, members=[]
+    )
+
+
 def test_given_errors_over_the_breaker_window_below_its_trip_ratio_when_judged_then_degraded():
     breaker = CircuitBreaker("test:errors", BreakerOptions(failure_ratio=0.5, minimum_throughput=5))
     for outcome in [True] * 8 + [False] * 2:  # 20 % failures: degraded, not tripped
         try:
-            breaker.call(lambda ok=outcome: None if ok else 1 / 0)
+            breaker.call(_succeed_or_fail, outcome)
         except ZeroDivisionError:
             pass
     snapshot = breaker.snapshot()
@@ -288,7 +300,7 @@ def test_given_the_database_when_recovered_then_connections_reopen_and_the_pool_
     connection.ensure_connection()
     old = connection.connection
 
-    result = database_recover(None)
+    result = database_recover(_recovery_of("database"))
 
     assert result.outcome == "mitigated"
     assert result.detail.startswith("closed and reopened connections; pool: ")
@@ -309,7 +321,7 @@ def test_given_corrupted_values_in_our_prefixes_when_redis_recovers_then_only_th
     # A class that a deploy removed: the pickle no longer loads.
     client.set(cache.make_key("health-test:gone"), pickle.dumps(Probe.ok())[:-5])
     try:
-        result = redis_recover(None)
+        result = redis_recover(_recovery_of("redis"))
 
         assert result.outcome == "mitigated"
         assert "3 corrupted of" in result.detail
