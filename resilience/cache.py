@@ -179,12 +179,11 @@ class TieredCache(Generic[T]):
 
         # A cold key has nothing to serve a caller who loses the refresh race: it waits instead.
         cold = self.emergency.get(key) is None
-        refreshed = self._refresh(
-            key,
-            compute,
-            wait=cold and not force_refresh,
-            stored_since=None if force_refresh else now,
-        )
+        wait = cold and not force_refresh
+        # What counts as another caller's refresh on the way: on a cold key anything fresh,
+        # else an entry stored since this read began; forced, nothing.
+        since = None if force_refresh else -math.inf if wait else now
+        refreshed = self._refresh(key, compute, wait=wait, stored_since=since)
         if refreshed is not None:
             return self._answer(refreshed, LIVE, self._clock())
         now = self._clock()
@@ -282,22 +281,19 @@ class TieredCache(Generic[T]):
     def _refresh(
         self, key: str, compute: Callable[[], T], *, wait: bool, stored_since: float | None
     ) -> Entry[T] | None:
-        """Refresh ``key``, unless another thread refreshed it while this caller was on its way:
-        a waiter (``wait``: the key was cold) takes any fresh entry, and any caller one stored
-        at ``stored_since`` or later (when its read began). Without that look a caller that had
-        found the shared level empty, then the lock free because the leader had just finished,
-        computed the same value again. None: refresh whatever is stored (``force_refresh``)."""
+        """Refresh ``key``, unless a fresh entry stored at ``stored_since`` or later is there by
+        the time this caller may: another thread refreshed it on the way. Without that look a
+        caller that had found the shared level empty, then the lock free because the leader had
+        just finished, computed the same value again. None: refresh whatever is stored."""
         deadline = time.monotonic() + (self.wait_timeout if wait else 0.0)
         local = self._local_lock(key)
         # Threads of this process queue here behind the one that leads (or waits for) the refresh.
         if not local.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return None
         try:
-            if wait or stored_since is not None:
+            if stored_since is not None:
                 entry = self._fresh(key)
-                if entry is not None and (
-                    wait or (stored_since is not None and entry.stored_at >= stored_since)
-                ):
+                if entry is not None and entry.stored_at >= stored_since:
                     return entry  # another thread just refreshed it
             return self._refresh_shared(key, compute, deadline=deadline)
         finally:
