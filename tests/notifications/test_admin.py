@@ -58,7 +58,7 @@ def delivered_event(merchant, endpoint_url: str) -> tuple[WebhookEndpoint, Event
 
 
 def test_every_changelist_and_change_page_renders(admin_client_, receiver):
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     endpoint, event = delivered_event(merchant, receiver.url)
     delivery = WebhookDelivery.objects.get(event=event)
     shown = {
@@ -86,7 +86,7 @@ def test_every_changelist_and_change_page_renders(admin_client_, receiver):
 
 
 def test_events_and_deliveries_are_read_only(admin_client_, receiver):
-    _, event = delivered_event(MerchantFactory(), receiver.url)
+    _, event = delivered_event(MerchantFactory.create(), receiver.url)
     delivery = WebhookDelivery.objects.get(event=event)
 
     assert admin_client_.get(url("event", "add")).status_code == 403
@@ -97,7 +97,7 @@ def test_events_and_deliveries_are_read_only(admin_client_, receiver):
 
 
 def test_events_are_searched_and_filtered(admin_client_):
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     payments = [make_payment(merchant=merchant) for _ in range(2)]
     events = [Event.objects.get(subject=payment.public_id) for payment in payments]
 
@@ -117,7 +117,7 @@ def test_events_are_searched_and_filtered(admin_client_):
 
 
 def test_adding_an_endpoint_shows_its_secret_once_and_stores_it_encrypted(admin_client_):
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
 
     response = admin_client_.post(
         url("webhookendpoint", "add"),
@@ -133,7 +133,9 @@ def test_adding_an_endpoint_shows_its_secret_once_and_stores_it_encrypted(admin_
     assert response.status_code == 200
     page = response.content.decode()
     assert SECRET.findall(page) and len(SECRET.findall(page)) == 1
-    secret = SECRET.search(page).group()
+    shown = SECRET.search(page)
+    assert shown is not None
+    secret = shown.group()
     assert "no-store" in response["Cache-Control"]
     endpoint = WebhookEndpoint.objects.get(owner=merchant.public_id)
     assert endpoint.public_id in page
@@ -147,7 +149,7 @@ def test_adding_an_endpoint_shows_its_secret_once_and_stores_it_encrypted(admin_
 
 
 def test_an_endpoint_added_disabled_stays_disabled(admin_client_):
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
 
     admin_client_.post(url("webhookendpoint", "add"), {"owner": merchant.public_id, "url": NOWHERE})
 
@@ -157,7 +159,7 @@ def test_an_endpoint_added_disabled_stays_disabled(admin_client_):
 @pytest.mark.parametrize("bad_url", ["http://10.0.0.1/hooks", "http://127.0.0.1:9/"])
 def test_a_private_destination_is_refused_on_the_form(admin_client_, settings, bad_url):
     settings.WEBHOOK_ALLOW_PRIVATE_DESTINATIONS = False
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
 
     response = admin_client_.post(
         url("webhookendpoint", "add"),
@@ -214,7 +216,7 @@ def test_the_rotate_action_shows_the_new_secret_once_and_keeps_the_old_one_valid
 
 def test_the_redeliver_action_attempts_the_selected_deliveries_again(admin_client_, receiver):
     receiver.answer(500)
-    _, event = delivered_event(MerchantFactory(), receiver.url)
+    _, event = delivered_event(MerchantFactory.create(), receiver.url)
     delivery = WebhookDelivery.objects.get(event=event)
     assert (delivery.status, delivery.attempts) == ("pending", 1)
 
@@ -234,7 +236,7 @@ def test_the_redeliver_action_attempts_the_selected_deliveries_again(admin_clien
 def test_deliveries_are_filtered_by_status_and_searched_by_event_and_endpoint(
     admin_client_, receiver
 ):
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     endpoint, delivered = delivered_event(merchant, receiver.url)
     receiver.answer(400)
     failed = Event.objects.get(subject=make_payment(merchant=merchant).public_id)
