@@ -126,19 +126,3 @@ def pop_batch(*, size: int, wait: float) -> list[tuple[str, int]]:
         more = redis_client.lpop(key(name), size - len(batch)) or []
         batch.extend((name, int(item)) for item in more)
     return batch
-
-
-def has_high() -> bool:
-    redis_client = client()
-    return bool(redis_client is not None and redis_client.llen(key("high")))
-
-
-def push_front(items: list[tuple[str, int]]) -> None:
-    """Return popped ids to the head of their queues, keeping their order."""
-    redis_client = client()
-    if redis_client is None:
-        return
-    pipe = redis_client.pipeline()
-    for priority, event_id in reversed(items):
-        pipe.lpush(key(priority), event_id)
-    pipe.execute()
