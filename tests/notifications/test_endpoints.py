@@ -52,7 +52,7 @@ def test_given_private_destinations_refused_when_the_url_changes_to_one_then_not
 
 
 def test_when_deleted_then_its_deliveries_go_with_it():
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     endpoint, _ = webhook_endpoint_create(owner=merchant.public_id, url=NOWHERE)
     payment = make_payment(merchant=merchant)
     deliveries_create(event=Event.objects.get(subject=payment.public_id))

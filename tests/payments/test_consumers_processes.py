@@ -22,14 +22,14 @@ from tests.factories import ApiKeyFactory, MerchantFactory, make_payment
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def open_stream(url: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+async def open_stream(url: str, headers: dict[str, str] | None = None):
     socket = await websockets.connect(url, additional_headers=headers or {}, open_timeout=10)
     first = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
     assert first["type"] == "subscribed", first
     return socket
 
 
-async def close_code(socket) -> int | None:  # type: ignore[no-untyped-def]
+async def close_code(socket) -> int | None:
     try:
         while True:
             await asyncio.wait_for(socket.recv(), timeout=10)
@@ -40,7 +40,7 @@ async def close_code(socket) -> int | None:  # type: ignore[no-untyped-def]
 def test_given_five_connections_on_process_a_when_the_sixth_opens_on_process_b_then_the_oldest_on_a_is_evicted(
     tmp_path, settings
 ):
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     auth = {"Authorization": f"Bearer {secret}"}
 
@@ -67,7 +67,7 @@ def test_given_five_connections_on_process_a_when_the_sixth_opens_on_process_b_t
 def test_given_a_process_sigkilled_holding_a_users_connections_when_the_user_connects_again_then_it_is_accepted_and_no_live_connection_is_closed(
     tmp_path, settings
 ):
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     auth = {"Authorization": f"Bearer {secret}"}
     user = f"merchant:{merchant.public_id}"
@@ -133,24 +133,7 @@ def test_given_a_connection_idle_longer_than_10_s_when_an_event_is_dispatched_th
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(socket.recv(), timeout=idle_until - time.monotonic())
 
-            def change() -> Event:
-                try:
-                    payment_transition(
-                        payment=Payment.objects.get(pk=payment.pk),
-                        to_status="processing",
-                        reason="test",
-                    )
-                    event = (
-                        Event.objects.filter(subject=payment.public_id)
-                        .order_by("-sequence")
-                        .first()
-                    )
-                    dispatch_events(event_ids=[event.pk])
-                    return event
-                finally:
-                    connections.close_all()  # this thread's connection would pin the test database
-
-            event = await asyncio.to_thread(change)
+            event = await asyncio.to_thread(_change_and_dispatch, payment, "processing")
             message = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
             assert message["type"] == "event"
             assert message["event"]["id"] == event.public_id
@@ -177,7 +160,7 @@ def _change_and_dispatch(payment: Payment, to_status: str) -> Event:
         connections.close_all()  # this thread's connection would pin the test database
 
 
-async def next_event(socket) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+async def next_event(socket) -> tuple[int, str]:
     message = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
     assert message["type"] == "event", message
     return message["position"], message["event"]["id"]
@@ -188,7 +171,7 @@ def test_given_buyers_of_two_payments_on_two_processes_when_one_payment_changes_
 ):
     """Each process is in the payment's group once (its hub) and hands the event to its own
     connections of that payment only; uvicorn (``manage.py serve``) and daphne alike."""
-    merchant = MerchantFactory()
+    merchant = MerchantFactory.create()
     watched, other = make_payment(merchant=merchant), make_payment(merchant=merchant)
 
     def path(payment: Payment) -> str:
