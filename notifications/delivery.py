@@ -158,9 +158,7 @@ def deliveries_claim_new(*, events: list[Event]) -> list[Claim]:
     with transaction.atomic(savepoint=False):
         if transaction.get_connection().vendor == "postgresql":
             inserted = _deliveries_insert_claimed(events, wanted, now=now)
-            return deliveries_claims_complete(
-                events=events, wanted=wanted, inserted=inserted, now=now
-            )
+            return deliveries_claims_complete(events=events, wanted=wanted, inserted=inserted)
         _deliveries_insert(events, wanted, now=now)
         by_id = {event.pk: event for event in events}
         claims = _claim(_unattempted(by_id, now=now), now=now)
@@ -172,16 +170,11 @@ def deliveries_claims_complete(
     events: list[Event],
     wanted: dict[int, list[WebhookEndpoint]],
     inserted: list[tuple],
-    now: datetime,
 ) -> list[Claim]:
-    """The claims of deliveries just inserted claimed (``claimed_rows``), and of those that
-    existed already (a re-dispatch) claimed the old way, inside the caller's transaction."""
+    """The claims of the deliveries ``claimed_insert_statement`` inserted or claimed
+    (``claimed_rows``). No database work: the dispatcher's transaction may have ended."""
     by_id = {event.pk: event for event in events}
-    claims = list(inserted)
-    ids = {row[0] for row in inserted}
-    if len(ids) < sum(len(targets) for targets in wanted.values()):
-        claims += _claim(_unattempted(by_id, now=now).exclude(pk__in=ids), now=now)
-    return _claims(claims, events=by_id, endpoints=_endpoints_by_id(wanted))
+    return _claims(list(inserted), events=by_id, endpoints=_endpoints_by_id(wanted))
 
 
 def _endpoints_by_id(wanted: dict[int, list[WebhookEndpoint]]) -> dict[int, WebhookEndpoint]:
@@ -201,9 +194,10 @@ def _unattempted(event_ids: Iterable[int], *, now: datetime) -> models.QuerySet:
 def _deliveries_insert_claimed(
     events: list[Event], wanted: dict[int, list[WebhookEndpoint]], *, now: datetime
 ) -> list[tuple]:
-    """Insert the deliveries already claimed (token 1), in one ``INSERT … ON CONFLICT DO NOTHING
-    RETURNING`` instead of an insert, a locking select and an update; a delivery that already
-    exists is left as it is and not returned. Rows as ``_claim`` returns them. Only the columns
+    """Insert the deliveries already claimed (token 1), in one ``INSERT … ON CONFLICT … RETURNING``
+    instead of an insert, a locking select and an update; a delivery that already exists is
+    claimed by it where ``_unattempted`` would, else left as it is and not returned
+    (``claimed_insert_statement``). Rows as ``_claim`` returns them. Only the columns
     that differ between rows are sent, as arrays (no model instances: their per-field
     preparation cost more than the database spent on the rows)."""
     statement = claimed_insert_statement(events, wanted, now=now)
@@ -221,7 +215,12 @@ def claimed_insert_statement(
 ) -> tuple[str, list, datetime] | None:
     """The ``INSERT … RETURNING`` of ``_deliveries_insert_claimed``, its parameters and the
     claims' lease end; None when no endpoint wants any of the events. For a caller that sends it
-    along with other statements (the dispatcher), then reads its rows with ``claimed_rows``."""
+    along with other statements (the dispatcher), then reads its rows with ``claimed_rows``.
+
+    A delivery that exists already (an event re-dispatched after its dispatcher died, or one
+    ``deliveries_create`` made) is claimed by the same statement if it was never attempted and
+    no live claim holds it (``_unattempted``), else left as it is and not returned: no second
+    statement for a case that is rare, and none after it in the dispatcher's transaction."""
     until = now + settings.WEBHOOK_CLAIM
     pairs = [
         (endpoint.pk, event.pk, PRIORITY_RANK[event.priority])
@@ -231,14 +230,20 @@ def claimed_insert_statement(
     if not pairs:
         return None
     endpoints, event_ids, ranks = (array_literal(column) for column in zip(*pairs, strict=True))
-    # The table name comes from the model's metadata, values are parameters.
+    table = WebhookDelivery._meta.db_table
+    # The table name comes from the model's metadata, values are parameters. A conflicting row
+    # is locked and claimed only where it matches ``_unattempted``; its priority stays its own.
     sql = f"""
-        INSERT INTO {WebhookDelivery._meta.db_table} (endpoint_id, event_id, priority, status,
+        INSERT INTO {table} AS d (endpoint_id, event_id, priority, status,
             attempts, next_attempt_at, last_error, created_at, claim, claimed_until)
         SELECT v.endpoint, v.event, v.rank, %s, 0, %s, '', %s, 1, %s
         FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[]), CAST(%s AS smallint[]))
             AS v(endpoint, event, rank)
-        ON CONFLICT DO NOTHING RETURNING id, claim, endpoint_id, event_id, priority
+        ON CONFLICT (endpoint_id, event_id) DO UPDATE
+            SET claim = d.claim + 1, claimed_until = excluded.claimed_until
+            WHERE d.status = excluded.status AND d.attempts = 0
+                AND (d.claimed_until IS NULL OR d.claimed_until <= excluded.created_at)
+        RETURNING d.id, d.claim, d.endpoint_id, d.event_id, d.priority
     """  # noqa: S608
     params = [WebhookDelivery.Status.PENDING, now, now, until, endpoints, event_ids, ranks]
     return sql, params, until

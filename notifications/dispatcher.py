@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import stamina
 from asgiref.sync import async_to_sync
@@ -368,8 +368,9 @@ def _undispatched_locked(event_ids: list[int]) -> list[Event]:
 
 def _dispatch(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
     db = transaction.get_connection()
-    # Several statements in one query need a client-binding cursor (resilience/postgresql).
-    if db.vendor == "postgresql" and hasattr(db, "client_binding_cursor"):
+    # Several statements in one query, with the transaction's BEGIN and COMMIT: the project's
+    # backend (resilience/postgresql).
+    if db.vendor == "postgresql" and hasattr(db, "execute_beginning_each"):
         return _dispatch_postgresql(event_ids)
     with transaction.atomic():
         events = sorted(
@@ -597,10 +598,6 @@ class Dispatcher:
         logger.info("dispatcher stopped after %d events", self.processed)
 
 
-def _client_binding_cursor() -> Any:
-    return transaction.get_connection().client_binding_cursor()
-
-
 def _select_list(model: type[Model], alias: str) -> str:
     """Every concrete column of ``model``, in field order (what ``Model.from_db`` takes)."""
     quote = connection.ops.quote_name
@@ -639,14 +636,15 @@ def _instances(model: type[M], rows: list[tuple]) -> list[M]:
 
 
 def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
-    """``_dispatch`` in four round trips where it took eight: BEGIN; one trip that locks the
-    events (skipping those another dispatcher holds), reads the endpoints that may want them and
-    locks their owners' stream rows (in one order, by owner and mode, as every dispatcher does:
-    no deadlock between them); one that inserts the deliveries claimed, moves the streams on and
-    marks the events dispatched with their positions; COMMIT. Statements are sent together as one
-    query (a client-binding cursor: the server binds one statement at a time), so each trip is
-    one wait for the database, and one wait for this thread's turn at the GIL after it: both
-    cost more than the statements themselves while the delivery loop is busy."""
+    """``_dispatch`` in two round trips where it took eight: one that begins the transaction,
+    locks the events (skipping those another dispatcher holds), reads the endpoints that may
+    want them and locks their owners' stream rows (in one order, by owner and mode, as every
+    dispatcher does: no deadlock between them); one that inserts the deliveries claimed, moves
+    the streams on, marks the events dispatched with their positions and commits. Statements
+    are sent together as one query (a client-binding cursor: the server binds one statement at a
+    time; ``resilience.postgresql`` adds the BEGIN and COMMIT), so each trip is one wait for the
+    database, and one wait for this thread's turn at the GIL after it: both cost more than the
+    statements themselves while the delivery loop is busy."""
     ids = bulk_writes.array_literal(event_ids)
     event, endpoint = Event._meta.db_table, WebhookEndpoint._meta.db_table
     stream = EventStream._meta.db_table
@@ -680,14 +678,11 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
             WHERE e.owner <> '' AND e.stream_position IS NULL AND e.dispatched_at IS NULL)
         ORDER BY s.owner, s.livemode FOR UPDATE
     """  # noqa: S608
+    db = transaction.get_connection()
     with transaction.atomic():
-        with _client_binding_cursor() as cursor:
-            cursor.execute(locking, [ids] * 3)
-            event_rows = cursor.fetchall()
-            cursor.nextset()
-            endpoint_rows = cursor.fetchall()
-            cursor.nextset()
-            stream_rows = cursor.fetchall()
+        event_rows, endpoint_rows, stream_rows = db.execute_beginning_each(
+            locking, [ids] * 3, statements=3
+        )
         events = sorted(
             _instances(Event, event_rows), key=lambda e: (PRIORITY_RANK[e.priority], e.pk)
         )
@@ -737,12 +732,15 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
                 bulk_writes.array_literal([one.pk for one in events]),
                 bulk_writes.array_literal([one.stream_position for one in events]),
             ]
-            with _client_binding_cursor() as cursor:
-                cursor.execute(";\n".join(statements), params)
-                returned = cursor.fetchall() if insert is not None else []
-            inserted = [] if insert is None else delivery.claimed_rows(returned, until=insert[2])
+            # The transaction's COMMIT goes with them: nothing below touches the database.
+            if insert is None:
+                db.execute_committing(";\n".join(statements), params)
+                inserted = []
+            else:
+                returned = db.execute_committing_rows(";\n".join(statements), params)
+                inserted = delivery.claimed_rows(returned, until=insert[2])
             claims = delivery.deliveries_claims_complete(
-                events=events, wanted=wanted, inserted=inserted, now=now
+                events=events, wanted=wanted, inserted=inserted
             )
         except BaseException:
             for one in given:

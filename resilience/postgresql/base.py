@@ -26,10 +26,11 @@ each value and then sets its zone to the connection's; in UTC the compiled one g
 aware datetime (``datetime.timezone.utc``) for about a tenth of the cost: 0.7 µs a value where
 Django's took 5-7 µs, paid for every timestamp column of every row read.
 
-A transaction's first and last statements may carry its BEGIN and COMMIT in the same query
-(``execute_beginning``, ``execute_committing``): a short transaction of a few statements, such as
-the idempotency gate's around a payment create, spends two round trips fewer, each a wait for the
-database and for the thread's turn at the GIL after it.
+A transaction's first and last statements (or queries of several statements) may carry its BEGIN
+and COMMIT in the same query (``execute_beginning``, ``execute_committing`` and their variants): a
+short transaction, such as the idempotency gate's around a payment create or the webhook
+dispatcher's per batch, spends two round trips fewer, each a wait for the database and for the
+thread's turn at the GIL after it.
 
 Everything else is Django's backend. Engine: ``resilience.postgresql``.
 """
@@ -207,6 +208,17 @@ class DatabaseWrapper(base.DatabaseWrapper):
         transaction is open; its autocommit flag decides nothing else once one is (commit and
         rollback go by the server's transaction status), so it is set for the statement that
         opens the transaction itself. Django sets it again when the block ends."""
+        return self._beginning(sql, params, statements=1)[0]
+
+    def execute_beginning_each(
+        self, sql: str, params: Sequence[Any], *, statements: int
+    ) -> list[list[tuple]]:
+        """``execute_beginning`` for ``statements`` statements sent as one query (separated by
+        semicolons, each returning rows; a client-binding cursor binds them): the rows of each,
+        in order."""
+        return self._beginning(sql, params, statements=statements)
+
+    def _beginning(self, sql: str, params: Sequence[Any], *, statements: int) -> list[list[tuple]]:
         self.ensure_connection()
         raw = self.connection
         if not (
@@ -214,15 +226,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
             and not raw.autocommit
             and raw.info.transaction_status == pq.TransactionStatus.IDLE
         ):
-            with self.cursor() as cursor:
+            if statements == 1:
+                with self.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    return [cursor.fetchall()]
+            with self.client_binding_cursor() as cursor:
                 cursor.execute(sql, params)
-                return cursor.fetchall()
+                return _each_result(cursor, statements)
         raw.autocommit = True
         try:
             with self.client_binding_cursor() as cursor:
                 cursor.execute(f"BEGIN;\n{sql}", params)
                 cursor.nextset()
-                return cursor.fetchall()
+                return _each_result(cursor, statements)
         finally:
             if raw.info.transaction_status == pq.TransactionStatus.IDLE:
                 raw.autocommit = False  # nothing begun: psycopg begins the block as usual
@@ -234,14 +250,34 @@ class DatabaseWrapper(base.DatabaseWrapper):
         block after it: a later statement would run outside the committed transaction. A
         COMMIT that fails (a deferred constraint) raises here, inside the block, which then
         rolls back as it would after a failed commit of its own."""
-        self.ensure_connection()
-        raw = self.connection
-        if not (
-            self._outermost_block() and raw.info.transaction_status == pq.TransactionStatus.INTRANS
-        ):
+        if not self._committing_here():
             with self.cursor() as cursor:
                 cursor.execute(sql, params)
                 return cursor.rowcount
         with self.client_binding_cursor() as cursor:
             cursor.execute(f"{sql};\nCOMMIT", params)
             return cursor.rowcount
+
+    def execute_committing_rows(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        """``execute_committing`` for several statements sent as one query (separated by
+        semicolons; a client-binding cursor binds them): the rows the first one returns."""
+        committing = self._committing_here()
+        with self.client_binding_cursor() as cursor:
+            cursor.execute(f"{sql};\nCOMMIT" if committing else sql, params)
+            return cursor.fetchall()
+
+    def _committing_here(self) -> bool:
+        self.ensure_connection()
+        return (
+            self._outermost_block()
+            and self.connection.info.transaction_status == pq.TransactionStatus.INTRANS
+        )
+
+
+def _each_result(cursor: Any, statements: int) -> list[list[tuple]]:
+    """The rows of the cursor's current result and of the ``statements - 1`` after it."""
+    results = [cursor.fetchall()]
+    for _ in range(statements - 1):
+        cursor.nextset()
+        results.append(cursor.fetchall())
+    return results

@@ -38,12 +38,19 @@ from notifications.dispatcher import (
     dispatch_events,
 )
 from notifications.endpoints import webhook_endpoint_create
-from notifications.models import Event, Priority, WebhookAttempt, WebhookDelivery
+from notifications.models import (
+    Event,
+    Priority,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from notifications.outbox import event_publish, events_requeue_lost
 from notifications.sender import AttemptResult, Outcome
 from testing.fast_receiver import FastReceiver
 from testing.receivers import Receiver, stripe_verified
 from testing.service_control import redis_stopped
+from tests.resilience.test_transaction_round_trips import traced
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -977,3 +984,53 @@ def test_a_sweep_stops_after_the_batch_that_spends_its_budget(frozen_clock):
         assert sent == 64
         assert len(slow.requests) == 64
     assert WebhookDelivery.objects.filter(status="pending").count() == 150 - 64
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_is_dispatched_in_a_transaction_its_first_query_begins_and_its_second_commits(
+    receiver,
+):
+    # Given a merchant with an endpoint whose stream exists (its first event was dispatched)
+    webhook_endpoint_create(owner="mer_trips", url=receiver.url)
+    (first,) = publish_many("mer_trips", 1)
+    assert dispatch_events(event_ids=[first.pk]) == 1
+    events = publish_many("mer_trips", 5)
+
+    # When a batch of five is dispatched (sent here: no dispatcher loop)
+    with traced() as wire:
+        assert dispatch_events(event_ids=[event.pk for event in events]) == 5
+
+    # Then its transaction was two queries: one that began it, one that committed it
+    begun, committed = wire.queries[:2]
+    assert begun.startswith('"BEGIN;') and "FOR UPDATE SKIP LOCKED" in begun, wire.queries
+    assert committed.rstrip('"').endswith("COMMIT") and "INSERT INTO" in committed
+    # and everything it wrote is committed: positions, claims, and each webhook received once
+    positions = {
+        event.pk: event.stream_position
+        for event in Event.objects.filter(pk__in=[e.pk for e in events])
+    }
+    assert sorted(positions.values(), key=lambda p: p or 0) == [2, 3, 4, 5, 6]
+    receiver.wait_for(lambda r: len(r.ids()) >= 6, timeout=20)
+    assert Counter(receiver.ids()) == Counter({e.public_id: 1 for e in [first, *events]})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redispatched_event_does_not_claim_a_delivery_to_an_endpoint_that_no_longer_wants_it(
+    receiver,
+):
+    # Given an event with a delivery made before its endpoint was disabled, and a second endpoint
+    old, _ = webhook_endpoint_create(owner="mer_moved", url=receiver.url + "?old")
+    (event,) = publish_many("mer_moved", 1)
+    (stale,) = deliveries_create(event=event)
+    WebhookEndpoint.objects.filter(pk=old.pk).update(enabled=False)
+    webhook_endpoint_create(owner="mer_moved", url=receiver.url + "?new")
+
+    # When the event is dispatched
+    assert dispatch_events(event_ids=[event.pk]) == 1
+
+    # Then only the wanted endpoint's delivery was claimed and sent; the other is untouched
+    receiver.wait_for(lambda r: len(r.requests) >= 1, timeout=20)
+    stale.refresh_from_db()
+    assert (stale.claim, stale.claimed_until, stale.attempts) == (0, None, 0)
+    sent = WebhookDelivery.objects.exclude(pk=stale.pk).get(event=event)
+    assert sent.status == WebhookDelivery.Status.SUCCEEDED

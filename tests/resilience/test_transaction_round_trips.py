@@ -89,6 +89,8 @@ def probe_ids() -> list[int]:
 
 
 INSERT = f"INSERT INTO {PROBE_TABLE} (id, parent) VALUES (%s, %s) RETURNING id"  # noqa: S608
+COUNT = f"SELECT count(*) FROM {PROBE_TABLE}"  # noqa: S608
+REPARENT = f"UPDATE {PROBE_TABLE} SET parent = 1 WHERE id = 1"  # noqa: S608
 
 
 def test_a_block_whose_first_and_last_statements_carry_begin_and_commit_takes_two_round_trips(
@@ -221,3 +223,37 @@ def test_a_payment_create_opens_and_closes_its_transaction_with_the_gate_s_state
     assert payment.public_id in bytes(key.response_body).decode()
     assert wire.round_trips <= 5, wire.lines
     assert "BEGIN" not in wire.queries and "COMMIT" not in wire.queries
+
+
+def test_several_statements_carry_the_block_s_begin_and_commit_and_give_each_one_s_rows(
+    probe_table,
+):
+    # Given the outermost block, when its first query holds two statements and its last two
+    with traced() as wire, transaction.atomic():
+        first, second = database().execute_beginning_each(
+            f"{INSERT}; {COUNT}", [1, None], statements=2
+        )
+        rows = database().execute_committing_rows(f"{INSERT}; {REPARENT}", [2, 1])
+
+    # Then two round trips: each statement's rows, the first's of the last query, all kept
+    assert (first, second, rows) == ([(1,)], [(1,)], [(2,)])
+    assert wire.round_trips == 2, wire.lines
+    assert wire.queries[0].startswith('"BEGIN;')
+    assert wire.queries[1].rstrip('"').endswith("COMMIT")
+    assert probe_ids() == [1, 2]
+    assert connection.get_autocommit()
+
+
+def test_several_statements_outside_a_block_run_as_they_are_in_one_query(probe_table):
+    # Given autocommit (no atomic block), when both run
+    with traced() as wire:
+        first, second = database().execute_beginning_each(
+            f"{INSERT}; {COUNT}", [1, None], statements=2
+        )
+        rows = database().execute_committing_rows(f"{INSERT}; SELECT 1", [2, None])
+
+    # Then one query each, with neither BEGIN nor COMMIT
+    assert (first, second, rows) == ([(1,)], [(1,)], [(2,)])
+    assert wire.round_trips == 2
+    assert not any("BEGIN" in query or "COMMIT" in query for query in wire.queries)
+    assert probe_ids() == [1, 2]
