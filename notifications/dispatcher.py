@@ -534,6 +534,7 @@ class Dispatcher:
         self.on_batch = on_batch
         self._stop = threading.Event()
         self.processed = 0
+        self._queued: int | None = None  # events queued when the last pop looked
         self._runtime: DeliveryLoop | None = None
 
     @property
@@ -548,13 +549,19 @@ class Dispatcher:
     def run_once(self) -> int:
         if not self.runtime.wait_for_room(timeout=1.0):
             return 0  # enough in hand: let the sends catch up before taking more
-        sizes = queues.sizes()
-        for priority, size in sizes.items():
-            QUEUE_SIZE.labels(priority).set(size)
-        batching = self.batching.observe(sum(sizes.values()))
+        if self._queued is None:  # a fresh start: the backlog it finds sizes its first batch
+            self._queued = sum(queues.sizes().values())
+        # The load as the previous pop found it: a pop reads the queues' lengths in its own
+        # round trip (one under load, where reading them first and popping took four).
+        batching = self.batching.observe(self._queued)
         BATCH_SIZE.set(batching.size)
         BATCH_INTERVAL.set(batching.interval)
-        batch = queues.pop_batch(size=batching.size, wait=batching.interval)
+        batch, sizes = queues.pop_available(size=batching.size)
+        if not batch:
+            batch, sizes = queues.pop_batch(size=batching.size, wait=batching.interval)
+        for priority, size in sizes.items():
+            QUEUE_SIZE.labels(priority).set(size)
+        self._queued = sum(sizes.values())
         if not batch:
             return 0
         # The whole batch in one transaction: each costs the same round trips whatever its

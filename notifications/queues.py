@@ -16,6 +16,7 @@ from functools import cache
 import redis
 from django.conf import settings
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from resilience.redis_client import fast_fail_client, reply_text
@@ -108,21 +109,56 @@ def sizes() -> dict[str, int]:
     return dict(zip(ORDER, pipe.execute(), strict=True))
 
 
-def pop_batch(*, size: int, wait: float) -> list[tuple[str, int]]:
-    """Up to ``size`` ids, High first, then Normal, then Low; blocks up to ``wait`` seconds for
-    the first one."""
+# Pops up to ARGV[1] ids from KEYS in order (High, Normal, Low) and returns the lengths the
+# lists had before, then the ids taken from each: one round trip, and atomic, where the lengths
+# and a pop per list took four. LPOP with a count needs Redis 6.2.
+_POP_AVAILABLE = """
+local size = tonumber(ARGV[1])
+local lengths, taken, result = {}, 0, {}
+for i, name in ipairs(KEYS) do
+  lengths[i] = redis.call('LLEN', name)
+  local ids = {}
+  if taken < size and lengths[i] > 0 then
+    ids = redis.call('LPOP', name, size - taken)
+    taken = taken + #ids
+  end
+  result[i + 1] = ids
+end
+result[1] = lengths
+return result
+"""
+
+
+@cache
+def _pop_available_script() -> Script | None:
+    redis_client = client()
+    return None if redis_client is None else redis_client.register_script(_POP_AVAILABLE)
+
+
+def pop_available(*, size: int) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """Up to ``size`` ids already queued, High first, then Normal, then Low, without waiting;
+    and each queue's length before, for the load (``sizes``). One round trip."""
+    script = _pop_available_script()
+    if script is None:
+        return [], dict.fromkeys(ORDER, 0)
+    lengths, *taken = script(keys=[key(name) for name in ORDER], args=[size])
+    batch = [(name, int(raw)) for name, ids in zip(ORDER, taken, strict=True) for raw in ids]
+    return batch, dict(zip(ORDER, (int(length) for length in lengths), strict=True))
+
+
+def pop_batch(*, size: int, wait: float) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """``pop_available``, blocking up to ``wait`` seconds for the first id; the lengths are
+    those the queues had once it came."""
     redis_client = blocking_client()
     if redis_client is None:
-        return []
+        return [], dict.fromkeys(ORDER, 0)
     first = redis_client.blpop([key(p) for p in ORDER], timeout=max(wait, 0.01))
     if first is None:
-        return []
+        return [], dict.fromkeys(ORDER, 0)
     queue_name, raw = first
     priority = reply_text(queue_name).rsplit(":", 1)[-1]
     batch = [(priority, int(raw))]
-    for name in ORDER:
-        if len(batch) >= size:
-            break
-        more = redis_client.lpop(key(name), size - len(batch)) or []
-        batch.extend((name, int(item)) for item in more)
-    return batch
+    if size == 1:
+        return batch, sizes()
+    more, lengths = pop_available(size=size - 1)
+    return batch + more, lengths

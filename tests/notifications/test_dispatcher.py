@@ -158,15 +158,38 @@ def test_adaptive_batching_window_comes_from_settings(settings):
 def test_idle_blocking_pop_waits_quietly_and_wakes_for_a_new_event():
     # An idle pop longer than the Redis client's socket timeout answers "nothing", not an error.
     started = time.monotonic()
-    assert queues.pop_batch(size=10, wait=1.5) == []
+    assert queues.pop_batch(size=10, wait=1.5) == ([], {"high": 0, "normal": 0, "low": 0})
     assert time.monotonic() - started >= 1.4
 
     # A blocking pop returns as soon as an id arrives, long before its wait is over.
     pusher = threading.Timer(0.2, lambda: queues.enqueue(event_id=42, priority="high"))
     started = time.monotonic()
     pusher.start()
-    assert queues.pop_batch(size=10, wait=5.0) == [("high", 42)]
+    assert queues.pop_batch(size=10, wait=5.0) == (
+        [("high", 42)],
+        {"high": 0, "normal": 0, "low": 0},
+    )
     assert time.monotonic() - started < 1.0
+
+
+def test_a_pop_takes_high_then_normal_then_low_up_to_its_size_and_tells_the_lengths_before():
+    # Given ids in all three queues
+    for priority, ids in (("low", [1, 2, 3]), ("normal", [4, 5]), ("high", [6])):
+        for event_id in ids:
+            queues.enqueue(event_id=event_id, priority=priority)
+
+    # When four are taken without waiting, then High's, Normal's and one Low, in queue order,
+    # with every queue's length before the pop
+    assert queues.pop_available(size=4) == (
+        [("high", 6), ("normal", 4), ("normal", 5), ("low", 1)],
+        {"high": 1, "normal": 2, "low": 3},
+    )
+    # and the rest stays queued; an empty pop takes nothing
+    assert queues.pop_available(size=10) == (
+        [("low", 2), ("low", 3)],
+        {"high": 0, "normal": 0, "low": 2},
+    )
+    assert queues.pop_available(size=10) == ([], {"high": 0, "normal": 0, "low": 0})
 
 
 # --- priorities under a flood -------------------------------------------------------------------
@@ -743,7 +766,7 @@ def test_a_lost_event_is_requeued_after_the_requeue_delay_even_behind_a_backlog(
     frozen_clock.advance(settings_requeue_after())
     assert events_requeue_lost() == 1
     assert queue_sizes() == {"high": 1, "normal": 0, "low": 1000}  # the backlog not twice
-    assert queues.pop_batch(size=1, wait=0.01) == [("high", lost.pk)]
+    assert queues.pop_batch(size=1, wait=0.01)[0] == [("high", lost.pk)]
 
 
 def settings_requeue_after() -> timedelta:
