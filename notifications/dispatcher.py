@@ -740,12 +740,8 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
                 bulk_writes.array_literal([one.stream_position for one in events]),
             ]
             # The transaction's COMMIT goes with them: nothing below touches the database.
-            if insert is None:
-                db.execute_committing(";\n".join(statements), params)
-                inserted = []
-            else:
-                returned = db.execute_committing_rows(";\n".join(statements), params)
-                inserted = delivery.claimed_rows(returned, until=insert[2])
+            returned = db.execute_committing_rows(";\n".join(statements), params)
+            inserted = [] if insert is None else delivery.claimed_rows(returned, until=insert[2])
             claims = delivery.deliveries_claims_complete(
                 events=events, wanted=wanted, inserted=inserted
             )

@@ -260,11 +260,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def execute_committing_rows(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         """``execute_committing`` for several statements sent as one query (separated by
-        semicolons; a client-binding cursor binds them): the rows the first one returns."""
+        semicolons; a client-binding cursor binds them): the rows the first one returns (none
+        when it returns no rows)."""
         committing = self._committing_here()
         with self.client_binding_cursor() as cursor:
             cursor.execute(f"{sql};\nCOMMIT" if committing else sql, params)
-            return cursor.fetchall()
+            return [] if cursor.description is None else cursor.fetchall()
 
     def _committing_here(self) -> bool:
         self.ensure_connection()

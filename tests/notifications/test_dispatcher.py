@@ -1057,3 +1057,19 @@ def test_a_redispatched_event_does_not_claim_a_delivery_to_an_endpoint_that_no_l
     assert (stale.claim, stale.claimed_until, stale.attempts) == (0, None, 0)
     sent = WebhookDelivery.objects.exclude(pk=stale.pk).get(event=event)
     assert sent.status == WebhookDelivery.Status.SUCCEEDED
+
+
+@pytest.mark.django_db
+def test_a_merchant_s_events_without_endpoints_get_their_positions_inside_an_open_transaction():
+    # Given a merchant whose stream exists and who has no webhook endpoint, inside a transaction
+    # that is already open (the dispatch cannot carry its own BEGIN and COMMIT)
+    (first,) = publish_many("mer_quietly", 1)
+    assert dispatch_events(event_ids=[first.pk]) == 1
+    events = publish_many("mer_quietly", 2)
+
+    # When they are dispatched
+    assert dispatch_events(event_ids=[event.pk for event in events]) == 2
+
+    # Then the stream moved on and each event has its position
+    positions = Event.objects.filter(owner="mer_quietly").values_list("stream_position", flat=True)
+    assert sorted(position or 0 for position in positions) == [1, 2, 3]

@@ -251,9 +251,11 @@ def test_several_statements_outside_a_block_run_as_they_are_in_one_query(probe_t
             f"{INSERT}; {COUNT}", [1, None], statements=2
         )
         rows = database().execute_committing_rows(f"{INSERT}; SELECT 1", [2, None])
+        none = database().execute_committing_rows(f"{REPARENT}; {COUNT}", [])
 
-    # Then one query each, with neither BEGIN nor COMMIT
-    assert (first, second, rows) == ([(1,)], [(1,)], [(2,)])
-    assert wire.round_trips == 2
+    # Then one query each, with neither BEGIN nor COMMIT (and no rows from a first statement
+    # that returns none)
+    assert (first, second, rows, none) == ([(1,)], [(1,)], [(2,)], [])
+    assert wire.round_trips == 3
     assert not any("BEGIN" in query or "COMMIT" in query for query in wire.queries)
     assert probe_ids() == [1, 2]
