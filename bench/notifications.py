@@ -506,6 +506,18 @@ def deliveries_section(args: argparse.Namespace, figures: list) -> None:
             print(
                 f"  {label[12:]:40} {rate:12.0f} {'':8} {rate / floor_rate:9.3f} {'':5} {cpu:7.0f}"
             )
+        # The figures above are ratios of medians; when the minimal sender's rate swings from
+        # round to round, each round's own ratio (both senders under the same load) says more.
+        for label in senders[1:]:
+            paired = [
+                run["rate"] / floor["rate"]
+                for run, floor in zip(runs[label], runs[minimal], strict=True)
+            ]
+            print(
+                f"  {label[12:]} / minimal, per round: "
+                f"{', '.join(f'{ratio:.3f}' for ratio in paired)} "
+                f"(median {statistics.median(paired):.3f})"
+            )
 
 
 def main() -> None:
