@@ -27,6 +27,12 @@ def pay(payment, amount: int, confirmations: int, txid: str = "tx1", index: int 
     )
 
 
+def due(payment) -> int:
+    """The payment's amount in base units (set at creation for a single-coin payment)."""
+    assert payment.crypto_amount is not None
+    return payment.crypto_amount
+
+
 def event_types(payment) -> list[str]:
     return list(
         PaymentEvent.objects.filter(payment=payment)
@@ -38,14 +44,14 @@ def event_types(payment) -> list[str]:
 def test_full_unconfirmed_payment_is_processing_then_settles_at_the_policy():
     payment = make_payment()  # medium speed policy: one confirmation
 
-    pay(payment, payment.crypto_amount, confirmations=0)
+    pay(payment, due(payment), confirmations=0)
     assert (payment.status, payment.amount_received, payment.amount_confirmed) == (
         S.PROCESSING,
         payment.crypto_amount,
         0,
     )
 
-    pay(payment, payment.crypto_amount, confirmations=1)
+    pay(payment, due(payment), confirmations=1)
     assert payment.status == S.SETTLED
     assert payment.amount_confirmed == payment.crypto_amount
     assert event_types(payment) == [
@@ -58,10 +64,10 @@ def test_full_unconfirmed_payment_is_processing_then_settles_at_the_policy():
 
 def test_replaying_the_same_output_is_recorded_once_and_writes_nothing():
     payment = make_payment()
-    pay(payment, payment.crypto_amount, confirmations=1)
+    pay(payment, due(payment), confirmations=1)
     events = PaymentEvent.objects.filter(payment=payment).count()
 
-    changed = pay(payment, payment.crypto_amount, confirmations=1)
+    changed = pay(payment, due(payment), confirmations=1)
 
     assert changed is False
     assert PaymentTransaction.objects.filter(payment=payment).count() == 1
@@ -70,37 +76,37 @@ def test_replaying_the_same_output_is_recorded_once_and_writes_nothing():
 
 def test_partial_payment_stays_pending_with_paid_partial_and_completes_with_a_second_output():
     payment = make_payment()
-    half = payment.crypto_amount // 2
+    half = due(payment) // 2
 
     pay(payment, half, confirmations=1, txid="a")
     assert (payment.status, payment.sub_status) == (S.PENDING, "paid_partial")
 
-    pay(payment, payment.crypto_amount - half, confirmations=1, txid="b")
+    pay(payment, due(payment) - half, confirmations=1, txid="b")
     assert (payment.status, payment.sub_status) == (S.SETTLED, "")
 
 
 def test_overpayment_is_settled_with_paid_over():
     payment = make_payment()
 
-    pay(payment, payment.crypto_amount + 1, confirmations=1)
+    pay(payment, due(payment) + 1, confirmations=1)
 
     assert (payment.status, payment.sub_status) == (S.SETTLED, "paid_over")
 
 
 def test_underpayment_within_the_merchant_tolerance_counts_as_paid():
-    merchant = MerchantFactory(underpayment_tolerance_percent=Decimal("1.00"))
+    merchant = MerchantFactory.create(underpayment_tolerance_percent=Decimal("1.00"))
     payment = make_payment(merchant=merchant)
 
-    pay(payment, payment.crypto_amount * 99 // 100 + 1, confirmations=1)
+    pay(payment, due(payment) * 99 // 100 + 1, confirmations=1)
 
     assert payment.status == S.SETTLED
 
 
 def test_zero_confirmation_policy_settles_on_first_sight():
-    merchant = MerchantFactory(speed_policy=0)
+    merchant = MerchantFactory.create(speed_policy=0)
     payment = make_payment(merchant=merchant)
 
-    pay(payment, payment.crypto_amount, confirmations=0)
+    pay(payment, due(payment), confirmations=0)
 
     assert payment.status == S.SETTLED
 
@@ -112,7 +118,7 @@ def test_payment_after_expiry_stays_expired_and_is_flagged_paid_late(frozen_cloc
     payment.refresh_from_db()
     assert payment.status == S.EXPIRED
 
-    pay(payment, payment.crypto_amount, confirmations=6)
+    pay(payment, due(payment), confirmations=6)
 
     assert (payment.status, payment.sub_status) == (S.EXPIRED, "paid_late")
     assert payment.amount_received == payment.crypto_amount
@@ -137,7 +143,7 @@ def test_expiry_sweep_expires_only_due_pending_payments_once(frozen_clock):
 
 def test_unconfirmed_payment_past_the_monitoring_window_becomes_invalid(frozen_clock):
     payment = make_payment()
-    pay(payment, payment.crypto_amount, confirmations=0)
+    pay(payment, due(payment), confirmations=0)
     frozen_clock.advance(timedelta(minutes=15) + timedelta(hours=24))
 
     services.payments_expire_due()

@@ -43,7 +43,7 @@ def test_given_a_real_server_when_a_buyer_uses_the_checkout_then_its_log_holds_n
     token = payment.checkout_token
     query = f"?token={token}"
 
-    async def stream(url: str) -> str:
+    async def stream(url: str) -> str | bytes:
         async with websockets.connect(url, open_timeout=10) as socket:
             return await asyncio.wait_for(socket.recv(), 10)
 
