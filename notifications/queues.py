@@ -157,8 +157,5 @@ def pop_batch(*, size: int, wait: float) -> tuple[list[tuple[str, int]], dict[st
         return [], dict.fromkeys(ORDER, 0)
     queue_name, raw = first
     priority = reply_text(queue_name).rsplit(":", 1)[-1]
-    batch = [(priority, int(raw))]
-    if size == 1:
-        return batch, sizes()
-    more, lengths = pop_available(size=size - 1)
-    return batch + more, lengths
+    more, lengths = pop_available(size=size - 1)  # with nothing more to take, the lengths
+    return [(priority, int(raw)), *more], lengths
