@@ -7,10 +7,12 @@ between 50 and 1 s. Waiting is a blocking pop, so a new event (High first) wakes
 interval bounds idle polling, it never delays an event that is already there.
 
 Per batch the database work is done in bulk (stream positions, deliveries created and claimed,
-events marked dispatched) and the sends go to one long-lived asyncio loop (``DeliveryLoop``):
-browser groups through one channel-layer connection pool, webhooks through ``sender.Sender``
-(pooled keep-alive connections, a lane of at most 4 requests per endpoint, 16 while it answers
-fast, High first), outcomes recorded in bulk by a recorder thread.
+events marked dispatched, in one transaction of two round trips). The dispatcher process does
+everything on one long-lived asyncio loop (``DeliveryLoop``): the pops, the batch's transaction
+on an asyncio connection, browser groups through one channel-layer connection pool, webhooks
+through ``sender.Sender`` (pooled keep-alive connections, a lane of at most 4 requests per
+endpoint, 16 while it answers fast, High first); outcomes are recorded in bulk by a recorder
+thread. ``dispatch_events`` does the same work synchronously (embedded mode, one-off calls).
 
 Several dispatchers may run: Redis hands each id to one of them, and everything done per event is
 idempotent (deliveries are unique per endpoint and event and claimed once per attempt; browsers
@@ -22,17 +24,20 @@ state. An id lost with a dying dispatcher is queued again from the outbox
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import psycopg
 import stamina
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -48,10 +53,12 @@ from notifications.models import PRIORITY_RANK, Event, EventStream, WebhookEndpo
 from notifications.sender import Claim, Outcome, Sender, new_event_loop
 from notifications.streams import owner_group
 from resilience import clock
+from resilience.postgresql import asynchronous
 
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Model)
+T = TypeVar("T")
 
 DISPATCHED = Counter("cryptopay_notifications_dispatched", "Events dispatched", ["priority"])
 # mostrecent: the dispatcher sets it on every batch and /metrics on every scrape
@@ -295,57 +302,59 @@ async def _group_send_all(layer, messages: list[tuple[list[str], dict]]) -> None
                      len(results), failures[0])  # fmt: skip
 
 
-def dispatch_events(*, event_ids: list[int], runtime: DeliveryLoop | None = None) -> int:
-    """Fan the not-yet-dispatched events out, High first: stream positions, webhook deliveries
-    created and claimed, the events marked dispatched, all in one transaction; then browser
-    groups and webhooks. Returns how many were dispatched. Idempotent, and safe with several
-    dispatchers (events another one is dispatching are skipped, not waited for). With a
-    ``runtime`` (the dispatcher process) the sends go to its long-lived loop; without (embedded
-    mode, tests), they happen here before returning.
-
-    An event whose position cannot be written stays undispatched (the requeue sweep brings it
-    back): it is never sent without one. One bad owner does not hold back the others."""
-    try:
-        events, claims = _dispatch(event_ids)
-    except DatabaseError:
-        if len(event_ids) == 1:
-            logger.exception("event %s not dispatched; the requeue sweep retries it", event_ids)
-            return 0
-        by_owner: dict[str, list[int]] = {}
-        for pk, owner in Event.objects.filter(pk__in=event_ids).values_list("pk", "owner"):
-            by_owner.setdefault(owner, []).append(pk)
-        events, claims = [], []
-        for owner, ids in by_owner.items():
-            try:
-                some, theirs = _dispatch(ids)
-            except DatabaseError:
-                logger.exception(
-                    "events of %r not dispatched; the requeue sweep retries them", owner
-                )
-                continue
-            events += some
-            claims += theirs
-        events.sort(key=lambda e: (PRIORITY_RANK[e.priority], e.pk))
-        claims.sort(key=lambda claim: claim.priority)
+def dispatch_events(*, event_ids: list[int]) -> int:
+    """Fan the not-yet-dispatched events out, High first, and send them before returning:
+    stream positions, webhook deliveries created and claimed, the events marked dispatched, all
+    in one transaction; then browser groups and webhooks. Returns how many were dispatched.
+    Embedded mode and one-off calls; the dispatcher process does the same on its loop
+    (``DeliveryLoop.dispatch``). Idempotent, and safe with several dispatchers (events another
+    one is dispatching are skipped, not waited for)."""
+    events, claims = _dispatch_by_owner(event_ids)
     if not events:
         return 0
     messages = _messages(events)
     layer = get_channel_layer()
     if messages and layer is not None:
         try:
-            if runtime is not None:
-                runtime.fan_out(layer, messages)
-            else:
-                async_to_sync(_group_send_all)(layer, messages)
+            async_to_sync(_group_send_all)(layer, messages)
         except Exception:  # a browser fan-out failure must not block webhooks
             logger.exception("channel layer send failed for %d events", len(events))
-    if runtime is not None:
-        runtime.submit(claims)
-    else:
-        delivery.claims_send(claims=claims)
+    delivery.claims_send(claims=claims)
+    _count_dispatched(events)
+    return len(events)
+
+
+def _count_dispatched(events: list[Event]) -> None:
     for priority, count in Tally(event.priority for event in events).items():
         DISPATCHED.labels(priority).inc(count)
-    return len(events)
+
+
+def _dispatch_by_owner(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
+    """``_dispatch``, and after a database error each owner's events apart: an event whose
+    position cannot be written stays undispatched (the requeue sweep brings it back), never sent
+    without one, and one bad owner does not hold back the others."""
+    try:
+        return _dispatch(event_ids)
+    except DatabaseError:
+        if len(event_ids) == 1:
+            logger.exception("event %s not dispatched; the requeue sweep retries it", event_ids)
+            return [], []
+    by_owner: dict[str, list[int]] = {}
+    for pk, owner in Event.objects.filter(pk__in=event_ids).values_list("pk", "owner"):
+        by_owner.setdefault(owner, []).append(pk)
+    events: list[Event] = []
+    claims: list[Claim] = []
+    for owner, ids in by_owner.items():
+        try:
+            some, theirs = _dispatch(ids)
+        except DatabaseError:
+            logger.exception("events of %r not dispatched; the requeue sweep retries them", owner)
+            continue
+        events += some
+        claims += theirs
+    events.sort(key=lambda e: (PRIORITY_RANK[e.priority], e.pk))
+    claims.sort(key=lambda claim: claim.priority)
+    return events, claims
 
 
 def _undispatched_locked(event_ids: list[int]) -> list[Event]:
@@ -396,9 +405,19 @@ RECORD_LINGER = 0.1
 
 
 class DeliveryLoop:
-    """The dispatcher's one asyncio loop, in a thread: the webhook sender (pooled connections,
-    a lane per endpoint) and the channel layer (one connection pool). Outcomes go to a recorder
-    thread that writes them in bulk."""
+    """The dispatcher's one asyncio loop, in a thread. On it: batches popped from Redis
+    (``queues.Popper``) and dispatched over an asyncio PostgreSQL connection
+    (``resilience.postgresql.asynchronous``), the webhook sender (pooled connections, a lane per
+    endpoint) and the channel layer (one connection pool). Outcomes go to a recorder thread that
+    writes them in bulk.
+
+    Dispatch on the loop, not on a thread of its own: each of a batch's round trips there was a
+    wait that gave the GIL up and a wake-up that took it back from the sending loop, and with
+    one dispatcher these handovers, not the work, bounded its rate (``bench/notifications.py``).
+
+    The rare batches the two-round-trip dispatch does not cover (a merchant's first event in a
+    mode, a database error that needs each owner's events tried apart) go the general way,
+    ``_dispatch_by_owner`` through Django's ORM, on a thread kept for it."""
 
     def __init__(self) -> None:
         self.loop = new_event_loop()
@@ -407,11 +426,12 @@ class DeliveryLoop:
         self.outcomes: queue.SimpleQueue[list[Outcome] | None] = queue.SimpleQueue()
         self._gathered: list[Outcome] = []
         self._hand_over: asyncio.TimerHandle | None = None
-        self._room = threading.Event()
+        self._room = asyncio.Event()  # used on the loop only
         self._room.set()
-        self.sender = Sender(
-            on_outcome=self._taken,
-        )
+        self.sender = Sender(on_outcome=self._taken)
+        self.popper = queues.Popper()
+        self._database: psycopg.AsyncConnection | None = None
+        self._general = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatch-general")
         self._unrecorded = 0
         self._recorded = threading.Condition()
         self._fan_out_tail: asyncio.Task | None = None
@@ -438,24 +458,91 @@ class DeliveryLoop:
             self.outcomes.put(self._gathered)
             self._gathered = []
 
-    def submit(self, claims: list[Claim]) -> None:
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and wait for its result (from another thread)."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        while True:
+            try:
+                # In slices: a signal handler (SIGTERM's stop) runs between them.
+                return future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                continue
+
+    async def wait_for_room(self, timeout: float) -> bool:
+        if self._room.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def dispatch(self, event_ids: list[int]) -> int:
+        """``dispatch_events`` on the loop, the sends left to it: returns once the batch is
+        committed and handed to the sender and the channel layer."""
+        events, claims = await self._dispatched(event_ids)
+        if not events:
+            return 0
+        messages = _messages(events)
+        layer = get_channel_layer()
+        if messages and layer is not None:
+            self._fan_out_after(layer, messages)
+        self._submit(claims)
+        _count_dispatched(events)
+        return len(events)
+
+    async def _dispatched(self, event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
+        """``_dispatch_postgresql`` over the loop's own connection, in the same two round trips."""
+        db = transaction.get_connection()
+        if db.vendor != "postgresql" or not hasattr(db, "execute_beginning_each"):
+            return await self._the_general_way(event_ids)
+        query, params = _locking_query(event_ids)
+        try:
+            database = await self._connection()
+            rows = await asynchronous.execute_beginning_each(database, query, params, statements=3)
+            events, planned = _dispatch_planned(*rows)
+            if planned is None:
+                await asynchronous.rollback(database)
+                return await self._the_general_way(event_ids) if events else ([], [])
+            returned = await asynchronous.execute_committing_rows(
+                database, planned.query, planned.params
+            )
+        except psycopg.Error as exc:
+            await self._rollback()
+            logger.warning("%d events: %r; dispatching them the general way", len(event_ids), exc)
+            return await self._the_general_way(event_ids)
+        return events, planned.claims(returned)
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._database is None or self._database.closed or self._database.broken:
+            if self._database is not None:
+                await self._database.close()
+            self._database = await asynchronous.connect()
+        return self._database
+
+    async def _rollback(self) -> None:
+        if self._database is None:
+            return
+        try:
+            await asynchronous.rollback(self._database)
+        except psycopg.Error:
+            await self._database.close()  # a fresh one for the next batch
+
+    async def _the_general_way(self, event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
+        return await self.loop.run_in_executor(self._general, _dispatch_by_owner_closing, event_ids)
+
+    def _submit(self, claims: list[Claim]) -> None:
         if not claims:
             return
         with self._recorded:
             self._unrecorded += len(claims)
         if self.sender.pending + len(claims) >= MAX_PENDING:
             self._room.clear()
-        self.loop.call_soon_threadsafe(self.sender.submit, claims)
-
-    def wait_for_room(self, timeout: float) -> bool:
-        return self._room.wait(timeout)
-
-    def fan_out(self, layer, messages: list[tuple[list[str], dict]]) -> None:
-        """Queue browser messages on the loop without waiting: each batch after the previous
-        one, so every group gets its messages in position order."""
-        self.loop.call_soon_threadsafe(self._fan_out_after, layer, messages)
+        self.sender.submit(claims)
 
     def _fan_out_after(self, layer, messages: list[tuple[list[str], dict]]) -> None:
+        """Browser messages sent without waiting: each batch after the previous one, so every
+        group gets its messages in position order."""
         previous = self._fan_out_tail
 
         async def send() -> None:
@@ -478,10 +565,14 @@ class DeliveryLoop:
                 await asyncio.wait([self._fan_out_tail], timeout=10)
             await self.sender.close()
             self._hand_over_now()
+            await self.popper.close()
+            if self._database is not None:
+                await self._database.close()
 
         asyncio.run_coroutine_threadsafe(finish(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+        self._general.shutdown()
         self.outcomes.put(None)
         self._recorder.join(timeout=30)
         self.loop.close()
@@ -523,6 +614,14 @@ class DeliveryLoop:
                 self._recorded.notify_all()
 
 
+def _dispatch_by_owner_closing(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
+    """``_dispatch_by_owner`` on the general thread, its connection back to the pool after."""
+    try:
+        return _dispatch_by_owner(event_ids)
+    finally:
+        close_old_connections()
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -547,32 +646,39 @@ class Dispatcher:
         self._stop.set()
 
     def run_once(self) -> int:
-        if not self.runtime.wait_for_room(timeout=1.0):
+        """One batch, from another thread than the loop's (tests)."""
+        return self.runtime.run(self._batch())
+
+    async def _batch(self) -> int:
+        runtime = self.runtime
+        if not await runtime.wait_for_room(timeout=1.0):
             return 0  # enough in hand: let the sends catch up before taking more
         if self._queued is None:  # a fresh start: the backlog it finds sizes its first batch
-            self._queued = sum(queues.sizes().values())
+            _, sizes = await runtime.popper.pop_available(size=0)
+            self._queued = sum(sizes.values())
         # The load as the previous pop found it: a pop reads the queues' lengths in its own
         # round trip (one under load, where reading them first and popping took four).
         batching = self.batching.observe(self._queued)
         BATCH_SIZE.set(batching.size)
         BATCH_INTERVAL.set(batching.interval)
-        batch, sizes = queues.pop_available(size=batching.size)
+        batch, sizes = await runtime.popper.pop_available(size=batching.size)
         if not batch:
-            batch, sizes = queues.pop_batch(size=batching.size, wait=batching.interval)
+            batch, sizes = await runtime.popper.pop_batch(
+                size=batching.size, wait=batching.interval
+            )
         for priority, size in sizes.items():
             QUEUE_SIZE.labels(priority).set(size)
         self._queued = sum(sizes.values())
         if not batch:
             return 0
         # The whole batch in one transaction: each costs the same round trips whatever its
-        # size, and while it waits on PostgreSQL the dispatcher has nothing else to hand the
-        # delivery loop. A High event that arrives meanwhile waits for this one batch (at most
+        # size. A High event that arrives meanwhile waits for this one batch (at most
         # NOTIFY_BATCHING's 200 events, 10-30 ms here). In bench/notifications.py, 200 at once
         # rather than two transactions of 100 with a look for High between took one dispatcher
         # from 0.34x to 0.40x the minimal sender over 10,000 events (medians of 5 paired runs;
         # 0.395x to 0.405x over the bench's 2,000, which start with batches of 50), and High
         # p99 under a Low flood from 22 to 29 ms (goal 250).
-        done = dispatch_events(event_ids=[event_id for _, event_id in batch], runtime=self.runtime)
+        done = await runtime.dispatch([event_id for _, event_id in batch])
         self.processed += done
         if self.on_batch:
             self.on_batch(batching, len(batch))
@@ -592,17 +698,18 @@ class Dispatcher:
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         logger.info("dispatcher started")
         try:
-            while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                try:
-                    self.run_once()
-                except Exception:
-                    logger.exception("dispatcher batch failed; retrying")
-                    self._stop.wait(1)
-                finally:
-                    close_old_connections()
+            self.runtime.run(self._serve(deadline))
         finally:
             self.close()
         logger.info("dispatcher stopped after %d events", self.processed)
+
+    async def _serve(self, deadline: float | None) -> None:
+        while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            try:
+                await self._batch()
+            except Exception:
+                logger.exception("dispatcher batch failed; retrying")
+                await asyncio.sleep(1)
 
 
 def _select_list(model: type[Model], alias: str) -> str:
@@ -643,15 +750,37 @@ def _instances(model: type[M], rows: list[tuple]) -> list[M]:
 
 
 def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]]:
-    """``_dispatch`` in two round trips where it took eight: one that begins the transaction,
-    locks the events (skipping those another dispatcher holds), reads the endpoints that may
-    want them and locks their owners' stream rows (in one order, by owner and mode, as every
-    dispatcher does: no deadlock between them); one that inserts the deliveries claimed, moves
-    the streams on, marks the events dispatched with their positions and commits. Statements
-    are sent together as one query (a client-binding cursor: the server binds one statement at a
-    time; ``resilience.postgresql`` adds the BEGIN and COMMIT), so each trip is one wait for the
-    database, and one wait for this thread's turn at the GIL after it: both cost more than the
-    statements themselves while the delivery loop is busy."""
+    """``_dispatch`` in two round trips where it took eight (``_locking_query``, then the
+    statements of ``_dispatch_planned``), each with the transaction's BEGIN or COMMIT. Sent
+    together as one query (a client-binding cursor: the server binds one statement at a time;
+    ``resilience.postgresql`` adds the BEGIN and COMMIT), so each trip is one wait for the
+    database, and one wait for this thread's turn at the GIL after it."""
+    query, params = _locking_query(event_ids)
+    db = transaction.get_connection()
+    with transaction.atomic():
+        rows = db.execute_beginning_each(query, params, statements=3)
+        events, planned = _dispatch_planned(*rows)
+        if not events:
+            return [], []
+        if planned is None:
+            # A merchant's first event (in a mode): the general way, rows created then locked.
+            claims = delivery.deliveries_claim_new(events=events)
+            _positions_write(events, dispatched_at=clock.now())
+            return events, claims
+        try:
+            # The transaction's COMMIT goes with them: nothing below touches the database.
+            returned = db.execute_committing_rows(planned.query, planned.params)
+            return events, planned.claims(returned)
+        except BaseException:
+            planned.undo()
+            raise
+
+
+def _locking_query(event_ids: list[int]) -> tuple[str, list]:
+    """The first round trip of a batch's dispatch: three statements that lock the events
+    (skipping those another dispatcher holds), read the endpoints that may want them and lock
+    their owners' stream rows (in one order, by owner and mode, as every dispatcher does: no
+    deadlock between them)."""
     ids = bulk_writes.array_literal(event_ids)
     event, endpoint = Event._meta.db_table, WebhookEndpoint._meta.db_table
     stream = EventStream._meta.db_table
@@ -659,7 +788,7 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
     # read by key, one lookup per id (``rows_by_key``); an event already dispatched is locked
     # too, then left out (harmless: nothing else writes it). The subqueries read the ids' events
     # again rather than wait for the first result: candidates for events another dispatcher
-    # holds are filtered out below, as are their streams' locks (held until the commit,
+    # holds are filtered out later, as are their streams' locks (held until the commit,
     # harmless).
     locked_events = bulk_writes.rows_by_key(
         event, _select_list(Event, event), alias="e", lock="FOR UPDATE SKIP LOCKED"
@@ -667,7 +796,7 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
     keyed_events = bulk_writes.rows_by_key(
         event, "owner, livemode, type, stream_position, dispatched_at", alias="e"
     )
-    locking = f"""
+    query = f"""
         SELECT {_select_list(Event, "e")} FROM {locked_events}
         WHERE e.dispatched_at IS NULL;
         WITH batch_events AS MATERIALIZED (
@@ -685,68 +814,96 @@ def _dispatch_postgresql(event_ids: list[int]) -> tuple[list[Event], list[Claim]
             WHERE e.owner <> '' AND e.stream_position IS NULL AND e.dispatched_at IS NULL)
         ORDER BY s.owner, s.livemode FOR UPDATE
     """  # noqa: S608
-    db = transaction.get_connection()
-    with transaction.atomic():
-        event_rows, endpoint_rows, stream_rows = db.execute_beginning_each(
-            locking, [ids] * 3, statements=3
+    return query, [ids] * 3
+
+
+@dataclass
+class _Planned:
+    """A batch between its two round trips: the statements that insert its deliveries claimed,
+    move its streams on and mark its events dispatched with their positions (``query``,
+    ``params``), and how to read the claims from what they return."""
+
+    events: list[Event]
+    wanted: dict[int, list[WebhookEndpoint]]
+    given: list[Event]
+    query: str
+    params: list
+    until: datetime | None  # the claims' lease end; None when no endpoint wants any event
+
+    def claims(self, returned: list[tuple]) -> list[Claim]:
+        inserted = [] if self.until is None else delivery.claimed_rows(returned, until=self.until)
+        return delivery.deliveries_claims_complete(
+            events=self.events, wanted=self.wanted, inserted=inserted
         )
-        events = sorted(
-            _instances(Event, event_rows), key=lambda e: (PRIORITY_RANK[e.priority], e.pk)
-        )
-        if not events:
-            return [], []
-        wanted = delivery.endpoints_matching(
-            events=events, candidates=_instances(WebhookEndpoint, endpoint_rows)
-        )
-        streams = {
-            (owner, livemode): EventStream(pk=pk, owner=owner, livemode=livemode, position=at)
-            for pk, owner, livemode, at in stream_rows
-        }
-        by_owner = _needing_positions(events)
-        if any(key not in streams for key in by_owner):
-            # A merchant's first event (in a mode): the general way, rows created then locked.
-            claims = delivery.deliveries_claim_new(events=events)
-            _positions_write(events, dispatched_at=clock.now())
-            return events, claims
-        now = clock.now()
-        given: list[Event] = []
-        try:
-            _positions_give(by_owner, streams, given)
-            statements: list[str] = []
-            params: list = []
-            insert = delivery.claimed_insert_statement(events, wanted, now=now)
-            if insert is not None:
-                statements.append(insert[0])
-                params += insert[1]
-            if by_owner:
-                moved = [streams[key] for key in by_owner]
-                statements.append(
-                    f"UPDATE {stream} SET position = v.position "  # noqa: S608
-                    "FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS v(id, position) "
-                    f"WHERE {stream}.id = v.id"
-                )
-                params += [
-                    bulk_writes.array_literal([row.pk for row in moved]),
-                    bulk_writes.array_literal([row.position for row in moved]),
-                ]
+
+    def undo(self) -> None:
+        """The positions given back: the transaction that wrote them rolled back."""
+        for event in self.given:
+            event.stream_position = None
+
+
+def _dispatch_planned(
+    event_rows: list[tuple], endpoint_rows: list[tuple], stream_rows: list[tuple]
+) -> tuple[list[Event], _Planned | None]:
+    """From the rows of ``_locking_query``: the events to dispatch, High first, and the
+    statements that finish their dispatch; None for those when an owner has no stream row yet
+    (a merchant's first event in a mode: the general way, ``_dispatch``, creates it). No
+    database work."""
+    events = sorted(_instances(Event, event_rows), key=lambda e: (PRIORITY_RANK[e.priority], e.pk))
+    if not events:
+        return [], None
+    wanted = delivery.endpoints_matching(
+        events=events, candidates=_instances(WebhookEndpoint, endpoint_rows)
+    )
+    streams = {
+        (owner, livemode): EventStream(pk=pk, owner=owner, livemode=livemode, position=at)
+        for pk, owner, livemode, at in stream_rows
+    }
+    by_owner = _needing_positions(events)
+    if any(key not in streams for key in by_owner):
+        return events, None
+    now = clock.now()
+    given: list[Event] = []
+    try:
+        _positions_give(by_owner, streams, given)
+        statements: list[str] = []
+        params: list = []
+        insert = delivery.claimed_insert_statement(events, wanted, now=now)
+        if insert is not None:
+            statements.append(insert[0])
+            params += insert[1]
+        event, stream = Event._meta.db_table, EventStream._meta.db_table
+        if by_owner:
+            moved = [streams[key] for key in by_owner]
             statements.append(
-                f"UPDATE {event} SET stream_position = v.position, dispatched_at = %s "  # noqa: S608
+                f"UPDATE {stream} SET position = v.position "  # noqa: S608
                 "FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS v(id, position) "
-                f"WHERE {event}.id = v.id"
+                f"WHERE {stream}.id = v.id"
             )
             params += [
-                now,
-                bulk_writes.array_literal([one.pk for one in events]),
-                bulk_writes.array_literal([one.stream_position for one in events]),
+                bulk_writes.array_literal([row.pk for row in moved]),
+                bulk_writes.array_literal([row.position for row in moved]),
             ]
-            # The transaction's COMMIT goes with them: nothing below touches the database.
-            returned = db.execute_committing_rows(";\n".join(statements), params)
-            inserted = [] if insert is None else delivery.claimed_rows(returned, until=insert[2])
-            claims = delivery.deliveries_claims_complete(
-                events=events, wanted=wanted, inserted=inserted
-            )
-        except BaseException:
-            for one in given:
-                one.stream_position = None  # rolled back with the transaction
-            raise
-    return events, claims
+        statements.append(
+            f"UPDATE {event} SET stream_position = v.position, dispatched_at = %s "  # noqa: S608
+            "FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS v(id, position) "
+            f"WHERE {event}.id = v.id"
+        )
+        params += [
+            now,
+            bulk_writes.array_literal([one.pk for one in events]),
+            bulk_writes.array_literal([one.stream_position for one in events]),
+        ]
+    except BaseException:
+        for one in given:
+            one.stream_position = None
+        raise
+    planned = _Planned(
+        events=events,
+        wanted=wanted,
+        given=given,
+        query=";\n".join(statements),
+        params=params,
+        until=None if insert is None else insert[2],
+    )
+    return events, planned

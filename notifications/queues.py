@@ -14,10 +14,10 @@ import logging
 from functools import cache
 
 import redis
+import redis.asyncio
 from django.conf import settings
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import Script
-from redis.retry import Retry
 
 from resilience.redis_client import fast_fail_client, reply_text
 
@@ -29,22 +29,6 @@ ORDER = ("high", "normal", "low")
 @cache
 def client() -> redis.Redis | None:
     return fast_fail_client(settings.REDIS_URL, timeout=1.0) if settings.REDIS_URL else None
-
-
-@cache
-def blocking_client() -> redis.Redis | None:
-    """For the dispatcher's blocking pop, whose wait (up to the longest batching interval, 5 s)
-    must not outlast the socket timeout: on ``client()`` (1 s) an idle BLPOP of 1 s or more ends
-    in a TimeoutError instead of an empty answer."""
-    if not settings.REDIS_URL:
-        return None
-    longest = max(interval for interval, _ in settings.NOTIFY_BATCHING.values())
-    return redis.Redis.from_url(
-        settings.REDIS_URL,
-        socket_timeout=longest + 1.0,
-        socket_connect_timeout=1.0,
-        retry=Retry(NoBackoff(), 0),
-    )
 
 
 def key(priority: str) -> str:
@@ -129,33 +113,54 @@ return result
 """
 
 
-@cache
-def _pop_available_script() -> Script | None:
-    redis_client = client()
-    return None if redis_client is None else redis_client.register_script(_POP_AVAILABLE)
+def _blocking_timeout() -> float:
+    """The socket timeout of a client that blocks in BLPOP for up to the longest batching
+    interval (5 s): shorter, an idle BLPOP would end in a TimeoutError, not an empty answer."""
+    return max(interval for interval, _ in settings.NOTIFY_BATCHING.values()) + 1.0
 
 
-def pop_available(*, size: int) -> tuple[list[tuple[str, int]], dict[str, int]]:
-    """Up to ``size`` ids already queued, High first, then Normal, then Low, without waiting;
-    and each queue's length before, for the load (``sizes``). One round trip."""
-    script = _pop_available_script()
-    if script is None:
-        return [], dict.fromkeys(ORDER, 0)
-    lengths, *taken = script(keys=[key(name) for name in ORDER], args=[size])
-    batch = [(name, int(raw)) for name, ids in zip(ORDER, taken, strict=True) for raw in ids]
-    return batch, dict(zip(ORDER, (int(length) for length in lengths), strict=True))
+class Popper:
+    """The dispatcher's pops, on its asyncio loop, through a client of its own (a redis.asyncio
+    connection belongs to the loop it was opened on). Its socket timeout is long enough for the
+    longest blocking pop; a refused connection still fails at once."""
 
+    def __init__(self) -> None:
+        self.client = (
+            redis.asyncio.Redis.from_url(
+                settings.REDIS_URL,
+                socket_timeout=_blocking_timeout(),
+                socket_connect_timeout=1.0,
+                retry=Retry(NoBackoff(), 0),
+            )
+            if settings.REDIS_URL
+            else None
+        )
+        self._script = None if self.client is None else self.client.register_script(_POP_AVAILABLE)
 
-def pop_batch(*, size: int, wait: float) -> tuple[list[tuple[str, int]], dict[str, int]]:
-    """``pop_available``, blocking up to ``wait`` seconds for the first id; the lengths are
-    those the queues had once it came."""
-    redis_client = blocking_client()
-    if redis_client is None:
-        return [], dict.fromkeys(ORDER, 0)
-    first = redis_client.blpop([key(p) for p in ORDER], timeout=max(wait, 0.01))
-    if first is None:
-        return [], dict.fromkeys(ORDER, 0)
-    queue_name, raw = first
-    priority = reply_text(queue_name).rsplit(":", 1)[-1]
-    more, lengths = pop_available(size=size - 1)  # with nothing more to take, the lengths
-    return [(priority, int(raw)), *more], lengths
+    async def pop_available(self, *, size: int) -> tuple[list[tuple[str, int]], dict[str, int]]:
+        """Up to ``size`` ids already queued, High first, then Normal, then Low, without
+        waiting; and each queue's length before, for the load (``sizes``). One round trip."""
+        if self._script is None:
+            return [], dict.fromkeys(ORDER, 0)
+        lengths, *taken = await self._script(keys=[key(name) for name in ORDER], args=[size])
+        batch = [(name, int(raw)) for name, ids in zip(ORDER, taken, strict=True) for raw in ids]
+        return batch, dict(zip(ORDER, (int(length) for length in lengths), strict=True))
+
+    async def pop_batch(
+        self, *, size: int, wait: float
+    ) -> tuple[list[tuple[str, int]], dict[str, int]]:
+        """``pop_available``, blocking up to ``wait`` seconds for the first id; the lengths are
+        those the queues had once it came."""
+        if self.client is None:
+            return [], dict.fromkeys(ORDER, 0)
+        first = await self.client.blpop([key(p) for p in ORDER], timeout=max(wait, 0.01))
+        if first is None:
+            return [], dict.fromkeys(ORDER, 0)
+        queue_name, raw = first
+        priority = reply_text(queue_name).rsplit(":", 1)[-1]
+        more, lengths = await self.pop_available(size=size - 1)  # with none left, the lengths
+        return [(priority, int(raw)), *more], lengths
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()

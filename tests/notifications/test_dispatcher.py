@@ -5,6 +5,7 @@ subprocess must see the rows), real HTTP receivers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -155,17 +156,43 @@ def test_adaptive_batching_window_comes_from_settings(settings):
 # --- the queues ---------------------------------------------------------------------------------
 
 
+def pop_batch(*, size: int, wait: float) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """The dispatcher's blocking pop, on a loop of its own."""
+
+    async def pop() -> tuple[list[tuple[str, int]], dict[str, int]]:
+        popper = queues.Popper()
+        try:
+            return await popper.pop_batch(size=size, wait=wait)
+        finally:
+            await popper.close()
+
+    return asyncio.run(pop())
+
+
+def pop_available(*, size: int) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """The dispatcher's pop of what is queued, on a loop of its own."""
+
+    async def pop() -> tuple[list[tuple[str, int]], dict[str, int]]:
+        popper = queues.Popper()
+        try:
+            return await popper.pop_available(size=size)
+        finally:
+            await popper.close()
+
+    return asyncio.run(pop())
+
+
 def test_idle_blocking_pop_waits_quietly_and_wakes_for_a_new_event():
     # An idle pop longer than the Redis client's socket timeout answers "nothing", not an error.
     started = time.monotonic()
-    assert queues.pop_batch(size=10, wait=1.5) == ([], {"high": 0, "normal": 0, "low": 0})
+    assert pop_batch(size=10, wait=1.5) == ([], {"high": 0, "normal": 0, "low": 0})
     assert time.monotonic() - started >= 1.4
 
     # A blocking pop returns as soon as an id arrives, long before its wait is over.
     pusher = threading.Timer(0.2, lambda: queues.enqueue(event_id=42, priority="high"))
     started = time.monotonic()
     pusher.start()
-    assert queues.pop_batch(size=10, wait=5.0) == (
+    assert pop_batch(size=10, wait=5.0) == (
         [("high", 42)],
         {"high": 0, "normal": 0, "low": 0},
     )
@@ -180,16 +207,16 @@ def test_a_pop_takes_high_then_normal_then_low_up_to_its_size_and_tells_the_leng
 
     # When four are taken without waiting, then High's, Normal's and one Low, in queue order,
     # with every queue's length before the pop
-    assert queues.pop_available(size=4) == (
+    assert pop_available(size=4) == (
         [("high", 6), ("normal", 4), ("normal", 5), ("low", 1)],
         {"high": 1, "normal": 2, "low": 3},
     )
     # and the rest stays queued; an empty pop takes nothing
-    assert queues.pop_available(size=10) == (
+    assert pop_available(size=10) == (
         [("low", 2), ("low", 3)],
         {"high": 0, "normal": 0, "low": 2},
     )
-    assert queues.pop_available(size=10) == ([], {"high": 0, "normal": 0, "low": 0})
+    assert pop_available(size=10) == ([], {"high": 0, "normal": 0, "low": 0})
 
 
 # --- priorities under a flood -------------------------------------------------------------------
@@ -766,7 +793,7 @@ def test_a_lost_event_is_requeued_after_the_requeue_delay_even_behind_a_backlog(
     frozen_clock.advance(settings_requeue_after())
     assert events_requeue_lost() == 1
     assert queue_sizes() == {"high": 1, "normal": 0, "low": 1000}  # the backlog not twice
-    assert queues.pop_batch(size=1, wait=0.01)[0] == [("high", lost.pk)]
+    assert pop_batch(size=1, wait=0.01)[0] == [("high", lost.pk)]
 
 
 def settings_requeue_after() -> timedelta:
@@ -795,6 +822,49 @@ def test_an_event_whose_stream_position_cannot_be_written_stays_undispatched(rec
     second.refresh_from_db()
     assert second.stream_position == 2
     assert receiver.ids() == [first.public_id, second.public_id]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_dispatcher_holds_back_only_the_owner_whose_stream_position_cannot_be_written(
+    receiver, caplog
+):
+    # Given two merchants whose first events the dispatcher sent (each stream was new), and a
+    # third event that takes the first merchant's position 2 (a broken write elsewhere)
+    for owner in ("mer_stuck", "mer_fine"):
+        webhook_endpoint_create(owner=owner, url=f"{receiver.url}?{owner}")
+    firsts = publish_many("mer_stuck", 1) + publish_many("mer_fine", 1)
+    (squatter,) = publish_many("mer_squatter", 1)
+    dispatcher = Dispatcher()
+    try:
+        drain(dispatcher)
+        Event.objects.filter(pk=squatter.pk).update(owner="mer_stuck", stream_position=2)
+
+        # When one batch holds an event of each merchant
+        (stuck,) = publish_many("mer_stuck", 1)
+        fine = publish_many("mer_fine", 2)
+        drain(dispatcher)
+
+        # Then the batch failed on the dispatcher's loop and was dispatched again, each merchant
+        # apart: the second merchant's events went out with their positions, the first's did not
+        assert "dispatching them the general way" in caplog.text
+        assert [Event.objects.get(pk=e.pk).stream_position for e in fine] == [2, 3]
+        stuck.refresh_from_db()
+        assert (stuck.dispatched_at, stuck.stream_position) == (None, None)
+        receiver.wait_for(lambda r: len(r.ids()) >= 4, timeout=20)
+        assert stuck.public_id not in receiver.ids()
+
+        # and once the position is free, the requeued event goes out once, with it
+        Event.objects.filter(pk=squatter.pk).update(owner="mer_squatter", stream_position=None)
+        queues.enqueue(event_id=stuck.pk, priority=stuck.priority)
+        drain(dispatcher)
+        stuck.refresh_from_db()
+        assert stuck.stream_position == 2
+        receiver.wait_for(lambda r: len(r.ids()) >= 5, timeout=20)
+        assert Counter(receiver.ids()) == Counter(
+            {event.public_id: 1 for event in [*firsts, *fine, stuck]}
+        )
+    finally:
+        dispatcher.close()
 
 
 @pytest.mark.django_db

@@ -17,9 +17,9 @@ class Command(BaseCommand):
         parser.add_argument("--max-seconds", type=float, help="Stop after this long (tests).")
 
     def handle(self, *args, **options) -> None:
-        # Three busy threads share the GIL (dispatch, the delivery loop, the recorder): at the
-        # default 5 ms switch interval a High event's database round trips wait for the others'
-        # turns. Set for the dispatcher process only, never in a process that merely imports it.
+        # Two busy threads share the GIL (the delivery loop, the recorder): at the default 5 ms
+        # switch interval the loop may wait a whole interval for the recorder's turn to end.
+        # Set for the dispatcher process only, never in a process that merely imports it.
         sys.setswitchinterval(0.0005)
         dispatcher = Dispatcher()
         signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop())
