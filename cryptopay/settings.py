@@ -659,9 +659,10 @@ WEBHOOK_RETRY_MAX = env_seconds("CRYPTOPAY_WEBHOOK_RETRY_MAX_SECONDS", 3600)
 # Requests in flight per endpoint: a hanging or slow receiver ties up only its own four.
 WEBHOOK_ENDPOINT_CONCURRENCY = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_CONCURRENCY", 4)
 # ... and while its latest answer was a 2xx and its median answer is under 50 ms: with four, a
-# receiver answering in 1-2 ms capped a dispatcher at 2,000-4,000 deliveries/s (bench/notifications.py).
-# Set it to the value above for a hard limit.
-WEBHOOK_ENDPOINT_FAST_CONCURRENCY = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_FAST_CONCURRENCY", 16)
+# receiver answering in 1-2 ms capped a dispatcher at 2,000-4,000 deliveries/s; with 16, one
+# dispatcher waited on answers part of the time, and 32 took it from 0.48x to 0.51x the minimal
+# sender (bench/notifications.py, 8 paired rounds). Set it to the value above for a hard limit.
+WEBHOOK_ENDPOINT_FAST_CONCURRENCY = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_FAST_CONCURRENCY", 32)
 # Deliveries a dispatcher holds for one endpoint; beyond, they wait for the sweep (memory bound).
 WEBHOOK_ENDPOINT_BACKLOG = env_int("CRYPTOPAY_WEBHOOK_ENDPOINT_BACKLOG", 1000)
 # An endpoint whose median answer takes longer counts as failing for its breaker, even on 2xx.

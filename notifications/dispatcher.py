@@ -11,7 +11,7 @@ events marked dispatched, in one transaction of two round trips). The dispatcher
 everything on one long-lived asyncio loop (``DeliveryLoop``): the pops, the batch's transaction
 on an asyncio connection, browser groups through one channel-layer connection pool, webhooks
 through ``sender.Sender`` (pooled keep-alive connections, a lane of at most 4 requests per
-endpoint, 16 while it answers fast, High first); outcomes are recorded in bulk by a recorder
+endpoint, 32 while it answers fast, High first); outcomes are recorded in bulk by a recorder
 thread. ``dispatch_events`` does the same work synchronously (embedded mode, one-off calls).
 
 Several dispatchers may run: Redis hands each id to one of them, and everything done per event is
