@@ -501,17 +501,22 @@ class DeliveryLoop:
             database = await self._connection()
             rows = await asynchronous.execute_beginning_each(database, query, params, statements=3)
             events, planned = _dispatch_planned(*rows)
-            if planned is None:
-                await asynchronous.rollback(database)
-                return await self._the_general_way(event_ids) if events else ([], [])
-            returned = await asynchronous.execute_committing_rows(
-                database, planned.query, planned.params
-            )
+            if planned is not None:
+                returned = await asynchronous.execute_committing_rows(
+                    database, planned.query, planned.params
+                )
+                return events, planned.claims(returned)
+            await asynchronous.rollback(database)
         except psycopg.Error as exc:
             await self._rollback()
             logger.warning("%d events: %r; dispatching them the general way", len(event_ids), exc)
-            return await self._the_general_way(event_ids)
-        return events, planned.claims(returned)
+        except BaseException:
+            await self._rollback()  # the next batch must not begin inside this one's transaction
+            raise
+        else:
+            if not events:
+                return [], []
+        return await self._the_general_way(event_ids)
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._database is None or self._database.closed or self._database.broken:

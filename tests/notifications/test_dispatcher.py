@@ -867,6 +867,40 @@ def test_the_dispatcher_holds_back_only_the_owner_whose_stream_position_cannot_b
         dispatcher.close()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_dispatcher_carries_on_after_the_database_ended_its_sessions(receiver):
+    # Given a dispatcher that has dispatched and delivered, its database connections open
+    webhook_endpoint_create(owner="mer_severed", url=receiver.url)
+    before = publish_many("mer_severed", 2)
+    dispatcher = Dispatcher()
+    try:
+        drain(dispatcher)
+
+        # When the database ends every other session (a restart, an operator's
+        # pg_terminate_backend) and more events come
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            (ended,) = cursor.fetchone()
+        assert ended >= 1
+        after = publish_many("mer_severed", 3)
+        drain(dispatcher)
+        more = publish_many("mer_severed", 3)
+        drain(dispatcher)
+
+        # Then every event was delivered once, with its stream position in order
+        receiver.wait_for(lambda r: len(r.ids()) >= 8, timeout=20)
+        assert Counter(receiver.ids()) == Counter(
+            {event.public_id: 1 for event in [*before, *after, *more]}
+        )
+        positions = [Event.objects.get(pk=event.pk).stream_position for event in after + more]
+        assert positions == [3, 4, 5, 6, 7, 8]
+    finally:
+        dispatcher.close()
+
+
 @pytest.mark.django_db
 def test_one_dispatch_sends_each_event_to_exactly_the_endpoints_that_want_it(receiver):
     """Merchant events go to their owner's endpoints of their mode that take their type; a
