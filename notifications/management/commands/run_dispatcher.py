@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 
@@ -21,6 +22,13 @@ class Command(BaseCommand):
         # switch interval the loop may wait a whole interval for the recorder's turn to end.
         # Set for the dispatcher process only, never in a process that merely imports it.
         sys.setswitchinterval(0.0005)
+        # A young collection every 20,000 net allocations, not 700: a batch allocates tens of
+        # thousands of short-lived objects (rows, events, claims, requests), and at 700 many of
+        # them are still in flight when one runs: they move on to the older generations, whose
+        # collections walk them again. Side by side in bench/notifications.py: CPU per delivery
+        # 125 -> 122 and 124 -> 120 µs, one dispatcher 0.517x -> 0.535x and 0.507x -> 0.512x
+        # the minimal sender (8 rounds of 2,000 events, 6 of 5,000).
+        gc.set_threshold(20_000, 50, 100)
         dispatcher = Dispatcher()
         signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop())
         signal.signal(signal.SIGINT, lambda *_: dispatcher.stop())
