@@ -586,7 +586,7 @@ def test_given_a_flood_of_queued_low_webhooks_when_high_events_are_published_the
             # 5 ms apart: all of them while the Low burst lasts.
             highs = _publish_paced(["mer_prio"], 20, gap=0.005, type="payment.status_changed")
             highs = highs["mer_prio"]
-            while not set(highs) <= set(receiver.counts()):
+            while receiver.received() < LOW_FLOOD + len(highs):  # the whole flood, to its end
                 assert time.monotonic() < deadline + 20
                 time.sleep(0.01)
             report = receiver.report()
@@ -595,9 +595,10 @@ def test_given_a_flood_of_queued_low_webhooks_when_high_events_are_published_the
     arrivals = report["arrivals"]
     latencies = sorted((arrivals[i] - at) * 1000 for i, at in highs.items())
     last_low = max(at for i, at in arrivals.items() if i not in highs)
-    # The High events published while Low ones were still waiting (50 ms or more before the last
-    # one went out) overtook them: sent in order, they would have come after the last Low one.
-    behind_lows = [i for i, at in highs.items() if at < last_low - 0.05]
+    # The High events published while Low ones were still waiting, and early enough to arrive
+    # within the 250 ms goal before the last Low one, overtook them: sent in order, they would
+    # have come after the last Low one.
+    behind_lows = [i for i, at in highs.items() if at < last_low - 0.25]
     assert len(behind_lows) >= 5, (len(behind_lows), last_low, highs)
     assert all(arrivals[i] < last_low for i in behind_lows)
     assert _p(latencies, 0.99) <= 250, latencies
