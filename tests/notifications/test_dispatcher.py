@@ -549,10 +549,10 @@ def test_given_hanging_slow_failing_and_refusing_endpoints_when_events_flow_then
             assert stripe_verified(received, other_secret)
 
 
-# Queued Low webhooks ahead of the High ones: more than the 1,000 the issue names, so that the
-# flood lasts while most of the 20 High events are published. Once one dispatcher dispatched on
-# its sending loop, 32 requests in flight, it sent 2,000 in 0.22 s, and publishing the 20 High
-# events on a busy machine took about as long.
+# Queued Low webhooks ahead of the High ones: thousands, so that the flood lasts while the 20
+# High events are published. Once one dispatcher dispatched on its sending loop, 32 requests in
+# flight, it sent 2,000 in 0.22 s, and publishing the 20 High events on a busy machine took
+# about as long.
 LOW_FLOOD = 5000
 
 
