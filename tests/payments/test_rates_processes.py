@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from django.core.cache import cache
 from django.db import connection
 from django_redis import get_redis_connection
 
+from accounts.models import Merchant
 from notifications.models import Event
 from payments.models import ExchangeRateEvent, Payment
 from resilience import idempotency
@@ -36,15 +38,15 @@ SOFA = {"amount": "25.00", "crypto_currency": "BTC", "description": "one sofa"}
 @pytest.fixture
 def cold_rates(fake_exchanges):
     """No quote anywhere: every process starts cold; providers are the fakes."""
-    cache.delete_pattern("rates:*")
+    cache.delete_pattern("rates:*")  # type: ignore[attr-defined]  # django-redis's cache
     breakers.forget(close=True)
     yield fake_exchanges
     fake_exchanges.reset()
-    cache.delete_pattern("rates:*")
+    cache.delete_pattern("rates:*")  # type: ignore[attr-defined]
     breakers.forget(close=True)
 
 
-def rate_env(fake) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def rate_env(fake: Any) -> dict[str, str]:
     return {
         "CRYPTOPAY_RATE_PROVIDERS": ",".join(PROVIDERS),
         **{f"CRYPTOPAY_RATE_{name.upper()}_URL": fake.base_url for name in PROVIDERS},
@@ -74,18 +76,18 @@ def refresh_lock_held(pair: str) -> bool:
     return bool(get_redis_connection().exists(cache.make_key(f"rates:{pair}:refreshing")))
 
 
-def hold_the_exchanges(fake) -> None:  # type: ignore[no-untyped-def]
+def hold_the_exchanges(fake: Any) -> None:
     for name in PROVIDERS:
         fake.set_fault(name, "hold")
 
 
-def merchant_secret() -> tuple[object, str]:
-    merchant = MerchantFactory()
+def merchant_secret() -> tuple[Merchant, str]:
+    merchant = MerchantFactory.create()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     return merchant, secret
 
 
-def let_the_exchanges_answer(fake) -> None:  # type: ignore[no-untyped-def]
+def let_the_exchanges_answer(fake: Any) -> None:
     for name in PROVIDERS:
         fake.set_fault(name, None)
     fake.release_blocked()
@@ -125,7 +127,9 @@ def test_given_a_cold_cache_when_20_first_payments_race_on_two_processes_then_al
         for thread in threads:
             thread.start()
         # One process leads the refresh (the exchanges hold it), the other waits for it.
-        wait_until(lambda: cold_rates.requests("kraken") >= 1 and waiting_for_refresh("BTC-USD"))
+        wait_until(
+            lambda: cold_rates.requests("kraken") >= 1 and bool(waiting_for_refresh("BTC-USD"))
+        )
         first_seen = time.monotonic()
         # The leader renews its lease: still held after several leases, nobody took over.
         wait_until(lambda: time.monotonic() - first_seen > 3 * LEASE)
@@ -150,11 +154,13 @@ def spawn_rate_client(env: dict[str, str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert process.stdout is not None and process.stdin is not None  # both are pipes
     assert json.loads(process.stdout.readline()) == {"ready": True}
     return process
 
 
 def ask(process: subprocess.Popen) -> None:
+    assert process.stdin is not None  # a pipe (spawn_rate_client)
     process.stdin.write("go\n")
     process.stdin.flush()
 
@@ -190,7 +196,7 @@ def test_given_the_refreshing_process_is_killed_then_a_waiting_process_refreshes
 def test_given_every_provider_fails_when_a_payment_is_created_then_the_503_says_when_to_retry(
     tmp_path, cold_rates
 ):
-    _, secret = ApiKeyFactory.create_with_secret(merchant=MerchantFactory())
+    _, secret = ApiKeyFactory.create_with_secret(merchant=MerchantFactory.create())
     for name in PROVIDERS:
         cold_rates.set_fault(name, "503")
     env = {
@@ -284,6 +290,7 @@ def test_given_a_slow_provider_while_a_keyed_payment_is_priced_then_no_transacti
                 cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
                 advisory_locks = cursor.fetchone()[0]
             key_rows = IdempotencyKey.objects.filter(owner=merchant.public_id).count()
+            assert gate._redis is not None, "the gate needs Redis here"
             redis_lock = gate._redis.exists(gate._redis_key("lock", merchant.public_id, "k-2"))
         finally:
             let_the_exchanges_answer(cold_rates)
