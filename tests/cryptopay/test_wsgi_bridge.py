@@ -9,9 +9,13 @@ import threading
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+import httpx
+import pytest
 from django.http import HttpResponse
+from django.templatetags.static import static
 
 from cryptopay.wsgi_bridge import WsgiBridge
+from testing.servers import ROOT, asgi_server
 
 SCOPE: dict[str, Any] = {
     "type": "http",
@@ -178,3 +182,21 @@ def test_given_an_application_that_fails_then_the_error_reaches_the_server_and_n
     else:
         raise AssertionError("the application's error was swallowed")
     assert exchange.sent == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_given_the_gateway_when_the_checkout_script_is_fetched_then_it_streams_through_the_bridge_whole(
+    tmp_path,
+):
+    # given: the production server; a static file is a streaming response (whitenoise's file
+    # response), sent from its thread chunk by chunk
+    script = ROOT / "payments" / "static" / "payments" / "checkout.js"
+
+    # when
+    with asgi_server(tmp_path) as server:
+        answer = httpx.get(f"{server.base_url}{static('payments/checkout.js')}", timeout=10)
+
+    # then: every byte, as the file has them
+    assert answer.status_code == 200, answer.text[:300]
+    assert answer.content == script.read_bytes()
+    assert len(answer.content) > 8192  # more than one of the file response's chunks
