@@ -15,7 +15,7 @@ from tests.factories import make_payment
 pytestmark = pytest.mark.django_db
 
 # For each status, the path of (status, operator) moves that reaches it from a new payment.
-PATH_TO = {
+PATH_TO: dict[str, list[tuple[S, bool]]] = {
     S.PENDING: [],
     S.PROCESSING: [(S.PROCESSING, False)],
     S.SETTLED: [(S.PROCESSING, False), (S.SETTLED, False)],

@@ -70,7 +70,7 @@ class Answer:
 
 
 def merchant_with_secret() -> tuple[Merchant, str]:
-    merchant = MerchantFactory()
+    merchant: Merchant = MerchantFactory.create()
     _, secret = ApiKeyFactory.create_with_secret(merchant=merchant)
     return merchant, secret
 
@@ -198,9 +198,11 @@ def test_given_4_processes_sending_one_key_concurrently_then_one_payment_is_crea
     key = f"key-{uuid.uuid4()}"
     processes = [spawn_client(live_server.url, secret, key, 10) for _ in range(4)]
     for process in processes:  # every process has its threads and clients ready
+        assert process.stdout is not None and process.stdin is not None
         assert json.loads(process.stdout.readline()) == {"ready": True}
 
     for process in processes:
+        assert process.stdin is not None
         process.stdin.write("go\n")
         process.stdin.flush()
     outputs = [process.communicate(timeout=60)[0] for process in processes]
