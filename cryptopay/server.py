@@ -16,7 +16,7 @@ trickles a header line every few seconds keeps its socket forever, hence ``Heade
 its rule is answered (413, or 415 for a non-JSON body under ``/api/``) in the API's error shape,
 with ``Connection: close``, before Django sees a byte of it: from ``Content-Length`` up front, or
 by counting the chunks of a chunked body as they arrive. A body within its rule is read whole on
-the event loop before Django's thread starts on the request (``_read_body``).
+the event loop before Django's thread starts on the request (``read_body``).
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ class BodyLimitMiddleware:
             await _reject(send, 413, "payload_too_large", f"Request body exceeds {limit} bytes.")
             return
         try:
-            body = await _read_body(receive, limit)
-        except _ClientLeft:
+            body = await read_body(receive, limit)
+        except ClientLeft:
             return  # before its body was complete: nobody to answer
         if body is None:
             await _reject(send, 413, "payload_too_large", f"Request body exceeds {limit} bytes.")
@@ -145,11 +145,11 @@ class BodyLimitMiddleware:
         await self.app(scope, _replay(body, receive), send)
 
 
-class _ClientLeft(Exception):
+class ClientLeft(Exception):
     pass
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole body, read here on the event loop before the application runs; None past
     ``limit``. Django runs in a worker thread that would otherwise wait on a slow client's body
     (a few such clients would hold every thread), and a chunked body has no length up front: it
@@ -159,7 +159,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientLeft
+            raise ClientLeft
         chunk = message.get("body", b"")
         received += len(chunk)
         if received > limit:
