@@ -85,6 +85,10 @@ REDIS_URL = env_str("REDIS_URL")
 # throttle, connection registry); deployments, benches and test runs sharing a Redis need
 # distinct ones. The seven prefixes below are derived from it.
 REDIS_PREFIX = env_str("CRYPTOPAY_REDIS_PREFIX", "cryptopay")
+# After a Redis call times out (Redis hangs rather than refuses), this process fails every call
+# to that server at once for this long, then lets one probe through: a hung Redis costs one
+# timeout per period, not one per call; a Redis that is back is used again within it.
+REDIS_TIMEOUT_HOLD = env_seconds("CRYPTOPAY_REDIS_TIMEOUT_HOLD_SECONDS", 2)
 # Embedded mode is a local, single-process setup; it is what `make run` serves.
 EMBEDDED = not DATABASE_URL and not REDIS_URL
 if bool(DATABASE_URL) != bool(REDIS_URL):
@@ -335,6 +339,9 @@ if REDIS_URL:
                 "SOCKET_CONNECT_TIMEOUT": 0.5,
                 "SOCKET_TIMEOUT": 0.5,
                 "CONNECTION_POOL_KWARGS": {"retry": Retry(NoBackoff(), 0)},
+                # A Redis that timed out is not asked again for REDIS_TIMEOUT_HOLD, by any
+                # client of this process (resilience/redis_client.py).
+                "CONNECTION_POOL_CLASS": "resilience.redis_client.HeldConnectionPool",
             },
         }
     }

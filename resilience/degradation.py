@@ -53,6 +53,7 @@ from prometheus_client import Counter
 
 from resilience import clock
 from resilience.breaker import CircuitBreaker, CircuitState
+from resilience.redis_client import redis_asked_anyway
 from resilience.threads import closing_connections
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,10 @@ def probe_run(*, dependency: Dependency) -> Probe:
     assert dependency.probe is not None
     started = time.perf_counter()
     try:
-        result = dependency.probe()
+        # A probe asks even a Redis that this process holds after a timeout: it is how the
+        # monitor and the readiness check learn that Redis answers again (redis_client.py).
+        with redis_asked_anyway():
+            result = dependency.probe()
     except Exception as exc:
         result = Probe.unavailable(f"{exc.__class__.__name__}: {exc}"[:300])
     return replace(result, duration_ms=round((time.perf_counter() - started) * 1000))

@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 from accounts.models import ApiKeyScope
 from resilience import clock
 from resilience.clock import FrozenClock
+from resilience.redis_client import redis_holds_release
 from testing.exchanges import fake_exchanges  # noqa: F401 - a fixture for every test
 from testing.nodes import anvil, anvil_factory, litecoind, litecoind_factory  # noqa: F401
 from tests.factories import ApiKeyFactory, MerchantFactory
@@ -68,6 +69,14 @@ def _test_redis_keys_removed():
         if prefix:
             for key in client.scan_iter(f"*{prefix}*", count=1000):
                 client.delete(key)
+
+
+@pytest.fixture(autouse=True)
+def _redis_holds_released() -> Iterator[None]:
+    """No Redis hold (resilience/redis_client.py) outlives the test that caused it: a later
+    test's fault proxy may listen on the same port."""
+    yield
+    redis_holds_release()
 
 
 @pytest.fixture(autouse=True)
