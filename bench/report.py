@@ -136,6 +136,13 @@ BENCHES = (
         "endpoint; SQL statements and Redis round trips per create; peak RSS per worker",
     ),
     Bench(
+        "redis_hang",
+        (),
+        ("--quick",),
+        "payment creates through manage.py serve while Redis hangs (black-holed), with the hold "
+        "and without it, against the same server with Redis answering",
+    ),
+    Bench(
         "body_flood",
         (),
         ("--size-mib", "20"),

@@ -27,6 +27,7 @@ BENCHES = {
     "api_throughput",
     "api_capacity",
     "body_flood",
+    "redis_hang",
 }
 OPTIONAL = {"ws_fanout"}  # included when the checkout has it
 TIMEOUT_SECONDS = 240
