@@ -190,7 +190,6 @@ def main() -> None:
             f"{phase.name:<16}{phase.rate:>10.1f}{phase.percentile(0.5):>10.1f}"
             f"{phase.percentile(0.99):>10.1f}  {statuses}"
         )
-    healthy, hung, unheld = phases
     problems = [
         f"{phase.name}: {status} answers"
         for phase in phases
@@ -199,44 +198,28 @@ def main() -> None:
     ]
     for problem in problems:
         print("CHECK FAILED", problem)
+    labels = {
+        "healthy": "Redis healthy",
+        "hung": "Redis hung (hold)",
+        "hung, no hold": "Redis hung (no hold)",
+    }
+    measures = (
+        ("creates/s", "1/s", "higher", lambda phase: phase.rate),
+        ("create p50", "ms", "lower", lambda phase: phase.percentile(0.5)),
+        ("create p99", "ms", "lower", lambda phase: phase.percentile(0.99)),
+    )
     emit(
         "redis_hang",
         [
-            figure("creates/s, Redis healthy", healthy.rate, "1/s", baseline=None, better="higher"),
             figure(
-                "creates/s, Redis hung (hold)",
-                hung.rate,
-                "1/s",
-                baseline="creates/s, Redis healthy",
-                better="higher",
-            ),
-            figure(
-                "creates/s, Redis hung (no hold)",
-                unheld.rate,
-                "1/s",
-                baseline="creates/s, Redis healthy",
-                better="higher",
-            ),
-            figure("create p50, Redis healthy", healthy.percentile(0.5), "ms", baseline=None),
-            figure(
-                "create p50, Redis hung (hold)",
-                hung.percentile(0.5),
-                "ms",
-                baseline="create p50, Redis healthy",
-            ),
-            figure(
-                "create p50, Redis hung (no hold)",
-                unheld.percentile(0.5),
-                "ms",
-                baseline="create p50, Redis healthy",
-            ),
-            figure("create p99, Redis healthy", healthy.percentile(0.99), "ms", baseline=None),
-            figure(
-                "create p99, Redis hung (hold)",
-                hung.percentile(0.99),
-                "ms",
-                baseline="create p99, Redis healthy",
-            ),
+                f"{measure}, {labels[phase.name]}",
+                value(phase),
+                unit,
+                baseline=None if phase.name == "healthy" else f"{measure}, {labels['healthy']}",
+                better=better,
+            )
+            for measure, unit, better, value in measures
+            for phase in phases
         ],
     )
     if problems or not all(phase.latencies for phase in phases):

@@ -168,16 +168,12 @@ class _HeldConnection:
         self._hold = redis_hold(address)
 
     def connect(self) -> None:
-        hold = self._hold
-        hold.admit()
-        try:
-            super().connect()  # type: ignore[misc]
-        except redis.TimeoutError:
-            hold.timed_out()
-            raise
+        self._hold.admit()
+        super().connect()  # type: ignore[misc]  # a timeout trips in connect_check_health
 
     def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
-        # Also reached from send_packed_command, for a connection dropped since the last call.
+        # Reached from connect and from send_packed_command (a connection dropped since its
+        # last call).
         try:
             super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
         except redis.TimeoutError:

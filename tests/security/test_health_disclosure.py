@@ -5,6 +5,8 @@ debug page, even in embedded mode where DEBUG is on."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
@@ -13,7 +15,7 @@ from tests.factories import staff_client
 pytestmark = pytest.mark.django_db
 
 TOKEN = "health-token-of-the-security-tests"
-JSON = {"HTTP_ACCEPT": "application/json"}
+JSON: dict[str, Any] = {"HTTP_ACCEPT": "application/json"}
 
 
 @pytest.fixture(autouse=True)
